@@ -64,3 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(f"stages.{args.command}")
     sys.argv = [f"pneumonia {args.command}", *rest]
     module.main()
+
+
+if __name__ == "__main__":
+    main()
