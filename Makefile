@@ -7,7 +7,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev
+EXTRAS ?= dev,cpu
 PY := $(VENV)/bin/python
 # Stages run as `python -m stages.<name>` (dvc.yaml): the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -16,9 +16,9 @@ MLFLOW_PORT ?= 5000
 
 .PHONY: install demo test test-slow lint reproduce mlflow-ui bench clean-venv
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(EXTRAS)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
