@@ -105,8 +105,10 @@ class BalanceParams:
     skew_magnitude: float = field(default=0.1, metadata=_prob)  # Augmentor Skew magnitude
     distortion_grid: int = field(default=4, metadata=_pos)  # Augmentor Distort grid width/height
     distortion_magnitude: int = field(default=2, metadata=_nonneg)
-    zoom_min: float = field(default=1.0, metadata=_pos)  # Augmentor ZoomRandom percentage_area
-    zoom_max: float = field(default=1.1, metadata=_pos)
+    # Magnification factor range (1.1 = up to 10 % zoom-in at a random position), applied with
+    # Augmentor ZoomRandom(percentage_area=1/factor). Below 1 would crop outside the image.
+    zoom_min: float = field(default=1.0, metadata=_ck(lambda v: v >= 1, "must be >= 1"))
+    zoom_max: float = field(default=1.1, metadata=_ck(lambda v: 1 <= v <= 2, "must be 1 to 2"))
     rotation: int = field(
         default=5, metadata=_ck(lambda v: 0 <= v <= 25, "must be between 0 and 25 degrees")
     )

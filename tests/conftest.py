@@ -1,0 +1,156 @@
+"""Shared fixtures for the data stages: small real datasets built from the bundled sample, and the
+full shared dataset (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stages.config import Params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data/sample/chest_xray"
+SHARED = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray"
+
+# A small Kaggle-layout dataset: (folder, count) taken in sorted order from the bundled sample.
+# train/PNEUMONIA takes bacteria and virus names; val/ holds the 4 full-size grayscale originals.
+MINI = {
+    "train/NORMAL": 5,
+    "train/PNEUMONIA": 5,
+    "val/NORMAL": 2,
+    "val/PNEUMONIA": 2,
+    "test/NORMAL": 3,
+    "test/PNEUMONIA": 3,
+}
+
+
+def sample_files(folder: str, n: int) -> list[Path]:
+    """n real images of the bundled sample's `folder`; for PNEUMONIA both bacteria and virus."""
+    files = sorted((SAMPLE / folder).iterdir())
+    if folder.endswith("PNEUMONIA"):
+        bacteria = [f for f in files if "bacteria" in f.name]
+        virus = [f for f in files if "virus" in f.name]
+        picked = (bacteria[: (n + 1) // 2] + virus[: n // 2]) if virus else bacteria[:n]
+        return sorted(picked)
+    return files[:n]
+
+
+def make_kaggle(dest: Path, layout: dict[str, int] = MINI) -> Path:
+    """Copy a small real dataset in Kaggle layout (train/val/test x NORMAL/PNEUMONIA) to `dest`."""
+    for folder, n in layout.items():
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        for f in sample_files(folder, n):
+            shutil.copy2(f, dest / folder / f.name)
+    return dest
+
+
+def make_kaggle_archive_tree(dest: Path) -> Path:
+    """A replica of the real Kaggle download: chest_xray/ with a nested full copy
+    chest_xray/chest_xray/, __MACOSX/ with AppleDouble ._* files, and .DS_Store files."""
+    root = make_kaggle(dest / "chest_xray")
+    make_kaggle(root / "chest_xray")
+    for mac in (dest / "__MACOSX" / "chest_xray", root / "__MACOSX"):
+        for folder in MINI:
+            (mac / folder).mkdir(parents=True, exist_ok=True)
+            for f in sample_files(folder, 2):
+                (mac / folder / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"Bud1\x00")
+    (root / "train" / "NORMAL" / f"._{sample_files('train/NORMAL', 1)[0].name}").write_bytes(b"x")
+    return dest
+
+
+def zip_tree(src: Path, zip_path: Path) -> Path:
+    """Zip the contents of `src` (paths inside the zip relative to src)."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(src.rglob("*")):
+            zf.write(f, f.relative_to(src).as_posix())
+    return zip_path
+
+
+def make_params(raw: Path | str, **sections: dict[str, Any]) -> Params:
+    """Params for tests: small images, one worker, Table I check off (mini datasets)."""
+    raw_params: dict[str, Any] = {
+        "lr": 1e-3,
+        "data": {"raw": str(raw), "image_size": 32},
+        "ingest": {"workers": 1},
+        "validate": {"table1_counts": False},
+        "balance": {"workers": 1},
+    }
+    for key, values in sections.items():
+        raw_params.setdefault(key, {}).update(values)
+    return parse_params(raw_params)
+
+
+def tree_hashes(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), keyed by posix path."""
+    out = {}
+    for p in paths:
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        for f in files:
+            out[f.as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def big_png(path: Path, side: int = 10_000) -> Path:
+    """A valid 1-bit PNG of side x side pixels (100 M pixels by default: over Pillow's
+    decompression-bomb warning limit of ~89 M), a few kB on disk."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\x00" * (1 + (side + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project directory, made the current directory (stages work relative to it)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    return project
+
+
+@pytest.fixture
+def mini_raw(tmp_path: Path) -> Path:
+    """A small real dataset in Kaggle folder layout."""
+    return make_kaggle(tmp_path / "raw" / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def full_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The full shared dataset ingested (32 px), validated, balanced and split, once per session.
+
+    Tests that use it chdir into it themselves and must not modify it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"full dataset not found at {SHARED} (CI has ../shared next to the clone)")
+    from stages import balance, ingest, split, validate
+
+    project = tmp_path_factory.mktemp("full")
+    params = make_params(SHARED, ingest={"workers": 2}, balance={"workers": 2},
+                         validate={"table1_counts": True})
+    old = Path.cwd()
+    os.chdir(project)
+    try:
+        ingest.run(params)
+        validate.run(params)
+        balance.run(params)
+        split.run(params)
+    finally:
+        os.chdir(old)
+    yield project
