@@ -102,7 +102,7 @@ def test_flatten_gives_dotted_keys() -> None:
 def test_cli_reports_bad_params_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("split.val_fraction", 1.5)))
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.cli", "params"], cwd=tmp_path, capture_output=True,
+        [sys.executable, "-m", "stages.cli", "params"], cwd=tmp_path, capture_output=True, check=False,
         text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 2

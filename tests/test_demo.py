@@ -16,7 +16,8 @@ from tests.test_pipeline import git, make_project
 def _demo(repo: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     return subprocess.run(
-        [sys.executable, "-m", "stages.demo"], cwd=repo, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "stages.demo"], cwd=repo, env=env, capture_output=True, text=True,
+        check=False,
     )
 
 

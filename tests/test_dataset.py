@@ -1,0 +1,103 @@
+"""Input pipeline: labels, augmentation (never a flip), missing images, image size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.config import AugmentParams, PipelineError
+from stages.dataset import (
+    LABEL_INDEX,
+    build_augmentation,
+    check_images,
+    labels_of,
+    make_dataset,
+    read_split,
+    subset_rows,
+)
+from tests.trainkit import make_split
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dataset")
+    make_split(root)
+    return root
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_labels_normal_is_0_pneumonia_is_1() -> None:
+    assert LABEL_INDEX == {"NORMAL": 0, "PNEUMONIA": 1}
+    rows = pd.DataFrame({"label": ["PNEUMONIA", "NORMAL", "PNEUMONIA"]})
+    assert labels_of(rows) == [1, 0, 1]
+
+
+def test_augmentation_never_flips() -> None:
+    aug = build_augmentation(AugmentParams(rotation=10, zoom=0.1, shift=0.1, brightness=0.1), 1)
+    names = [type(layer).__name__ for layer in aug.layers]
+    assert names == ["RandomRotation", "RandomZoom", "RandomTranslation", "RandomBrightness"]
+    assert not any("Flip" in n for n in names)
+    rotation = aug.layers[0]
+    assert rotation.factor == pytest.approx((-10 / 360, 10 / 360))  # degrees -> turns
+
+
+def test_augmentation_with_zero_ranges_is_identity() -> None:
+    aug = build_augmentation(AugmentParams(rotation=0, zoom=0, shift=0, brightness=0), 1)
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 1)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(aug(x, training=True)), x)
+
+
+def test_augmentation_changes_images_and_keeps_range() -> None:
+    aug = build_augmentation(AugmentParams(), 3)
+    x = np.tile(np.linspace(0, 255, 32 * 32, dtype="float32").reshape(1, 32, 32, 1), (4, 1, 1, 1))
+    y = np.asarray(aug(x, training=True))
+    assert y.shape == x.shape
+    assert np.abs(y - x).mean() > 1
+    assert y.min() >= 0 and y.max() <= 255
+
+
+def test_datasets_yield_rows_in_order_with_labels(in_project: Path) -> None:
+    rows = subset_rows(read_split(), "test")
+    ds = make_dataset(rows, 32, 16, training=False)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.shape == (len(rows), 32, 32, 1) and x.dtype == np.float32
+    assert y.reshape(-1).tolist() == labels_of(rows)
+    from PIL import Image
+
+    first = np.asarray(Image.open(rows["path"].iloc[0]), dtype="float32")
+    np.testing.assert_array_equal(x[0, :, :, 0], first)
+
+    train = subset_rows(read_split(), "train")
+    aug = AugmentParams(rotation=0, zoom=0, shift=0, brightness=0)
+    ds = make_dataset(train, 32, 8, training=True, seed=1, augment=aug)
+    epoch1 = np.concatenate([y.numpy() for _, y in ds]).reshape(-1)
+    assert sorted(epoch1.tolist()) == sorted(labels_of(train))  # a permutation of the rows
+
+
+def test_missing_image_names_file_and_says_dvc_repro(in_project: Path) -> None:
+    rows = subset_rows(read_split(), "val").copy()
+    rows.loc[0, "path"] = "data/images/gone.png"
+    with pytest.raises(PipelineError, match=r"data/images/gone\.png.*dvc repro"):
+        check_images(rows, 32)
+
+
+def test_image_size_mismatch_is_reported(in_project: Path) -> None:
+    rows = subset_rows(read_split(), "val")
+    with pytest.raises(PipelineError, match=r"data\.image_size.*64"):
+        check_images(rows, 64)
+
+
+def test_missing_split_csv(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="dvc repro"):
+        read_split(tmp_path / "split.csv")
+    assert os.path.exists(tmp_path)  # nothing created

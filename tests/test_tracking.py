@@ -1,0 +1,133 @@
+"""MLflow store location (also inside `dvc exp run --temp/--queue`), reachability, reference runs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from stages import tracking
+from stages.config import PipelineError
+from tests.trainkit import make_split, run_stage, write_params
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_repo_root_in_workspace_temp_and_queue_experiments(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    main = tmp_path / "repo"
+    temp_copy = main / ".dvc/tmp/exps/standalone/tmpk4qu6ct4"  # dvc exp run --temp
+    queue_copy = main / ".dvc/tmp/exps/tmp1edxqj6v"  # dvc exp run --queue
+    for d in (temp_copy, queue_copy):
+        d.mkdir(parents=True)
+    main = main.resolve()
+
+    assert tracking.repo_root(main) == main  # plain run, no DVC
+    assert tracking.repo_root(temp_copy) == main  # no DVC_ROOT: the path gives it away
+    clean_env.setenv("DVC_ROOT", str(main))  # what DVC 3.67 sets (measured)
+    assert tracking.repo_root(temp_copy) == main
+    assert tracking.repo_root(queue_copy) == main
+    clean_env.setenv("DVC_ROOT", str(temp_copy))  # a DVC pointing DVC_ROOT at the copy
+    assert tracking.repo_root(temp_copy) == main
+
+    clean_env.setenv("DVC_ROOT", str(main))
+    clean_env.chdir(temp_copy)
+    assert tracking.tracking_uri() == f"sqlite:///{main / 'mlflow.db'}"
+    clean_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_store_and_artifacts_at_repo_root_and_reference_runs_logged_once(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    copy = tmp_path / ".dvc/tmp/exps/standalone/tmpabc"
+    copy.mkdir(parents=True)
+    clean_env.chdir(copy)
+    clean_env.setenv("MLFLOW_EXPERIMENT_NAME", "refs-test")
+    exp_id = tracking.setup()
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    exp = mlflow.get_experiment(exp_id)
+    assert exp.artifact_location == (tmp_path.resolve() / "mlruns").as_uri()
+
+    first = tracking.ensure_reference_runs(exp_id)
+    second = tracking.ensure_reference_runs(exp_id)
+    assert first == second and set(first) == {"paper", "kaggle-resnet"}
+    runs = mlflow.search_runs([exp_id], output_format="list")
+    assert len(runs) == 2
+    paper = mlflow.get_run(first["paper"]).data
+    assert paper.tags["pipeline.reference"] == "paper"
+    assert paper.metrics["test_accuracy"] == 0.96
+    assert paper.metrics["test_NORMAL_recall"] == 0.91
+    assert paper.metrics["test_PNEUMONIA_support"] == 390
+    baseline = mlflow.get_run(first["kaggle-resnet"]).data.metrics
+    assert baseline == {"test_accuracy": 0.92, "test_NORMAL_recall": 0.82}
+    mlflow.set_tracking_uri("")  # do not leak into other tests
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_message() -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(
+        PipelineError, match="unreachable.*mlflow server.*unset MLFLOW_TRACKING_URI"
+    ):
+        tracking.check_reachable(uri, timeout=2)
+
+
+def test_train_with_unreachable_server_exits_2_before_training(tmp_path: Path) -> None:
+    make_split(tmp_path)
+    write_params(tmp_path)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    proc = run_stage(tmp_path, "train", timeout=120, MLFLOW_TRACKING_URI=uri)
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr
+    assert f"MLflow tracking server at {uri} is unreachable" in proc.stderr
+    assert "unset MLFLOW_TRACKING_URI" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Epoch 1" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "models").exists()  # nothing built, no resume state
+    assert took < 30, f"took {took:.0f} s"
+
+
+def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mlflow
+
+    clean_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.setup()
+    with mlflow.start_run() as train:
+        mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
+    train_id = train.info.run_id
+
+    with tracking.evaluate_run(train_id, "test_accuracy") as run:  # first evaluation
+        assert run.info.run_id == train_id
+        mlflow.log_metric("test_accuracy", 0.9)
+    with tracking.evaluate_run(train_id, "test_accuracy") as run:  # re-evaluation
+        child = run.info.run_id
+        mlflow.log_metric("test_accuracy", 0.8)
+    assert child != train_id
+    data = mlflow.get_run(child).data
+    assert data.tags["mlflow.parentRunId"] == train_id
+    assert data.params == {"lr": "2e-06"}  # training params copied, evaluate.* its own
+    assert mlflow.get_run(train_id).data.metrics["test_accuracy"] == 0.9  # untouched
+
+    with caplog.at_level("WARNING"), tracking.evaluate_run("f" * 32, "test_accuracy") as run:
+        assert run.info.run_id not in (train_id, child)
+    assert "is not in the store" in caplog.text
+    mlflow.set_tracking_uri("")
