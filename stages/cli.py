@@ -36,6 +36,17 @@ def run_stage(fn: Callable[[], object], name: str) -> None:
     except PipelineError as exc:
         print(f"\nERROR [{name}]: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("tensorflow", "keras"):
+            raise
+        # TensorFlow comes from an extra (cpu or gpu, see pyproject.toml), not the base install.
+        print(
+            f"\nERROR [{name}]: {exc.name} is not installed in this environment. Install the "
+            "project with `make install` (CPU), or `pip install -e '.[cpu]'`, or "
+            "`pip install -e '.[gpu]'` on an NVIDIA GPU machine.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"\n[{name}] interrupted", file=sys.stderr)
         sys.exit(130)
