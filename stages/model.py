@@ -5,7 +5,7 @@ Layout (paper Sec. III, Fig. 3)::
     xray (S, S, 1) float32, 0..255
       -> gray_to_rgb: Concatenate([x, x, x])           backbones expect 3 channels
       -> <backbone>_preprocess: Rescaling/Normalization  exactly keras.applications' preprocess_input
-      -> backbone (include_top=False), called with training=False
+      -> backbone (include_top=False), last N layers trainable; BatchNorm frozen when pretrained
       -> GlobalAveragePooling2D -> Dense(units, relu) -> Dropout -> Dense(1, sigmoid, float32)
 
 Only built-in Keras layers are used, so ``models/model.keras`` loads with plain
@@ -120,11 +120,15 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     )(x)
 
     base = _backbone(params.backbone, weights, image_size)
-    freeze_all_but_last(base, params.trainable_layers)
-    # training=False keeps the (frozen or not) BatchNormalization layers in inference mode, so
-    # fine-tuning does not wreck the ImageNet statistics (Keras transfer-learning guide).
-    x = base(x, training=False)
-
+    # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so
+    # fine-tuning does not wreck the ImageNet statistics. In Keras 3.15 the guide's
+    # `base(x, training=False)` does NOT do that inside a functional model: fit's training=True
+    # overrides the recorded training=False (keras/src/models/functional.py, operation_fn), and
+    # the moving statistics of trainable BN layers drift (tests/test_model.py measures it). A BN
+    # layer with trainable=False always runs in inference mode, so freeze BN layers instead.
+    # Random init (weights None): there are no statistics to protect; BN must learn them.
+    freeze_all_but_last(base, params.trainable_layers, freeze_batchnorm=weights is not None)
+    x = base(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(params.dropout, name="dropout")(x)
@@ -133,12 +137,19 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     return keras.Model(inputs, outputs, name=f"{params.backbone}_pneumonia")
 
 
-def freeze_all_but_last(base: keras.Model, n: int) -> None:
-    """Make only the last `n` layers of `base` trainable (paper: the last 30 of DenseNet201)."""
+def freeze_all_but_last(base: keras.Model, n: int, freeze_batchnorm: bool = False) -> None:
+    """Make only the last `n` layers of `base` trainable (paper: the last 30 of DenseNet201).
+
+    With `freeze_batchnorm`, BatchNormalization layers among them stay frozen too, which in Keras
+    means inference mode (pretrained moving mean/variance used and never updated).
+    """
+    import keras
+
     base.trainable = True
     cut = max(len(base.layers) - n, 0)
     for i, layer in enumerate(base.layers):
-        layer.trainable = i >= cut
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= cut and not (freeze_batchnorm and is_bn)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

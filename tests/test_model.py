@@ -54,7 +54,7 @@ def test_densenet201_last_30_layers_trainable_head_float32() -> None:
     assert len(model.trainable_weights) == backbone_weights + head_weights
     assert backbone_weights > 0
 
-    # Called with training=False: BatchNormalization stays in inference mode even when trainable.
+    # The head and the last layers see the gradient; the output is a float32 probability.
     x = np.random.default_rng(1).uniform(0, 255, size=(3, 32, 32, 1)).astype("float32")
     out = keras.ops.convert_to_numpy(model(x, training=True))
     assert out.shape == (3, 1)
@@ -127,3 +127,54 @@ def test_mixed_precision_keeps_output_and_augmentation_float32() -> None:
         assert keras.ops.convert_to_numpy(aug(x, training=True)).dtype == np.float32
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _densenet201_file(tmp_path: Path) -> Path:
+    import keras
+
+    path = tmp_path / "densenet201_notop.weights.h5"
+    keras.applications.DenseNet201(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    ).save_weights(path)
+    return path
+
+
+def _bn_moving_means_after_one_step(weights: str | None, tmp_path: Path) -> tuple[list, list]:
+    import keras
+
+    params = ModelParams(backbone="densenet121", weights="none", trainable_layers=30, dense_units=4)
+    model = build_model(params, 32, weights)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    bns = [
+        layer for layer in backbone_of(model).layers[-30:]
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    before = [keras.ops.convert_to_numpy(bn.moving_mean).copy() for bn in bns]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(8, 32, 32, 1)).astype("float32")
+    model.fit(x, rng.integers(0, 2, size=(8, 1)).astype("float32"), epochs=1, verbose=0)
+    after = [keras.ops.convert_to_numpy(bn.moving_mean) for bn in bns]
+    return before, after
+
+
+def test_batchnorm_statistics_frozen_when_pretrained_updated_from_scratch(tmp_path: Path) -> None:
+    """Fine-tuning keeps BN in inference mode (pretrained statistics untouched, even in the
+    trainable last layers); from random init BN must learn its statistics."""
+    import keras
+
+    weights_file = tmp_path / "densenet121_notop.weights.h5"
+    keras.applications.DenseNet121(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    ).save_weights(weights_file)
+
+    before, after = _bn_moving_means_after_one_step(str(weights_file), tmp_path)
+    assert before and all(np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+    params = ModelParams(backbone="densenet201", weights="none", trainable_layers=30)
+    base = backbone_of(build_model(params, 32, str(_densenet201_file(tmp_path))))
+    last = base.layers[-30:]
+    bn = [layer for layer in last if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)  # frozen = inference mode in Keras
+    assert all(layer.trainable for layer in last if layer not in bn)
+
+    before, after = _bn_moving_means_after_one_step(None, tmp_path)
+    assert any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
