@@ -107,13 +107,41 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
             )
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a sqlite store between concurrent stage processes.
+
+    Two queued experiments (`dvc queue start -j 2`) start training at the same moment: creating
+    the sqlite schema (alembic migrations), the experiment and the reference runs is not safe to
+    race (migrations collide, references get logged twice). An advisory lock next to the
+    database file orders them; a tracking server (http) does its own locking.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup() -> str:
     """Point MLflow at the store and the experiment; return the experiment id."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    with store_lock(uri):
+        return _setup_experiment(uri)
+
+
+def _setup_experiment(uri: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri()
-    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name()
     exp = mlflow.get_experiment_by_name(name)
@@ -350,6 +378,13 @@ def evaluate_run(train_run_id: str, has_test_metrics_key: str) -> Iterator[mlflo
 
 def ensure_reference_runs(experiment_id: str) -> dict[str, str]:
     """Log Table III and the Kaggle baseline as reference runs, once (found again by tag)."""
+    import mlflow
+
+    with store_lock(mlflow.get_tracking_uri()):
+        return _ensure_reference_runs(experiment_id)
+
+
+def _ensure_reference_runs(experiment_id: str) -> dict[str, str]:
     import mlflow
 
     ids: dict[str, str] = {}
