@@ -44,10 +44,53 @@ def test_labels_normal_is_0_pneumonia_is_1() -> None:
 def test_augmentation_never_flips() -> None:
     aug = build_augmentation(AugmentParams(rotation=10, zoom=0.1, shift=0.1, brightness=0.1), 1)
     names = [type(layer).__name__ for layer in aug.layers]
-    assert names == ["RandomRotation", "RandomZoom", "RandomTranslation", "RandomBrightness"]
-    assert not any("Flip" in n for n in names)
-    rotation = aug.layers[0]
-    assert rotation.factor == pytest.approx((-10 / 360, 10 / 360))  # degrees -> turns
+    assert names == ["RandomAffineBrightness"]  # rotation + zoom + shift + brightness, no flip
+    layer = aug.layers[0]
+    assert (layer.rotation, layer.zoom, layer.shift, layer.brightness) == (10, 0.1, 0.1, 0.1)
+    # A horizontal flip would be the linear part [[-1, 0], [0, 1]]: determinant -1. Rotation and
+    # zoom only ever give a positive determinant.
+    import keras
+
+    t = np.asarray(layer.transforms(2000, 224, 224, keras.random.SeedGenerator(0)))
+    assert (t[:, 0] * t[:, 4] - t[:, 1] * t[:, 3] > 0).all()
+
+
+def test_composed_transform_matches_the_ranges() -> None:
+    """The one affine map per image = shift, then zoom and rotation about the centre, each
+    drawn uniformly from the params' ranges (what RandomTranslation, RandomZoom and
+    RandomRotation would draw)."""
+    import keras
+
+    aug = build_augmentation(AugmentParams(rotation=10, zoom=0.1, shift=0.1, brightness=0), 1)
+    t = np.asarray(aug.layers[0].transforms(4000, 224, 160, keras.random.SeedGenerator(3)))
+    a = t[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
+    scale = np.sqrt(a[:, 0, 0] ** 2 + a[:, 1, 0] ** 2)
+    angle = np.degrees(np.arctan2(a[:, 1, 0], a[:, 0, 0]))
+    np.testing.assert_allclose(a[:, 0, 0], a[:, 1, 1], atol=1e-6)  # a rotation-scaling, no shear
+    np.testing.assert_allclose(a[:, 0, 1], -a[:, 1, 0], atol=1e-6)
+    assert 0.9 - 1e-5 <= scale.min() < 0.905 and 1.095 < scale.max() <= 1.1 + 1e-5
+    assert -10 - 1e-4 <= angle.min() < -9.8 and 9.8 < angle.max() <= 10 + 1e-4
+    # The output point that samples the input's centre is centre + shift: shift = p - c.
+    c = np.array([(160 - 1) / 2, (224 - 1) / 2])  # (x, y) = (column, row)
+    p = np.linalg.solve(a, (c - t[:, [2, 5]])[..., None])[..., 0]
+    shift = (p - c) / np.array([160, 224])
+    assert np.abs(shift).max() <= 0.1 + 1e-4 and np.abs(shift).max(axis=0).min() > 0.098
+    assert t[:, 6:].max() == 0  # affine, not projective
+
+
+def test_shift_only_moves_the_image_by_the_sampled_pixels() -> None:
+    """Check the composed map on pixels: a shift-only transform moves a dot by (dx, dy)."""
+    import keras
+
+    aug = build_augmentation(AugmentParams(rotation=0, zoom=0, shift=0.25, brightness=0), 5)
+    layer = aug.layers[0]
+    x = np.zeros((1, 32, 32, 1), "float32")
+    x[0, 16, 16, 0] = 255.0
+    # The same draw twice: one seed generator state for the transform we inspect and apply.
+    t = np.asarray(layer.transforms(1, 32, 32, keras.random.SeedGenerator(9)))
+    y = np.asarray(keras.ops.image.affine_transform(x, t, fill_mode="nearest"))
+    row, col = np.unravel_index(np.argmax(y[0, :, :, 0]), (32, 32))
+    assert (col, row) == (round(16 - t[0, 2]), round(16 - t[0, 5]))
 
 
 def test_augmentation_with_zero_ranges_is_identity() -> None:
@@ -58,6 +101,7 @@ def test_augmentation_with_zero_ranges_is_identity() -> None:
 
 def test_augmentation_changes_images_and_keeps_range() -> None:
     aug = build_augmentation(AugmentParams(), 3)
+    assert aug.layers[0].compute_dtype == "float32"
     x = np.tile(np.linspace(0, 255, 32 * 32, dtype="float32").reshape(1, 32, 32, 1), (4, 1, 1, 1))
     y = np.asarray(aug(x, training=True))
     assert y.shape == x.shape
