@@ -38,10 +38,13 @@ from stages.config import (
     load_params,
     workers,
 )
+from stages.ingest import encode_png
 
 log = logging.getLogger("stages.balance")
 
-BALANCED_COLUMNS = ["image_id", "path", "label", "class", "patient_id", "split", "source_image_id"]
+BALANCED_COLUMNS = [
+    "image_id", "path", "label", "class", "patient_id", "split", "source_image_id", "png_sha256",
+]
 
 
 def image_seed(seed: int, source_id: str, k: int) -> int:
@@ -86,12 +89,15 @@ def augment(img: Image.Image, p: BalanceParams, seed: int) -> Image.Image:
     return result
 
 
-def _generate(task: tuple[str, str, int, BalanceParams]) -> None:
+def _generate(task: tuple[str, str, int, BalanceParams]) -> tuple[str, str]:
+    """Write one generated image; return (its path, sha256 of its PNG bytes)."""
     source, out, seed, p = task
     with Image.open(source) as img:
         img.load()
         variant = augment(img.convert("L") if img.mode != "L" else img, p, seed)
-    variant.save(out, format="PNG")
+    png = encode_png(variant)
+    Path(out).write_bytes(png)
+    return out, hashlib.sha256(png).hexdigest()
 
 
 def plan(manifest: pd.DataFrame, target: int) -> pd.DataFrame:
@@ -111,7 +117,7 @@ def plan(manifest: pd.DataFrame, target: int) -> pd.DataFrame:
             "label": "NORMAL", "class": "normal", "patient_id": src.patient_id, "split": "train",
             "source_image_id": src.image_id, "source_path": src.path, "k": k,
         })
-    columns = [*BALANCED_COLUMNS, "source_path", "k"]
+    columns = [*BALANCED_COLUMNS[:-1], "source_path", "k"]
     return pd.DataFrame(rows, columns=columns).sort_values("image_id", ignore_index=True)
 
 
@@ -137,12 +143,11 @@ def run(params: Params) -> dict[str, int]:
     n_workers = min(workers(p.workers), max(1, len(tasks)))
     bar = {"total": len(tasks), "desc": "balance", "unit": "img", "mininterval": 1.0}
     if n_workers == 1:
-        for t in tqdm(tasks, **bar):
-            _generate(t)
+        written = dict(_generate(t) for t in tqdm(tasks, **bar))
     else:
         with multiprocessing.Pool(n_workers) as pool:
-            for _ in tqdm(pool.imap_unordered(_generate, tasks, chunksize=16), **bar):
-                pass
+            written = dict(tqdm(pool.imap_unordered(_generate, tasks, chunksize=16), **bar))
+    generated["png_sha256"] = generated["path"].map(written)
 
     BALANCED_MANIFEST.parent.mkdir(parents=True, exist_ok=True)
     generated[BALANCED_COLUMNS].to_csv(BALANCED_MANIFEST, index=False, lineterminator="\n")

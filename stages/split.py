@@ -35,7 +35,11 @@ from stages.config import (
 
 log = logging.getLogger("stages.split")
 
-SPLIT_COLUMNS = ["image_id", "path", "label", "class", "patient_id", "subset", "source_image_id"]
+# png_sha256 (the hash of each image file) makes split.csv a fingerprint of every image it
+# lists: train and evaluate depend on it instead of on the image folders (see dvc.yaml).
+SPLIT_COLUMNS = [
+    "image_id", "path", "label", "class", "patient_id", "subset", "source_image_id", "png_sha256",
+]
 SUBSETS = ("train", "val", "test")
 
 

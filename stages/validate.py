@@ -29,7 +29,7 @@ log = logging.getLogger("stages.validate")
 
 REQUIRED_COLUMNS = [
     "image_id", "path", "label", "class", "patient_id", "split",
-    "source_file", "sha256", "width", "height", "mode",
+    "source_file", "sha256", "width", "height", "mode", "png_sha256",
 ]
 SPLITS = ("train", "test")
 # Table I of the paper (= the Mendeley release): images per official split and label.

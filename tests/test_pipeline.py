@@ -7,6 +7,7 @@ then check its outputs, the MLflow store, DVC's caching and the determinism of t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -110,6 +111,9 @@ def test_outputs_and_metrics(project: Path) -> None:
     split = pd.read_csv(project / "data/split.csv", keep_default_na=False)
     assert set(split["subset"]) == {"train", "val", "test"}
     assert (split["subset"] == "test").sum() == 100
+    # split.csv fingerprints every image it lists (train/evaluate depend on it, not the folders).
+    for row in split.itertuples():
+        assert hashlib.sha256((project / row.path).read_bytes()).hexdigest() == row.png_sha256
 
     ev = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0.0 <= ev["accuracy"] <= 1.0

@@ -92,7 +92,7 @@ def test_missing_manifest_says_run_ingest(workdir: Path, mini_raw: Path) -> None
 def test_missing_column_fails_cleanly(workdir: Path, mini_raw: Path) -> None:
     ingest.run(make_params(mini_raw))
     MANIFEST.write_text("\n".join(",".join(line.split(",")[:-1]) for line in
-                                  MANIFEST.read_text().splitlines()) + "\n")  # drop `mode`
+                                  MANIFEST.read_text().splitlines()) + "\n")  # drop the last column
     with pytest.raises(PipelineError, match="required_columns_present"):
         validate.run(make_params(mini_raw))
 
