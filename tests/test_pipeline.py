@@ -119,8 +119,10 @@ def test_outputs_and_metrics(project: Path) -> None:
     assert 0.0 <= ev["accuracy"] <= 1.0
     assert ev["NORMAL"]["support"] == 40 and ev["PNEUMONIA"]["support"] == 60
     for label in ("NORMAL", "PNEUMONIA"):
-        for key in ("precision", "recall", "f1"):
-            assert 0.0 <= ev[label][key] <= 1.0
+        assert 0.0 <= ev[label]["recall"] <= 1.0  # both classes are in the test set
+        for key in ("precision", "f1"):
+            # null when undefined: a 2-epoch model from random init may never predict a class
+            assert ev[label][key] is None or 0.0 <= ev[label][key] <= 1.0
 
     confusion = pd.read_csv(project / "metrics/confusion.csv")
     assert len(confusion) == 100
