@@ -37,6 +37,7 @@ from stages.config import (
     PipelineError,
     load_params,
     workers,
+    write_json,
 )
 from stages.ingest import encode_png
 
@@ -160,8 +161,7 @@ def run(params: Params) -> dict[str, int]:
         "normal_after": normal_before + len(generated),
         "target": p.target_normal,
     }
-    BALANCE_JSON.parent.mkdir(parents=True, exist_ok=True)
-    BALANCE_JSON.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_json(metrics, BALANCE_JSON)
     log.info("generated %d NORMAL images: %d -> %d", len(generated), normal_before,
              metrics["normal_after"])
     return metrics

@@ -9,6 +9,7 @@ the declared type here, so no stage ever sees a string where it expects a float.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -334,6 +335,13 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write a stage's JSON report/metric: indented, newline-terminated, parent folder created.
+    One format everywhere, so DVC hashes the same bytes for the same content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def workers(n: int) -> int:

@@ -9,7 +9,6 @@ metrics/roc.csv, metrics/predictions.csv. Everything is also logged to the pipel
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -36,6 +35,7 @@ from stages.config import (
     PipelineError,
     flatten,
     load_params,
+    write_json,
 )
 from stages.dataset import (
     check_images,
@@ -183,11 +183,6 @@ def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
 def predict(params: Params, rows: pd.DataFrame) -> np.ndarray:
     """P(PNEUMONIA) per row, in the rows' order."""
     import keras
@@ -215,9 +210,9 @@ def run(params: Params) -> dict[str, Any]:
     y_pred = predict_labels(prob, t)
 
     metrics = compute_metrics(y_true, prob, t)
-    _write_json(metrics, EVALUATE_JSON)
+    write_json(metrics, EVALUATE_JSON)
     table3 = compare_table3(metrics)
-    _write_json(table3, TABLE3_JSON)
+    write_json(table3, TABLE3_JSON)
     markdown = table3_markdown(table3)
     TABLE3_MD.write_text(markdown, encoding="utf-8")
 

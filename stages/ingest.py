@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import multiprocessing
 import shutil
@@ -35,6 +34,7 @@ from stages.config import (
     PipelineError,
     load_params,
     workers,
+    write_json,
 )
 
 log = logging.getLogger("stages.ingest")
@@ -210,8 +210,7 @@ def run(params: Params) -> dict:
     policy = params.ingest.on_bad_file
     failed = bool(bad) and policy == "fail"
     report = _report(params, inv, manifest, bad, failed)
-    INGEST_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    INGEST_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, INGEST_REPORT)
 
     if failed:
         shutil.rmtree(IMAGES_DIR, ignore_errors=True)  # no half-ingested dataset

@@ -14,7 +14,6 @@ of train and validation match to well under 1 %.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -31,6 +30,7 @@ from stages.config import (
     Params,
     PipelineError,
     load_params,
+    write_json,
 )
 
 log = logging.getLogger("stages.split")
@@ -100,8 +100,7 @@ def run(params: Params) -> dict:
     metrics = _metrics(split)
     if metrics["patients_in_train_and_val"]:  # cannot happen by construction; guard the contract
         raise PipelineError("internal error: a patient ended up in both train and val.")
-    SPLIT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    SPLIT_JSON.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_json(metrics, SPLIT_JSON)
     log.info("split: train %d, val %d (%.1f %%), test %d", metrics["counts"]["train"]["total"],
              metrics["counts"]["val"]["total"], 100 * metrics["val_fraction"],
              metrics["counts"]["test"]["total"])

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.config import MLFLOW_RUN_FILE, PipelineError
+from stages.config import MLFLOW_RUN_FILE, PipelineError, write_json
 from stages.paper import REFERENCE_TAG, reference_metrics
 
 if TYPE_CHECKING:
@@ -321,8 +321,7 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_json(info, path)
     return info
 
 

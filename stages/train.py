@@ -40,6 +40,7 @@ from stages.config import (
     Params,
     flatten,
     load_params,
+    write_json,
 )
 from stages.dataset import check_images, make_dataset, read_split, sha256_file, subset_rows
 from stages.model import build_model, resolve_weights
@@ -295,8 +296,7 @@ def run(params: Params) -> dict[str, Any]:
         write_history(history, TRAIN_HISTORY)
         summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
         summary["seconds"] = round(time.monotonic() - started, 1)
-        TRAIN_JSON.parent.mkdir(parents=True, exist_ok=True)
-        TRAIN_JSON.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(summary, TRAIN_JSON)
 
         final = {
             "best_val_loss": summary["best_val_loss"],

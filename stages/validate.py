@@ -7,7 +7,6 @@ metrics/validation.md, then fails (exit 2) when an expectation fails, or when le
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ from stages.config import (
     Params,
     PipelineError,
     load_params,
+    write_json,
 )
 
 log = logging.getLogger("stages.validate")
@@ -263,8 +263,7 @@ def run(params: Params) -> dict[str, Any]:
             "warnings": [] if leak_is_error else leak_msgs,
         },
     }
-    VALIDATION_JSON.parent.mkdir(parents=True, exist_ok=True)
-    VALIDATION_JSON.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, VALIDATION_JSON)
     VALIDATION_MD.write_text(_markdown(report, failed, leak_msgs), encoding="utf-8")
 
     for msg in [] if leak_is_error else leak_msgs:
