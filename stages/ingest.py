@@ -13,7 +13,9 @@ import io
 import logging
 import multiprocessing
 import shutil
+import struct
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,9 @@ MANIFEST_COLUMNS = [
 # aliasing (bilinear/nearest, as Keras' loader uses by default, alias on 10x reductions).
 RESIZE_METHOD = "Pillow LANCZOS (antialiased), aspect ratio squashed like Keras target_size"
 _RESAMPLE = Image.Resampling.LANCZOS
-PNG_COMPRESS_LEVEL = 1
+PNG_ZLIB_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_FILTER_UP = 2
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,6 @@ def _process(task: tuple[str, str]) -> Decoded:
     except ValueError as exc:
         return Decoded(member, sha256=digest, error=str(exc))
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     # The PNG's own hash goes into the manifest: it makes manifest.csv (and split.csv after it)
     # a fingerprint of every image, so later stages depend on the CSV instead of DVC re-hashing
     # thousands of files (see dvc.yaml).
@@ -151,11 +154,33 @@ def _process(task: tuple[str, str]) -> Decoded:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    """PNG bytes without metadata or timestamps (same bytes on rerun). zlib level 1 encodes 3x
-    faster than the default 6 for files ~15 % larger (measured on the 224 px images)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    """8-bit grayscale PNG bytes: no metadata or timestamps, so the same pixels give the same bytes.
+
+    Written here rather than by `img.save(format="PNG")`: Pillow always chooses a filter per row
+    adaptively, and its encoder (1.6 ms per 224 px image at compress_level=1) was half of the
+    ingest stage's time (cProfile and `perf record`, 2 vCPUs). Every row here uses the PNG "Up"
+    filter (one NumPy subtraction) and zlib's run-length strategy: 0.5-0.6 ms per image, files
+    ~4 % smaller; the single-worker stage went from ~19 s to ~12.5 s on the full dataset.
+    The bytes depend on the zlib library's version (Pillow's encoder loaded the same system
+    zlib), the pixels never do; tests decode them with Pillow and TensorFlow's libpng.
+    """
+    if img.mode != "L":
+        raise ValueError(f"encode_png expects an 8-bit grayscale (mode L) image, got {img.mode}")
+    pixels = np.asarray(img, dtype=np.uint8)
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = _PNG_FILTER_UP
+    rows[0, 1:] = pixels[0]  # the row above the first one is all zeros
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # uint8 wraps mod 256, as PNG wants
+    deflate = zlib.compressobj(PNG_ZLIB_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bit, grayscale
+    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", idat),
+                     _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) -> list[Decoded]:
@@ -163,6 +188,8 @@ def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) ->
         (img.member, (IMAGES_DIR / img.split / img.label / f"{img.image_id}.png").as_posix())
         for img in inv.images
     ]
+    for folder in sorted({Path(out).parent for _, out in tasks}):  # once, not once per image
+        folder.mkdir(parents=True, exist_ok=True)
     bar = {"total": len(tasks), "desc": "ingest", "unit": "img", "mininterval": 1.0}
     if n_workers == 1:
         _init_worker(raw, inv.kind, size)

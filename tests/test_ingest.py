@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -126,6 +127,31 @@ def test_image_variants_are_ingested_as_gray(workdir: Path, mini_raw: Path) -> N
     assert abs(out("IM-9004-0001").astype(float).mean() - arr8.mean()) < 5  # not inverted
     np.testing.assert_array_equal(out("IM-9005-0001"), arr8)
     assert out("IM-9006-0001").std() > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (224, 224), (300, 120)])
+def test_png_encoder_round_trips_exactly(shape: tuple[int, int]) -> None:
+    """encode_png writes its own PNG (Up filter + zlib): Pillow and TensorFlow (libpng, which
+    checks every chunk CRC) must decode exactly the pixels it was given, wrap-around included."""
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[0, 0], pixels[-1, -1] = 0, 255  # extremes: Up-filter differences wrap mod 256
+    real = np.asarray(real_gray(max(shape)))[: shape[0], : shape[1]]
+    for arr in (pixels, real):
+        png = ingest.encode_png(Image.fromarray(arr, "L"))
+        assert png == ingest.encode_png(Image.fromarray(arr.copy(), "L"))  # deterministic
+        with Image.open(io.BytesIO(png)) as img:
+            img.load()
+            assert img.mode == "L" and img.format == "PNG" and not img.info
+            np.testing.assert_array_equal(np.asarray(img), arr)
+    tf = pytest.importorskip("tensorflow")
+    decoded = tf.io.decode_png(png, channels=1).numpy()[..., 0]
+    np.testing.assert_array_equal(decoded, real)
+
+
+def test_png_encoder_refuses_non_gray_images() -> None:
+    with pytest.raises(ValueError, match="mode L.*got RGB"):
+        ingest.encode_png(Image.new("RGB", (4, 4)))
 
 
 def _add_bad_files(raw: Path) -> dict[str, str]:
