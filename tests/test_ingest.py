@@ -154,6 +154,23 @@ def test_png_encoder_refuses_non_gray_images() -> None:
         ingest.encode_png(Image.new("RGB", (4, 4)))
 
 
+def test_manifest_is_written_as_pandas_would(tmp_path: Path) -> None:
+    """write_manifest skips importing pandas; its bytes must equal pandas' to_csv, quoting of
+    awkward file names included, so validate/split read back exactly what ingest meant."""
+    row = dict.fromkeys(ingest.MANIFEST_COLUMNS, "x")
+    rows = [
+        {**row, "image_id": "IM-0001-0001", "width": 224, "height": 1, "patient_id": ""},
+        {**row, "image_id": "IM-0002-0001", "source_file": 'train/NORMAL/a,"b".jpeg',
+         "width": 2916, "height": 2583, "mode": "I;16"},
+    ]
+    ingest.write_manifest(rows, tmp_path / "m.csv")
+    expected = pd.DataFrame(rows, columns=ingest.MANIFEST_COLUMNS).to_csv(
+        index=False, lineterminator="\n")
+    assert (tmp_path / "m.csv").read_text(encoding="utf-8") == expected
+    back = pd.read_csv(tmp_path / "m.csv", keep_default_na=False)
+    assert back.loc[1, "source_file"] == 'train/NORMAL/a,"b".jpeg'
+
+
 def _add_bad_files(raw: Path) -> dict[str, str]:
     """Bad files built from a real JPEG; returns source_file -> expected reason text."""
     real = min((raw / "train" / "NORMAL").iterdir()).read_bytes()
