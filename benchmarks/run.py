@@ -1,6 +1,6 @@
 """`make bench`: performance goals of the pipeline, measured on this machine.
 
-    python -m benchmarks.run                 # all cases, full dataset (~8-10 min on 2 CPU cores)
+    python -m benchmarks.run                 # all cases, full dataset (~15 min on 2 CPU cores)
     python -m benchmarks.run --quick         # tiny sizes on the bundled sample (smoke test)
     python -m benchmarks.run --only input    # one case (repeatable: --only dvc --only memory)
 
