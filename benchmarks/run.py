@@ -181,7 +181,7 @@ def capacity() -> tuple[float, float]:
     """(parallel capacity, single-core probe seconds) now. Capacity: time of 8 pure-CPU tasks on 1
     process / on 2 processes (2.0 on an idle 2-core machine; ~1.0 when another process keeps a
     core busy). The probe: those 8 tasks' time on one process, which shows how fast this VM's
-    vCPUs are at the moment (it drifts by 20-40 % over minutes on the development machine)."""
+    vCPUs are at the moment (it drifts by 10-40 % over minutes on the development machine)."""
     import multiprocessing
 
     t = time.perf_counter()

@@ -34,6 +34,11 @@ class ParamsError(PipelineError):
 DATA = Path("data")
 IMAGES_DIR = DATA / "images"  # ingest: decoded, resized 8-bit grayscale PNGs
 MANIFEST = DATA / "manifest.csv"  # ingest: one row per source image
+# manifest.csv's columns: written by ingest, required by validate.
+MANIFEST_COLUMNS = [
+    "image_id", "path", "label", "class", "patient_id", "split",
+    "source_file", "sha256", "width", "height", "mode", "png_sha256",
+]
 INGEST_REPORT = DATA / "ingest_report.json"  # ingest: bad files (skipped or fatal)
 BALANCED_DIR = DATA / "balanced"  # balance: generated NORMAL PNGs
 BALANCED_MANIFEST = DATA / "balanced.csv"  # balance: one row per generated image

@@ -32,6 +32,7 @@ from stages.config import (
     INGEST_REPORT,
     LABELS,
     MANIFEST,
+    MANIFEST_COLUMNS,
     Params,
     PipelineError,
     load_params,
@@ -41,10 +42,6 @@ from stages.config import (
 
 log = logging.getLogger("stages.ingest")
 
-MANIFEST_COLUMNS = [
-    "image_id", "path", "label", "class", "patient_id", "split",
-    "source_file", "sha256", "width", "height", "mode", "png_sha256",
-]
 # LANCZOS is antialiased: downsampling the ~2000 px originals keeps fine lung texture without
 # aliasing (bilinear/nearest, as Keras' loader uses by default, alias on 10x reductions).
 RESIZE_METHOD = "Pillow LANCZOS (antialiased), aspect ratio squashed like Keras target_size"
@@ -183,9 +180,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def output_path(img: kermany.SourceImage) -> Path:
+    """Where ingest writes one source image: data/images/{split}/{label}/{image_id}.png."""
+    return IMAGES_DIR / img.split / img.label / f"{img.image_id}.png"
+
+
 def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) -> list[Decoded]:
     tasks = [
-        (img.member, (IMAGES_DIR / img.split / img.label / f"{img.image_id}.png").as_posix())
+        (img.member, output_path(img).as_posix())
         for img in inv.images
     ]
     for folder in sorted({Path(out).parent for _, out in tasks}):  # once, not once per image
@@ -221,11 +223,11 @@ def run(params: Params) -> dict:
         d = by_member[img.member]
         if d.error:
             bad.append((img.source_file, d.error))
-            (IMAGES_DIR / img.split / img.label / f"{img.image_id}.png").unlink(missing_ok=True)
+            output_path(img).unlink(missing_ok=True)
             continue
         rows.append({
             "image_id": img.image_id,
-            "path": (IMAGES_DIR / img.split / img.label / f"{img.image_id}.png").as_posix(),
+            "path": output_path(img).as_posix(),
             "label": img.label, "class": img.klass, "patient_id": img.patient_id,
             "split": img.split, "source_file": img.source_file, "sha256": d.sha256,
             "width": d.width, "height": d.height, "mode": d.mode, "png_sha256": d.png_sha256,

@@ -17,6 +17,7 @@ from stages.config import (
     CLASSES,
     LABELS,
     MANIFEST,
+    MANIFEST_COLUMNS,
     VALIDATION_JSON,
     VALIDATION_MD,
     Params,
@@ -27,10 +28,6 @@ from stages.config import (
 
 log = logging.getLogger("stages.validate")
 
-REQUIRED_COLUMNS = [
-    "image_id", "path", "label", "class", "patient_id", "split",
-    "source_file", "sha256", "width", "height", "mode", "png_sha256",
-]
 SPLITS = ("train", "test")
 # Table I of the paper (= the Mendeley release): images per official split and label.
 TABLE1 = {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
@@ -44,10 +41,10 @@ def _expectations(params: Params, columns: list[str]) -> list[tuple[str, Any, st
     import great_expectations.expectations as gxe
 
     v = params.validate
-    present = [c for c in REQUIRED_COLUMNS if c in columns]
+    present = [c for c in MANIFEST_COLUMNS if c in columns]
     checks: list[tuple[str, Any, str]] = [
         ("required_columns_present",
-         gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED_COLUMNS, exact_match=False),
+         gxe.ExpectTableColumnsToMatchSet(column_set=MANIFEST_COLUMNS, exact_match=False),
          "re-run ingest to rebuild the manifest"),
     ]
     checks += [(f"{c}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=c),
