@@ -25,10 +25,10 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@touch $@
 
 demo: install
-	$(PY) -m stages.demo
+	$(PY) -m pneumonia demo
 
 lint: install
-	$(VENV)/bin/ruff check stages tests benchmarks
+	$(VENV)/bin/ruff check pneumonia stages tests benchmarks
 
 test: install lint
 	$(PY) -m pytest

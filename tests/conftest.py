@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stages.config import Params, parse_params
+from pneumonia.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data/sample/chest_xray"
@@ -139,7 +139,7 @@ def full_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Tests that use it chdir into it themselves and must not modify it."""
     if not SHARED.is_dir():
         pytest.skip(f"full dataset not found at {SHARED} (CI has ../shared next to the clone)")
-    from stages import balance, ingest, split, validate
+    from pneumonia.dataset import balance, ingest, split, validate
 
     project = tmp_path_factory.mktemp("full")
     params = make_params(SHARED, ingest={"workers": 2}, balance={"workers": 2},

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import tracking
-from stages.config import PipelineError
+from pneumonia import tracking
+from pneumonia.errors import PipelineError
 from tests.trainkit import make_split, run_stage, write_params
 
 

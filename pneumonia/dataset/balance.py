@@ -1,0 +1,164 @@
+"""Stage `balance`: generate NORMAL training images with Augmentor until NORMAL reaches the target.
+
+Only training images are used as sources (the test set is never touched). Generated image i
+(0..n-1) comes from source ``sources[i % len(sources)]`` (sources sorted by image_id), as its
+k-th variant (k = i // len(sources)), and is written to
+data/balanced/NORMAL/{source_id}_aug{k:02d}.png. Augmentor's own `Pipeline.sample()` is
+multi-threaded and names files with uuid4, so its output is not reproducible; instead each image is
+transformed by Augmentor's operations directly, with Python's `random` and NumPy's global RNG seeded
+from a SHA-256 of (balance.seed, source id, k): same bytes on rerun, serial or parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from pneumonia.dataset.images import encode_png
+from pneumonia.errors import PipelineError
+from pneumonia.files import workers, write_json
+from pneumonia.params import BalanceParams, Params
+from pneumonia.paths import (
+    BALANCE_JSON,
+    BALANCED_DIR,
+    BALANCED_MANIFEST,
+    MANIFEST,
+    VALIDATION_JSON,
+)
+
+log = logging.getLogger(__name__)
+
+BALANCED_COLUMNS = [
+    "image_id", "path", "label", "class", "patient_id", "split", "source_image_id", "png_sha256",
+]
+
+
+def image_seed(seed: int, source_id: str, k: int) -> int:
+    """A per-image seed stable across processes and Python versions (built-in hash() is not)."""
+    digest = hashlib.sha256(f"{seed}:{source_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def augment(img: Image.Image, p: BalanceParams, seed: int) -> Image.Image:
+    """One subtle variant of `img`: skew, elastic distortion, rotation, zoom. Never a flip: a
+    mirrored chest X-ray (heart on the right) is not a plausible patient.
+
+    Same size and mode as the input; deterministic for a given seed.
+    """
+    from Augmentor.Operations import Distort, RotateRange, Skew, ZoomRandom
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ops = [Skew(probability=1.0, skew_type="RANDOM", magnitude=p.skew_magnitude)]
+    if p.distortion_magnitude > 0:
+        ops.append(Distort(probability=1.0, grid_width=p.distortion_grid,
+                           grid_height=p.distortion_grid, magnitude=p.distortion_magnitude))
+    if p.rotation > 0:
+        # RotateRange crops the rotated image to its largest inner rectangle and scales it back.
+        ops.append(RotateRange(probability=1.0, max_left_rotation=p.rotation,
+                               max_right_rotation=p.rotation))
+    # zoom_min..zoom_max is a magnification factor; ZoomRandom takes the kept side fraction and
+    # crops it at a random position, then scales back to the original size.
+    factor = random.uniform(p.zoom_min, p.zoom_max)
+    if factor > 1.0:
+        ops.append(ZoomRandom(probability=1.0, percentage_area=1.0 / factor, randomise=False))
+    out = [img]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # Augmentor's np.matrix
+        for op in ops:
+            out = op.perform_operation(out)
+    result = out[0]
+    if result.mode != img.mode:
+        result = result.convert(img.mode)
+    if result.size != img.size:
+        result = result.resize(img.size, Image.Resampling.BICUBIC)
+    return result
+
+
+def _generate(task: tuple[str, str, int, BalanceParams]) -> tuple[str, str]:
+    """Write one generated image; return (its path, sha256 of its PNG bytes)."""
+    source, out, seed, p = task
+    with Image.open(source) as img:
+        img.load()
+        variant = augment(img.convert("L") if img.mode != "L" else img, p, seed)
+    png = encode_png(variant)
+    Path(out).write_bytes(png)
+    return out, hashlib.sha256(png).hexdigest()
+
+
+def plan(manifest: pd.DataFrame, target: int) -> pd.DataFrame:
+    """The generated images: one row per image (balanced.csv columns), sorted by image_id."""
+    sources = manifest[(manifest.split == "train") & (manifest.label == "NORMAL")]
+    sources = sources.sort_values("image_id", ignore_index=True)
+    n = max(0, target - len(sources))
+    if n and sources.empty:
+        raise PipelineError(f"{MANIFEST} has no NORMAL training images to augment from.")
+    rows = []
+    for i in range(n):
+        src = sources.iloc[i % len(sources)]
+        k = i // len(sources)
+        image_id = f"{src.image_id}_aug{k:02d}"
+        rows.append({
+            "image_id": image_id, "path": (BALANCED_DIR / "NORMAL" / f"{image_id}.png").as_posix(),
+            "label": "NORMAL", "class": "normal", "patient_id": src.patient_id, "split": "train",
+            "source_image_id": src.image_id, "source_path": src.path, "k": k,
+        })
+    columns = [*BALANCED_COLUMNS[:-1], "source_path", "k"]
+    return pd.DataFrame(rows, columns=columns).sort_values("image_id", ignore_index=True)
+
+
+def run(params: Params) -> dict[str, int]:
+    """Run the balance stage in the current directory; return metrics/balance.json's content."""
+    p = params.balance
+    if not MANIFEST.is_file():
+        raise PipelineError(f"{MANIFEST} not found: run the ingest stage first (dvc repro ingest).")
+    if VALIDATION_JSON.is_file() and not json.loads(VALIDATION_JSON.read_text()).get("success"):
+        raise PipelineError(f"{VALIDATION_JSON} says the data failed validation: fix the data "
+                            "and re-run validate before balancing.")
+    manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
+    generated = plan(manifest, p.target_normal)
+    missing = [s for s in sorted(set(generated.source_path)) if not Path(s).is_file()]
+    if missing:
+        raise PipelineError(f"{len(missing)} source image(s) listed in {MANIFEST} are missing, "
+                            f"e.g. {missing[0]}: re-run the ingest stage.")
+
+    shutil.rmtree(BALANCED_DIR, ignore_errors=True)  # exactly the current images, no stale ones
+    (BALANCED_DIR / "NORMAL").mkdir(parents=True)
+    tasks = [(r.source_path, r.path, image_seed(p.seed, r.source_image_id, r.k), p)
+             for r in generated.itertuples()]
+    n_workers = min(workers(p.workers), max(1, len(tasks)))
+    bar = {"total": len(tasks), "desc": "balance", "unit": "img", "mininterval": 1.0}
+    if n_workers == 1:
+        written = dict(_generate(t) for t in tqdm(tasks, **bar))
+    else:
+        with multiprocessing.Pool(n_workers) as pool:
+            written = dict(tqdm(pool.imap_unordered(_generate, tasks, chunksize=16), **bar))
+    generated["png_sha256"] = generated["path"].map(written)
+
+    BALANCED_MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+    generated[BALANCED_COLUMNS].to_csv(BALANCED_MANIFEST, index=False, lineterminator="\n")
+    train = manifest[manifest.split == "train"]
+    normal_before = int((train.label == "NORMAL").sum())
+    metrics = {
+        "normal_before": normal_before,
+        "pneumonia": int((train.label == "PNEUMONIA").sum()),
+        "generated": len(generated),
+        "normal_after": normal_before + len(generated),
+        "target": p.target_normal,
+    }
+    write_json(metrics, BALANCE_JSON)
+    log.info("generated %d NORMAL images: %d -> %d", len(generated), normal_before,
+             metrics["normal_after"])
+    return metrics
+

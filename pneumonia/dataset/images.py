@@ -1,0 +1,116 @@
+"""Image decoding, shared by ingest and by everyone who applies the model to new images.
+
+One code path turns any supported file into what the model was trained on: fully decoded (a
+truncated file is an error, never half an image), converted to 8-bit grayscale (`to_gray8`) and
+squashed to size x size with Pillow's antialiased LANCZOS filter (`decode_one`). `encode_png`
+writes the ingested images.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# LANCZOS is antialiased: downsampling the ~2000 px originals keeps fine lung texture without
+# aliasing (bilinear/nearest, as Keras' loader uses by default, alias on 10x reductions).
+RESIZE_METHOD = "Pillow LANCZOS (antialiased), aspect ratio squashed like Keras target_size"
+_RESAMPLE = Image.Resampling.LANCZOS
+PNG_ZLIB_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_FILTER_UP = 2
+
+
+
+def to_gray8(img: Image.Image) -> Image.Image:
+    """Convert any Pillow image to 8-bit grayscale (mode L).
+
+    Alpha is dropped, not composited: X-rays have no meaningful transparency, and compositing on
+    black or white would invent intensities. 16/32-bit grayscale is scaled by its bit depth
+    (65535 -> 255), not clipped, so the full dynamic range survives.
+    """
+    mode = img.mode
+    if mode == "L":
+        return img
+    if mode in ("LA", "La"):
+        return img.getchannel("L")
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img, dtype=np.int64)
+        # Pillow opens 16-bit PNGs as I;16 or I; both hold values up to 65535.
+        max_value = 65535 if arr.max(initial=0) <= 65535 else int(arr.max())
+        arr = np.clip(arr, 0, None)
+        return Image.fromarray(((arr * 255 + max_value // 2) // max_value).astype(np.uint8), "L")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    if mode in ("1", "P", "PA", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGBA" if mode in ("P", "PA") else "RGB")
+    return img.convert("L")  # ITU-R 601 luma
+
+
+def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
+    """Fully decode image bytes and return (grayscale size x size image, width, height, mode).
+
+    Raises ValueError with a user-readable reason for empty, non-image, truncated or
+    decompression-bomb files.
+    """
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # A DecompressionBombWarning (over Image.MAX_IMAGE_PIXELS) is as suspicious as the error
+        # (over twice that): both are refused, and the limit is never raised silently.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)  # palette-transparency notes
+        try:
+            img = Image.open(io.BytesIO(data))
+            width, height, mode = img.width, img.height, img.mode
+            img.load()  # decode everything now: truncated files fail here, not later
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError(
+                f"image too large: more pixels than Pillow's decompression-bomb limit "
+                f"({Image.MAX_IMAGE_PIXELS} pixels); it is probably corrupt or not an X-ray"
+            ) from None
+        except UnidentifiedImageError:
+            raise ValueError("not an image: Pillow cannot identify the file's content") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ValueError(f"truncated or corrupt image data ({exc})") from None
+    gray = to_gray8(img)
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), _RESAMPLE)
+    return gray, width, height, mode
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """8-bit grayscale PNG bytes: no metadata or timestamps, so the same pixels give the same bytes.
+
+    Written here rather than by `img.save(format="PNG")`: Pillow always chooses a filter per row
+    adaptively, and its encoder (1.6 ms per 224 px image at compress_level=1) was half of the
+    ingest stage's time (cProfile and `perf record`, 2 vCPUs). Every row here uses the PNG "Up"
+    filter (one NumPy subtraction) and zlib's run-length strategy: 0.5-0.6 ms per image, files
+    ~4 % smaller; the single-worker stage went from ~19 s to ~12.5 s on the full dataset.
+    The bytes depend on the zlib library's version (Pillow's encoder loaded the same system
+    zlib), the pixels never do; tests decode them with Pillow and TensorFlow's libpng.
+    """
+    if img.mode != "L":
+        raise ValueError(f"encode_png expects an 8-bit grayscale (mode L) image, got {img.mode}")
+    pixels = np.asarray(img, dtype=np.uint8)
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = _PNG_FILTER_UP
+    rows[0, 1:] = pixels[0]  # the row above the first one is all zeros
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # uint8 wraps mod 256, as PNG wants
+    deflate = zlib.compressobj(PNG_ZLIB_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bit, grayscale
+    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", idat),
+                     _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

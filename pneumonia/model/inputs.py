@@ -1,0 +1,239 @@
+"""Input pipeline: data/split.csv rows -> batched (image, label) tf.data datasets.
+
+The PNGs were decoded, converted to 8-bit grayscale and resized once by the ingest stage, so
+here each epoch only reads and decodes small PNGs. Decoded images are cached as uint8 (before
+augmentation, so every epoch sees fresh augmentations). Online augmentation (training only)
+replaces the legacy ImageDataGenerator the paper used with one Keras layer: rotation, zoom and
+shift composed into a single affine resampling per image, then brightness — never a flip (a
+mirrored chest X-ray puts the heart on the wrong side, which no real test image shows).
+
+tf.data is TF-only; it is confined to this module (the input edge). The augmentation layer is a
+Keras DataLayer built on backend ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from pneumonia.errors import PipelineError
+from pneumonia.params import AugmentParams
+from pneumonia.paths import LABELS, SPLIT_CSV
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+SPLIT_COLUMNS = ("image_id", "path", "label", "class", "patient_id", "subset", "source_image_id")
+LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}  # 0 = NORMAL, 1 = PNEUMONIA
+
+
+def read_split(path: Path = SPLIT_CSV) -> pd.DataFrame:
+    """Read and check data/split.csv (the split stage's output)."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found. Run `dvc repro` to build it (split stage).")
+    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
+    missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
+    if missing:
+        raise PipelineError(
+            f"{path} lacks column(s) {', '.join(missing)}: it was written by an older split "
+            "stage. Run `dvc repro` to rebuild it."
+        )
+    bad = sorted(set(df["label"]) - set(LABELS))
+    if bad:
+        raise PipelineError(f"{path}: unknown label(s) {bad}; expected {LABELS}. Run `dvc repro`.")
+    return df
+
+
+def subset_rows(df: pd.DataFrame, subset: str) -> pd.DataFrame:
+    """Rows of one subset (train/val/test), sorted by image_id so order never depends on the
+    CSV writer; fails clearly when the subset is empty."""
+    rows = df[df["subset"] == subset].sort_values("image_id").reset_index(drop=True)
+    if rows.empty:
+        raise PipelineError(
+            f"{SPLIT_CSV} has no `{subset}` images. Check the split stage's output "
+            "(metrics/split.json) and run `dvc repro`."
+        )
+    return rows
+
+
+def labels_of(rows: pd.DataFrame) -> list[int]:
+    """Model targets for split rows: 0 = NORMAL, 1 = PNEUMONIA."""
+    return [LABEL_INDEX[label] for label in rows["label"]]
+
+
+def check_images(rows: pd.DataFrame, image_size: int) -> None:
+    """Fail before training if an image is missing or was ingested at another size."""
+    from PIL import Image
+
+    for p in rows["path"]:
+        if not Path(p).is_file():
+            raise PipelineError(
+                f"image {p} (listed in {SPLIT_CSV}) does not exist. Run `dvc repro` to "
+                "re-create the images (ingest and balance stages), or `dvc pull` if they are in a "
+                "DVC remote."
+            )
+    # PNG headers are cheap to read; checking one is enough, all come from the same stage run.
+    first = rows["path"].iloc[0]
+    with Image.open(first) as im:
+        size = im.size
+    if size != (image_size, image_size):
+        raise PipelineError(
+            f"{first} is {size[0]}x{size[1]} px but `data.image_size` is {image_size}. The images "
+            "were ingested with another size: run `dvc repro` to re-ingest them."
+        )
+
+
+@functools.cache
+def _affine_layer_class() -> type:
+    """The augmentation layer class, defined on first use (keras is imported lazily)."""
+    import keras
+    from keras.src.layers.preprocessing.data_layer import DataLayer  # the tf.data-safe base
+
+    class RandomAffineBrightness(DataLayer):
+        """Random rotation, zoom and shift composed into ONE bilinear affine resampling per image,
+        then a random brightness offset; on a (B, S, S, C) or (S, S, C) batch in 0..255.
+
+        The ranges mean what the Keras layers they replace mean (each sampled uniformly, per
+        image): RandomRotation(rotation / 360) -> angle in [-rotation, rotation] degrees;
+        RandomZoom(zoom) -> one scale for both axes in [1 - zoom, 1 + zoom] (> 1 zooms out);
+        RandomTranslation(shift, shift) -> shift in [-shift, shift] x width / height;
+        RandomBrightness(brightness, (0, 255)) -> + [-brightness, brightness] x 255, clipped to
+        0..255. Borders are filled with the nearest edge pixel. Never a flip.
+
+        Chaining those layers resamples the image once per layer (3 bilinear passes, 3 blurs);
+        composing the affine maps first does it once, ~3x less work and one blur. A DataLayer
+        uses `self.backend` ops, so it also runs inside tf.data when Keras runs on JAX/PyTorch.
+        """
+
+        def __init__(self, rotation: float = 0.0, zoom: float = 0.0, shift: float = 0.0,
+                     brightness: float = 0.0, seed: int | None = None, **kwargs: object) -> None:
+            kwargs.setdefault("dtype", "float32")  # not float16 under a mixed-precision policy
+            super().__init__(**kwargs)
+            self.rotation, self.zoom = float(rotation), float(zoom)
+            self.shift, self.brightness = float(shift), float(brightness)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
+                    "shift": self.shift, "brightness": self.brightness, "seed": self.seed}
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return input_shape
+
+        def transforms(self, batch: int, height: int, width: int, seed: object) -> object:
+            """(batch, 8) projective transforms [a0, a1, a2, b0, b1, b2, 0, 0]: output pixel
+            (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2). With c the image centre
+            and d the shift, input = c + scale * R(angle) (p - c - d): translate, zoom about
+            the centre, rotate about the centre, like the three Keras layers in that order."""
+            b = self.backend
+            zeros = b.numpy.zeros((batch,), dtype="float32")
+
+            def uniform(lo: float, hi: float) -> object:
+                return b.random.uniform((batch,), lo, hi, dtype="float32", seed=seed)
+
+            r = self.rotation * math.pi / 180.0
+            angle = uniform(-r, r) if self.rotation else zeros
+            scale = uniform(1.0 - self.zoom, 1.0 + self.zoom) if self.zoom else zeros + 1.0
+            w, h = b.cast(width, "float32"), b.cast(height, "float32")
+            dx = uniform(-self.shift, self.shift) * w if self.shift else zeros
+            dy = uniform(-self.shift, self.shift) * h if self.shift else zeros
+            cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+            cos, sin = b.numpy.cos(angle) * scale, b.numpy.sin(angle) * scale
+            a2 = cx - (cos * (cx + dx) - sin * (cy + dy))
+            b2 = cy - (sin * (cx + dx) + cos * (cy + dy))
+            return b.numpy.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+
+        def call(self, images: object, training: bool = True) -> object:
+            b = self.backend
+            images = b.cast(images, self.compute_dtype)
+            if not training:
+                return images
+            unbatched = len(images.shape) == 3
+            if unbatched:
+                images = b.numpy.expand_dims(images, 0)
+            shape = b.shape(images)
+            batch, height, width = shape[0], shape[1], shape[2]
+            seed = self._get_seed_generator(b._backend)
+            if self.rotation or self.zoom or self.shift:
+                images = b.image.affine_transform(
+                    images, self.transforms(batch, height, width, seed),
+                    interpolation="bilinear", fill_mode="nearest",
+                )
+            if self.brightness:
+                limit = self.brightness * 255.0
+                delta = b.random.uniform((batch, 1, 1, 1), -limit, limit, dtype="float32",
+                                         seed=seed)
+                images = b.numpy.clip(images + delta, 0.0, 255.0)
+            return b.numpy.squeeze(images, 0) if unbatched else images
+
+    return RandomAffineBrightness
+
+
+def build_augmentation(aug: AugmentParams, seed: int) -> keras.Sequential:
+    """Online augmentation on a (B, S, S, 1) batch in 0..255 (uint8 or float): returns float32.
+
+    One `RandomAffineBrightness` layer (rotation, zoom, shift as one affine resampling, then
+    brightness). All-zero ranges give an explicit Identity. No flip, ever. Fill "nearest"
+    matches the ImageDataGenerator default the paper used.
+    """
+    import keras
+    from keras import layers
+
+    if not (aug.rotation or aug.zoom or aug.shift or aug.brightness):
+        # An empty Sequential cannot be called: all-zero ranges give an explicit Identity.
+        return keras.Sequential([layers.Identity(name="no_augmentation")], name="augmentation")
+    layer = _affine_layer_class()(aug.rotation, aug.zoom, aug.shift, aug.brightness, seed=seed,
+                                  name="random_affine_brightness")
+    return keras.Sequential([layer], name="augmentation")
+
+
+def make_dataset(
+    rows: pd.DataFrame,
+    image_size: int,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    augment: AugmentParams | None = None,
+) -> tf.data.Dataset:
+    """Batched (float32 image in 0..255, float32 label) dataset for split rows.
+
+    training=True: seeded shuffle, reshuffled each epoch, then augmentation (if `augment`).
+    Otherwise the order is the rows' order (predictions line up with `rows`).
+    """
+    import keras
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    paths = tf.constant(rows["path"].tolist())
+    # (N, 1) targets, the shape of the model's single sigmoid output.
+    labels = tf.constant([[y] for y in labels_of(rows)], dtype=tf.float32)
+
+    def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint8)
+        image = tf.ensure_shape(image, (image_size, image_size, 1))
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True)
+    ds = ds.cache()  # uint8, ~50 KB per 224-px image: the whole train set fits in memory
+    if training:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    pipeline = build_augmentation(augment, seed) if training and augment is not None else None
+    if pipeline is not None and not isinstance(pipeline.layers[0], keras.layers.Identity):
+        # Whole batches at once: one vectorized resampling per batch. The layer casts to float32.
+        layer = pipeline.layers[0]
+        ds = ds.map(lambda x, y: (layer(x, training=True), y), num_parallel_calls=autotune)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
+    return ds.prefetch(autotune)

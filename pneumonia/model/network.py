@@ -1,0 +1,163 @@
+"""The classifier: a pre-trained backbone, fine-tuned in its last layers, with a small head.
+
+Layout (paper Sec. IV-D, Fig. 3; the head's size and dropout are ours, the paper gives none)::
+
+    xray (S, S, 1) float32, 0..255
+      -> gray_to_rgb: Concatenate([x, x, x])           backbones expect 3 channels
+      -> <backbone>_preprocess: Rescaling/Normalization  exactly keras.applications' preprocess_input
+      -> backbone (include_top=False), last N layers trainable; BatchNorm frozen when pretrained
+      -> GlobalAveragePooling2D -> Dense(units, relu) -> Dropout -> Dense(1, sigmoid, float32)
+
+Only built-in Keras layers are used, so ``models/model.keras`` loads with plain
+``keras.saving.load_model`` (no custom objects) and the model takes raw pixel values: whoever
+serves it needs no separate preprocessing code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pneumonia.errors import PipelineError
+from pneumonia.params import ModelParams
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+# keras.applications download location of the include_top=False ImageNet weights.
+_WEIGHTS_URL = {
+    "densenet121": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+    "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "densenet201": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+    "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "resnet50": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+
+# keras.applications preprocess_input, per backbone, as (scale, mean, std) applied after the
+# gray -> RGB copy: y = (x * scale - mean) / std, per channel in the backbone's channel order.
+# DenseNet uses 'torch' mode: x / 255, then ImageNet mean/std in RGB order.
+_TORCH = (1 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# ResNet50 uses 'caffe' mode: RGB -> BGR, then subtract the BGR ImageNet means, no scaling. Our
+# three channels are copies of one gray channel, so the RGB -> BGR flip is a no-op and only the
+# BGR-ordered means remain.
+_CAFFE = (1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+PREPROCESSING = {"densenet121": _TORCH, "densenet201": _TORCH, "resnet50": _CAFFE}
+
+
+def keras_models_dir() -> Path:
+    """Where keras.applications caches downloaded weights ($KERAS_HOME/models, ~/.keras/models)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def resolve_weights(params: ModelParams, timeout: float = 5.0) -> str | None:
+    """The `weights=` argument for keras.applications, checked before any compute.
+
+    ``imagenet`` needs the weights file in the Keras cache or a reachable download URL; without
+    either, fail now with the exact file to fetch instead of after minutes of data loading.
+    """
+    w = params.weights
+    if w == "none":
+        return None
+    if w != "imagenet":
+        if not Path(w).is_file():
+            raise PipelineError(
+                f"params.yaml: `model.weights` is {w!r}, which is not a file. Give the path to a "
+                "Keras weights file, or use `imagenet` or `none`."
+            )
+        return w
+    url = _WEIGHTS_URL[params.backbone]
+    cached = keras_models_dir() / url.rsplit("/", 1)[1]
+    if cached.is_file():
+        return "imagenet"
+    try:
+        req = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(req, timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        raise PipelineError(
+            f"model.weights is `imagenet` but the ImageNet weights for {params.backbone} are not "
+            f"in the Keras cache and cannot be downloaded ({exc}). Either download\n  {url}\n"
+            f"on a machine with internet access and put it at\n  {cached}\n"
+            "or set `model.weights` in params.yaml to the path of that file, or to `none` "
+            "(random initialisation: for smoke tests only, results will not match the paper)."
+        ) from None
+    return "imagenet"
+
+
+def _backbone(name: str, weights: str | None, image_size: int) -> keras.Model:
+    import keras
+
+    constructor = {
+        "densenet121": keras.applications.DenseNet121,
+        "densenet201": keras.applications.DenseNet201,
+        "resnet50": keras.applications.ResNet50,
+    }[name]
+    return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+
+
+def build_model(params: ModelParams, image_size: int, weights: str | None) -> keras.Model:
+    """Build the (uncompiled) classifier.
+
+    `weights` is the resolved value from `resolve_weights` (None, "imagenet" or a file path).
+    All backbone layers but the last `params.trainable_layers` are frozen; the head is trainable.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 1), dtype="float32", name="xray")
+    x = layers.Concatenate(axis=-1, name="gray_to_rgb")([inputs, inputs, inputs])
+    scale, mean, std = PREPROCESSING[params.backbone]
+    x = layers.Rescaling(scale, name=f"{params.backbone}_rescale")(x)
+    x = layers.Normalization(
+        axis=-1, mean=list(mean), variance=[s * s for s in std], name=f"{params.backbone}_normalize"
+    )(x)
+
+    base = _backbone(params.backbone, weights, image_size)
+    # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so
+    # fine-tuning does not wreck the ImageNet statistics. In Keras 3.15 the guide's
+    # `base(x, training=False)` does NOT do that inside a functional model: fit's training=True
+    # overrides the recorded training=False (keras/src/models/functional.py, operation_fn), and
+    # the moving statistics of trainable BN layers drift (tests/test_model.py measures it). A BN
+    # layer with trainable=False always runs in inference mode, so freeze BN layers instead.
+    # Random init (weights None): there are no statistics to protect; BN must learn them.
+    freeze_all_but_last(base, params.trainable_layers, freeze_batchnorm=weights is not None)
+    x = base(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(params.dropout, name="dropout")(x)
+    # float32 output: under mixed_float16 a float16 sigmoid saturates and the loss loses precision.
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
+    return keras.Model(inputs, outputs, name=f"{params.backbone}_pneumonia")
+
+
+def freeze_all_but_last(base: keras.Model, n: int, freeze_batchnorm: bool = False) -> None:
+    """Make only the last `n` layers of `base` trainable (paper: the last 30 of DenseNet201).
+
+    With `freeze_batchnorm`, BatchNormalization layers among them stay frozen too, which in Keras
+    means inference mode (pretrained moving mean/variance used and never updated).
+    """
+    import keras
+
+    base.trainable = True
+    cut = max(len(base.layers) - n, 0)
+    for i, layer in enumerate(base.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= cut and not (freeze_batchnorm and is_bn)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The nested backbone model inside a model built by `build_model`."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"expected exactly one nested backbone in {model.name}, got {nested}")
+    return nested[0]

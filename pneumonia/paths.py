@@ -1,0 +1,43 @@
+"""The pipeline's file layout and the dataset's vocabulary (labels, classes, backbones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Every stage reads and writes these paths, relative to the repository root (the
+# directory DVC runs the stage in). dvc.yaml declares the same paths as deps/outs.
+DATA = Path("data")
+IMAGES_DIR = DATA / "images"  # ingest: decoded, resized 8-bit grayscale PNGs
+MANIFEST = DATA / "manifest.csv"  # ingest: one row per source image
+# manifest.csv's columns: written by ingest, required by validate.
+MANIFEST_COLUMNS = [
+    "image_id", "path", "label", "class", "patient_id", "split",
+    "source_file", "sha256", "width", "height", "mode", "png_sha256",
+]
+INGEST_REPORT = DATA / "ingest_report.json"  # ingest: bad files (skipped or fatal)
+BALANCED_DIR = DATA / "balanced"  # balance: generated NORMAL PNGs
+BALANCED_MANIFEST = DATA / "balanced.csv"  # balance: one row per generated image
+SPLIT_CSV = DATA / "split.csv"  # split: the contract train/evaluate read
+
+METRICS = Path("metrics")
+VALIDATION_JSON = METRICS / "validation.json"
+VALIDATION_MD = METRICS / "validation.md"
+BALANCE_JSON = METRICS / "balance.json"
+SPLIT_JSON = METRICS / "split.json"
+TRAIN_JSON = METRICS / "train.json"
+TRAIN_HISTORY = METRICS / "train_history.csv"
+EVALUATE_JSON = METRICS / "evaluate.json"
+TABLE3_JSON = METRICS / "table3.json"
+TABLE3_MD = METRICS / "table3.md"
+CONFUSION_CSV = METRICS / "confusion.csv"
+CONFUSION_PNG = METRICS / "confusion.png"
+ROC_CSV = METRICS / "roc.csv"
+PREDICTIONS_CSV = METRICS / "predictions.csv"
+
+MODELS = Path("models")
+MODEL_FILE = MODELS / "model.keras"
+MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow run to continue
+
+LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
+CLASSES = ("normal", "bacteria", "virus")
+BACKBONES = ("densenet201", "densenet121", "resnet50")

@@ -1,0 +1,415 @@
+"""MLflow tracking: where the store is, one run per pipeline run, reference runs.
+
+Store: ``MLFLOW_TRACKING_URI`` when set (a team server), else a real sqlite store at the
+*repository root* (``sqlite:///<root>/mlflow.db``, artifacts in ``<root>/mlruns``), never in the
+current directory: ``dvc exp run --temp`` / ``--queue`` run stages in a throw-away copy whose
+files are deleted afterwards.
+
+One MLflow run spans train and evaluate: train opens it and writes its id to
+models/mlflow_run.json; evaluate continues it (or, when that run already holds test metrics, opens
+a child run instead of overwriting them). The paper's Table III and the Kaggle baseline are logged
+once per experiment as reference runs with the same metric names (see pneumonia/evaluation/paper.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pneumonia.errors import PipelineError
+from pneumonia.evaluation.paper import REFERENCE_TAG, reference_metrics
+from pneumonia.files import write_json
+from pneumonia.paths import MLFLOW_RUN_FILE
+
+if TYPE_CHECKING:
+    import keras
+    import mlflow
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "pneumonia-densenet201"
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Measured with DVC 3.67.1 (scratch git+dvc repo whose stage dumped its env and cwd):
+#   dvc exp run          cwd = <root>,                                DVC_ROOT = <root>
+#   dvc exp run --temp   cwd = <root>/.dvc/tmp/exps/standalone/tmpXXXX, DVC_ROOT = <root>
+#   dvc exp run --queue  cwd = <root>/.dvc/tmp/exps/tmpXXXX,            DVC_ROOT = <root>
+# (DVC_EXP_NAME and DVC_EXP_BASELINE_REV are set in all three). So DVC_ROOT already names the main
+# repository; the `/.dvc/tmp/exps/` fallback covers a DVC that would point DVC_ROOT at the copy.
+_EXPS_SEGMENT = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The main repository's root, also from inside a `dvc exp run --temp/--queue` copy."""
+    cwd = (cwd or Path.cwd()).resolve()
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root:
+        root = Path(dvc_root).resolve()
+        if _EXPS_SEGMENT not in f"{root}{os.sep}":
+            return root
+        cwd = root
+    text = f"{cwd}{os.sep}"
+    if _EXPS_SEGMENT in text:
+        return Path(text.split(_EXPS_SEGMENT, 1)[0])
+    return cwd
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the sqlite store at the repository root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast (no MLflow retry storm) when a tracking server is down or a store unusable."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as resp:
+                if resp.status == 200:
+                    return
+                problem = f"GET {health} answered HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            # A server that answers at all (even 401/404 behind a proxy) is reachable.
+            if exc.code < 500:
+                return
+            problem = f"GET {health} answered HTTP {exc.code}"
+        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+            problem = str(getattr(exc, "reason", exc))
+        raise PipelineError(
+            f"MLflow tracking server at {uri} is unreachable ({problem}): start it "
+            "(`mlflow server --backend-store-uri sqlite:///mlflow.db --port <port>`), or unset "
+            "MLFLOW_TRACKING_URI to use the local sqlite store."
+        )
+    if parsed.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///") :])
+        if not db.parent.is_dir():
+            raise PipelineError(
+                f"MLflow store {uri}: folder {db.parent} does not exist. Create it, or unset "
+                "MLFLOW_TRACKING_URI to use the store at the repository root."
+            )
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a sqlite store between concurrent stage processes.
+
+    Two queued experiments (`dvc queue start -j 2`) start training at the same moment: creating
+    the sqlite schema (alembic migrations), the experiment and the reference runs is not safe to
+    race (migrations collide, references get logged twice). An advisory lock next to the
+    database file orders them; a tracking server (http) does its own locking.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def setup() -> str:
+    """Point MLflow at the store and the experiment; return the experiment id."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    with store_lock(uri):
+        return _setup_experiment(uri)
+
+
+def _setup_experiment(uri: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    name = experiment_name()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        mlflow.set_experiment(experiment_id=exp.experiment_id)
+        return exp.experiment_id
+    kwargs: dict[str, Any] = {}
+    if uri.startswith("sqlite:"):
+        # Artifacts next to the sqlite file (the repository root), not in the cwd: the artifact
+        # root is stored absolute when the experiment is created.
+        kwargs["artifact_location"] = (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
+    try:
+        exp_id = mlflow.create_experiment(name, **kwargs)
+    except MlflowException:  # created concurrently by another stage process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """HEAD's commit, or None outside git (tagging is best effort)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags() -> dict[str, str]:
+    """Tags every pipeline run carries: git commit and the DVC experiment it belongs to."""
+    tags: dict[str, str] = {}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            tags[f"dvc.{var.lower().removeprefix('dvc_')}"] = os.environ[var]
+    return tags
+
+
+@contextmanager
+def train_run(resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open the pipeline run for training (or continue a killed training's run)."""
+    import mlflow
+
+    if resume_run_id and run_exists(resume_run_id):
+        log.info("continuing MLflow run %s of the interrupted training", resume_run_id)
+        with mlflow.start_run(run_id=resume_run_id) as run:
+            yield run
+        return
+    with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None, tags=run_tags()) as run:
+        yield run
+
+
+def run_exists(run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def log_params(flat: dict[str, Any]) -> None:
+    """Log params to the active run, skipping those it already holds (MLflow refuses to change
+    a logged param; a re-opened run may hold some from an interrupted attempt)."""
+    import mlflow
+
+    held = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    new = {k: ("none" if v is None else v) for k, v in flat.items() if k not in held}
+    changed = sorted(k for k, v in flat.items() if k in held and held[k] != str(v))
+    if changed:
+        log.warning("MLflow run keeps its earlier value of param(s) %s", ", ".join(changed))
+    if new:
+        mlflow.log_params(new)
+
+
+def log_split(
+    df: pd.DataFrame, split_csv: Path, digest: str, context: str, name: str = "split"
+) -> None:
+    """Dataset lineage: which split.csv (by sha256) the run saw, and which rows of it
+    (`name`: "split" for all rows, "split-test" for the test subset)."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source class twice and warns about the ambiguity.
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        dataset = mlflow.data.from_pandas(
+            df, source=str(split_csv.resolve()), name=name, digest=digest[:16], targets="label"
+        )
+    mlflow.log_input(dataset, context=context, tags={"sha256": digest})
+
+
+def epoch_metrics_callback() -> keras.callbacks.Callback:
+    """A Keras callback logging each epoch's metrics (and learning rate) to the active run.
+
+    Our own small callback instead of autolog/MlflowCallback: together those log twice, and
+    autolog would also log the model and params its own way.
+    """
+    import keras
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    class EpochMetrics(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+            metrics["lr"] = self._lr
+            try:
+                mlflow.log_metrics(metrics, step=epoch + 1)  # step = 1-based epoch, as in the CSV
+            except MlflowException as exc:
+                # A tracking server gone mid-training must not kill hours of training: the
+                # epoch is still in metrics/train_history.csv.
+                log.warning("could not log epoch %d to MLflow: %s", epoch + 1, exc)
+
+    return EpochMetrics()
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the logged model (explicit: inference takes 5-7 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist, name in (
+        ("tensorflow", "tensorflow"),
+        ("tensorflow-cpu", "tensorflow"),
+        ("keras", "keras"),
+        ("mlflow", "mlflow"),
+        ("numpy", "numpy"),
+    ):
+        try:
+            req = f"{name}=={version(dist)}"
+        except PackageNotFoundError:
+            continue
+        if not any(r.startswith(f"{name}==") for r in reqs):
+            reqs.append(req)
+    return reqs
+
+
+def log_keras_model(model: keras.Model, image_size: int) -> str:
+    """Log the trained model (a LoggedModel linked to the run); return its model URI."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(
+        np.zeros((1, image_size, image_size, 1), np.float32), np.zeros((1, 1), np.float32)
+    )
+    info = mlflow.keras.log_model(
+        model, name="model", pip_requirements=pip_requirements(), signature=signature
+    )
+    return info.model_uri
+
+
+def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
+    """models/mlflow_run.json: which run evaluate continues."""
+    import mlflow
+
+    info = {
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "experiment_id": run.info.experiment_id,
+        "run_id": run.info.run_id,
+    }
+    write_json(info, path)
+    return info
+
+
+def read_run_file(path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the train stage first (`dvc repro`).")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextmanager
+def evaluate_run(train_run_id: str, has_test_metrics_key: str) -> Iterator[mlflow.ActiveRun]:
+    """Open the run evaluate logs into.
+
+    - the training run, when it holds no test metrics yet (the normal `dvc repro` path);
+    - a new child run (tag mlflow.parentRunId, the training run's params copied) when it already
+      does (evaluate re-run alone, e.g. another threshold): results are never overwritten;
+    - a new run with a warning when the training run is not in this store.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent = mlflow.get_run(train_run_id)
+    except MlflowException:  # not in this store (another machine's run, a fresh store)
+        parent = None
+    if parent is not None and has_test_metrics_key not in parent.data.metrics:
+        with mlflow.start_run(run_id=train_run_id) as run:
+            yield run
+        return
+    tags = run_tags()
+    if parent is None:
+        log.warning(
+            "MLflow run %s (models/mlflow_run.json) is not in the store %s: logging the "
+            "evaluation to a new run. Re-run the train stage to have one run per pipeline run.",
+            train_run_id,
+            mlflow.get_tracking_uri(),
+        )
+        with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
+            yield run
+        return
+    log.info(
+        "run %s already holds test metrics: logging this evaluation to a child run", train_run_id
+    )
+    tags[PARENT_TAG] = train_run_id
+    name = parent.data.tags.get(RUN_NAME_TAG, train_run_id[:8])
+    with mlflow.start_run(run_name=f"{name}-evaluate", tags=tags) as run:
+        # The training params, not the parent's evaluate.* (this run logs its own).
+        inherited = {k: v for k, v in parent.data.params.items() if not k.startswith("evaluate.")}
+        if inherited:
+            mlflow.log_params(inherited)
+        yield run
+
+
+def ensure_reference_runs(experiment_id: str) -> dict[str, str]:
+    """Log Table III and the Kaggle baseline as reference runs, once (found again by tag)."""
+    import mlflow
+
+    with store_lock(mlflow.get_tracking_uri()):
+        return _ensure_reference_runs(experiment_id)
+
+
+def _ensure_reference_runs(experiment_id: str) -> dict[str, str]:
+    import mlflow
+
+    ids: dict[str, str] = {}
+    for ref, metrics in reference_metrics().items():
+        found = mlflow.search_runs(
+            experiment_ids=[experiment_id],
+            filter_string=f"tags.`{REFERENCE_TAG}` = '{ref}'",
+            output_format="list",
+            max_results=1,
+        )
+        if found:
+            ids[ref] = found[0].info.run_id
+            continue
+        client = mlflow.MlflowClient()
+        run = client.create_run(
+            experiment_id,
+            run_name=f"reference-{ref}",
+            tags={
+                REFERENCE_TAG: ref,
+                "mlflow.note.content": "Numbers reported in the paper (not computed here).",
+            },
+        )
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+        ids[ref] = run.info.run_id
+    return ids

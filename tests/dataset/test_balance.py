@@ -1,0 +1,97 @@
+"""Balance: deterministic Augmentor variants of NORMAL training images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pneumonia.dataset import balance, ingest
+from pneumonia.errors import PipelineError
+from pneumonia.paths import BALANCE_JSON, BALANCED_DIR, BALANCED_MANIFEST, VALIDATION_JSON
+from tests.conftest import make_params, tree_hashes
+
+TARGET = 16  # the mini dataset has 7 NORMAL training images: 9 generated, k = 0 and 1
+
+
+@pytest.fixture
+def ingested(workdir: Path, mini_raw: Path) -> Path:
+    ingest.run(make_params(mini_raw, data={"image_size": 64}))
+    return mini_raw
+
+
+def _balance(raw: Path, **balance_params) -> dict:
+    return balance.run(make_params(raw, balance={"target_normal": TARGET, **balance_params}))
+
+
+def test_generates_up_to_target_from_training_normals(ingested: Path) -> None:
+    metrics = _balance(ingested)
+    assert metrics == {"normal_before": 7, "pneumonia": 7, "generated": 9, "normal_after": 16,
+                       "target": TARGET}
+    assert json.loads(BALANCE_JSON.read_text()) == metrics
+    b = pd.read_csv(BALANCED_MANIFEST, keep_default_na=False)
+    assert list(b.columns) == balance.BALANCED_COLUMNS
+    m = pd.read_csv("data/manifest.csv", keep_default_na=False).set_index("image_id")
+    sources = sorted(m.index[(m.split == "train") & (m.label == "NORMAL")])
+    expected_ids = sorted([f"{s}_aug00" for s in sources] + [f"{s}_aug01" for s in sources[:2]])
+    assert list(b.image_id) == expected_ids
+    assert set(b.source_image_id) <= set(sources)  # never a test image
+    assert (b.patient_id == m.loc[b.source_image_id, "patient_id"].to_numpy()).all()
+    assert set(b.split) == {"train"} and set(b.label) == {"NORMAL"}
+    assert set(b["class"]) == {"normal"}
+    assert sorted(p.as_posix() for p in BALANCED_DIR.rglob("*.png")) == sorted(b.path)
+    for row in b.itertuples():
+        with Image.open(row.path) as out, Image.open(m.loc[row.source_image_id, "path"]) as src:
+            assert out.mode == "L" and out.size == src.size
+            diff = np.abs(np.asarray(out, float) - np.asarray(src, float)).mean()
+            assert 0 < diff < 60  # a variant: changed, but still the same X-ray
+
+
+def test_serial_parallel_and_rerun_identical(ingested: Path) -> None:
+    _balance(ingested, workers=1)
+    serial = tree_hashes(BALANCED_DIR, BALANCED_MANIFEST, BALANCE_JSON)
+    (BALANCED_DIR / "NORMAL" / "stale.png").write_bytes(b"old")
+    _balance(ingested, workers=2)
+    assert tree_hashes(BALANCED_DIR, BALANCED_MANIFEST, BALANCE_JSON) == serial
+    _balance(ingested, seed=7)
+    assert tree_hashes(BALANCED_DIR, BALANCED_MANIFEST) != serial  # the seed matters
+
+
+def test_image_seed_is_stable() -> None:
+    # A fixed value: a change here changes every generated image (and DVC's hashes).
+    assert balance.image_seed(42, "IM-0115-0001", 0) == balance.image_seed(42, "IM-0115-0001", 0)
+    assert balance.image_seed(42, "IM-0115-0001", 0) != balance.image_seed(42, "IM-0115-0001", 1)
+    assert balance.image_seed(42, "a", 0) == 4219439034
+
+
+def test_nothing_generated_when_target_reached(ingested: Path) -> None:
+    metrics = balance.run(make_params(ingested, balance={"target_normal": 5}))
+    assert metrics["generated"] == 0 and metrics["normal_after"] == 7
+    assert pd.read_csv(BALANCED_MANIFEST).empty
+    assert list(BALANCED_DIR.rglob("*.png")) == []
+
+
+def test_refuses_data_that_failed_validation(ingested: Path) -> None:
+    VALIDATION_JSON.parent.mkdir(exist_ok=True)
+    VALIDATION_JSON.write_text(json.dumps({"success": False}))
+    with pytest.raises(PipelineError, match="failed validation"):
+        _balance(ingested)
+
+
+def test_missing_ingested_images_are_reported(ingested: Path) -> None:
+    shutil.rmtree("data/images/train/NORMAL")
+    with pytest.raises(PipelineError, match="re-run the ingest stage"):
+        _balance(ingested)
+
+
+def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(full_project)
+    metrics = json.loads(BALANCE_JSON.read_text())
+    assert metrics == {"normal_before": 1349, "pneumonia": 3883, "generated": 2500,
+                       "normal_after": 3849, "target": 3849}
+    assert len(list(BALANCED_DIR.rglob("*.png"))) == 2500

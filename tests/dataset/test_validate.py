@@ -1,0 +1,117 @@
+"""Validate: the GX suite and the leakage checks, on small real datasets and the full one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pneumonia.dataset import ingest, validate
+from pneumonia.errors import PipelineError
+from pneumonia.paths import MANIFEST, VALIDATION_JSON, VALIDATION_MD
+from tests.conftest import make_params, tree_hashes
+
+
+def _ingest_and_validate(raw: Path, **sections) -> dict:
+    ingest.run(make_params(raw, **sections))
+    return validate.run(make_params(raw, **sections))
+
+
+def test_clean_sample_passes_and_is_deterministic(workdir: Path, mini_raw: Path) -> None:
+    report = _ingest_and_validate(mini_raw)
+    assert report["success"] and report["expectations_failed"] == 0
+    assert report["expectations_evaluated"] >= 15
+    names = {e["name"] for e in report["details"]["expectations"]}
+    assert {"label_matches_class", "image_id_unique", "width_within_bounds"} <= names
+    assert "table1_counts" not in names  # switched off for the mini dataset
+    first = tree_hashes(VALIDATION_JSON, VALIDATION_MD)
+    validate.run(make_params(mini_raw))
+    assert tree_hashes(VALIDATION_JSON, VALIDATION_MD) == first
+    assert "passed" in VALIDATION_MD.read_text()
+
+
+def test_table1_counts_fail_on_a_subset(workdir: Path, mini_raw: Path) -> None:
+    ingest.run(make_params(mini_raw))
+    with pytest.raises(PipelineError, match=r"table1_counts: train/NORMAL 7 \(expected 1349\)"):
+        validate.run(make_params(mini_raw, validate={"table1_counts": True}))
+    saved = json.loads(VALIDATION_JSON.read_text())
+    assert saved["success"] is False and saved["expectations_failed"] == 1
+
+
+def test_tiny_image_fails_size_bounds_naming_it(workdir: Path, mini_raw: Path) -> None:
+    src = next((mini_raw / "train" / "NORMAL").iterdir())
+    with Image.open(src) as img:
+        img.convert("L").resize((10, 10)).save(mini_raw / "train" / "NORMAL" / "IM-9201-0001.jpeg")
+    with pytest.raises(PipelineError) as err:
+        _ingest_and_validate(mini_raw)
+    message = str(err.value)
+    assert ("width_within_bounds: 1 row(s) out of range, e.g. image_id=IM-9201-0001 (10x10) "
+            "from train/NORMAL/IM-9201-0001.jpeg") in message
+    assert "validate.min_side" in message
+    # The reports are written before failing, so the user can read them.
+    saved = json.loads(VALIDATION_JSON.read_text())
+    failed = {e["name"]: e for e in saved["details"]["expectations"] if not e["success"]}
+    assert set(failed) == {"width_within_bounds", "height_within_bounds"}
+    assert failed["width_within_bounds"]["examples"][0]["image_id"] == "IM-9201-0001"
+    assert "FAILED" in VALIDATION_MD.read_text()
+    # min_side is a param: lowering it accepts the image.
+    assert validate.run(make_params(mini_raw, validate={"min_side": 8}))["success"]
+
+
+def test_label_class_mismatch_fails(workdir: Path, mini_raw: Path) -> None:
+    pneumonia = next((mini_raw / "train" / "PNEUMONIA").glob("*bacteria*"))
+    shutil.move(pneumonia, mini_raw / "train" / "NORMAL" / pneumonia.name)
+    with pytest.raises(PipelineError, match=f"label_matches_class: 1 row.*{pneumonia.stem}"):
+        _ingest_and_validate(mini_raw)
+
+
+def test_same_image_in_train_and_test_warns_or_fails(
+    workdir: Path, mini_raw: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = min((mini_raw / "train" / "NORMAL").iterdir())
+    shutil.copy(src, mini_raw / "test" / "NORMAL" / "IM-9301-0001.jpeg")
+    report = _ingest_and_validate(mini_raw)
+    assert report["success"]
+    assert report["duplicate_groups_across_splits"] == 1
+    group = report["details"]["leakage"]["examples"]["across_splits"][0]
+    assert group["images"] == ["test/NORMAL/IM-9301-0001", f"train/NORMAL/{src.stem}"]
+    assert "in both train and test" in caplog.text
+
+    with pytest.raises(PipelineError, match="leakage: 1 group.*IM-9301-0001"):
+        validate.run(make_params(mini_raw, validate={"leakage": "error"}))
+    assert json.loads(VALIDATION_JSON.read_text())["success"] is False
+
+
+def test_missing_manifest_says_run_ingest(workdir: Path, mini_raw: Path) -> None:
+    with pytest.raises(PipelineError, match="run the ingest stage"):
+        validate.run(make_params(mini_raw))
+
+
+def test_missing_column_fails_cleanly(workdir: Path, mini_raw: Path) -> None:
+    ingest.run(make_params(mini_raw))
+    MANIFEST.write_text("\n".join(",".join(line.split(",")[:-1]) for line in
+                                  MANIFEST.read_text().splitlines()) + "\n")  # drop the last column
+    with pytest.raises(PipelineError, match="required_columns_present"):
+        validate.run(make_params(mini_raw))
+
+
+def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(full_project)
+    report = json.loads(VALIDATION_JSON.read_text())
+    assert report["success"] and report["rows"] == 5856
+    t1 = next(e for e in report["details"]["expectations"] if e["name"] == "table1_counts")
+    assert t1["success"]
+    # Known leakage of the official split on this copy (see the dataset README).
+    assert report["duplicate_groups_within_split"] == 30
+    assert report["duplicate_groups_across_splits"] == 0
+    assert report["patients_in_train_and_test"] == 170
+    import pandas as pd
+
+    m = pd.read_csv(MANIFEST)
+    assert len(m) == 5856
+    counts = m.groupby(["split", "label"]).size().to_dict()
+    assert counts == {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
+                      ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}

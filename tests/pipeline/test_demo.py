@@ -1,0 +1,44 @@
+"""`make demo` runs all six stages as a DVC experiment, leaves params.yaml alone, and a second run
+re-runs nothing (DVC's run cache)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.test_dvc import git, make_project
+
+
+def _demo(repo: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "pneumonia", "demo"], cwd=repo, env=env, capture_output=True, text=True,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_demo_twice(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, {})  # params.yaml as committed: the paper's configuration
+    params_before = (repo / "params.yaml").read_bytes()
+
+    first = _demo(repo)
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out
+    for stage in ("ingest", "validate", "balance", "split", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    assert "| paper" in out or "paper" in first.stdout  # Table III printed beside the run
+    assert "dvc exp show" in first.stdout and "make mlflow-ui" in first.stdout
+
+    assert (repo / "params.yaml").read_bytes() == params_before
+    assert git(repo, "status", "--porcelain", "params.yaml").strip() == ""
+    assert (repo / "mlflow.db").is_file()  # the store at the repository root, not in the temp copy
+
+    second = _demo(repo)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Running stage" not in second.stdout + second.stderr
+    assert (repo / "params.yaml").read_bytes() == params_before
