@@ -62,6 +62,9 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class BalanceParams:
+    # augmentor: the paper (Augmentor grows NORMAL to target_normal); class_weight: train on the
+    # originals, the loss weighs each class by n / (2 n_class); none: originals, unweighted.
+    method: Literal["augmentor", "class_weight", "none"] = "augmentor"
     target_normal: int = field(default=3849, metadata=_nonneg)  # NORMAL training images after
     seed: int = 42
     workers: int = field(default=0, metadata=_nonneg)  # 0 = one per CPU core
@@ -92,6 +95,10 @@ class ModelParams:
     dropout: float = field(
         default=0.5, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)")
     )
+    # Pretrained backbones: keep BatchNormalization in inference mode among the trainable layers
+    # (Keras transfer-learning guide). false = the paper's literal reading: all parameters of the
+    # last `trainable_layers` layers are fitted, BN statistics included.
+    freeze_batchnorm: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,13 @@ def _check_cross_field(p: Params) -> None:
             "~/.keras/models/densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5), or use "
             "`imagenet` (downloaded by Keras) or `none` (random initialisation)."
         )
+
+
+def arm_of(params: Params) -> str:
+    """The ablation arm a run belongs to: backbone, balancing method, BatchNorm handling
+    (MLflow tag `arm`; `pneumonia report` groups experiments by it)."""
+    bn = "bn-frozen" if params.model.freeze_batchnorm else "bn-trained"
+    return f"{params.model.backbone}/{params.balance.method}/{bn}"
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

@@ -127,7 +127,10 @@ def run(params: Params) -> dict[str, int]:
         raise PipelineError(f"{VALIDATION_JSON} says the data failed validation: fix the data "
                             "and re-run validate before balancing.")
     manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
-    generated = plan(manifest, p.target_normal)
+    # class_weight and none train on the original images only (the loss weighting, if any,
+    # happens in train): nothing is generated, balanced.csv is empty.
+    target = p.target_normal if p.method == "augmentor" else 0
+    generated = plan(manifest, target)
     missing = [s for s in sorted(set(generated.source_path)) if not Path(s).is_file()]
     if missing:
         raise PipelineError(f"{len(missing)} source image(s) listed in {MANIFEST} are missing, "
@@ -155,7 +158,8 @@ def run(params: Params) -> dict[str, int]:
         "pneumonia": int((train.label == "PNEUMONIA").sum()),
         "generated": len(generated),
         "normal_after": normal_before + len(generated),
-        "target": p.target_normal,
+        "target": target,
+        "method": p.method,
     }
     write_json(metrics, BALANCE_JSON)
     log.info("generated %d NORMAL images: %d -> %d", len(generated), normal_before,

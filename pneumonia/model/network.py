@@ -128,7 +128,9 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     # the moving statistics of trainable BN layers drift (tests/test_model.py measures it). A BN
     # layer with trainable=False always runs in inference mode, so freeze BN layers instead.
     # Random init (weights None): there are no statistics to protect; BN must learn them.
-    freeze_all_but_last(base, params.trainable_layers, freeze_batchnorm=weights is not None)
+    # `model.freeze_batchnorm: false` lets BN learn in the trainable layers also when pretrained.
+    freeze_all_but_last(base, params.trainable_layers,
+                        freeze_batchnorm=weights is not None and params.freeze_batchnorm)
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)

@@ -32,9 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 from pneumonia import tracking
 from pneumonia.files import sha256_file, write_json
-from pneumonia.model.inputs import check_images, make_dataset, read_split, subset_rows
+from pneumonia.model.inputs import (
+    check_images,
+    labels_of,
+    make_dataset,
+    read_split,
+    subset_rows,
+)
 from pneumonia.model.network import build_model, resolve_weights
-from pneumonia.params import Params, flatten
+from pneumonia.params import Params, arm_of, flatten
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
 if TYPE_CHECKING:
@@ -56,6 +62,7 @@ def resume_key(params: Params, split_sha256: str) -> str:
         "image_size": params.data.image_size,
         "model": asdict(params.model),
         "train": asdict(params.train),
+        "balance_method": params.balance.method,  # class_weight changes the loss
         "split_sha256": split_sha256,
     }
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
@@ -239,7 +246,8 @@ def run(params: Params) -> dict[str, Any]:
         tracking.log_params(flat)  # skips params a resumed run already holds
         tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 
-        mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas)})
+        mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
+                         "arm": arm_of(params), "seed": str(params.train.seed)})
 
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
@@ -269,8 +277,12 @@ def run(params: Params) -> dict[str, Any]:
             history_callback(history_csv),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
         ]
+        class_weight = class_weights(train_rows) if params.balance.method == "class_weight" else None
+        if class_weight:
+            log.info("class weights (balance.method class_weight): %s", class_weight)
         model.fit(
             train_ds,
+            class_weight=class_weight,
             validation_data=val_ds,
             epochs=params.train.epochs,
             callbacks=callbacks,
@@ -311,6 +323,17 @@ def run(params: Params) -> dict[str, Any]:
     return summary
 
 
+def class_weights(rows: Any) -> dict[int, float]:
+    """Loss weight per class, n / (2 n_class) (scikit-learn's "balanced"): each class then weighs
+    as much as the other in the loss, as if it had as many images."""
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(labels_of(rows))
+    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
+    return {0: float(weights[0]), 1: float(weights[1])}
+
+
 def _summary(
     history: list[dict[str, float]],
     params: Params,
@@ -334,6 +357,9 @@ def _summary(
         "replicas": replicas,
         "global_batch_size": params.train.batch_size * replicas,
         "train_images": len(train_rows),
+        "balance_method": params.balance.method,
+        "class_weight": class_weights(train_rows) if params.balance.method == "class_weight"
+        else None,
         "val_images": len(val_rows),
         "seconds": None,
     }

@@ -32,7 +32,7 @@ def _balance(raw: Path, **balance_params) -> dict:
 def test_generates_up_to_target_from_training_normals(ingested: Path) -> None:
     metrics = _balance(ingested)
     assert metrics == {"normal_before": 7, "pneumonia": 7, "generated": 9, "normal_after": 16,
-                       "target": TARGET}
+                       "target": TARGET, "method": "augmentor"}
     assert json.loads(BALANCE_JSON.read_text()) == metrics
     b = pd.read_csv(BALANCED_MANIFEST, keep_default_na=False)
     assert list(b.columns) == balance.BALANCED_COLUMNS
@@ -50,6 +50,25 @@ def test_generates_up_to_target_from_training_normals(ingested: Path) -> None:
             assert out.mode == "L" and out.size == src.size
             diff = np.abs(np.asarray(out, float) - np.asarray(src, float)).mean()
             assert 0 < diff < 60  # a variant: changed, but still the same X-ray
+
+
+@pytest.mark.parametrize("method", ["class_weight", "none"])
+def test_other_methods_train_on_the_originals(ingested: Path, method: str) -> None:
+    """balance.method class_weight / none: nothing generated, an empty balanced.csv (with its
+    header) that split reads as "no generated images"."""
+    from pneumonia.dataset import split
+
+    _balance(ingested)  # leftovers of an augmentor run must go
+    metrics = _balance(ingested, method=method)
+    assert metrics["generated"] == 0 and metrics["method"] == method
+    assert metrics["normal_after"] == metrics["normal_before"] == 7
+    assert not list(BALANCED_DIR.rglob("*.png"))
+    b = pd.read_csv(BALANCED_MANIFEST, keep_default_na=False)
+    assert b.empty and list(b.columns) == balance.BALANCED_COLUMNS
+    split.run(make_params(ingested, balance={"method": method}))
+    s = pd.read_csv("data/split.csv", keep_default_na=False)
+    assert (s.source_image_id == "").all()  # originals only
+    assert len(s[s.subset != "test"]) == 14
 
 
 def test_serial_parallel_and_rerun_identical(ingested: Path) -> None:

@@ -179,3 +179,10 @@ def test_batchnorm_statistics_frozen_when_pretrained_updated_from_scratch(tmp_pa
 
     before, after = _bn_moving_means_after_one_step(None, tmp_path)
     assert any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+    # model.freeze_batchnorm: false (the paper read literally): pretrained, yet BN learns too.
+    literal = ModelParams(backbone="densenet201", weights="none", trainable_layers=30,
+                          freeze_batchnorm=False)
+    last = backbone_of(build_model(literal, 32, str(_densenet201_file(tmp_path)))).layers[-30:]
+    assert all(layer.trainable for layer in last)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in last)

@@ -223,3 +223,16 @@ def test_evaluate_rerun_opens_a_child_run_instead_of_overwriting(pipeline: dict[
     assert json.loads((root / "metrics/evaluate.json").read_text())["threshold"] == 0.3
     # Still exactly one pair of reference runs.
     assert len(client.search_runs([exp_id], filter_string="tags.`pipeline.reference` != ''")) == 2
+
+
+def test_class_weights_balance_the_loss() -> None:
+    """balance.method class_weight: each class weighs n / (2 n_class), so both classes carry
+    the same total weight in the loss."""
+    import pandas as pd
+
+    from pneumonia.model.train import class_weights
+
+    rows = pd.DataFrame({"label": ["NORMAL"] * 10 + ["PNEUMONIA"] * 30})
+    w = class_weights(rows)
+    assert w == {0: 2.0, 1: 40 / 60}
+    assert 10 * w[0] == 30 * w[1]
