@@ -29,10 +29,9 @@ TRAIN_HISTORY = METRICS / "train_history.csv"
 EVALUATE_JSON = METRICS / "evaluate.json"
 TABLE3_JSON = METRICS / "table3.json"
 TABLE3_MD = METRICS / "table3.md"
-CONFUSION_CSV = METRICS / "confusion.csv"
 CONFUSION_PNG = METRICS / "confusion.png"
 ROC_CSV = METRICS / "roc.csv"
-PREDICTIONS_CSV = METRICS / "predictions.csv"
+PREDICTIONS_CSV = METRICS / "predictions.csv"  # one row per test image, in git
 
 MODELS = Path("models")
 MODEL_FILE = MODELS / "model.keras"

@@ -3,8 +3,8 @@
 A test image is called PNEUMONIA when P(PNEUMONIA) >= evaluate.threshold. Outputs:
 metrics/evaluate.json (accuracy, ROC AUC, per-class and averaged precision/recall/F1/support),
 metrics/table3.json + table3.md (paper vs this run, and the Kaggle ResNet baseline),
-metrics/confusion.csv (one row per image, for DVC's `confusion` plot) + confusion.png,
-metrics/roc.csv, metrics/predictions.csv. Everything is also logged to the pipeline's MLflow run.
+metrics/predictions.csv (one row per test image: DVC's `confusion` plot, and what
+`pneumonia compare` reads) + confusion.png, metrics/roc.csv. Everything is also logged to the pipeline's MLflow run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.params import Params, flatten
 from pneumonia.paths import (
-    CONFUSION_CSV,
     CONFUSION_PNG,
     EVALUATE_JSON,
     LABELS,
@@ -206,19 +205,20 @@ def run(params: Params) -> dict[str, Any]:
     markdown = table3_markdown(table3)
     TABLE3_MD.write_text(markdown, encoding="utf-8")
 
+    # One row per test image, kept in git (a DVC plot with cache: false): DVC's confusion plot
+    # reads actual/predicted, and any revision's predictions can be compared with another's
+    # (the same images, the patient for grouped statistics) without a DVC remote.
     predictions = pd.DataFrame(
         {
             "image_id": rows["image_id"],
-            "label": rows["label"],
+            "patient_id": rows["patient_id"],
             "class": rows["class"],
-            "probability": np.round(prob, 6),
+            "actual": rows["label"],
             "predicted": [LABELS[i] for i in y_pred],
+            "probability": np.round(prob, 6),
         }
     ).sort_values("image_id")
-    predictions.to_csv(PREDICTIONS_CSV, index=False)
-    predictions.rename(columns={"label": "actual"})[["actual", "predicted"]].to_csv(
-        CONFUSION_CSV, index=False
-    )
+    predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
     roc_table(y_true, prob).to_csv(ROC_CSV, index=False)
     cm = confusion(y_true, y_pred)
     plot_confusion(cm, CONFUSION_PNG, f"Test set, threshold {t:g} (n = {len(rows)})")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,12 +127,13 @@ def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
     assert "roc_auc" in ev and "accuracy" in ev
 
     predictions = pd.read_csv(root / "metrics/predictions.csv")
-    assert list(predictions.columns) == ["image_id", "label", "class", "probability", "predicted"]
+    assert list(predictions.columns) == [
+        "image_id", "patient_id", "class", "actual", "predicted", "probability"]
     assert predictions["image_id"].is_monotonic_increasing and len(predictions) == 104
     assert predictions["probability"].between(0, 1).all()
-    confusion = pd.read_csv(root / "metrics/confusion.csv")
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 104
-    assert (confusion["actual"] == predictions["label"]).all()
+    assert (predictions["predicted"] == np.where(predictions["probability"] >= 0.5, "PNEUMONIA",
+                                                 "NORMAL")).all()
+    assert predictions["patient_id"].notna().all()
     roc = pd.read_csv(root / "metrics/roc.csv")
     assert list(roc.columns) == ["fpr", "tpr", "threshold"]
     table3 = json.loads((root / "metrics/table3.json").read_text())

@@ -124,9 +124,11 @@ def test_outputs_and_metrics(project: Path) -> None:
             # null when undefined: a 2-epoch model from random init may never predict a class
             assert ev[label][key] is None or 0.0 <= ev[label][key] <= 1.0
 
-    confusion = pd.read_csv(project / "metrics/confusion.csv")
-    assert len(confusion) == 100
-    assert set(confusion.columns) >= {"actual", "predicted"}
+    predictions = pd.read_csv(project / "metrics/predictions.csv")
+    assert len(predictions) == 100
+    assert set(predictions.columns) >= {"actual", "predicted", "probability", "patient_id"}
+    # kept in git (a plot with cache: false): another revision can read it without a remote
+    assert "metrics/predictions.csv" in git(project, "ls-files", "metrics")
     table3 = json.loads((project / "metrics/table3.json").read_text())
     assert "0.96" in json.dumps(table3)  # the paper's accuracy sits beside this run's
     history = pd.read_csv(project / "metrics/train_history.csv")
