@@ -4,6 +4,7 @@
 #   make reproduce  the paper run: `dvc repro` with params.yaml as committed (GPU recommended)
 #   make mlflow-ui  the MLflow UI on the repository's store, http://127.0.0.1:5000
 #   make bench      benchmarks (writes benchmarks/results.json)
+#   make ablation   the ablation grid of params.yaml as queued DVC experiments, then its report
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test test-slow lint reproduce mlflow-ui bench clean-venv
+.PHONY: install demo test test-slow lint reproduce mlflow-ui bench ablation clean-venv
 
 install: $(VENV)/.installed-$(EXTRAS)
 
@@ -43,6 +44,9 @@ mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+ablation: install
+	$(PY) -m pneumonia ablation
 
 bench: install
 	$(PY) -m benchmarks.run

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pneumonia.demo", "all six stages on the bundled sample, as a DVC experiment"),
     "params": ("pneumonia.params", "print params.yaml as validated (every key, with defaults)"),
+    "ablation": ("pneumonia.experiments.ablation",
+                 "queue and run the ablation grid (params.yaml `ablation:`), then report"),
+    "report": ("pneumonia.experiments.report",
+               "aggregate the finished ablation experiments into metrics/ablation.md"),
 }
 
 

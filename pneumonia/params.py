@@ -134,6 +134,19 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class AblationParams:
+    """`pneumonia ablation`: one DVC experiment per arm (backbone x balancing x BatchNorm) and
+    seed. No stage reads this section; the command turns it into `-S` overrides."""
+
+    preset: Literal["cpu", "paper"] = "cpu"  # cpu: 2 cores, from scratch; paper: params.yaml
+    backbones: tuple[Literal["densenet201", "densenet121", "resnet50"], ...] = ("densenet121",)
+    balance_methods: tuple[Literal["augmentor", "class_weight", "none"], ...] = (
+        "augmentor", "class_weight", "none")
+    freeze_batchnorm: tuple[bool, ...] = (True,)
+    seeds: tuple[int, ...] = (1, 2, 3)  # train.seed of each repetition
+
+
+@dataclass(frozen=True)
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
@@ -144,6 +157,7 @@ class Params:
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    ablation: AblationParams = AblationParams()
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +226,12 @@ def _cast(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             raise ParamsError(f"params.yaml: `{key}` is empty; it needs a value.")
         return str(value)
+    if origin is tuple:  # tuple[X, ...]: a YAML list (or one value) of X
+        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise ParamsError(f"params.yaml: `{key}` is an empty list; give at least one value.")
+        return tuple(_cast(v, item, f"{key}[{i}]") for i, v in enumerate(items))
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     raise TypeError(f"unsupported parameter type {tp!r} for {key}")  # programming error

@@ -242,7 +242,8 @@ def run(params: Params) -> dict[str, Any]:
 
         run_id_file.write_text(mlrun.info.run_id)
         # evaluate.* are logged by the evaluate stage (they may change without retraining).
-        flat = {k: v for k, v in flatten(params).items() if not k.startswith("evaluate.")}
+        flat = {k: v for k, v in flatten(params).items()
+                if not k.startswith(("evaluate.", "ablation."))}
         tracking.log_params(flat)  # skips params a resumed run already holds
         tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 

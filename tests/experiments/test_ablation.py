@@ -1,0 +1,163 @@
+"""The ablation grid (`pneumonia ablation`) and its report (`pneumonia report`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pneumonia.errors import PipelineError
+from pneumonia.experiments import ablation, report
+from pneumonia.params import arm_of, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_grid_covers_every_arm_and_seed_with_matching_arm_names() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["ablation"] = {"backbones": ["densenet121", "resnet50"],
+                       "balance_methods": ["augmentor", "none"],
+                       "freeze_batchnorm": [True, False], "seeds": [1, 2, 3]}
+    params = parse_params(raw)
+    runs = ablation.grid(params.ablation)
+    assert len(runs) == 2 * 2 * 2 * 3
+    assert len({r.name for r in runs}) == len(runs)  # one DVC experiment each
+    for run in runs:
+        over = run.overrides("cpu")
+        assert over["model.weights"] == "none" and over["train.seed"] == str(run.seed)
+        # The arm the command names must be the arm the train stage tags (arm_of of the params
+        # the experiment will run with), or the report would group runs wrongly.
+        applied = yaml.safe_load(yaml.safe_dump(raw))
+        for key, value in over.items():
+            node = applied
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = yaml.safe_load(value)
+        assert arm_of(parse_params(applied)) == run.arm
+    assert ablation.grid(load_params(REPO / "params.yaml").ablation)  # the committed grid parses
+
+
+def _run(name: str, arm: str, seed: int, prob: np.ndarray, patients: list[str],
+         labels: np.ndarray) -> report.RunResult:
+    preds = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(len(prob))],
+                          "patient_id": patients,
+                          "actual": np.where(labels == 1, "PNEUMONIA", "NORMAL"),
+                          "probability": prob})
+    return report.RunResult(name, "0" * 40, arm, seed, 0.5, preds)
+
+
+@pytest.fixture
+def test_set() -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.62).astype(int)
+    patients = [f"p{i // 2}" for i in range(300)]  # two images per patient
+    return labels, patients
+
+
+def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_set) -> None:
+    labels, patients = test_set
+    rng = np.random.default_rng(1)
+    ref, same, good = "densenet121/augmentor/bn-frozen", "densenet121/none/bn-frozen", \
+        "densenet121/class_weight/bn-frozen"
+    runs = []
+    for seed in (1, 2, 3):
+        noisy = np.clip(labels * 0.2 + 0.4 + rng.normal(0, 0.25, labels.size), 0, 1)  # weak
+        runs.append(_run(f"abl-ref-s{seed}", ref, seed, noisy, patients, labels))
+        runs.append(_run(f"abl-same-s{seed}", same, seed, noisy, patients, labels))
+        sharp = np.clip(labels * 0.8 + 0.1 + rng.normal(0, 0.05, labels.size), 0, 1)  # strong
+        runs.append(_run(f"abl-good-s{seed}", good, seed, sharp, patients, labels))
+    s = report.summarize(runs, n_resamples=500)
+    assert s["reference_arm"] == ref
+    assert s["n_test_patients"] == 150
+    same_acc = s["comparisons"][same]["accuracy"]
+    assert same_acc["delta"] == 0 and same_acc["verdict"] == "within noise"
+    assert same_acc["ci_low"] == same_acc["ci_high"] == 0  # same predictions in every resample
+    good_acc = s["comparisons"][good]["accuracy"]
+    assert good_acc["verdict"] == "better" and good_acc["ci_low"] > 0
+    assert f"{good} is better on accuracy" in s["answer"]
+    # Per-arm means are the means of the runs' own metrics (recomputed independently here).
+    accs = [np.mean((r.predictions["probability"] >= 0.5) == (labels == 1)) for r in runs
+            if r.arm == good]
+    assert s["arms"][good]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    lo, hi = s["arms"][good]["accuracy"]["ci_low"], s["arms"][good]["accuracy"]["ci_high"]
+    assert lo <= np.mean(accs) <= hi
+    md = report.markdown(s)
+    assert md.splitlines()[2] == f"**{s['answer']}**" and "| abl-good-s1 |" in md
+
+
+def test_only_noise_between_arms_says_so(test_set) -> None:
+    labels, patients = test_set
+    rng = np.random.default_rng(2)
+    runs = [_run(f"abl-{m}-s{seed}", f"densenet121/{m}/bn-frozen", seed,
+                 np.clip(labels * 0.3 + 0.35 + rng.normal(0, 0.25, labels.size), 0, 1),
+                 patients, labels)
+            for m in ("augmentor", "none") for seed in (1, 2)]
+    s = report.summarize(runs, n_resamples=500)
+    verdicts = {s["comparisons"]["densenet121/none/bn-frozen"][m]["verdict"]
+                for m in report.ANSWER_METRICS}
+    assert verdicts == {"within noise"}
+    assert s["answer"].startswith("No arm differs from the paper's arm")
+
+
+def test_runs_on_different_test_sets_are_refused(test_set) -> None:
+    labels, patients = test_set
+    a = _run("abl-a-s1", "x/augmentor/bn-frozen", 1, np.full(300, 0.7), patients, labels)
+    b = _run("abl-b-s1", "x/none/bn-frozen", 1, np.full(299, 0.7), patients[:299], labels[:299])
+    with pytest.raises(PipelineError, match="different test images"):
+        report.summarize([a, b], n_resamples=50)
+
+
+def test_committed_ablation_report_recomputes_from_its_predictions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics/ablation.md's numbers come from the committed per-run predictions: recompute."""
+    if not (REPO / report.ABLATION_JSON).is_file():
+        pytest.skip("no committed ablation report (metrics/ablation.json) yet")
+    monkeypatch.chdir(REPO)
+    committed = json.loads(report.ABLATION_JSON.read_text())
+    again = report.summarize(report.load_committed(), n_resamples=committed["n_resamples"])
+    assert again["answer"] == committed["answer"]
+    assert json.loads(json.dumps(again)) == committed
+
+
+def test_report_without_experiments_is_one_clear_message(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    proc = subprocess.run([sys.executable, "-m", "pneumonia", "report"], cwd=tmp_path, check=False,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO),
+                                                               "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "no DVC experiment named abl-*" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # four tiny experiments through DVC's queue: ~4 min on 2 cores
+def test_ablation_command_runs_the_grid_and_reports(tmp_path: Path) -> None:
+    from tests.pipeline.test_dvc import TINY, dvc, git, make_project
+
+    repo = make_project(tmp_path, {**TINY, "train.epochs": 1})
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["ablation"] = {"preset": "paper", "backbones": ["densenet121"],
+                       "balance_methods": ["augmentor", "none"], "freeze_batchnorm": [True],
+                       "seeds": [1, 2]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git(repo, "commit", "-qam", "tiny grid")
+    env_path = str(Path(sys.executable).parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pneumonia", "ablation", "--timeout-min", "20"], cwd=repo,
+        capture_output=True, text=True, check=False,
+        env={"PYTHONPATH": str(repo), "PATH": f"{env_path}:/usr/bin:/bin", "HOME": str(tmp_path),
+             "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    dvc(repo, "queue", "stop", "--kill", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((repo / "metrics/ablation.json").read_text())
+    assert set(summary["arms"]) == {"densenet121/augmentor/bn-frozen", "densenet121/none/bn-frozen"}
+    assert all(a["seeds"] == [1, 2] for a in summary["arms"].values())
+    assert len(list((repo / "metrics/ablation").glob("abl-*.csv"))) == 4
+    assert (repo / "metrics/ablation.md").read_text().startswith("# Ablation")
+    assert summary["n_test_images"] == 100
