@@ -1,0 +1,278 @@
+"""The paper's Table III as a confusion matrix, intervals for its cells, and a run compared to it.
+
+Table III reports, on the official 624-image test set (234 NORMAL, 390 PNEUMONIA), accuracy 0.96
+and NORMAL / PNEUMONIA precision-recall-F1 0.98/0.91/0.94 and 0.95/0.99/0.97. Five confusion
+matrices with those class totals round to every cell (NORMAL right 212-214, PNEUMONIA right
+385-386); ``paper_confusion`` is the one closest to the printed values: NORMAL 213 right / 21
+predicted PNEUMONIA, PNEUMONIA 386 right / 4 predicted NORMAL (the tests check both facts).
+
+The paper gives no patient information, so its own intervals treat images as independent:
+Wilson intervals for the proportion cells (accuracy, precision, recall) and a seeded bootstrap
+over images of the implied confusion for F1. A run's intervals come from the patient-grouped
+bootstrap (``bootstrap.metric_intervals``) when predictions are given, or the same image-level
+methods when only a confusion matrix is given.
+
+The Kaggle ResNet baseline reports only two numbers (accuracy 0.92, NORMAL recall 0.82) and no
+counts: for it only the verdict against our interval is given, no difference test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from pneumonia.stats.bootstrap import (
+    LABELS,
+    bootstrap_distributions,
+    intervals_from_distributions,
+    percentile_interval,
+    point_metrics,
+    threshold_metrics,
+)
+from pneumonia.stats.significance import compare_proportions
+
+# The Table III cells with an interval and a verdict (support is a count, not an estimate).
+CELLS = (
+    "accuracy",
+    "NORMAL_precision",
+    "NORMAL_recall",
+    "NORMAL_f1",
+    "PNEUMONIA_precision",
+    "PNEUMONIA_recall",
+    "PNEUMONIA_f1",
+)
+F1_CELLS = ("NORMAL_f1", "PNEUMONIA_f1")
+
+
+def paper_confusion() -> np.ndarray:
+    """The 2x2 confusion matrix implied by Table III: rows true (NORMAL, PNEUMONIA), columns
+    predicted (NORMAL, PNEUMONIA)."""
+    return np.array([[213, 21], [4, 386]])
+
+
+def _check_confusion(cm: ArrayLike) -> np.ndarray:
+    cm = np.asarray(cm)
+    if cm.shape != (2, 2) or (cm < 0).any() or not np.issubdtype(cm.dtype, np.integer):
+        raise ValueError("confusion must be a 2x2 matrix of non-negative integer counts")
+    return cm.astype(np.int64)
+
+
+def cells_from_confusion(cm: ArrayLike) -> dict[str, float]:
+    """Accuracy and per-class precision, recall, F1 and support from a 2x2 confusion matrix,
+    keyed like Table III (``accuracy``, ``NORMAL_precision``, ..., ``PNEUMONIA_support``)."""
+    cm = _check_confusion(cm)
+    metrics = {k: float(v[0]) for k, v in threshold_metrics(cm[None]).items()}
+    cells = {"accuracy": metrics["accuracy"]}
+    for i, label in enumerate(LABELS):
+        for metric in ("precision", "recall", "f1"):
+            cells[f"{label}_{metric}"] = metrics[f"{label}_{metric}"]
+        cells[f"{label}_support"] = float(cm[i].sum())
+    return cells
+
+
+def paper_cells(decimals: int = 2) -> dict[str, float]:
+    """Table III as published: the implied confusion's cells rounded to ``decimals``."""
+    return {k: round(v, decimals) for k, v in cells_from_confusion(paper_confusion()).items()}
+
+
+def proportion_counts(cm: ArrayLike) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of each proportion cell: accuracy, per-class precision and recall."""
+    cm = _check_confusion(cm)
+    (tn, fp), (fn, tp) = cm.tolist()
+    return {
+        "accuracy": (tn + tp, tn + fp + fn + tp),
+        "NORMAL_precision": (tn, tn + fn),
+        "NORMAL_recall": (tn, tn + fp),
+        "PNEUMONIA_precision": (tp, tp + fp),
+        "PNEUMONIA_recall": (tp, tp + fn),
+    }
+
+
+def wilson_interval(count: int, nobs: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (``statsmodels ... proportion_confint(method="wilson")``)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if nobs <= 0:
+        return float("nan"), float("nan")
+    low, high = proportion_confint(count, nobs, alpha=1 - level, method="wilson")
+    return float(low), float(high)
+
+
+def confusion_bootstrap(
+    cm: ArrayLike, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Image-level bootstrap of a confusion matrix (no patient information): each resample
+    draws the same number of images from the four cells (multinomial), seeded. Returns every
+    threshold metric per resample, arrays (B,)."""
+    cm = _check_confusion(cm)
+    n = int(cm.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, cm.ravel() / n, size=n_resamples).reshape(-1, 2, 2)
+    return threshold_metrics(draws)
+
+
+def confusion_intervals(
+    cm: ArrayLike, level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Per cell ``{value, ci_low, ci_high, method}`` from counts only: Wilson for proportion
+    cells, image-level bootstrap of the confusion for F1."""
+    cm = _check_confusion(cm)
+    values = cells_from_confusion(cm)
+    counts = proportion_counts(cm)
+    boot = confusion_bootstrap(cm, n_resamples, seed)
+    out: dict[str, dict[str, Any]] = {}
+    for cell in CELLS:
+        if cell in counts:
+            low, high = wilson_interval(*counts[cell], level=level)
+            method = "wilson"
+        else:
+            low, high, _ = percentile_interval(boot[cell], level)
+            method = "image bootstrap"
+        out[cell] = {"value": values[cell], "ci_low": low, "ci_high": high, "method": method}
+    return out
+
+
+def verdict(paper_value: float, ci_low: float, ci_high: float) -> str:
+    """Where our interval lies relative to the paper's value: ``consistent`` (the value is inside
+    [ci_low, ci_high]), ``below`` (our whole interval is below it), ``above`` otherwise.
+    ``undefined`` when the interval is NaN."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "undefined"
+    if ci_low <= paper_value <= ci_high:
+        return "consistent"
+    if ci_high < paper_value:
+        return "below"
+    return "above"
+
+
+def _bootstrap_difference(
+    run: np.ndarray, paper: np.ndarray, level: float
+) -> tuple[float, float, float]:
+    """Interval and two-sided bootstrap p-value of run - paper from independent bootstraps."""
+    d = run - paper
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    low, high, _ = percentile_interval(d, level)
+    # two-sided, with the +1 correction so that B resamples never report p = 0
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    pvalue = min(1.0, 2 * (tail + 1) / (d.size + 1))
+    return low, high, float(pvalue)
+
+
+def _compare(
+    run_cm: np.ndarray,
+    run_ci: Mapping[str, Mapping[str, float]],
+    run_f1_boot: Mapping[str, np.ndarray],
+    baseline: Mapping[str, float] | None,
+    n_resamples: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
+    paper_cm = paper_confusion()
+    published = paper_cells()
+    implied = cells_from_confusion(paper_cm)
+    paper_ci = confusion_intervals(paper_cm, level, n_resamples, seed + 1)
+    paper_boot = confusion_bootstrap(paper_cm, n_resamples, seed + 1)
+    run_counts = proportion_counts(run_cm)
+    paper_counts = proportion_counts(paper_cm)
+    cells: dict[str, Any] = {}
+    for cell in CELLS:
+        run = run_ci[cell]
+        if cell in run_counts:
+            diff = compare_proportions(*run_counts[cell], *paper_counts[cell], level=level)
+        else:
+            low, high, p = _bootstrap_difference(run_f1_boot[cell], paper_boot[cell], level)
+            d = run["value"] - implied[cell]
+            diff = {
+                "diff": d,
+                "ci_low": low,
+                "ci_high": high,
+                "pvalue": p,
+                "method": "difference of independent bootstraps",
+            }
+        cells[cell] = {
+            "run": run["value"],
+            "run_ci_low": run["ci_low"],
+            "run_ci_high": run["ci_high"],
+            "paper": published[cell],
+            "paper_implied": implied[cell],
+            "paper_ci_low": paper_ci[cell]["ci_low"],
+            "paper_ci_high": paper_ci[cell]["ci_high"],
+            "verdict": verdict(published[cell], run["ci_low"], run["ci_high"]),
+            "diff": diff["diff"],
+            "diff_ci_low": diff["ci_low"],
+            "diff_ci_high": diff["ci_high"],
+            "diff_pvalue": diff["pvalue"],
+            "diff_method": diff["method"],
+        }
+    out: dict[str, Any] = {
+        "cells": cells,
+        "n_consistent": sum(c["verdict"] == "consistent" for c in cells.values()),
+        "n_cells": len(cells),
+    }
+    if baseline is not None:
+        base = {}
+        for cell, value in baseline.items():
+            run = run_ci[cell]
+            base[cell] = {
+                "baseline": float(value),
+                "run": run["value"],
+                "run_ci_low": run["ci_low"],
+                "run_ci_high": run["ci_high"],
+                "verdict": verdict(float(value), run["ci_low"], run["ci_high"]),
+            }
+        out["baseline"] = {
+            "cells": base,
+            "n_consistent": sum(c["verdict"] == "consistent" for c in base.values()),
+            "n_cells": len(base),
+            "note": "baseline counts unknown: verdict against our interval only, no difference test",
+        }
+    return out
+
+
+def compare_to_paper(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    threshold: float,
+    groups: ArrayLike | None = None,
+    baseline: Mapping[str, float] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """A run's test predictions against Table III (and optionally the baseline's numbers).
+
+    Run intervals: patient-grouped bootstrap (``groups``; None = per image). Per cell: run value
+    and interval, published paper value (2 decimals) and the implied exact value, the paper's
+    interval, ``verdict`` (published value vs our interval), and the unpaired difference run -
+    implied paper with interval and p-value (Newcombe + score test for proportion cells, which
+    treat images as independent; independent bootstraps for F1). Plus ``n_consistent`` /
+    ``n_cells``. ``baseline``: e.g. ``{"accuracy": 0.92, "NORMAL_recall": 0.82}`` (keys from
+    ``bootstrap.METRICS``): verdicts only.
+    """
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(prob, dtype=np.float64)
+    pred = (p >= threshold).astype(np.int64)
+    run_cm = np.bincount(2 * y + pred, minlength=4).reshape(2, 2)
+    boot = bootstrap_distributions(y, p, groups, threshold, n_resamples, seed)
+    run_ci = intervals_from_distributions(point_metrics(y, p, threshold), boot, level)
+    return _compare(run_cm, run_ci, boot, baseline, n_resamples, seed, level)
+
+
+def compare_confusion_to_paper(
+    run_cm: ArrayLike,
+    baseline: Mapping[str, float] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Like ``compare_to_paper`` from a run's 2x2 confusion matrix only (no predictions, no
+    patients): the run's intervals are image-level (Wilson; image bootstrap for F1)."""
+    run_cm = _check_confusion(run_cm)
+    run_ci = confusion_intervals(run_cm, level, n_resamples, seed)
+    boot = confusion_bootstrap(run_cm, n_resamples, seed)
+    return _compare(run_cm, run_ci, boot, baseline, n_resamples, seed, level)
