@@ -18,6 +18,8 @@ Python subprocess, so its memory and imports are its own:
             Goal >= 1.7x.
   memory    peak RSS (ru_maxrss) of the train stage's work: the full train+val sets cached through
             pneumonia.model.inputs, then real training steps of the real model. Goal <= 2.5 GB.
+  bootstrap seconds of the patient-grouped bootstrap of every test metric (pneumonia.stats) on a
+            synthetic 624-image, 2000-resample test set. Goal <= 2 s.
 
 Prints one line per case (measured values, goal, ratio, PASS/MISS) and writes
 benchmarks/results.json (machine description + every number). Scratch files live in
@@ -58,7 +60,7 @@ from benchmarks.common import (
     sizes,
 )
 
-CASES = ("input", "step", "dvc", "parallel", "memory")
+CASES = ("input", "step", "dvc", "parallel", "memory", "bootstrap")
 RESULTS = REPO / "benchmarks/results.json"
 DEFAULT_WORKDIR = REPO / "benchmarks/results/scratch"
 CONTENDED_CORES = 0.25  # other processes' busy cores above which a case's timings are flagged

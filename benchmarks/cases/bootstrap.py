@@ -51,7 +51,12 @@ def synthetic_test_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return y, prob, groups
 
 
-def measure(quick: bool = False) -> dict:
+GOAL = ("patient bootstrap, 624 images x 2000 resamples, every metric, s", "<=", GOAL_S)
+NEEDS = "work"  # synthetic data: no dataset preparation
+
+
+def measure(work: Path | None = None, raw: Path | None = None, sz: dict | None = None,
+            quick: bool = False) -> dict:
     """Median seconds of ``metric_intervals`` on the synthetic 624-image test set."""
     from pneumonia.stats.bootstrap import metric_intervals
 
@@ -62,8 +67,12 @@ def measure(quick: bool = False) -> dict:
         start = time.perf_counter()
         metric_intervals(y, prob, groups, 0.5, n_resamples=N_RESAMPLES, seed=rep)
         times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
     return {
-        "seconds": statistics.median(times),
+        "value": round(seconds, 4),
+        "summary": f"{seconds:.2f} s median of {len(times)} (min {min(times):.2f}, "
+        f"max {max(times):.2f}) for {N_IMAGES} images, {N_RESAMPLES} patient resamples",
+        "seconds": seconds,
         "n_images": N_IMAGES,
         "n_patients": int(np.unique(groups).size),
         "n_resamples": N_RESAMPLES,

@@ -78,7 +78,9 @@ def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_se
     assert s["n_test_patients"] == 150
     same_acc = s["comparisons"][same]["accuracy"]
     assert same_acc["delta"] == 0 and same_acc["verdict"] == "within noise"
-    assert same_acc["ci_low"] == same_acc["ci_high"] == 0  # same predictions in every resample
+    # The seeds of each arm are resampled independently (seed 1 of one arm is no partner of seed
+    # 1 of another), so identical arms still get an interval of seed noise around 0.
+    assert same_acc["ci_low"] < 0 < same_acc["ci_high"]
     good_acc = s["comparisons"][good]["accuracy"]
     assert good_acc["verdict"] == "better" and good_acc["ci_low"] > 0
     assert f"{good} is better on accuracy" in s["answer"]
