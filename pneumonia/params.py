@@ -99,6 +99,11 @@ class ModelParams:
     # (Keras transfer-learning guide). false = the paper's literal reading: all parameters of the
     # last `trainable_layers` layers are fitted, BN statistics included.
     freeze_batchnorm: bool = True
+    # Momentum of the moving mean/variance of the BatchNormalization layers that train (Keras'
+    # default 0.99). Inference uses those moving statistics; at 0.99 they need several hundred
+    # steps to forget their initial values (0 and 1), so a from-scratch run of a few dozen steps
+    # (the demo, a small dataset) predicts one constant in inference mode. 0.9 settles in ~50.
+    bn_momentum: float = field(default=0.99, metadata=_frac_open)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,9 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     # `model.freeze_batchnorm: false` lets BN learn in the trainable layers also when pretrained.
     freeze_all_but_last(base, params.trainable_layers,
                         freeze_batchnorm=weights is not None and params.freeze_batchnorm)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = params.bn_momentum  # frozen BN layers never update: no effect there
     x = base(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)

@@ -112,5 +112,5 @@ def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(full_project)
     metrics = json.loads(BALANCE_JSON.read_text())
     assert metrics == {"normal_before": 1349, "pneumonia": 3883, "generated": 2500,
-                       "normal_after": 3849, "target": 3849}
+                       "normal_after": 3849, "target": 3849, "method": "augmentor"}
     assert len(list(BALANCED_DIR.rglob("*.png"))) == 2500

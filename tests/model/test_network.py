@@ -186,3 +186,18 @@ def test_batchnorm_statistics_frozen_when_pretrained_updated_from_scratch(tmp_pa
     last = backbone_of(build_model(literal, 32, str(_densenet201_file(tmp_path)))).layers[-30:]
     assert all(layer.trainable for layer in last)
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in last)
+
+
+def test_bn_momentum_reaches_every_batchnorm_layer() -> None:
+    """model.bn_momentum: a from-scratch model of few steps needs moving statistics that settle
+    (with Keras' 0.99 the demo predicted one constant class in inference mode)."""
+    import keras
+
+    params = ModelParams(backbone="densenet121", weights="none", bn_momentum=0.9, dense_units=4)
+    bns = [layer for layer in backbone_of(build_model(params, 32, None)).layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) > 100 and {layer.momentum for layer in bns} == {0.9}
+    default = ModelParams(backbone="densenet121", weights="none", dense_units=4)
+    bns = [layer for layer in backbone_of(build_model(default, 32, None)).layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.momentum for layer in bns} == {0.99}
