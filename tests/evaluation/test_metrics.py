@@ -197,6 +197,10 @@ def test_a_run_like_the_paper_is_consistent_everywhere_and_above_the_baseline() 
     assert "**7 of 7 Table III cells are consistent with this run.**" in md
     assert "| accuracy | 0.96 [" in md and "| consistent |" in md
     assert "## Leakage-free test subset" in md and f"leak-free (n = {keep.sum()})" in md
+    # only the recalls (independent of the class mix) get a leak-free verdict
+    assert set(table["leakfree"]["verdicts"]) == {"NORMAL_recall", "PNEUMONIA_recall"}
+    assert table["leakfree"]["table3_cells"] == 2
+    assert "Class mix: official 234 NORMAL / 390 PNEUMONIA (38% NORMAL)" in md
     assert "## Decision threshold chosen on validation" in md and "Brier" in md
     json.dumps(table, allow_nan=False)
 
