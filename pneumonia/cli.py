@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "queue and run the ablation grid (params.yaml `ablation:`), then report"),
     "report": ("pneumonia.experiments.report",
                "aggregate the finished ablation experiments into metrics/ablation.md"),
+    "compare": ("pneumonia.experiments.compare",
+                ("paired comparison of two revisions' test predictions: deltas with intervals, "
+                "McNemar, DeLong, better / worse / within noise")),
 }
 
 

@@ -134,8 +134,20 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    # P(PNEUMONIA) >= threshold -> PNEUMONIA: the operating point of the reported test metrics and
+    # of the Table III comparison (0.5 = the paper's). Never tune it on the test set: a threshold
+    # is chosen on the validation images by `threshold_rule: youden` (reported beside it).
     threshold: float = field(default=0.5, metadata=_frac_open)
     batch_size: int = field(default=64, metadata=_pos)
+    # fixed: threshold_chosen = threshold; youden: maximise sensitivity + specificity - 1 on the
+    # validation images (originals only), reported as threshold_chosen with its test metrics.
+    threshold_rule: Literal["fixed", "youden"] = "fixed"
+    # Patient-grouped bootstrap behind every 95 % interval; fewer than 200 resamples make the
+    # 2.5 % / 97.5 % percentiles rest on a handful of values.
+    bootstrap_resamples: int = field(
+        default=2000, metadata=_ck(lambda v: v >= 200, "must be >= 200 (2000 recommended)")
+    )
+    seed: int = 42  # seeds the bootstrap: the same predictions always give the same intervals
 
 
 @dataclass(frozen=True)

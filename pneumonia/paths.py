@@ -31,6 +31,8 @@ TABLE3_JSON = METRICS / "table3.json"
 TABLE3_MD = METRICS / "table3.md"
 CONFUSION_PNG = METRICS / "confusion.png"
 ROC_CSV = METRICS / "roc.csv"
+RELIABILITY_CSV = METRICS / "reliability.csv"  # reliability diagram (test set), a DVC plot
+PR_CSV = METRICS / "pr.csv"  # precision-recall curve (test set), a DVC plot
 PREDICTIONS_CSV = METRICS / "predictions.csv"  # one row per test image, in git
 
 MODELS = Path("models")

@@ -377,6 +377,30 @@ def evaluate_run(train_run_id: str, has_test_metrics_key: str) -> Iterator[mlflo
         yield run
 
 
+def evaluated_thresholds(train_run_id: str, test_metric_key: str) -> list[float]:
+    """The thresholds (param evaluate.threshold) at which the model of training run
+    `train_run_id` was already evaluated on the test set: by the training run itself and by its
+    evaluate child runs, those holding `test_metric_key`. Empty when the run is not in the store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent = mlflow.get_run(train_run_id)
+    except MlflowException:
+        return []
+    runs = [parent] + mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{train_run_id}'",
+        output_format="list",
+    )
+    found = []
+    for run in runs:
+        value = run.data.params.get("evaluate.threshold")
+        if test_metric_key in run.data.metrics and value is not None:
+            found.append(float(value))
+    return found
+
+
 def ensure_reference_runs(experiment_id: str) -> dict[str, str]:
     """Log Table III and the Kaggle baseline as reference runs, once (found again by tag)."""
     import mlflow

@@ -35,6 +35,7 @@ def test_committed_params_are_the_paper_configuration() -> None:
     assert (p.model.backbone, p.model.weights, p.model.trainable_layers) == ("densenet201", "imagenet", 30)
     assert p.train.reduce_lr_patience == 2 and p.train.early_stopping_patience == 5
     assert p.evaluate.threshold == pytest.approx(0.5)
+    assert p.evaluate.threshold_rule == "fixed" and p.evaluate.bootstrap_resamples >= 2000
     # `lr` must be top level so `dvc exp run -S lr=...` works (DVC only overrides existing keys).
     assert "lr" in COMMITTED
 
@@ -60,6 +61,8 @@ def test_lr_string_written_back_by_dvc_is_a_float(tmp_path: Path) -> None:
         ("train.epochs", 2.5, "`train.epochs`"),
         ("ingest.on_bad_file", "ignore", "`ingest.on_bad_file`"),
         ("evaluate.threshold", 1.0, "`evaluate.threshold`"),
+        ("evaluate.bootstrap_resamples", 199, "`evaluate.bootstrap_resamples`"),
+        ("evaluate.threshold_rule", "tuned-on-test", "`evaluate.threshold_rule`"),
         ("train.augment.rotation", 90, "`train.augment.rotation`"),
         ("model.weights", "/nonexistent/weights.h5", "`model.weights`"),
     ],

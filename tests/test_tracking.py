@@ -131,3 +131,24 @@ def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
         assert run.info.run_id not in (train_id, child)
     assert "is not in the store" in caplog.text
     mlflow.set_tracking_uri("")
+
+
+def test_evaluated_thresholds_lists_the_models_earlier_test_evaluations(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    clean_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.setup()
+    with mlflow.start_run() as train:
+        mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
+    train_id = train.info.run_id
+    assert tracking.evaluated_thresholds(train_id, "test_accuracy") == []  # not evaluated yet
+    with tracking.evaluate_run(train_id, "test_accuracy"):
+        mlflow.log_metric("test_accuracy", 0.9)
+    with tracking.evaluate_run(train_id, "test_accuracy"):  # a child run at another threshold
+        mlflow.log_params({"evaluate.threshold": 0.3})
+        mlflow.log_metric("test_accuracy", 0.92)
+    assert sorted(tracking.evaluated_thresholds(train_id, "test_accuracy")) == [0.3, 0.5]
+    assert tracking.evaluated_thresholds("f" * 32, "test_accuracy") == []  # not in this store
+    mlflow.set_tracking_uri("")

@@ -8,6 +8,7 @@ that folder as DVC would run them in the repository root.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -52,7 +53,8 @@ def _patient_and_class(stem: str, label: str) -> tuple[str, str]:
 
 
 def make_split(root: Path, size: int = 32, val_every: int = 5) -> pd.DataFrame:
-    """Write root/data/images/*.png and root/data/split.csv from the real sample images.
+    """Write root/data/images/*.png, root/data/split.csv and root/data/manifest.csv from the
+    real sample images.
 
     Kaggle's train folder gives train + val (every `val_every`-th patient to val, so no patient
     is in both); Kaggle's val and test folders give the test subset.
@@ -79,10 +81,17 @@ def make_split(root: Path, size: int = 32, val_every: int = 5) -> pd.DataFrame:
                         "patient_id": patient,
                         "subset": folder,
                         "source_image_id": image_id,
+                        "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
                     }
                 )
     df = pd.DataFrame(rows)
     df.loc[df["subset"] == "val", "subset"] = "test"
+    # data/manifest.csv as ingest writes it (the columns evaluate reads: patients and source
+    # hashes give the leak-free test subset); Kaggle's val folder is merged into test here.
+    manifest = df.assign(split=df["subset"])[["image_id", "path", "label", "class", "patient_id",
+                                              "split", "sha256"]]
+    manifest.to_csv(root / "data" / "manifest.csv", index=False)
+    df = df.drop(columns="sha256")
     patients = sorted(df.loc[df["subset"] == "train", "patient_id"].unique())
     val_patients = set(patients[::val_every])
     df.loc[(df["subset"] == "train") & df["patient_id"].isin(val_patients), "subset"] = "val"

@@ -152,8 +152,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def find_leakage(manifest: pd.DataFrame) -> dict[str, Any]:
-    """Byte-identical files within and across splits, and patients in both train and test."""
+def duplicate_groups(manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """Groups of byte-identical source files (same sha256), each with its splits, labels and
+    images (`split/label/image_id`), in sha256 order."""
     groups = []
     for digest, g in manifest.groupby("sha256", sort=True):
         if len(g) > 1:
@@ -163,12 +164,40 @@ def find_leakage(manifest: pd.DataFrame) -> dict[str, Any]:
                 "labels": sorted(set(g.label)),
                 "images": [f"{r.split}/{r.label}/{r.image_id}" for r in g.itertuples()],
             })
+    return groups
+
+
+def patients_in_train_and_test(manifest: pd.DataFrame) -> list[str]:
+    """Patient ids with images in both the train split (train + validation) and the test split."""
+    train_p = set(manifest.patient_id[manifest.split == "train"])
+    test_p = set(manifest.patient_id[manifest.split == "test"])
+    return sorted(train_p & test_p)
+
+
+def leaking_test_images(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per test image: does it leak training information? The two kinds of leakage
+    `find_leakage` reports, image by image. Columns `image_id`, `patient_in_train` (its patient
+    has a train/validation image), `duplicate_of_train` (its source bytes equal a train image's)
+    and `leakfree` (neither)."""
+    across = {g["sha256"] for g in duplicate_groups(manifest) if len(g["splits"]) > 1}
+    both = set(patients_in_train_and_test(manifest))
+    test = manifest[manifest.split == "test"]
+    out = pd.DataFrame({
+        "image_id": test.image_id.to_numpy(),
+        "patient_in_train": test.patient_id.isin(both).to_numpy(),
+        "duplicate_of_train": test.sha256.isin(across).to_numpy(),
+    })
+    out["leakfree"] = ~(out.patient_in_train | out.duplicate_of_train)
+    return out
+
+
+def find_leakage(manifest: pd.DataFrame) -> dict[str, Any]:
+    """Byte-identical files within and across splits, and patients in both train and test."""
+    groups = duplicate_groups(manifest)
     within = [g for g in groups if len(g["splits"]) == 1]
     across = [g for g in groups if len(g["splits"]) > 1]
     conflicting = [g for g in groups if len(g["labels"]) > 1]
-    train_p = set(manifest.patient_id[manifest.split == "train"])
-    test_p = set(manifest.patient_id[manifest.split == "test"])
-    both = sorted(train_p & test_p)
+    both = patients_in_train_and_test(manifest)
     return {
         "duplicate_groups_within_split": len(within),
         "duplicate_images_within_split": sum(len(g["images"]) for g in within),

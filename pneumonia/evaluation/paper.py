@@ -1,4 +1,5 @@
-"""The paper's reported numbers (Table III) and the metric names shared by every run.
+"""The paper's reported numbers (Table III), the metric names shared by every run, and the
+rendering of metrics/table3.json (a run against Table III, with intervals) as markdown.
 
 One naming scheme everywhere: a test metric is ``test_accuracy``, ``test_roc_auc`` or
 ``test_<LABEL>_<metric>`` (``test_NORMAL_recall``). The evaluate stage logs a run's results to
@@ -18,6 +19,12 @@ TABLE3: dict[str, dict[str, float]] = {
     "NORMAL": {"precision": 0.98, "recall": 0.91, "f1": 0.94, "support": 234},
     "PNEUMONIA": {"precision": 0.95, "recall": 0.99, "f1": 0.97, "support": 390},
 }
+
+# The confusion matrix Table III implies (rows actual NORMAL, PNEUMONIA; columns predicted):
+# of the five matrices with the test set's class totals that round to every printed cell, the one
+# closest to the printed values (tests/stats/test_table3.py checks both facts). The paper's own
+# intervals and the run-vs-paper differences (pneumonia.stats.table3) start from it.
+TABLE3_CONFUSION = ((213, 21), (4, 386))
 
 # The Kaggle ResNet notebook the paper compares against: only these two numbers are reported.
 BASELINE_NAME = "Kaggle ResNet baseline"
@@ -44,15 +51,6 @@ def table3_cells() -> dict[str, float]:
     return cells
 
 
-def run_cells(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The same cells taken from an evaluate.json-style metrics dict."""
-    cells: dict[str, float | None] = {"accuracy": metrics["accuracy"]}
-    for label in LABELS:
-        for metric in CLASS_METRICS:
-            cells[f"{label}_{metric}"] = metrics[label][metric]
-    return cells
-
-
 def reference_metrics() -> dict[str, dict[str, float]]:
     """Reference runs to log in MLflow: tag value -> metrics under the shared names."""
     return {
@@ -61,67 +59,164 @@ def reference_metrics() -> dict[str, dict[str, float]]:
     }
 
 
-def _diff(run: float | None, ref: float) -> float | None:
-    return None if run is None else round(run - ref, 4)
 
 
-def compare_table3(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Side-by-side comparison of a run with Table III and the Kaggle baseline.
+# --------------------------------------------------------------------------------------------
+# metrics/table3.md: rendered from metrics/table3.json alone (the demo renders another
+# revision's table3.json the same way)
+# --------------------------------------------------------------------------------------------
+_NAMES = {
+    "accuracy": "accuracy",
+    "NORMAL_precision": "NORMAL precision",
+    "NORMAL_recall": "NORMAL recall (specificity)",
+    "NORMAL_f1": "NORMAL F1",
+    "PNEUMONIA_precision": "PNEUMONIA precision",
+    "PNEUMONIA_recall": "PNEUMONIA recall (sensitivity)",
+    "PNEUMONIA_f1": "PNEUMONIA F1",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "roc_auc": "ROC AUC",
+    "pr_auc": "PR AUC (average precision)",
+    "macro_avg_precision": "macro avg precision",
+    "macro_avg_recall": "macro avg recall",
+    "macro_avg_f1": "macro avg F1",
+    "weighted_avg_precision": "weighted avg precision",
+    "weighted_avg_recall": "weighted avg recall",
+    "weighted_avg_f1": "weighted avg F1",
+    "brier": "Brier score (lower is better)",
+    "ece": "ECE, 10 bins (lower is better)",
+}
 
-    Returns a JSON-ready dict (metrics/table3.json): for each cell ``{paper, run, diff}`` with
-    diff = run - paper, plus ``baseline`` with the Kaggle ResNet numbers.
-    """
-    run = run_cells(metrics)
-    table = {
-        cell: {"paper": ref, "run": run[cell], "diff": _diff(run[cell], ref)}
-        for cell, ref in table3_cells().items()
-    }
-    table["baseline"] = {
-        cell: {"reported": ref, "run": run[cell], "diff": _diff(run[cell], ref)}
-        for cell, ref in BASELINE.items()
-    }
-    return table
 
-
-def _fmt(v: float | None, support: bool = False) -> str:
+def _num(v: float | None, digits: int = 3, sign: bool = False) -> str:
     if v is None:
         return "n/a"
-    return f"{int(v)}" if support else f"{v:.2f}"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def _fmt_diff(v: float | None, support: bool = False) -> str:
+def _ci(v: float | None, low: float | None, high: float | None, sign: bool = False) -> str:
+    """`0.902 [0.871, 0.929]`; `n/a (undefined)` when the value is undefined."""
     if v is None:
-        return "n/a"
-    return f"{int(v):+d}" if support else f"{v:+.2f}"
+        return "n/a (undefined)"
+    return f"{_num(v, sign=sign)} [{_num(low, sign=sign)}, {_num(high, sign=sign)}]"
+
+
+def _ci_of(row: dict[str, Any]) -> str:
+    return _ci(row.get("value"), row.get("ci_low"), row.get("ci_high"))
 
 
 def table3_markdown(table: dict[str, Any]) -> str:
-    """Render `compare_table3` output as a markdown table (metrics/table3.md)."""
-    lines = [
-        "# Table III: paper vs this run (official test set)",
+    """Render metrics/table3.json (evaluate's `table3_report`) as markdown (metrics/table3.md)."""
+    t = table["threshold"]
+    lines = ["# Table III: paper vs this run (official test set)", ""]
+    if table.get("threshold_warning"):
+        lines += [f"> **{table['threshold_warning']}**", ""]
+    lines += [
+        (f"{table['n_test']} test images of {table['n_patients']} patients, threshold {t:g}. "
+        f"Intervals: {table['ci_level']:.0%}, patient-grouped bootstrap "
+        f"({table['bootstrap_resamples']} resamples, seed {table['seed']}). "
+        "Verdict: `consistent` = the paper's printed value lies inside this run's interval; "
+        "`below` / `above` = this run's whole interval lies below / above it. The paper's "
+        "interval treats its images as independent (Wilson; image bootstrap for F1), from the "
+        f"confusion matrix its Table III implies, {[list(r) for r in TABLE3_CONFUSION]}; the "
+        "difference run - paper is unpaired (the paper's predictions are not published)."),
         "",
-        "| metric | paper | this run | diff |",
-        "|---|---:|---:|---:|",
+        (f"**{table['table3_consistent']} of {table['table3_cells']} Table III cells are "
+        "consistent with this run.**"),
+        "",
+        "| metric | paper [95 % CI] | this run [95 % CI] | verdict | run - paper [95 % CI] |",
+        "|---|---|---|---|---|",
     ]
-    for cell, row in table.items():
-        if cell == "baseline":
-            continue
-        support = cell.endswith("_support")
-        name = cell.replace("_", " ")
-        lines.append(
-            f"| {name} | {_fmt(row['paper'], support)} | {_fmt(row['run'], support)} "
-            f"| {_fmt_diff(row['diff'], support)} |"
-        )
+    for cell, row in table["cells"].items():
+        paper = f"{row['paper']:.2f} [{_num(row['paper_ci_low'])}, {_num(row['paper_ci_high'])}]"
+        run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"])
+        diff = _ci(row["diff"], row["diff_ci_low"], row["diff_ci_high"], sign=True)
+        lines.append(f"| {_NAMES[cell]} | {paper} | {run} | {row['verdict']} | {diff} |")
+    for label, row in table["support"].items():
+        lines.append(f"| {label} support | {row['paper']} | {row['run']} | | |")
+
+    base = table["baseline"]
     lines += [
         "",
-        f"## {BASELINE_NAME} (as reported in the paper)",
+        f"## {base['name']} (as reported in the paper)",
         "",
-        "| metric | baseline | this run | diff |",
-        "|---|---:|---:|---:|",
+        (f"{base['n_consistent']} of {base['n_cells']} baseline numbers are consistent with this "
+        f"run. The baseline reports no counts: no interval of its own, no difference test."),
+        "",
+        "| metric | baseline | this run [95 % CI] | verdict |",
+        "|---|---|---|---|",
     ]
-    for cell, row in table["baseline"].items():
-        lines.append(
-            f"| {cell.replace('_', ' ')} | {_fmt(row['reported'])} | {_fmt(row['run'])} "
-            f"| {_fmt_diff(row['diff'])} |"
-        )
+    for cell, row in base["cells"].items():
+        run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"])
+        lines.append(f"| {_NAMES[cell]} | {row['baseline']:.2f} | {run} | {row['verdict']} |")
+
+    lf = table["leakfree"]
+    official = table["test"]["metrics"]
+    n_off = {k: v["run"] for k, v in table["support"].items()}
+    n_lf = lf["support"]
+
+    def mix(n: dict[str, int]) -> str:
+        total = sum(n.values())
+        share = f" ({n['NORMAL'] / total:.0%} NORMAL)" if total else ""
+        return f"{n['NORMAL']} NORMAL / {n['PNEUMONIA']} PNEUMONIA{share}"
+
+    lines += [
+        "",
+        "## Leakage-free test subset",
+        "",
+        (f"The official test set shares patients (and possibly identical files) with the "
+         f"training data. The leak-free subset keeps the {lf['n_test']} of {table['n_test']} test "
+         f"images ({lf['n_patients']} patients) whose patient has no train/validation image and "
+         "that are no byte-duplicate of a training image (excluded: "
+         f"{lf['excluded_patient_in_train']} of a patient seen in training, "
+         f"{lf['excluded_duplicate_of_train']} duplicates of a training image; the two can "
+         "overlap)."),
+        "",
+        (f"Class mix: official {mix(n_off)}, leak-free {mix(n_lf)}. Accuracy, precision, F1 and "
+         "PR AUC depend on the class mix, so they differ between the columns even for the same "
+         "model; recall (sensitivity, specificity) and ROC AUC do not. Only the recalls get a "
+         f"verdict against Table III: {lf['table3_consistent']} of {lf['table3_cells']} "
+         "consistent."),
+        "",
+        (f"| metric | official test (n = {table['n_test']}) | leak-free (n = {lf['n_test']}) "
+         "| verdict vs paper (leak-free) |"),
+        "|---|---|---|---|",
+    ]
+    for m, row in official.items():
+        verdict = lf["verdicts"].get(m, "")
+        lines.append(f"| {_NAMES[m]} | {_ci_of(row)} | {_ci_of(lf['metrics'][m])} | {verdict} |")
+
+    ch = table["threshold_choice"]
+    chosen = ch["threshold_chosen"]
+    if ch["rule"] == "fixed":
+        how = (f"`evaluate.threshold_rule: fixed`: the threshold is evaluate.threshold "
+               f"({chosen:g}); set `youden` to choose one on the validation images.")
+    else:
+        how = (f"`evaluate.threshold_rule: {ch['rule']}`: chosen on {ch['n_validation']} "
+               f"validation images (originals, never the test set): **{chosen:.4f}**.")
+    lines += ["", "## Decision threshold chosen on validation", "", how]
+    if ch["rule"] != "fixed":
+        lines += [
+            "",
+            f"| metric (test set) | at {t:g} | at {chosen:.4g} (chosen on validation) |",
+            "|---|---|---|",
+        ]
+        for m, row in ch["metrics"].items():
+            lines.append(f"| {_NAMES[m]} | {_ci_of(ch['at_threshold'][m])} | {_ci_of(row)} |")
+
+    cal = table["calibration"]
+    lines += [
+        "",
+        "## Calibration of P(PNEUMONIA) (test set)",
+        "",
+        "| metric | this run [95 % CI] |",
+        "|---|---|",
+    ]
+    for m, row in cal["metrics"].items():
+        lines.append(f"| {_NAMES[m]} | {_ci_of(row)} |")
+    lines += [
+        "",
+        ("Reliability diagram: metrics/reliability.csv; precision-recall curve: metrics/pr.csv "
+        "(`dvc plots show`)."),
+    ]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@
   bins are right-closed, (0.1, 0.2], except the first, [0, 0.1].
 - ``reliability_table`` (built on ``calibration_curve``) and ``pr_curve_table``
   (``sklearn.metrics.precision_recall_curve``): lists of row dicts, ready for a DVC plot CSV.
+- ``weighted_calibration``: Brier score and ECE for each row of bootstrap weights (the
+  patient-grouped intervals of ``bootstrap.patient_weights``), vectorised like ``bootstrap``.
 - ``choose_threshold``: the decision threshold chosen on VALIDATION data (never on the test set).
 """
 
@@ -50,6 +52,30 @@ def expected_calibration_error(y_true: ArrayLike, prob: ArrayLike, n_bins: int =
     count = np.bincount(ids, minlength=n_bins)
     gap = np.abs(np.bincount(ids, p, n_bins) - np.bincount(ids, y.astype(float), n_bins))
     return float(gap.sum() / count.sum())  # sum_b n_b/N |mean_p_b - frac_b| = sum_b |S_b|/N
+
+
+def weighted_calibration(
+    weights: ArrayLike, y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10
+) -> dict[str, np.ndarray]:
+    """Brier score and ECE for each row of ``weights`` (shape (B, n); a row of ones gives
+    ``brier_score`` and ``expected_calibration_error``): ``{"brier": (B,), "ece": (B,)}``.
+
+    A weight counts an image that many times (the patient bootstrap's resample weights). The
+    bootstrapped ECE is biased upwards like ECE itself (|.| of a noisy bin gap): its interval says
+    how much the estimate moves between resamples, not that 0 is excluded.
+    """
+    y, p = _inputs(y_true, prob)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if w.shape[1] != y.size:
+        raise ValueError(f"weights must have shape (B, {y.size}), got {w.shape}")
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        brier = (w @ (p - y) ** 2) / total
+        _, ids = _bins(p, n_bins)
+        onehot = np.zeros((y.size, n_bins))
+        onehot[np.arange(y.size), ids] = p - y  # the signed gap of each image, in its bin
+        ece = np.abs(w @ onehot).sum(axis=1) / total
+    return {"brier": np.where(total > 0, brier, np.nan), "ece": np.where(total > 0, ece, np.nan)}
 
 
 def reliability_table(

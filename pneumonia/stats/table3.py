@@ -49,8 +49,10 @@ F1_CELLS = ("NORMAL_f1", "PNEUMONIA_f1")
 
 def paper_confusion() -> np.ndarray:
     """The 2x2 confusion matrix implied by Table III: rows true (NORMAL, PNEUMONIA), columns
-    predicted (NORMAL, PNEUMONIA)."""
-    return np.array([[213, 21], [4, 386]])
+    predicted (NORMAL, PNEUMONIA). Its one source is ``pneumonia.evaluation.paper``."""
+    from pneumonia.evaluation.paper import TABLE3_CONFUSION
+
+    return np.array(TABLE3_CONFUSION)
 
 
 def _check_confusion(cm: ArrayLike) -> np.ndarray:

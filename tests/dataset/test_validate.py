@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -79,10 +80,35 @@ def test_same_image_in_train_and_test_warns_or_fails(
     group = report["details"]["leakage"]["examples"]["across_splits"][0]
     assert group["images"] == ["test/NORMAL/IM-9301-0001", f"train/NORMAL/{src.stem}"]
     assert "in both train and test" in caplog.text
+    # evaluate's leak-free test subset uses the same finding, image by image
+    leaks = validate.leaking_test_images(pd.read_csv(MANIFEST, dtype=str)).set_index("image_id")
+    assert leaks.loc["IM-9301-0001", "duplicate_of_train"]
+    assert not leaks.loc["IM-9301-0001", "leakfree"]
+    assert int(leaks["duplicate_of_train"].sum()) == 1
 
     with pytest.raises(PipelineError, match="leakage: 1 group.*IM-9301-0001"):
         validate.run(make_params(mini_raw, validate={"leakage": "error"}))
     assert json.loads(VALIDATION_JSON.read_text())["success"] is False
+
+
+def test_leaking_test_images_flags_both_kinds_of_leakage() -> None:
+    manifest = pd.DataFrame({
+        "image_id": ["a1", "a2", "b1", "t1", "t2", "t3", "t4"],
+        "patient_id": ["pa", "pa", "pb", "pa", "pc", "pd", "pd"],
+        "split": ["train", "train", "train", "test", "test", "test", "test"],
+        "label": ["NORMAL"] * 7,
+        "sha256": ["h1", "h2", "h3", "h9", "h3", "h4", "h4"],
+    })
+    leaks = validate.leaking_test_images(manifest).set_index("image_id")
+    assert leaks["patient_in_train"].to_dict() == {"t1": True, "t2": False, "t3": False,
+                                                   "t4": False}
+    # t2 is train image b1's bytes; t3/t4 duplicate each other within test only: not leakage
+    assert leaks["duplicate_of_train"].to_dict() == {"t1": False, "t2": True, "t3": False,
+                                                     "t4": False}
+    assert leaks["leakfree"].to_dict() == {"t1": False, "t2": False, "t3": True, "t4": True}
+    found = validate.find_leakage(manifest)  # the stage's counts agree
+    assert found["patients_in_train_and_test"] == 1
+    assert found["duplicate_groups_across_splits"] == 1
 
 
 def test_missing_manifest_says_run_ingest(workdir: Path, mini_raw: Path) -> None:

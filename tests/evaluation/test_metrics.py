@@ -1,4 +1,5 @@
-"""Evaluate's pure parts on hand-made predictions: metrics vs sklearn, orientation, Table III."""
+"""Evaluate's pure parts on hand-made predictions: metrics vs sklearn, intervals, the one rule for
+undefined values, Table III verdicts, MLflow names, the re-evaluation warning."""
 
 from __future__ import annotations
 
@@ -10,66 +11,136 @@ import numpy as np
 import pytest
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     classification_report,
     roc_auc_score,
 )
 
 from pneumonia.evaluation.evaluate import (
+    REPORTED,
+    calibration_metrics,
     compute_metrics,
     confusion,
+    flat_metrics,
+    metric_intervals,
     mlflow_metrics,
     plot_confusion,
+    pr_frame,
     predict_labels,
+    reliability_frame,
+    report_text,
     roc_table,
+    table3_report,
+    threshold_warning,
 )
 from pneumonia.evaluation.paper import (
-    compare_table3,
+    TABLE3_CONFUSION,
     metric_name,
     reference_metrics,
     table3_cells,
     table3_markdown,
 )
+from pneumonia.params import parse_params
 
 # 10 test images: 0 = NORMAL, 1 = PNEUMONIA.
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 PROB = np.array([0.1, 0.4, 0.6, 0.5, 0.9, 0.8, 0.3, 0.7, 0.55, 0.95])
+PARAMS = parse_params({"lr": 1e-3, "data": {"raw": "x"},
+                       "evaluate": {"bootstrap_resamples": 500, "seed": 3}})
 
 
 def test_threshold_is_inclusive() -> None:
     assert predict_labels(np.array([0.49, 0.5, 0.51]), 0.5).tolist() == [0, 1, 1]
 
 
-def test_metrics_match_sklearn() -> None:
-    m = compute_metrics(Y_TRUE, PROB, 0.5)
+def test_metrics_match_sklearn_and_every_value_has_an_interval() -> None:
+    m = compute_metrics(Y_TRUE, PROB, 0.5, n_resamples=500)
     y_pred = (PROB >= 0.5).astype(int)
     report = classification_report(
         Y_TRUE, y_pred, labels=[0, 1], target_names=["NORMAL", "PNEUMONIA"], output_dict=True
     )
     assert m["accuracy"] == pytest.approx(accuracy_score(Y_TRUE, y_pred))
     assert m["roc_auc"] == pytest.approx(roc_auc_score(Y_TRUE, PROB))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(Y_TRUE, PROB))
     for ours, theirs in (
         ("NORMAL", "NORMAL"),
         ("PNEUMONIA", "PNEUMONIA"),
         ("macro_avg", "macro avg"),
         ("weighted_avg", "weighted avg"),
     ):
-        assert m[ours]["precision"] == pytest.approx(report[theirs]["precision"])
-        assert m[ours]["recall"] == pytest.approx(report[theirs]["recall"])
-        assert m[ours]["f1"] == pytest.approx(report[theirs]["f1-score"])
-        assert m[ours]["support"] == report[theirs]["support"]
-    assert m["threshold"] == 0.5 and m["n_test"] == 10
+        assert m[f"{ours}_precision"] == pytest.approx(report[theirs]["precision"])
+        assert m[f"{ours}_recall"] == pytest.approx(report[theirs]["recall"])
+        assert m[f"{ours}_f1"] == pytest.approx(report[theirs]["f1-score"])
+    assert m["sensitivity"] == m["PNEUMONIA_recall"] and m["specificity"] == m["NORMAL_recall"]
+    assert (m["NORMAL_support"], m["PNEUMONIA_support"], m["n_test"]) == (4, 6, 10)
+    for key in REPORTED:
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+    assert m["accuracy_ci_high"] - m["accuracy_ci_low"] > 0.2  # 10 images: a wide interval
+    assert m["undefined"] == ""
     json.dumps(m, allow_nan=False)  # JSON-ready
 
 
-def test_degenerate_predictions_write_null_not_crash() -> None:
-    # Only PNEUMONIA present, everything predicted PNEUMONIA: no ROC, NORMAL precision undefined.
-    m = compute_metrics([1, 1, 1], [0.9, 0.8, 0.7], 0.5)
-    assert m["roc_auc"] is None
-    assert m["NORMAL"]["precision"] is None
-    assert m["NORMAL"]["support"] == 0
-    assert m["accuracy"] == 1.0
+def test_intervals_resample_patients_not_images() -> None:
+    # Each patient has 4 identical images: resampling images would pretend 4x the information.
+    y, p = np.repeat(Y_TRUE, 4), np.repeat(PROB, 4)
+    patients = np.repeat(np.arange(10), 4)
+    grouped = compute_metrics(y, p, 0.5, patients, n_resamples=1000)
+    images = compute_metrics(y, p, 0.5, None, n_resamples=1000)
+    assert grouped["n_patients"] == 10 and images["n_patients"] == 40
+    width = {k: v["accuracy_ci_high"] - v["accuracy_ci_low"] for k, v in
+             (("grouped", grouped), ("images", images))}
+    assert width["grouped"] > 1.5 * width["images"]
+
+
+def test_same_seed_same_intervals_other_seed_other_intervals() -> None:
+    a = compute_metrics(Y_TRUE, PROB, 0.5, n_resamples=300, seed=1)
+    assert a == compute_metrics(Y_TRUE, PROB, 0.5, n_resamples=300, seed=1)
+    b = compute_metrics(Y_TRUE, PROB, 0.5, n_resamples=300, seed=2)
+    assert any(a[k] != b[k] for k in a if k.endswith("_ci_low"))
+
+
+def test_one_rule_for_an_undefined_class_json_and_report_agree() -> None:
+    # An all-PNEUMONIA model: NORMAL precision is 0/0. sklearn's macro precision is 0.3125
+    # with zero_division=0 and 0.625 with zero_division=nan (the class silently dropped).
+    y = np.array([0] * 4 + [1] * 6)
+    prob = np.full(10, 0.9)
+    m = compute_metrics(y, prob, 0.5, n_resamples=300)
+    assert m["NORMAL_precision"] is None and m["NORMAL_precision_ci_low"] is None
+    assert m["macro_avg_precision"] is None and m["weighted_avg_precision"] is None
+    assert m["NORMAL_recall"] == 0.0 and m["PNEUMONIA_recall"] == 1.0
+    assert m["macro_avg_recall"] == pytest.approx(0.5)  # defined for both classes
+    assert m["NORMAL_f1"] == 0.0  # 2 TN / (2 TN + FP + FN) = 0 / 4: defined
+    assert m["undefined"] == "NORMAL_precision, macro_avg_precision, weighted_avg_precision"
+    text = report_text(m)
+    normal = next(line for line in text.splitlines() if line.startswith("NORMAL"))
+    macro = next(line for line in text.splitlines() if line.startswith("macro avg"))
+    assert normal.split()[1] == "n/a" and macro.split()[2] == "n/a"
+    assert "0.3125" not in text and "0.6250" not in text
+    assert f"{m['PNEUMONIA_precision']:.4f}" in text and f"{m['macro_avg_recall']:.4f}" in text
+    assert "n/a = undefined" in text
+    json.dumps(m, allow_nan=False)
+
+
+def test_only_one_class_present_writes_null_not_crash() -> None:
+    m = compute_metrics([1, 1, 1], [0.9, 0.8, 0.7], 0.5, n_resamples=200)
+    assert m["roc_auc"] is None and m["NORMAL_precision"] is None
+    assert m["NORMAL_support"] == 0 and m["accuracy"] == 1.0
+    # weighted averages weigh the classes present; macro averages need both classes defined
+    assert m["weighted_avg_recall"] == 1.0 and m["macro_avg_recall"] is None
     json.dumps(m, allow_nan=False)
     assert roc_table([1, 1, 1], [0.9, 0.8, 0.7]).empty
+    empty = compute_metrics([], [], 0.5, n_resamples=200, prefix="leakfree_")
+    assert empty["leakfree_accuracy"] is None and empty["leakfree_n_test"] == 0
+
+
+def test_calibration_metrics_with_intervals() -> None:
+    c = calibration_metrics(Y_TRUE, PROB, None, 300, 0)
+    assert c["brier"] == pytest.approx(np.mean((PROB - Y_TRUE) ** 2))
+    assert c["brier_ci_low"] <= c["brier"] <= c["brier_ci_high"]
+    assert 0 <= c["ece_ci_low"] <= c["ece_ci_high"] <= 1
+    rel, pr = reliability_frame(Y_TRUE, PROB), pr_frame(Y_TRUE, PROB)
+    assert rel["count"].sum() == 10 and {"mean_predicted", "observed_fraction"} <= set(rel)
+    assert list(pr.columns) == ["threshold", "precision", "recall"] and len(pr) == 10
 
 
 def test_confusion_rows_are_actual_columns_predicted(tmp_path: Path) -> None:
@@ -89,32 +160,83 @@ def test_roc_thresholds_are_finite() -> None:
     assert roc["fpr"].iloc[-1] == 1.0 and roc["tpr"].iloc[-1] == 1.0
 
 
-def test_table3_side_by_side_and_baseline() -> None:
-    m = compute_metrics(Y_TRUE, PROB, 0.5)
-    table = compare_table3(m)
-    assert table["accuracy"] == {
-        "paper": 0.96,
-        "run": m["accuracy"],
-        "diff": round(m["accuracy"] - 0.96, 4),
-    }
-    assert table["NORMAL_recall"]["paper"] == 0.91
-    assert table["NORMAL_support"] == {"paper": 234, "run": 4, "diff": -230}
-    assert table["PNEUMONIA_precision"]["paper"] == 0.95
-    assert table["baseline"]["accuracy"]["reported"] == 0.92
-    assert table["baseline"]["NORMAL_recall"]["reported"] == 0.82
+def _run_like(cm: tuple[tuple[int, int], tuple[int, int]], seed: int = 0):
+    """Test predictions with confusion `cm` (rows actual, columns predicted), 2 images/patient."""
+    (tn, fp), (fn, tp) = cm
+    y = np.array([0] * (tn + fp) + [1] * (fn + tp))
+    rng = np.random.default_rng(seed)
+    prob = np.concatenate([rng.uniform(0, 0.5, tn), rng.uniform(0.5, 1, fp),
+                           rng.uniform(0, 0.5, fn), rng.uniform(0.5, 1, tp)])
+    groups = np.arange(y.size) // 2
+    return y, prob, groups
+
+
+def _evaluation(y, prob, groups, keep=None):
+    keep = np.ones(y.size, bool) if keep is None else keep
+    m = {"threshold": 0.5, "threshold_rule": "fixed", "threshold_chosen": 0.5}
+    m.update(compute_metrics(y, prob, 0.5, groups, 500, 3))
+    m.update(calibration_metrics(y, prob, groups, 500, 3))
+    m.update(compute_metrics(y[keep], prob[keep], 0.5, groups[keep], 500, 3, "leakfree_"))
+    m.update(flat_metrics(metric_intervals(y, prob, 0.5, groups, 500, 3), "chosen_"))
+    counts = {"excluded_patient_in_train": int((~keep).sum()), "excluded_duplicate_of_train": 0}
+    return m, table3_report(m, (y, prob, groups), counts, PARAMS, None)
+
+
+def test_a_run_like_the_paper_is_consistent_everywhere_and_above_the_baseline() -> None:
+    y, prob, groups = _run_like(TABLE3_CONFUSION)
+    keep = groups % 3 != 0
+    m, table = _evaluation(y, prob, groups, keep)
+    assert table["table3_consistent"] == table["table3_cells"] == 7
+    assert all(c["verdict"] == "consistent" for c in table["cells"].values())
+    assert table["cells"]["accuracy"]["diff"] == pytest.approx(0.0)
+    assert table["cells"]["accuracy"]["diff_ci_low"] < 0 < table["cells"]["accuracy"]["diff_ci_high"]
+    assert table["baseline"]["cells"]["accuracy"]["verdict"] == "above"  # 0.92 below our CI
+    assert table["support"]["NORMAL"] == {"paper": 234, "run": 234}
+    assert table["leakfree"]["n_test"] == int(keep.sum()) == m["leakfree_n_test"]
     md = table3_markdown(table)
-    assert "| metric | paper | this run | diff |" in md
-    assert "| NORMAL recall | 0.91 |" in md and "Kaggle ResNet" in md
+    assert "**7 of 7 Table III cells are consistent with this run.**" in md
+    assert "| accuracy | 0.96 [" in md and "| consistent |" in md
+    assert "## Leakage-free test subset" in md and f"leak-free (n = {keep.sum()})" in md
+    # only the recalls (independent of the class mix) get a leak-free verdict
+    assert set(table["leakfree"]["verdicts"]) == {"NORMAL_recall", "PNEUMONIA_recall"}
+    assert table["leakfree"]["table3_cells"] == 2
+    assert "Class mix: official 234 NORMAL / 390 PNEUMONIA (38% NORMAL)" in md
+    assert "## Decision threshold chosen on validation" in md and "Brier" in md
     json.dumps(table, allow_nan=False)
 
 
+def test_a_worse_run_is_below_the_paper() -> None:
+    y, prob, groups = _run_like(((170, 64), (30, 360)))  # accuracy 0.85
+    _, table = _evaluation(y, prob, groups)
+    acc = table["cells"]["accuracy"]
+    assert acc["verdict"] == "below" and acc["run_ci_high"] < 0.96
+    assert acc["diff_ci_high"] < 0 and acc["diff_pvalue"] < 0.05
+    assert table["table3_consistent"] < 7
+    assert "| below |" in table3_markdown(table)
+
+
 def test_run_and_reference_runs_share_metric_names() -> None:
-    m = compute_metrics(Y_TRUE, PROB, 0.5)
-    logged = mlflow_metrics(m, compare_table3(m))
+    y, prob, groups = _run_like(TABLE3_CONFUSION)
+    m, table = _evaluation(y, prob, groups)
+    logged = mlflow_metrics(m, table)
     refs = reference_metrics()
     assert set(refs["paper"]) == {metric_name(c) for c in table3_cells()}
     assert set(refs["paper"]) <= set(logged)
     assert set(refs["kaggle-resnet"]) <= set(logged)
     assert refs["kaggle-resnet"] == {"test_accuracy": 0.92, "test_NORMAL_recall": 0.82}
-    assert "test_roc_auc" in logged and "diff_from_paper_accuracy" in logged
+    for key in ("test_roc_auc", "test_accuracy_ci_low", "test_NORMAL_recall_ci_high",
+                "test_leakfree_accuracy", "test_chosen_accuracy", "test_brier", "test_ece",
+                "table3_consistent", "table3_cells", "baseline_consistent", "threshold_chosen",
+                "diff_from_paper_accuracy", "diff_from_paper_accuracy_ci_low"):
+        assert key in logged, key
+    assert logged["table3_consistent"] == 7 and logged["table3_cells"] == 7
+    assert "test_threshold" not in logged and "test_seed" not in logged  # params, not metrics
     assert all(math.isfinite(v) for v in logged.values())
+
+
+def test_a_test_reevaluation_at_another_threshold_warns() -> None:
+    assert threshold_warning([], 0.3) == ""
+    assert threshold_warning([0.5], 0.5) == ""  # the same evaluation again
+    text = threshold_warning([0.5, 0.5], 0.3)
+    assert text.startswith("WARNING") and "at threshold 0.5;" in text and "uses 0.3" in text
+    assert "threshold_rule: youden" in text

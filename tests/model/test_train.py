@@ -68,6 +68,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     evaluate = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     saved = {p: (root / p).read_bytes() for p in ("metrics/evaluate.json", "metrics/table3.md")}
+    # The same threshold, the Youden threshold chosen on the validation images beside it.
+    write_params(root, train__epochs=EPOCHS, evaluate__threshold_rule="youden")
+    youden = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
+    assert youden.returncode == 0, youden.stderr[-3000:]
+    saved_youden = {p: (root / p).read_text() for p in ("metrics/evaluate.json",
+                                                         "metrics/table3.json")}
+    # Another threshold on the test set: allowed, but loudly flagged as tuning on test.
     write_params(root, train__epochs=EPOCHS, evaluate__threshold=0.3)
     reevaluate = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert reevaluate.returncode == 0, reevaluate.stderr[-3000:]
@@ -78,6 +85,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "second": second,
         "evaluate": evaluate,
         "first_evaluation": saved,
+        "youden": youden,
+        "youden_evaluation": saved_youden,
         "reevaluate": reevaluate,
     }
 
@@ -117,29 +126,73 @@ def test_train_outputs(pipeline: dict[str, Any]) -> None:
 
 
 def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
+    from pneumonia.evaluation.evaluate import REPORTED
+
     root = pipeline["root"]
     # The first evaluation (threshold 0.5) as saved before re-evaluating.
     ev = json.loads(pipeline["first_evaluation"]["metrics/evaluate.json"])
     assert ev["n_test"] == 104 and ev["threshold"] == 0.5
-    assert ev["NORMAL"]["support"] == 42 and ev["PNEUMONIA"]["support"] == 62
-    for group in ("NORMAL", "PNEUMONIA", "macro_avg", "weighted_avg"):
-        assert set(ev[group]) == {"precision", "recall", "f1", "support"}
-    assert "roc_auc" in ev and "accuracy" in ev
+    assert ev["NORMAL_support"] == 42 and ev["PNEUMONIA_support"] == 62
+    assert ev["threshold_rule"] == "fixed" and ev["threshold_chosen"] == 0.5
+    assert ev["bootstrap_resamples"] == 2000 and ev["threshold_warning"] == ""
+    for key in REPORTED:  # flat keys, each value with its interval (null when undefined)
+        for k in (key, f"{key}_ci_low", f"{key}_ci_high", f"leakfree_{key}"):
+            assert k in ev, k
+        if ev[key] is not None:
+            assert ev[f"{key}_ci_low"] <= ev[key] <= ev[f"{key}_ci_high"], key
+    assert ev["accuracy_ci_high"] - ev["accuracy_ci_low"] > 0.05  # 104 images: not a point
+    # The sample's Kaggle val/test folders share patients with its train folder: excluded.
+    assert 0 < ev["leakfree_n_test"] < 104
+    assert ev["leakfree_excluded_patient_in_train"] >= 104 - ev["leakfree_n_test"] > 0
+    for key in ("brier", "ece"):
+        assert ev[f"{key}_ci_low"] <= ev[key] <= ev[f"{key}_ci_high"]
 
     predictions = pd.read_csv(root / "metrics/predictions.csv")
     assert list(predictions.columns) == [
         "image_id", "patient_id", "class", "actual", "predicted", "probability"]
     assert predictions["image_id"].is_monotonic_increasing and len(predictions) == 104
     assert predictions["probability"].between(0, 1).all()
-    assert (predictions["predicted"] == np.where(predictions["probability"] >= 0.5, "PNEUMONIA",
-                                                 "NORMAL")).all()
+    assert (predictions["predicted"] == np.where(predictions["probability"] >= 0.3, "PNEUMONIA",
+                                                 "NORMAL")).all()  # the last evaluation's
     assert predictions["patient_id"].notna().all()
     roc = pd.read_csv(root / "metrics/roc.csv")
     assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    reliability = pd.read_csv(root / "metrics/reliability.csv")
+    assert reliability["count"].sum() == 104
+    assert list(pd.read_csv(root / "metrics/pr.csv").columns) == ["threshold", "precision",
+                                                                  "recall"]
     table3 = json.loads((root / "metrics/table3.json").read_text())
-    assert table3["accuracy"]["paper"] == 0.96 and "baseline" in table3
+    assert table3["cells"]["accuracy"]["paper"] == 0.96 and "baseline" in table3
+    assert table3["table3_cells"] == 7 and 0 <= table3["table3_consistent"] <= 7
+    assert table3["leakfree"]["n_test"] == ev["leakfree_n_test"]
     assert (root / "metrics/confusion.png").stat().st_size > 1000
-    assert "| metric | paper | this run | diff |" in pipeline["evaluate"].stdout
+    out = pipeline["evaluate"].stdout
+    assert "| metric | paper [95 % CI] | this run [95 % CI] | verdict |" in out
+    assert "Table III cells are consistent with this run" in out
+    assert "already evaluated on the test set" not in out + pipeline["evaluate"].stderr
+
+
+def test_youden_threshold_is_chosen_on_validation_images(pipeline: dict[str, Any]) -> None:
+    ev = json.loads(pipeline["youden_evaluation"]["metrics/evaluate.json"])
+    assert ev["threshold_rule"] == "youden" and 0 < ev["threshold_chosen"] < 1
+    assert ev["threshold"] == 0.5  # the reported metrics stay at the fixed threshold
+    assert "predicting 36 validation images" in pipeline["youden"].stderr
+    table3 = json.loads(pipeline["youden_evaluation"]["metrics/table3.json"])
+    assert table3["threshold_choice"]["n_validation"] == 36
+    assert "chosen on 36 validation images" in pipeline["youden"].stdout
+    # the same test threshold as before: no warning
+    assert "already evaluated on the test set" not in pipeline["youden"].stdout
+
+
+def test_test_reevaluation_at_another_threshold_is_flagged(pipeline: dict[str, Any]) -> None:
+    text = "WARNING: this model was already evaluated on the test set at threshold 0.5;"
+    re = pipeline["reevaluate"]
+    assert text in re.stderr  # the log
+    assert text in re.stdout  # the printed report
+    root = pipeline["root"]
+    assert text in (root / "metrics/table3.md").read_text()
+    assert json.loads((root / "metrics/evaluate.json").read_text())["threshold_warning"].startswith(
+        text)
 
 
 def _store(root: Path):
@@ -171,9 +224,16 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
             if m != "precision" or f"test_{label}_{m}" in metrics:  # undefined -> not logged
                 assert f"test_{label}_{m}" in metrics
     assert "test_accuracy" in metrics and "diff_from_paper_accuracy" in metrics
+    for key in ("test_accuracy_ci_low", "test_accuracy_ci_high", "test_leakfree_accuracy",
+                "test_brier", "test_ece", "table3_consistent", "table3_cells",
+                "baseline_consistent", "threshold_chosen"):
+        assert key in metrics, key
+    assert metrics["table3_cells"] == 7
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/confusion_matrix.json", "evaluate/confusion.png"} <= artifacts
+    assert {"evaluate/reliability.csv", "evaluate/pr.csv", "evaluate/calibration.png",
+            "evaluate/table3.md"} <= artifacts
     assert {
         "evaluate/classification_report.json",
         "evaluate/classification_report.txt",
@@ -217,9 +277,14 @@ def test_evaluate_rerun_opens_a_child_run_instead_of_overwriting(pipeline: dict[
     assert client.get_run(run_id).data.params["evaluate.threshold"] == "0.5"
     exp_id = client.get_run(run_id).info.experiment_id
     children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert len(children) == 1
-    child = children[0]
-    assert child.data.params["evaluate.threshold"] == "0.3"
+    assert len(children) == 2  # youden (same test threshold), then 0.3
+    by_threshold = {c.data.params["evaluate.threshold"]: c for c in children}
+    assert set(by_threshold) == {"0.5", "0.3"}
+    youden, child = by_threshold["0.5"], by_threshold["0.3"]
+    assert youden.data.params["evaluate.threshold_rule"] == "youden"
+    assert "evaluate.threshold_tuned_on_test" not in youden.data.tags
+    assert child.data.tags["evaluate.threshold_tuned_on_test"] == "true"
+    assert "already evaluated on the test set" in child.data.tags["evaluate.warning"]
     assert child.data.params["lr"] == "0.001"  # training params copied
     assert "test_accuracy" in child.data.metrics
     assert json.loads((root / "metrics/evaluate.json").read_text())["threshold"] == 0.3

@@ -116,13 +116,18 @@ def test_outputs_and_metrics(project: Path) -> None:
         assert hashlib.sha256((project / row.path).read_bytes()).hexdigest() == row.png_sha256
 
     ev = json.loads((project / "metrics/evaluate.json").read_text())
-    assert 0.0 <= ev["accuracy"] <= 1.0
-    assert ev["NORMAL"]["support"] == 40 and ev["PNEUMONIA"]["support"] == 60
+    assert ev["accuracy_ci_low"] <= ev["accuracy"] <= ev["accuracy_ci_high"]
+    assert ev["NORMAL_support"] == 40 and ev["PNEUMONIA_support"] == 60
     for label in ("NORMAL", "PNEUMONIA"):
-        assert 0.0 <= ev[label]["recall"] <= 1.0  # both classes are in the test set
+        assert 0.0 <= ev[f"{label}_recall"] <= 1.0  # both classes are in the test set
         for key in ("precision", "f1"):
             # null when undefined: a 2-epoch model from random init may never predict a class
-            assert ev[label][key] is None or 0.0 <= ev[label][key] <= 1.0
+            value = ev[f"{label}_{key}"]
+            assert value is None or ev[f"{label}_{key}_ci_low"] <= value <= 1.0
+    # the leak-free subset is measured from data/manifest.csv (a dep of evaluate)
+    assert 0 <= ev["leakfree_n_test"] <= 100 and "leakfree_accuracy" in ev
+    for plot in ("metrics/reliability.csv", "metrics/pr.csv"):
+        assert plot in git(project, "ls-files", "metrics")
 
     predictions = pd.read_csv(project / "metrics/predictions.csv")
     assert len(predictions) == 100
@@ -207,8 +212,20 @@ def test_exp_run_lr_reruns_only_train_and_evaluate(project: Path) -> None:
         "SELECT value FROM params WHERE run_uuid = ? AND key = 'lr'", (run_uuid,)
     ).fetchone()[0]
     assert float(lr) == pytest.approx(2e-6)
-    diff = dvc(project, "metrics", "diff", "--all", "--json").stdout
-    assert "metrics/evaluate.json" in json.loads(diff)  # deltas vs the committed results
+    diff = json.loads(dvc(project, "metrics", "diff", "--all", "--json").stdout)
+    assert "metrics/evaluate.json" in diff  # deltas vs the committed results
+    assert "accuracy_ci_low" in diff["metrics/evaluate.json"]  # flat keys: intervals shown too
+
+    # The paired comparison of the committed results with the experiment, by its name.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pneumonia", "compare", "HEAD", name, "--resamples", "500"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"## Paired comparison: {name} (" in proc.stdout
+    assert "| accuracy |" in proc.stdout and "McNemar" in proc.stdout
 
 
 def test_data_stages_are_byte_identical_from_scratch(project: Path) -> None:

@@ -12,6 +12,7 @@ from pneumonia.stats.calibration import (
     expected_calibration_error,
     pr_curve_table,
     reliability_table,
+    weighted_calibration,
     youden_table,
 )
 
@@ -109,3 +110,16 @@ def test_threshold_rules() -> None:
     # all saturated probabilities: still strictly inside (0, 1)
     t = choose_threshold([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0])
     assert t == 0.5
+
+
+def test_weighted_calibration_is_brier_and_ece_of_the_repeated_images() -> None:
+    y, prob = calibrated(300, seed=3)
+    rng = np.random.default_rng(1)
+    w = rng.integers(0, 3, size=(4, y.size))
+    got = weighted_calibration(np.vstack([np.ones(y.size), w]), y, prob)
+    assert got["brier"][0] == pytest.approx(brier_score(y, prob))
+    assert got["ece"][0] == pytest.approx(expected_calibration_error(y, prob))
+    for b in range(4):  # a weight k = the image k times
+        rep = np.repeat(np.arange(y.size), w[b])
+        assert got["brier"][b + 1] == pytest.approx(brier_score(y[rep], prob[rep]))
+        assert got["ece"][b + 1] == pytest.approx(expected_calibration_error(y[rep], prob[rep]))

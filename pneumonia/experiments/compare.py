@@ -1,0 +1,251 @@
+"""`pneumonia compare [BASE] [HEAD]`: is HEAD's model really better than BASE's, or is it noise?
+
+Both revisions (git revisions, DVC experiment names, or `workspace`; see `revisions`) must hold
+metrics/predictions.csv for the SAME test images (committed by the evaluate stage) and
+metrics/evaluate.json (its `threshold`: each model is scored at its own decision threshold, the
+one its predictions.csv `predicted` column uses). Because both models see the same images, the
+comparison is paired:
+
+- each metric's delta = HEAD - BASE with a 95 % interval from a patient-grouped bootstrap in which
+  both models are scored on the same resampled patients (`stats.bootstrap.paired_deltas`), and one
+  word: `better` / `worse` when that interval excludes 0, else `within noise`;
+- McNemar's exact test on the images one model gets right and the other wrong (accuracy), and
+  DeLong's test of the two correlated ROC AUCs. Both treat images as independent; the word comes
+  from the patient bootstrap, which does not.
+
+The output is markdown (stdout, and `--out FILE`), e.g. for a pull-request comment. Python callers
+(a registry gate) use `compare_predictions` on two predictions tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pneumonia.errors import PipelineError
+from pneumonia.experiments import revisions
+from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
+
+COLUMNS = ("image_id", "patient_id", "actual", "probability")
+N_RESAMPLES = 2000
+NAMES = {
+    "accuracy": "accuracy",
+    "NORMAL_precision": "NORMAL precision",
+    "NORMAL_recall": "NORMAL recall (specificity)",
+    "NORMAL_f1": "NORMAL F1",
+    "PNEUMONIA_precision": "PNEUMONIA precision",
+    "PNEUMONIA_recall": "PNEUMONIA recall (sensitivity)",
+    "PNEUMONIA_f1": "PNEUMONIA F1",
+    "roc_auc": "ROC AUC",
+    "pr_auc": "PR AUC",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", nargs="?", default="main",
+                        help="git revision or DVC experiment to compare against (default: main)")
+    parser.add_argument("head", nargs="?", default=revisions.WORKSPACE,
+                        help="git revision, DVC experiment or `workspace` (the default)")
+    parser.add_argument("--out", type=Path, help="also write the markdown to this file")
+    parser.add_argument("--resamples", type=int, default=N_RESAMPLES,
+                        help=f"bootstrap resamples (default {N_RESAMPLES}, at least 200)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def parse_predictions(text: str, where: str) -> pd.DataFrame:
+    """A predictions.csv's rows, sorted by image_id, checked; `where` names it in errors."""
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"image_id": str, "patient_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise PipelineError(f"{where} is not a readable CSV ({exc}).") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise PipelineError(
+            f"{where} lacks column(s) {', '.join(missing)} (written by an older evaluate stage): "
+            "re-run the evaluate stage there (`dvc repro evaluate`) and commit the result."
+        )
+    bad_labels = sorted(set(frame["actual"]) - set(LABELS))
+    prob = pd.to_numeric(frame["probability"], errors="coerce")
+    if bad_labels or prob.isna().any() or not prob.between(0, 1).all():
+        raise PipelineError(
+            f"{where}: `actual` must be NORMAL/PNEUMONIA and `probability` a number in [0, 1] on "
+            "every row. Re-run the evaluate stage there."
+        )
+    if frame["image_id"].duplicated().any():
+        raise PipelineError(f"{where} lists an image twice: re-run the evaluate stage there.")
+    if frame.empty:
+        raise PipelineError(f"{where} has no rows: re-run the evaluate stage there.")
+    return frame.assign(probability=prob).sort_values("image_id", ignore_index=True)
+
+
+def check_same_images(base: pd.DataFrame, head: pd.DataFrame, labels: tuple[str, str]) -> None:
+    """Refuse a comparison of predictions on different test images (or labels, patients)."""
+    a, b = set(base["image_id"]), set(head["image_id"])
+    if a != b:
+        only_a, only_b = sorted(a - b), sorted(b - a)
+        raise PipelineError(
+            f"{labels[0]} and {labels[1]} were evaluated on different test images "
+            f"({len(a)} vs {len(b)}; {len(only_a)} only in {labels[0]}, e.g. "
+            f"{', '.join(only_a[:3]) or '-'}; {len(only_b)} only in {labels[1]}, e.g. "
+            f"{', '.join(only_b[:3]) or '-'}). A paired comparison needs the same test set: "
+            "re-run one of them on the other's data (`dvc repro`)."
+        )
+    for column in ("actual", "patient_id"):
+        differ = base[column].to_numpy() != head[column].to_numpy()
+        if differ.any():
+            example = base["image_id"][differ].iloc[0]
+            raise PipelineError(
+                f"{labels[0]} and {labels[1]} disagree on `{column}` for {int(differ.sum())} test "
+                f"image(s) (e.g. {example}): the datasets differ. Re-run one of them on the "
+                "other's data (`dvc repro`)."
+            )
+
+
+def compare_predictions(
+    base: pd.DataFrame,
+    head: pd.DataFrame,
+    threshold_base: float = 0.5,
+    threshold_head: float = 0.5,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    labels: tuple[str, str] = ("base", "head"),
+) -> dict[str, Any]:
+    """The paired comparison of two predictions tables (predictions.csv's columns) on the same
+    images: ``{"n_images", "n_patients", "thresholds", "metrics": {metric: {a, b, delta, ci_low,
+    ci_high, verdict}}, "mcnemar": {...}, "delong": {...}}``; delta = head - base."""
+    from pneumonia.stats.bootstrap import paired_deltas
+    from pneumonia.stats.significance import delong_test, mcnemar_exact
+
+    if n_resamples < 200:
+        raise PipelineError("--resamples must be at least 200 (2000 recommended).")
+    base = base.sort_values("image_id", ignore_index=True)
+    head = head.sort_values("image_id", ignore_index=True)
+    check_same_images(base, head, labels)
+    y = (base["actual"] == LABELS[1]).to_numpy(dtype=int)
+    pa = base["probability"].to_numpy(dtype=float)
+    pb = head["probability"].to_numpy(dtype=float)
+    groups = base["patient_id"].astype(str).to_numpy()
+    deltas = paired_deltas(y, pa, pb, groups, threshold_base, threshold_head, n_resamples, seed)
+    mcnemar = mcnemar_exact(y, (pa >= threshold_base).astype(int), (pb >= threshold_head).astype(int))
+    try:
+        delong = delong_test(y, pa, pb)
+    except ValueError as exc:  # fewer than 2 images of a class
+        delong = {"error": str(exc)}
+    return {
+        "labels": list(labels),
+        "n_images": int(y.size),
+        "n_patients": len(set(groups)),
+        "thresholds": [threshold_base, threshold_head],
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "metrics": {m: deltas[m] for m in NAMES},
+        "mcnemar": mcnemar,
+        "delong": delong,
+    }
+
+
+def _num(v: float | None, sign: bool = False) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:+.3f}" if sign else f"{v:.3f}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as markdown (what the command prints and `--out` writes)."""
+    a, b = result["labels"]
+    ta, tb = result["thresholds"]
+    m = result["metrics"]
+    words = {k: v["verdict"] for k, v in m.items()}
+    better = [NAMES[k] for k, w in words.items() if w == "better"]
+    worse = [NAMES[k] for k, w in words.items() if w == "worse"]
+    if not better and not worse:
+        summary = (f"No metric changed beyond noise: every 95 % interval of {b} - {a} includes 0 "
+                   "(this does not show the models are equal, only that this test set cannot "
+                   "tell them apart).")
+    else:
+        parts = [f"better on {', '.join(better)}" if better else "",
+                 f"worse on {', '.join(worse)}" if worse else ""]
+        summary = (f"{b} is " + " and ".join(p for p in parts if p) +
+                   " (95 % interval of the delta excludes 0); every other metric is within noise.")
+    lines = [
+        f"## Paired comparison: {b} vs {a}",
+        "",
+        (f"{result['n_images']} test images of {result['n_patients']} patients, the same for "
+        f"both; thresholds {ta:g} ({a}) and {tb:g} ({b}). Delta = {b} - {a}, 95 % interval from "
+        f"a paired patient-grouped bootstrap ({result['n_resamples']} resamples, seed "
+        f"{result['seed']}); `better` / `worse` when the interval excludes 0, else "
+        "`within noise`."),
+        "",
+        f"**{summary}**",
+        "",
+        f"| metric | {a} | {b} | delta [95 % CI] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for k, row in m.items():
+        delta = f"{_num(row['delta'], True)} [{_num(row['ci_low'], True)}, " \
+                f"{_num(row['ci_high'], True)}]"
+        lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {delta} | "
+                     f"{row['verdict']} |")
+    mc = result["mcnemar"]
+    lines += [
+        "",
+        (f"- McNemar's exact test (accuracy): {mc['b']} image(s) right in {a} only, {mc['c']} "
+        f"right in {b} only; p = {_p(mc['pvalue'])}."),
+    ]
+    dl = result["delong"]
+    if "error" in dl:
+        lines.append(f"- DeLong's test (ROC AUC): not computed ({dl['error']}).")
+    else:
+        lines.append(
+            f"- DeLong's test (ROC AUC): delta {_num(dl['delta'], True)} "
+            f"[{_num(dl['ci_low'], True)}, {_num(dl['ci_high'], True)}], p = {_p(dl['pvalue'])}."
+        )
+    lines.append(
+        "- McNemar and DeLong treat images as independent; several images can come from one "
+        "patient, so the verdict column uses the patient-grouped bootstrap instead."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def read_revision(name: str, cwd: Path | None = None) -> tuple[str, pd.DataFrame, float]:
+    """(label, predictions, threshold) of a revision; PipelineError naming what is missing."""
+    rev = revisions.resolve(name, cwd)
+    preds = parse_predictions(revisions.read_text(rev, PREDICTIONS_CSV.as_posix(), cwd),
+                              f"{PREDICTIONS_CSV} of {rev.label}")
+    try:
+        evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
+        threshold = float(evaluation["threshold"])
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(
+            f"{EVALUATE_JSON} of {rev.label} has no readable `threshold`: re-run the evaluate "
+            "stage there (`dvc repro evaluate`)."
+        ) from None
+    return rev.label, preds, threshold
+
+
+def compare_revisions(base: str, head: str, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                      cwd: Path | None = None) -> dict[str, Any]:
+    """`compare_predictions` for two revisions (git revision, DVC experiment or `workspace`)."""
+    label_a, preds_a, ta = read_revision(base, cwd)
+    label_b, preds_b, tb = read_revision(head, cwd)
+    return compare_predictions(preds_a, preds_b, ta, tb, n_resamples, seed, (label_a, label_b))
+
+
+def command(args: argparse.Namespace) -> int:
+    """`pneumonia compare`: print (and with --out write) the paired comparison."""
+    text = markdown(compare_revisions(args.base, args.head, args.resamples, args.seed))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
