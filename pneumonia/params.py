@@ -84,6 +84,12 @@ class BalanceParams:
 class SplitParams:
     val_fraction: float = field(default=0.2, metadata=_frac_open)
     seed: int = 42
+    # true (the paper's order: balance, then split): generated images are split with their
+    # source's patient, so validation holds generated NORMAL images too. false: validation holds
+    # original images only; a generated image goes to train when its source does, and is left
+    # out when its source is in validation (a distorted copy of a validation image in train
+    # would leak it).
+    generated_in_val: bool = True
 
 
 @dataclass(frozen=True)
