@@ -39,7 +39,14 @@ def read_split(path: Path = SPLIT_CSV) -> pd.DataFrame:
     """Read and check data/split.csv (the split stage's output)."""
     if not path.is_file():
         raise PipelineError(f"{path} not found. Run `dvc repro` to build it (split stage).")
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError/EmptyDataError too
+        raise PipelineError(
+            f"{path} cannot be read as CSV ({type(exc).__name__}: {str(exc).strip()}): it is "
+            "damaged. Rebuild it with `dvc checkout data/split.csv`, or `dvc repro --force "
+            "split`."
+        ) from None
     missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
     if missing:
         raise PipelineError(

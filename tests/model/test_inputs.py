@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -145,4 +144,16 @@ def test_image_size_mismatch_is_reported(in_project: Path) -> None:
 def test_missing_split_csv(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="dvc repro"):
         read_split(tmp_path / "split.csv")
-    assert os.path.exists(tmp_path)  # nothing created
+    assert not (tmp_path / "split.csv").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'image_id,path\n"IM-1,data/x.png\n', bytes(range(128, 256)), b"a,b\n1,2\n3,4,5,6\n"],
+)
+def test_garbled_split_csv_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "split.csv"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError) as err:
+        read_split(path)
+    assert str(path) in str(err.value) and "dvc repro" in str(err.value)
