@@ -78,7 +78,7 @@ def make_split(root: Path, size: int = 32, val_every: int = 5) -> pd.DataFrame:
                         "class": cls,
                         "patient_id": patient,
                         "subset": folder,
-                        "source_image_id": image_id,
+                        "source_image_id": "",  # an original (split.csv's contract)
                     }
                 )
     df = pd.DataFrame(rows)
