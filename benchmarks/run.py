@@ -21,6 +21,10 @@ Python subprocess, so its memory and imports are its own:
   bootstrap seconds of the patient-grouped bootstrap of every test metric (pneumonia.stats) on a
             synthetic 624-image, 2000-resample test set. Goal <= 2 s.
 
+Not in CASES (no goal to meet, a trade-off the user chooses): benchmarks/cases/determinism.py,
+the cost of train.deterministic (op determinism on vs off); run it alone with
+`python -m benchmarks.cases.determinism`.
+
 Prints one line per case (measured values, goal, ratio, PASS/MISS) and writes
 benchmarks/results.json (machine description + every number). Scratch files live in
 benchmarks/results/scratch/ (git-ignored) unless --workdir says otherwise.

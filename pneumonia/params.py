@@ -84,6 +84,12 @@ class BalanceParams:
 class SplitParams:
     val_fraction: float = field(default=0.2, metadata=_frac_open)
     seed: int = 42
+    # true (the paper's order: balance, then split): generated images are split with their
+    # source's patient, so validation holds generated NORMAL images too. false: validation holds
+    # original images only; a generated image goes to train when its source does, and is left
+    # out when its source is in validation (a distorted copy of a validation image in train
+    # would leak it).
+    generated_in_val: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,13 @@ class AugmentParams:
     zoom: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     shift: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     brightness: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    # multiplicative: pixels x U(1 - brightness, 1 + brightness), as the paper's
+    # ImageDataGenerator(brightness_range=...) does (black stays black); additive: + U(-b, b) x 255,
+    # as keras.layers.RandomBrightness does (lifts black borders).
+    brightness_mode: Literal["multiplicative", "additive"] = "multiplicative"
+    # true: zoom factors for x and y drawn independently, as ImageDataGenerator(zoom_range=...)
+    # does; false: one factor for both axes (keras.layers.RandomZoom, aspect kept).
+    zoom_independent: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,9 @@ class TrainParams:
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto = on when a GPU is visible
     distribute: Literal["auto", "none"] = "auto"  # auto = MirroredStrategy on > 1 GPU
     jit_compile: bool = False  # XLA
+    # true: TensorFlow op determinism (tf.config.experimental.enable_op_determinism) on top of
+    # the seeds, so the same seeded run repeats exactly on the same machine (slower: README).
+    deterministic: bool = False
     augment: AugmentParams = AugmentParams()
 
 

@@ -327,10 +327,29 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[
     return info
 
 
+RUN_FILE_KEYS = ("tracking_uri", "experiment_id", "run_id")
+
+
 def read_run_file(path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
+    """models/mlflow_run.json, checked: which MLflow run the train stage logged to."""
     if not path.is_file():
         raise PipelineError(f"{path} not found: run the train stage first (`dvc repro`).")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        info, problem = None, f"is not valid JSON ({exc})"
+    else:
+        problem = "must be a JSON object"
+    if isinstance(info, dict):
+        missing = [k for k in RUN_FILE_KEYS if not isinstance(info.get(k), str) or not info[k]]
+        if not missing:
+            return info
+        problem = f"lacks {', '.join(missing)}"
+    raise PipelineError(
+        f"{path} {problem}: it is written by the train stage and should hold "
+        f"{', '.join(RUN_FILE_KEYS)}. Restore it with `dvc checkout {path}` (or `git checkout`), "
+        "or re-run training: `dvc repro --force train`."
+    )
 
 
 @contextmanager

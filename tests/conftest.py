@@ -1,5 +1,7 @@
 """Shared fixtures for the data stages: small real datasets built from the bundled sample, and the
-full shared dataset (skipped when ../shared is absent)."""
+full shared dataset at ../shared (skipped when absent — but a failure when CI=true: CI clones the
+repository with shared/ beside the clone, so a missing dataset there is a broken CI set-up that
+must not pass as green)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import pytest
 
 from pneumonia.params import Params, parse_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # tests/conftest.py -> the repository root
 SAMPLE = REPO / "data/sample/chest_xray"
-SHARED = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray"
+# ../shared next to the repository root (a clone's folder, or a worktree's).
+SHARED = REPO.parent / "shared/datasets/chest_xray"
 
 # A small Kaggle-layout dataset: (folder, count) taken in sorted order from the bundled sample.
 # train/PNEUMONIA takes bacteria and virus names; val/ holds the 4 full-size grayscale originals.
@@ -117,6 +120,22 @@ def big_png(path: Path, side: int = 10_000) -> Path:
     return path
 
 
+def require_shared(path: Path = SHARED) -> Path:
+    """The full dataset's folder; skip the test when it is absent, or fail it when CI=true."""
+    if path.is_dir():
+        return path
+    message = f"full dataset not found at {path} (CI has ../shared next to the clone)"
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Path:
+    """The full shared dataset (Kaggle layout), or skip (fail under CI=true)."""
+    return require_shared()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project directory, made the current directory (stages work relative to it)."""
@@ -133,16 +152,16 @@ def mini_raw(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def full_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def full_project(
+    tmp_path_factory: pytest.TempPathFactory, shared_dataset: Path
+) -> Iterator[Path]:
     """The full shared dataset ingested (32 px), validated, balanced and split, once per session.
 
     Tests that use it chdir into it themselves and must not modify it."""
-    if not SHARED.is_dir():
-        pytest.skip(f"full dataset not found at {SHARED} (CI has ../shared next to the clone)")
     from pneumonia.dataset import balance, ingest, split, validate
 
     project = tmp_path_factory.mktemp("full")
-    params = make_params(SHARED, ingest={"workers": 2}, balance={"workers": 2},
+    params = make_params(shared_dataset, ingest={"workers": 2}, balance={"workers": 2},
                          validate={"table1_counts": True})
     old = Path.cwd()
     os.chdir(project)

@@ -36,6 +36,10 @@ def test_committed_params_are_the_paper_configuration() -> None:
     assert p.train.reduce_lr_patience == 2 and p.train.early_stopping_patience == 5
     assert p.evaluate.threshold == pytest.approx(0.5)
     assert p.evaluate.threshold_rule == "fixed" and p.evaluate.bootstrap_resamples >= 2000
+    # The paper's order and ImageDataGenerator's augmentation semantics; no op determinism.
+    assert p.split.generated_in_val is True and p.train.deterministic is False
+    assert (p.train.augment.brightness_mode, p.train.augment.zoom_independent) == (
+        "multiplicative", True)
     # `lr` must be top level so `dvc exp run -S lr=...` works (DVC only overrides existing keys).
     assert "lr" in COMMITTED
 
@@ -65,6 +69,10 @@ def test_lr_string_written_back_by_dvc_is_a_float(tmp_path: Path) -> None:
         ("evaluate.threshold_rule", "tuned-on-test", "`evaluate.threshold_rule`"),
         ("train.augment.rotation", 90, "`train.augment.rotation`"),
         ("model.weights", "/nonexistent/weights.h5", "`model.weights`"),
+        ("train.augment.brightness_mode", "gamma", "`train.augment.brightness_mode`"),
+        ("train.augment.zoom_independent", "maybe", "`train.augment.zoom_independent`"),
+        ("train.deterministic", 2, "`train.deterministic`"),
+        ("split.generated_in_val", "sometimes", "`split.generated_in_val`"),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, fragment: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -152,3 +153,41 @@ def test_evaluated_thresholds_lists_the_models_earlier_test_evaluations(
     assert sorted(tracking.evaluated_thresholds(train_id, "test_accuracy")) == [0.3, 0.5]
     assert tracking.evaluated_thresholds("f" * 32, "test_accuracy") == []  # not in this store
     mlflow.set_tracking_uri("")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("{not json", "is not valid JSON"), ("[1, 2]", "must be a JSON object"),
+     ('{"run_id": "abc"}', "lacks tracking_uri, experiment_id"), (b"\xff\xfe\x00", "not valid JSON")],
+)
+def test_corrupt_run_file_is_a_clear_error(tmp_path: Path, content: str | bytes,
+                                           fragment: str) -> None:
+    path = tmp_path / "mlflow_run.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(PipelineError) as err:
+        tracking.read_run_file(path)
+    assert fragment in str(err.value) and str(path) in str(err.value)
+    assert "dvc repro --force train" in str(err.value)
+    good = {"tracking_uri": "sqlite:///x.db", "experiment_id": "1", "run_id": "abc"}
+    path.write_text(json.dumps(good))
+    assert tracking.read_run_file(path) == good
+
+
+def test_evaluate_with_corrupt_run_file_or_garbled_split_exits_2(tmp_path: Path) -> None:
+    """As DVC runs it: one message naming the file and the fix, exit 2, no traceback."""
+    make_split(tmp_path)
+    write_params(tmp_path)
+    run_file = tmp_path / "models" / "mlflow_run.json"
+    run_file.parent.mkdir()
+    run_file.write_text('{"tracking_uri": "sqlite:///m.db", "run_id": ')  # cut short
+    proc = run_stage(tmp_path, "evaluate", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "models/mlflow_run.json is not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    split_csv = tmp_path / "data" / "split.csv"
+    split_csv.write_bytes(b'image_id,path\n"IM-1,data/x.png\n' + bytes(range(128, 256)))
+    proc = run_stage(tmp_path, "evaluate", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data/split.csv cannot be read as CSV" in proc.stderr
+    assert "Traceback" not in proc.stderr

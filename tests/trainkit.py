@@ -80,7 +80,7 @@ def make_split(root: Path, size: int = 32, val_every: int = 5) -> pd.DataFrame:
                         "class": cls,
                         "patient_id": patient,
                         "subset": folder,
-                        "source_image_id": image_id,
+                        "source_image_id": "",  # an original (split.csv's contract)
                         "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
                     }
                 )

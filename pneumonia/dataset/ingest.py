@@ -13,6 +13,8 @@ import hashlib
 import logging
 import multiprocessing
 import shutil
+import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +54,12 @@ def _init_worker(raw: Path, kind: kermany.SourceKind, size: int) -> None:
 
 def _process(task: tuple[str, str]) -> Decoded:
     member, out = task
-    data = _worker["read"](member)  # type: ignore[operator]
+    try:
+        data = _worker["read"](member)  # type: ignore[operator]
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        # Unreadable file (permissions, I/O error) or a zip member that fails its CRC check or
+        # does not decompress: a bad file like any other, reported with the rest.
+        return Decoded(member, error=f"cannot read the file: {type(exc).__name__}: {exc}")
     digest = hashlib.sha256(data).hexdigest()
     try:
         gray, width, height, mode = decode_one(data, _worker["size"])  # type: ignore[arg-type]

@@ -1,10 +1,17 @@
 """Stage `split`: carve a validation set out of the training images, grouped by patient.
 
 The training pool is the official training images plus the generated ones (balanced.csv). A
-fraction `split.val_fraction` of each label goes to validation, with every patient's images (and
-every generated image, which belongs to its source's patient) on one side only. The official test
-set is copied through untouched. Writes data/split.csv — the contract the train and evaluate stages
-read — and metrics/split.json.
+fraction `split.val_fraction` of each label goes to validation, with every group's images on one
+side only. A group is a patient, joined with every other patient that shares a byte-identical
+image (same source sha256: the Kaggle copy has 30 such groups, some under two patient ids), and
+every generated image belongs to its source's patient. The official test set is copied through
+untouched. Writes data/split.csv — the contract the train and evaluate stages read — and
+metrics/split.json.
+
+`split.generated_in_val: true` (the paper's order, balance before split) splits the whole pool, so
+validation holds generated NORMAL images too. `false` splits the original images only: validation
+is all originals, a generated image goes to train with its source's group, and one whose source's
+group is in validation is left out (in train it would be a distorted copy of a validation image).
 
 Method: per label, the patients are shuffled (seeded by split.seed and the label) and taken into
 validation greedily while they fit under that label's target count. With thousands of small patient
@@ -35,30 +42,87 @@ SPLIT_COLUMNS = [
 SUBSETS = ("train", "val", "test")
 
 
-def assign_validation(pool: pd.DataFrame, val_fraction: float, seed: int) -> set[str]:
-    """Patients of `pool` (training images) that go to validation.
+def assign_validation(
+    pool: pd.DataFrame, val_fraction: float, seed: int, group: str = "patient_id"
+) -> set[str]:
+    """Groups (values of column `group`, default patients) of `pool` that go to validation.
 
     Each label gets round(val_fraction * its image count) validation images, as closely as whole
-    patients allow. A patient with images of several labels is placed with its majority label and
+    groups allow. A group with images of several labels is placed with its majority label and
     only taken if it fits every label's target.
     """
-    per_patient = pool.groupby(["patient_id", "label"]).size().unstack(fill_value=0)
-    per_patient = per_patient.reindex(columns=list(LABELS), fill_value=0).sort_index()
-    totals = per_patient.sum()
+    per_group = pool.groupby([group, "label"]).size().unstack(fill_value=0)
+    per_group = per_group.reindex(columns=list(LABELS), fill_value=0).sort_index()
+    totals = per_group.sum()
     targets = {lbl: round(val_fraction * int(totals[lbl])) for lbl in LABELS}
     taken = Counter({lbl: 0 for lbl in LABELS})
     chosen: set[str] = set()
-    majority = per_patient.idxmax(axis=1)  # ties -> first label in LABELS order
+    majority = per_group.idxmax(axis=1)  # ties -> first label in LABELS order
     for label in LABELS:
-        patients = sorted(majority.index[majority == label])
-        random.Random(f"{seed}:{label}").shuffle(patients)  # str seeds are stable across runs
-        for patient in patients:
-            counts = per_patient.loc[patient]
+        groups = sorted(majority.index[majority == label])
+        random.Random(f"{seed}:{label}").shuffle(groups)  # str seeds are stable across runs
+        for g in groups:
+            counts = per_group.loc[g]
             if all(taken[lbl] + int(counts[lbl]) <= targets[lbl] for lbl in LABELS):
-                chosen.add(patient)
+                chosen.add(g)
                 for lbl in LABELS:
                     taken[lbl] += int(counts[lbl])
     return chosen
+
+
+def patient_groups(images: pd.DataFrame) -> tuple[dict[str, str], int]:
+    """Union-find over patient ids, linked by byte-identical images (same `sha256`).
+
+    Returns ({patient_id: group id}, number of identical-image sets that link two or more
+    patient ids). The group id is the smallest patient id of the group (stable across runs).
+    """
+    parent = {pid: pid for pid in images.patient_id}
+
+    def find(pid: str) -> str:
+        while parent[pid] != pid:
+            parent[pid] = parent[parent[pid]]
+            pid = parent[pid]
+        return pid
+
+    links = 0
+    for _, patients in images.groupby("sha256").patient_id:
+        ids = sorted(set(patients))
+        if len(ids) > 1:
+            links += 1
+            for other in ids[1:]:
+                a, b = find(ids[0]), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return {pid: find(pid) for pid in parent}, links
+
+
+def split_pool(
+    originals: pd.DataFrame, generated: pd.DataFrame, val_fraction: float, seed: int,
+    generated_in_val: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Assign `subset` (train | val) to the training pool: original training images (with their
+    source `sha256`) and generated ones (`source_image_id` set, their source's `patient_id`).
+
+    Returns (the pool's rows that are kept, with `subset` and `group`; facts for split.json).
+    """
+    groups, links = patient_groups(originals)
+    pool = pd.concat([originals, generated], ignore_index=True)
+    pool["group"] = pool.patient_id.map(groups)
+    if pool.group.isna().any():  # a generated image whose patient has no original: impossible
+        raise PipelineError("internal error: a generated image's patient has no original image.")
+    is_generated = pool.source_image_id != ""
+    basis = pool if generated_in_val else pool[~is_generated]
+    val_groups = assign_validation(basis, val_fraction, seed, group="group")
+    in_val = pool.group.isin(val_groups)
+    pool["subset"] = in_val.map({True: "val", False: "train"})
+    # generated_in_val false: a generated image whose source's group is in validation.
+    left_out = is_generated & in_val & (not generated_in_val)
+    facts = {
+        "generated_left_out": int(left_out.sum()),
+        "identical_image_sets": int((originals.groupby("sha256").size() > 1).sum()),
+        "identical_image_sets_linking_patients": links,
+    }
+    return pool[~left_out].reset_index(drop=True), facts
 
 
 def run(params: Params) -> dict:
@@ -77,26 +141,36 @@ def run(params: Params) -> dict:
         )
 
     originals = manifest.assign(source_image_id="")
-    pool = pd.concat([originals[originals.split == "train"], generated], ignore_index=True)
-    val_patients = assign_validation(pool, params.split.val_fraction, params.split.seed)
-    pool["subset"] = pool.patient_id.map(lambda pid: "val" if pid in val_patients else "train")
+    pool, facts = split_pool(
+        originals[originals.split == "train"], generated.assign(sha256=""),
+        params.split.val_fraction, params.split.seed, params.split.generated_in_val)
     test = originals[originals.split == "test"].assign(subset="test")
 
-    split = pd.concat([pool, test], ignore_index=True)[SPLIT_COLUMNS]
+    full = pd.concat([pool, test], ignore_index=True)
+    split = full[SPLIT_COLUMNS]
     order = {s: i for i, s in enumerate(SUBSETS)}
     split = split.sort_values(["subset", "label", "image_id"], key=lambda c: c.map(order)
                               if c.name == "subset" else c, ignore_index=True)
     SPLIT_CSV.parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(SPLIT_CSV, index=False, lineterminator="\n")
 
-    metrics = _metrics(split)
-    if metrics["patients_in_train_and_val"]:  # cannot happen by construction; guard the contract
-        raise PipelineError("internal error: a patient ended up in both train and val.")
+    metrics = _metrics(split) | facts | {"generated_in_val": params.split.generated_in_val}
+    metrics["identical_images_in_train_and_val"] = _shared_hashes(pool)
+    # Cannot happen by construction; guard the contract.
+    if metrics["patients_in_train_and_val"] or metrics["identical_images_in_train_and_val"]:
+        raise PipelineError("internal error: a patient or an image ended up in both train and "
+                            "val.")
     write_json(metrics, SPLIT_JSON)
     log.info("split: train %d, val %d (%.1f %%), test %d", metrics["counts"]["train"]["total"],
              metrics["counts"]["val"]["total"], 100 * metrics["val_fraction"],
              metrics["counts"]["test"]["total"])
     return metrics
+
+
+def _shared_hashes(pool: pd.DataFrame) -> int:
+    """Source sha256 values found among both the train and the val originals."""
+    orig = pool[pool.source_image_id == ""]
+    return len(set(orig.sha256[orig.subset == "train"]) & set(orig.sha256[orig.subset == "val"]))
 
 
 def _metrics(split: pd.DataFrame) -> dict:
@@ -115,6 +189,7 @@ def _metrics(split: pd.DataFrame) -> dict:
         "normal_share": normal_share,
         "generated": {s: int(((split.subset == s) & (split.source_image_id != "")).sum())
                       for s in ("train", "val")},
+        "val_original_images": int(((split.subset == "val") & (split.source_image_id == "")).sum()),
         "patients_in_train_and_val": len(patients["train"] & patients["val"]),
     }
 

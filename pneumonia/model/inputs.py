@@ -5,7 +5,9 @@ here each epoch only reads and decodes small PNGs. Decoded images are cached as 
 augmentation, so every epoch sees fresh augmentations). Online augmentation (training only)
 replaces the legacy ImageDataGenerator the paper used with one Keras layer: rotation, zoom and
 shift composed into a single affine resampling per image, then brightness — never a flip (a
-mirrored chest X-ray puts the heart on the wrong side, which no real test image shows).
+mirrored chest X-ray puts the heart on the wrong side, which no real test image shows). Its
+random numbers, and each epoch's order, are drawn statelessly from (train.seed, epoch, batch
+index): the same seed gives byte-identical batches, run after run, on any number of threads.
 
 tf.data is TF-only; it is confined to this module (the input edge). The augmentation layer is a
 Keras DataLayer built on backend ops.
@@ -39,7 +41,14 @@ def read_split(path: Path = SPLIT_CSV) -> pd.DataFrame:
     """Read and check data/split.csv (the split stage's output)."""
     if not path.is_file():
         raise PipelineError(f"{path} not found. Run `dvc repro` to build it (split stage).")
-    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError/EmptyDataError too
+        raise PipelineError(
+            f"{path} cannot be read as CSV ({type(exc).__name__}: {str(exc).strip()}): it is "
+            "damaged. Rebuild it with `dvc checkout data/split.csv`, or `dvc repro --force "
+            "split`."
+        ) from None
     missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
     if missing:
         raise PipelineError(
@@ -99,60 +108,96 @@ def _affine_layer_class() -> type:
 
     class RandomAffineBrightness(DataLayer):
         """Random rotation, zoom and shift composed into ONE bilinear affine resampling per image,
-        then a random brightness offset; on a (B, S, S, C) or (S, S, C) batch in 0..255.
+        then a random brightness change; on a (B, S, S, C) or (S, S, C) batch in 0..255.
 
-        The ranges mean what the Keras layers they replace mean (each sampled uniformly, per
-        image): RandomRotation(rotation / 360) -> angle in [-rotation, rotation] degrees;
-        RandomZoom(zoom) -> one scale for both axes in [1 - zoom, 1 + zoom] (> 1 zooms out);
-        RandomTranslation(shift, shift) -> shift in [-shift, shift] x width / height;
-        RandomBrightness(brightness, (0, 255)) -> + [-brightness, brightness] x 255, clipped to
-        0..255. Borders are filled with the nearest edge pixel. Never a flip.
+        The ranges mean what the paper's ImageDataGenerator / the Keras layers mean (each sampled
+        uniformly, per image): rotation -> angle in [-rotation, rotation] degrees; zoom -> scale in
+        [1 - zoom, 1 + zoom] (> 1 zooms out), drawn independently for x and y when
+        `zoom_independent` (ImageDataGenerator(zoom_range)), else one scale for both axes
+        (RandomZoom); shift -> [-shift, shift] x width / height; brightness -> pixels x
+        [1 - b, 1 + b] (`multiplicative`, ImageDataGenerator(brightness_range)) or
+        + [-b, b] x 255 (`additive`, RandomBrightness), clipped to 0..255. Borders are filled
+        with the nearest edge pixel. Never a flip.
 
-        Chaining those layers resamples the image once per layer (3 bilinear passes, 3 blurs);
-        composing the affine maps first does it once, ~3x less work and one blur. A DataLayer
-        uses `self.backend` ops, so it also runs inside tf.data when Keras runs on JAX/PyTorch.
+        Random numbers: `call(images, seed=s)` with a (2,) int tensor draws them statelessly from
+        `s` (the training dataset passes one derived from (train.seed, epoch, batch index), so an
+        augmented batch never depends on thread timing or on earlier batches); without `seed`,
+        from the layer's own seed generator.
+
+        Chaining the Keras layers resamples the image once per layer (3 bilinear passes, 3 blurs);
+        composing the affine maps first does it once, ~3x less work and one blur.
         """
 
         def __init__(self, rotation: float = 0.0, zoom: float = 0.0, shift: float = 0.0,
-                     brightness: float = 0.0, seed: int | None = None, **kwargs: object) -> None:
+                     brightness: float = 0.0, brightness_mode: str = "multiplicative",
+                     zoom_independent: bool = True, seed: int | None = None,
+                     **kwargs: object) -> None:
             kwargs.setdefault("dtype", "float32")  # not float16 under a mixed-precision policy
             super().__init__(**kwargs)
             self.rotation, self.zoom = float(rotation), float(zoom)
             self.shift, self.brightness = float(shift), float(brightness)
+            if brightness_mode not in ("multiplicative", "additive"):
+                raise ValueError(f"brightness_mode {brightness_mode!r}")
+            self.brightness_mode, self.zoom_independent = brightness_mode, bool(zoom_independent)
             self.seed = seed
             self.generator = keras.random.SeedGenerator(seed)
 
         def get_config(self) -> dict:
             return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
-                    "shift": self.shift, "brightness": self.brightness, "seed": self.seed}
+                    "shift": self.shift, "brightness": self.brightness,
+                    "brightness_mode": self.brightness_mode,
+                    "zoom_independent": self.zoom_independent, "seed": self.seed}
 
         def compute_output_shape(self, input_shape: tuple) -> tuple:
             return input_shape
 
+        def _uniform(self, seed: object) -> object:
+            """uniform(shape, lo, hi, k): the k-th draw of this call. A tensor `seed` gives
+            stateless draws (k folded into it); a SeedGenerator, stateful ones."""
+            b = self.backend
+            if isinstance(seed, keras.random.SeedGenerator):
+                return lambda shape, lo, hi, k: b.random.uniform(shape, lo, hi, dtype="float32",
+                                                                 seed=seed)
+            import tensorflow as tf  # stateless draws: tf.data is TensorFlow's (module docstring)
+
+            base = tf.cast(seed, tf.int64)
+            return lambda shape, lo, hi, k: tf.random.stateless_uniform(
+                shape, tf.random.experimental.stateless_fold_in(base, k), lo, hi, tf.float32)
+
         def transforms(self, batch: int, height: int, width: int, seed: object) -> object:
             """(batch, 8) projective transforms [a0, a1, a2, b0, b1, b2, 0, 0]: output pixel
-            (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2). With c the image centre
-            and d the shift, input = c + scale * R(angle) (p - c - d): translate, zoom about
-            the centre, rotate about the centre, like the three Keras layers in that order."""
+            (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2). With c the image centre,
+            d the shift and Z = diag(zx, zy), input = c + R(angle) Z (p - c - d): translate, zoom
+            about the centre, rotate about the centre, like the Keras layers in that order.
+            `seed`: a SeedGenerator, or a (2,) int tensor for stateless draws."""
             b = self.backend
+            uniform = self._uniform(seed)
             zeros = b.numpy.zeros((batch,), dtype="float32")
-
-            def uniform(lo: float, hi: float) -> object:
-                return b.random.uniform((batch,), lo, hi, dtype="float32", seed=seed)
-
             r = self.rotation * math.pi / 180.0
-            angle = uniform(-r, r) if self.rotation else zeros
-            scale = uniform(1.0 - self.zoom, 1.0 + self.zoom) if self.zoom else zeros + 1.0
+            angle = uniform((batch,), -r, r, 0) if self.rotation else zeros
+            lo, hi = 1.0 - self.zoom, 1.0 + self.zoom
+            zx = uniform((batch,), lo, hi, 1) if self.zoom else zeros + 1.0
+            zy = (uniform((batch,), lo, hi, 2) if self.zoom_independent else zx) if self.zoom \
+                else zeros + 1.0
             w, h = b.cast(width, "float32"), b.cast(height, "float32")
-            dx = uniform(-self.shift, self.shift) * w if self.shift else zeros
-            dy = uniform(-self.shift, self.shift) * h if self.shift else zeros
+            dx = uniform((batch,), -self.shift, self.shift, 3) * w if self.shift else zeros
+            dy = uniform((batch,), -self.shift, self.shift, 4) * h if self.shift else zeros
             cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-            cos, sin = b.numpy.cos(angle) * scale, b.numpy.sin(angle) * scale
-            a2 = cx - (cos * (cx + dx) - sin * (cy + dy))
-            b2 = cy - (sin * (cx + dx) + cos * (cy + dy))
-            return b.numpy.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+            cos, sin = b.numpy.cos(angle), b.numpy.sin(angle)
+            a0, a1, b0, b1 = cos * zx, -sin * zy, sin * zx, cos * zy
+            a2 = cx - (a0 * (cx + dx) + a1 * (cy + dy))
+            b2 = cy - (b0 * (cx + dx) + b1 * (cy + dy))
+            return b.numpy.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
-        def call(self, images: object, training: bool = True) -> object:
+        def brightness_factors(self, batch: int, seed: object) -> object:
+            """(batch, 1, 1, 1) factors (multiplicative) or offsets in 0..255 units (additive)."""
+            uniform = self._uniform(seed)
+            if self.brightness_mode == "multiplicative":
+                return uniform((batch, 1, 1, 1), 1.0 - self.brightness, 1.0 + self.brightness, 5)
+            limit = self.brightness * 255.0
+            return uniform((batch, 1, 1, 1), -limit, limit, 5)
+
+        def call(self, images: object, training: bool = True, seed: object = None) -> object:
             b = self.backend
             images = b.cast(images, self.compute_dtype)
             if not training:
@@ -162,17 +207,18 @@ def _affine_layer_class() -> type:
                 images = b.numpy.expand_dims(images, 0)
             shape = b.shape(images)
             batch, height, width = shape[0], shape[1], shape[2]
-            seed = self._get_seed_generator(b._backend)
+            if seed is None:
+                seed = self._get_seed_generator(b._backend)
             if self.rotation or self.zoom or self.shift:
                 images = b.image.affine_transform(
                     images, self.transforms(batch, height, width, seed),
                     interpolation="bilinear", fill_mode="nearest",
                 )
             if self.brightness:
-                limit = self.brightness * 255.0
-                delta = b.random.uniform((batch, 1, 1, 1), -limit, limit, dtype="float32",
-                                         seed=seed)
-                images = b.numpy.clip(images + delta, 0.0, 255.0)
+                change = self.brightness_factors(batch, seed)
+                images = images * change if self.brightness_mode == "multiplicative" \
+                    else images + change
+                images = b.numpy.clip(images, 0.0, 255.0)
             return b.numpy.squeeze(images, 0) if unbatched else images
 
     return RandomAffineBrightness
@@ -191,9 +237,25 @@ def build_augmentation(aug: AugmentParams, seed: int) -> keras.Sequential:
     if not (aug.rotation or aug.zoom or aug.shift or aug.brightness):
         # An empty Sequential cannot be called: all-zero ranges give an explicit Identity.
         return keras.Sequential([layers.Identity(name="no_augmentation")], name="augmentation")
-    layer = _affine_layer_class()(aug.rotation, aug.zoom, aug.shift, aug.brightness, seed=seed,
+    layer = _affine_layer_class()(aug.rotation, aug.zoom, aug.shift, aug.brightness,
+                                  brightness_mode=aug.brightness_mode,
+                                  zoom_independent=aug.zoom_independent, seed=seed,
                                   name="random_affine_brightness")
     return keras.Sequential([layer], name="augmentation")
+
+
+def batch_seed(seed: int, epoch: object, batch: object) -> object:
+    """The (2,) stateless seed of one training batch's augmentation: a function of
+    (train.seed, epoch, batch index) only."""
+    import tensorflow as tf
+
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(batch, tf.int64))
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Batches per epoch (the last one may be smaller)."""
+    return math.ceil(n_rows / batch_size)
 
 
 def make_dataset(
@@ -204,11 +266,16 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     augment: AugmentParams | None = None,
+    epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Batched (float32 image in 0..255, float32 label) dataset for split rows.
 
-    training=True: seeded shuffle, reshuffled each epoch, then augmentation (if `augment`).
-    Otherwise the order is the rows' order (predictions line up with `rows`).
+    training=True: the batches of epochs `epochs[0]` .. `epochs[1] - 1` one after the other
+    (`steps_per_epoch` batches each; fit with steps_per_epoch). Each epoch's order and each
+    batch's augmentation are drawn statelessly from (seed, epoch[, batch index]): two datasets
+    built alike yield identical batches, and a run resumed at epoch k sees exactly the epochs
+    an uninterrupted run would have. Otherwise one pass in the rows' order (predictions line up
+    with `rows`).
     """
     import keras
     import tensorflow as tf
@@ -225,15 +292,38 @@ def make_dataset(
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True)
-    ds = ds.cache()  # uint8, ~50 KB per 224-px image: the whole train set fits in memory
-    if training:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    pipeline = build_augmentation(augment, seed) if training and augment is not None else None
+    # uint8, ~50 KB per 224-px image: the whole train set fits in memory. One cache, filled on
+    # the first pass and shared by every epoch below.
+    ds = ds.cache()
+    if not training:
+        ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
+                                      num_parallel_calls=autotune)
+        return ds.prefetch(autotune)
+
+    pipeline = build_augmentation(augment, seed) if augment is not None else None
+    layer = None
     if pipeline is not None and not isinstance(pipeline.layers[0], keras.layers.Identity):
-        # Whole batches at once: one vectorized resampling per batch. The layer casts to float32.
         layer = pipeline.layers[0]
-        ds = ds.map(lambda x, y: (layer(x, training=True), y), num_parallel_calls=autotune)
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
-    return ds.prefetch(autotune)
+    n = len(rows)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        # The epoch's order: a shuffle seeded from (seed, epoch), not from iterator state.
+        order_seed = tf.random.stateless_uniform(
+            [], tf.stack([tf.constant(seed, tf.int64), epoch]), 0, 2**31 - 1, tf.int64)
+        batches = ds.shuffle(n, seed=order_seed, reshuffle_each_iteration=False).batch(batch_size)
+
+        def augment_batch(i: tf.Tensor, xy: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            x, y = xy
+            if layer is None:
+                return tf.cast(x, tf.float32), y
+            # Whole batches at once: one vectorized resampling per batch; float32 out.
+            return layer(x, training=True, seed=batch_seed(seed, epoch, i)), y
+
+        return batches.enumerate().map(augment_batch, num_parallel_calls=autotune,
+                                       deterministic=True)
+
+    first, last = epochs
+    out = tf.data.Dataset.range(first, last).flat_map(one_epoch)
+    options = tf.data.Options()
+    options.deterministic = True  # elements in order, whatever the threads do
+    return out.with_options(options).prefetch(autotune)

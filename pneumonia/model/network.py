@@ -19,6 +19,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,7 +121,22 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
         axis=-1, mean=list(mean), variance=[s * s for s in std], name=f"{params.backbone}_normalize"
     )(x)
 
-    base = _backbone(params.backbone, weights, image_size)
+    try:
+        with warnings.catch_warnings():
+            # A file of another network makes Keras warn once per layer before it fails.
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            base = _backbone(params.backbone, weights, image_size)
+    except (ValueError, OSError) as exc:
+        if weights in (None, "imagenet"):
+            raise  # not a user's file: a bug or a broken Keras cache keeps its traceback
+        raise PipelineError(
+            f"params.yaml: `model.weights` is {weights!r}, which does not hold weights for "
+            f"`model.backbone: {params.backbone}` (include_top=False): Keras could not load it "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Give a weights file saved from "
+            f"{params.backbone} without its top (e.g. ~/.keras/models/"
+            f"{_WEIGHTS_URL[params.backbone].rsplit('/', 1)[1]}), set `model.backbone` to the "
+            "network the file belongs to, or use `imagenet` or `none`."
+        ) from None
     # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so
     # fine-tuning does not wreck the ImageNet statistics. In Keras 3.15 the guide's
     # `base(x, training=False)` does NOT do that inside a functional model: fit's training=True

@@ -17,6 +17,7 @@ metrics/train.json, models/mlflow_run.json.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -31,12 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia import tracking
+from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import (
     check_images,
     labels_of,
     make_dataset,
     read_split,
+    steps_per_epoch,
     subset_rows,
 )
 from pneumonia.model.network import build_model, resolve_weights
@@ -50,13 +53,17 @@ log = logging.getLogger(__name__)
 
 BACKUP_ROOT = MODELS / ".train-backup"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+# The repository root of the code that runs (pneumonia/model/train.py -> ../../..).
+CODE_ROOT = Path(__file__).resolve().parents[2]
+FINISHED = "finished.json"  # in the backup folder: fit() completed, only the logging remains
 
 
 # --------------------------------------------------------------------------------------------
 # Resume state
 # --------------------------------------------------------------------------------------------
-def resume_key(params: Params, split_sha256: str) -> str:
-    """Short hash of everything that shapes training, so only an identical run resumes."""
+def resume_key(params: Params, split_sha256: str, code_sha256: str = "") -> str:
+    """Short hash of everything that shapes training — params, split.csv and the training code
+    — so only an identical run resumes (a backup made by older code is never continued)."""
     relevant = {
         "lr": params.lr,
         "image_size": params.data.image_size,
@@ -64,9 +71,54 @@ def resume_key(params: Params, split_sha256: str) -> str:
         "train": asdict(params.train),
         "balance_method": params.balance.method,  # class_weight changes the loss
         "split_sha256": split_sha256,
+        "code_sha256": code_sha256,
     }
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def code_files(root: Path = CODE_ROOT, module: str = "stages.train") -> list[Path]:
+    """The project files `python -m <module>` imports (transitively, also imports inside
+    functions, and the packages' __init__.py): the same closure dvc.yaml lists as the stage's
+    deps (tests/pipeline/test_layout.py)."""
+
+    def file_of(name: str) -> Path | None:
+        base = root / Path(*name.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    todo, seen, files = [module], set(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name.split(".")[0] not in ("pneumonia", "stages"):
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        for i in range(1, len(parts)):  # parent packages run their __init__.py
+            init = file_of(".".join(parts[:i]))
+            if init is not None:
+                files.add(init)
+        path = file_of(name)
+        if path is None:
+            continue
+        files.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return sorted(files)
+
+
+def code_digest(root: Path = CODE_ROOT) -> str:
+    """sha256 over the training code (path and bytes of every file in `code_files`)."""
+    h = hashlib.sha256()
+    for f in code_files(root):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def completed_epochs(backup_dir: Path) -> int:
@@ -168,6 +220,144 @@ def select_device(params: Params) -> tuple[Any, str, str, int]:
 
 
 # --------------------------------------------------------------------------------------------
+# The pieces of a run (each testable alone)
+# --------------------------------------------------------------------------------------------
+def configure_determinism(params: Params) -> None:
+    """Seed Python, NumPy and TensorFlow (always); with `train.deterministic`, also make every
+    TensorFlow op deterministic, so the same seeded run repeats exactly on this machine. (The
+    input pipeline is deterministic in any case: ordered tf.data, stateless augmentation.)"""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.train.seed)
+    if params.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+        log.info("train.deterministic: TensorFlow op determinism on")
+
+
+def train_dataset(rows: Any, params: Params, global_batch: int, first_epoch: int = 0) -> Any:
+    """The training input of epochs first_epoch .. train.epochs - 1: seeded order, online
+    augmentation with `train.augment` (stateless, from (train.seed, epoch, batch))."""
+    return make_dataset(
+        rows,
+        params.data.image_size,
+        global_batch,
+        training=True,
+        seed=params.train.seed,
+        augment=params.train.augment,
+        epochs=(first_epoch, params.train.epochs),
+    )
+
+
+def compile_model(model: keras.Model, params: Params) -> None:
+    """Adam at `lr`, binary cross-entropy (the single sigmoid output), accuracy."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params.lr),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=params.train.jit_compile,
+    )
+
+
+def training_callbacks(
+    params: Params, backup_dir: Path, best_so_far: float | None
+) -> list[keras.callbacks.Callback]:
+    """The paper's ReduceLROnPlateau and EarlyStopping on val_loss, the best-weights checkpoint
+    (over all epochs, also those before a resume), MLflow and CSV history, and the backup."""
+    import keras
+
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=params.train.reduce_lr_factor,
+            patience=params.train.reduce_lr_patience,
+            min_lr=params.train.min_lr,
+            verbose=1,
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=params.train.early_stopping_patience,
+            restore_best_weights=True,
+            verbose=1,
+        ),
+        keras.callbacks.ModelCheckpoint(
+            backup_dir / "best.weights.h5",
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        tracking.epoch_metrics_callback(),
+        # History before the backup: a kill in between re-runs the epoch, whose row then
+        # replaces the first attempt's (read_history keeps the last row per epoch).
+        history_callback(backup_dir / "history.csv"),
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+    ]
+
+
+def restore_best(
+    model: keras.Model, best_weights: Path, history: list[dict[str, float]]
+) -> dict[str, Any]:
+    """Load the best epoch's weights into `model`; say which weights the model now holds.
+
+    Returns {"saved_weights": "best" | "last", "saved_epoch": N}. "last" (with a warning) when
+    the checkpoint is missing or unreadable (e.g. cut short by a kill while being written): the
+    model then holds the last epoch's weights, and train.json says so.
+    """
+    finite = [r for r in history if math.isfinite(r["val_loss"])]
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
+    last_epoch = int(history[-1]["epoch"]) if history else 0
+    if best is not None and best_weights.is_file():
+        try:
+            model.load_weights(best_weights)
+            return {"saved_weights": "best", "saved_epoch": int(best["epoch"])}
+        except (OSError, ValueError) as exc:
+            log.warning("could not load the best weights %s (%s): the model keeps the last "
+                        "epoch's (%d) weights", best_weights, exc, last_epoch)
+    else:
+        log.warning("no best-weights checkpoint %s: the model keeps the last epoch's (%d) weights",
+                    best_weights, last_epoch)
+    return {"saved_weights": "last", "saved_epoch": last_epoch}
+
+
+def is_original(rows: Any) -> Any:
+    """Boolean mask: rows that are original images (not generated by the balance stage)."""
+    source = rows["source_image_id"]
+    return source.isna() | (source.astype(str) == "")
+
+
+def score_validation(model: keras.Model, val_rows: Any, image_size: int,
+                     batch_size: int) -> dict[str, float | int | None]:
+    """Loss and accuracy of `model` (as saved) on the whole validation subset and on its
+    original images only (generated images excluded): one prediction pass."""
+    import keras
+    import numpy as np
+
+    ds = make_dataset(val_rows, image_size, batch_size, training=False)
+    prob = np.asarray(model.predict(ds, verbose=0), dtype="float64").reshape(-1)
+    y = np.asarray(labels_of(val_rows), dtype="float64")
+    eps = keras.config.epsilon()  # Keras' binary_crossentropy clips to [eps, 1 - eps]
+    p = np.clip(prob, eps, 1 - eps)
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    right = (prob > 0.5) == (y == 1)  # Keras' binary accuracy threshold
+    original = is_original(val_rows).to_numpy()
+
+    def mean(values: Any, mask: Any) -> float | None:
+        return float(values[mask].mean()) if mask.any() else None
+
+    everything = np.ones_like(original, dtype=bool)
+    return {
+        "val_loss_saved_model": mean(loss, everything),
+        "val_accuracy_saved_model": mean(right, everything),
+        "best_val_loss_original": mean(loss, original),
+        "best_val_accuracy_original": mean(right, original),
+        "val_images_original": int(original.sum()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------------
 def save_model_atomically(model: keras.Model, path: Path = MODEL_FILE) -> None:
@@ -194,134 +384,147 @@ def run(params: Params) -> dict[str, Any]:
     experiment_id = tracking.setup()
     weights = resolve_weights(params.model)
 
-    key = resume_key(params, split_sha)
+    key = resume_key(params, split_sha, code_digest())
     backup_dir = BACKUP_ROOT / key
     backup_dir.mkdir(parents=True, exist_ok=True)
     history_csv = backup_dir / "history.csv"
-    run_id_file = backup_dir / "mlflow_run_id"
+    run_id_file = backup_dir / "mlflow_run_id"  # written by _train_and_log
+    finished = (backup_dir / FINISHED).is_file()
     done = completed_epochs(backup_dir)
-    if done:
+    if finished:
+        log.info("training finished in an earlier attempt (backup %s): not training again, "
+                 "only saving and logging", backup_dir)
+    elif done:
         log.info("resuming from epoch %d (backup %s)", done, backup_dir)
     # Also after a kill within epoch 1: continue that MLflow run rather than leave it dangling.
     resume_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
 
-    import keras
-
-    keras.utils.set_random_seed(params.train.seed)
+    configure_determinism(params)
     strategy, device, precision, replicas = select_device(params)
     log.info("training on %s, precision %s, %d replica(s)", device, precision, replicas)
     global_batch = params.train.batch_size * replicas
 
-    train_ds = make_dataset(
-        train_rows,
-        size,
-        global_batch,
-        training=True,
-        seed=params.train.seed,
-        augment=params.train.augment,
-    )
-    val_ds = make_dataset(val_rows, size, global_batch, training=False)
+    train_ds = train_dataset(train_rows, params, global_batch, first_epoch=done)
 
     with strategy.scope() if strategy else nullcontext():
         model = build_model(params.model, size, weights)
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=params.lr),
-            loss="binary_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=params.train.jit_compile,
-        )
+        compile_model(model, params)
 
     earlier = read_history(history_csv)
     best_so_far = min(
         (r["val_loss"] for r in earlier if math.isfinite(r["val_loss"])), default=None
     )
-    best_weights = backup_dir / "best.weights.h5"
 
-    with tracking.train_run(resume_run_id) as mlrun:
-        import mlflow
+    import mlflow
 
-        run_id_file.write_text(mlrun.info.run_id)
-        # evaluate.* are logged by the evaluate stage (they may change without retraining).
-        flat = {k: v for k, v in flatten(params).items()
-                if not k.startswith(("evaluate.", "ablation."))}
-        tracking.log_params(flat)  # skips params a resumed run already holds
-        tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
-
-        mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
-                         "arm": arm_of(params), "seed": str(params.train.seed)})
-
-        callbacks = [
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=params.train.reduce_lr_factor,
-                patience=params.train.reduce_lr_patience,
-                min_lr=params.train.min_lr,
-                verbose=1,
-            ),
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=params.train.early_stopping_patience,
-                restore_best_weights=True,
-                verbose=1,
-            ),
-            # Best weights over *all* epochs, also those before a resume.
-            keras.callbacks.ModelCheckpoint(
-                best_weights,
-                monitor="val_loss",
-                save_best_only=True,
-                save_weights_only=True,
-                initial_value_threshold=best_so_far,
-            ),
-            tracking.epoch_metrics_callback(),
-            # History before the backup: a kill in between re-runs the epoch, whose row then
-            # replaces the first attempt's (read_history keeps the last row per epoch).
-            history_callback(history_csv),
-            keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-        ]
-        class_weight = class_weights(train_rows) if params.balance.method == "class_weight" else None
-        if class_weight:
-            log.info("class weights (balance.method class_weight): %s", class_weight)
-        model.fit(
-            train_ds,
-            class_weight=class_weight,
-            validation_data=val_ds,
-            epochs=params.train.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself (seeded, each epoch)
-            verbose=2,
-        )
-        if best_weights.is_file():
-            try:
-                model.load_weights(best_weights)
-            except (OSError, ValueError) as exc:  # cut short by a kill while being written
-                log.warning("could not load %s (%s): keeping the last weights", best_weights, exc)
-
-        history = read_history(history_csv)
-        save_model_atomically(model)
-        write_history(history, TRAIN_HISTORY)
-        summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
-        summary["seconds"] = round(time.monotonic() - started, 1)
-        write_json(summary, TRAIN_JSON)
-
-        final = {
-            "best_val_loss": summary["best_val_loss"],
-            "best_val_accuracy": summary["best_val_accuracy"],
-            "best_epoch": summary["best_epoch"],
-            "epochs_run": summary["epochs_run"],
-            "train_seconds": summary["seconds"],
-        }
-        mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None})
-        mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
-        mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
-        tracking.log_keras_model(model, size)
-        info = tracking.write_run_file(mlrun)
+    progress: dict[str, bool] = {"saved": False}
+    try:
+        with tracking.train_run(resume_run_id) as mlrun:
+            info = _train_and_log(
+                mlrun, params, model, df, split_sha, train_rows, val_rows, train_ds, backup_dir,
+                best_so_far, finished, (device, precision, replicas), started, progress)
+    except tracking_errors() as exc:
+        if not progress["saved"]:
+            raise  # failed before the model was saved: no outputs to tell about
+        raise PipelineError(
+            f"training finished and the model is saved ({MODEL_FILE}, {TRAIN_JSON}, "
+            f"{TRAIN_HISTORY}), but logging the results to MLflow "
+            f"({mlflow.get_tracking_uri()}) failed: {type(exc).__name__}: {exc}\n"
+            "The stage is marked failed, so DVC records nothing. Fix the tracking store "
+            "(start the server, free the disk, or unset MLFLOW_TRACKING_URI), then run "
+            f"`dvc repro` again: it finds the finished training in {backup_dir} and only "
+            "saves and logs, without training again."
+        ) from exc
     log.info(
         "MLflow run %s in %s (experiment %s)", info["run_id"], info["tracking_uri"], experiment_id
     )
 
     # Finished: the resume state is no longer needed (a re-run starts fresh).
     shutil.rmtree(backup_dir, ignore_errors=True)
-    return summary
+    return json.loads(TRAIN_JSON.read_text())
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a failing tracking store raises: MLflow's own errors, file-store I/O, HTTP."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError, requests.RequestException)
+
+
+def _train_and_log(
+    mlrun: Any, params: Params, model: keras.Model, df: Any, split_sha: str, train_rows: Any,
+    val_rows: Any, train_ds: Any, backup_dir: Path, best_so_far: float | None, finished: bool,
+    device_info: tuple[str, str, int], started: float, progress: dict[str, bool],
+) -> dict[str, str]:
+    """Inside the open MLflow run: fit (unless an earlier attempt finished), keep the best
+    weights, write the stage's outputs (then progress["saved"] is True), log. Returns the
+    run file's content."""
+    import mlflow
+
+    device, precision, replicas = device_info
+    size = params.data.image_size
+    global_batch = params.train.batch_size * replicas
+    history_csv = backup_dir / "history.csv"
+    (backup_dir / "mlflow_run_id").write_text(mlrun.info.run_id)
+    # evaluate.* are logged by the evaluate stage (they may change without retraining).
+    flat = {k: v for k, v in flatten(params).items()
+            if not k.startswith(("evaluate.", "ablation."))}
+    tracking.log_params(flat)  # skips params a resumed run already holds
+    tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
+
+    mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
+                     "arm": arm_of(params), "seed": str(params.train.seed)})
+
+    class_weight = class_weights(train_rows) if params.balance.method == "class_weight" else None
+    if class_weight:
+        log.info("class weights (balance.method class_weight): %s", class_weight)
+    if finished:
+        model.optimizer.build(model.trainable_variables)  # its state is in the file too
+        model.load_weights(backup_dir / "latest.weights.h5")  # BackupAndRestore's last epoch
+    else:
+        val_ds = make_dataset(val_rows, size, global_batch, training=False)
+        model.fit(
+            train_ds,
+            class_weight=class_weight,
+            validation_data=val_ds,
+            epochs=params.train.epochs,
+            steps_per_epoch=steps_per_epoch(len(train_rows), global_batch),
+            callbacks=training_callbacks(params, backup_dir, best_so_far),
+            shuffle=False,  # the dataset orders each epoch itself (seeded)
+            verbose=2,
+        )
+    history = read_history(history_csv)
+    saved = restore_best(model, backup_dir / "best.weights.h5", history)
+    scores = score_validation(model, val_rows, size, global_batch)
+    save_model_atomically(model)
+    write_history(history, TRAIN_HISTORY)
+    summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
+    summary |= saved | scores
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    write_json(summary, TRAIN_JSON)
+    write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
+    progress["saved"] = True
+    return _log_results(mlrun, model, summary, size)
+
+
+FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
+                 "saved_epoch", "val_loss_saved_model", "best_val_loss_original",
+                 "best_val_accuracy_original")
+
+
+def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
+                 size: int) -> dict[str, str]:
+    """Log the finished training's metrics, files and model to the open MLflow run."""
+    import mlflow
+
+    final = {k: summary[k] for k in FINAL_METRICS} | {"train_seconds": summary["seconds"]}
+    mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None})
+    mlflow.set_tag("saved_weights", summary["saved_weights"])
+    mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
+    mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
+    tracking.log_keras_model(model, size)
+    return tracking.write_run_file(mlrun)
 
 
 def class_weights(rows: Any) -> dict[int, float]:

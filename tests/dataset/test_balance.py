@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,9 +83,21 @@ def test_serial_parallel_and_rerun_identical(ingested: Path) -> None:
 
 
 def test_image_seed_is_stable() -> None:
+    """The per-image seed depends on (seed, source id, k) only — not on the process (built-in
+    hash() is salted per process) — and each of the three changes it."""
+    import subprocess
+    import sys
+
+    seed = balance.image_seed(42, "IM-0115-0001", 0)
+    assert seed != balance.image_seed(42, "IM-0115-0001", 1)
+    assert seed != balance.image_seed(43, "IM-0115-0001", 0)
+    assert seed != balance.image_seed(42, "IM-0115-0002", 0)
+    code = "from pneumonia.dataset.balance import image_seed; print(image_seed(42, 'IM-0115-0001', 0))"
+    for hash_seed in ("1", "2"):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert int(other.stdout) == seed
     # A fixed value: a change here changes every generated image (and DVC's hashes).
-    assert balance.image_seed(42, "IM-0115-0001", 0) == balance.image_seed(42, "IM-0115-0001", 0)
-    assert balance.image_seed(42, "IM-0115-0001", 0) != balance.image_seed(42, "IM-0115-0001", 1)
     assert balance.image_seed(42, "a", 0) == 4219439034
 
 

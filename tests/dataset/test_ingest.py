@@ -208,3 +208,44 @@ def test_a_source_without_test_split_fails_clearly(workdir: Path, mini_raw: Path
     shutil.rmtree(mini_raw / "test")
     with pytest.raises(PipelineError, match="test/"):
         ingest.run(make_params(mini_raw))
+
+
+def _corrupt_zip_member(zip_path: Path, member: str) -> None:
+    """Flip one byte inside a stored member's data: its CRC check then fails on read."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(member)
+    data = bytearray(zip_path.read_bytes())
+    # Local header: 30 bytes + name + extra field, then the (stored) data.
+    name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0xFF
+    zip_path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_unreadable_files_are_bad_files_not_tracebacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_workers: int
+) -> None:
+    """A zip member failing its CRC check, and a file that cannot be opened (a dangling link),
+    are reported like any bad file: listed, PipelineError, or skipped with on_bad_file: skip."""
+    src = make_kaggle(tmp_path / "src" / "chest_xray")
+    member = min(p.name for p in (src / "train" / "NORMAL").iterdir())
+    zipped = zip_tree(tmp_path / "src", tmp_path / "archive.zip")
+    _corrupt_zip_member(zipped, f"chest_xray/train/NORMAL/{member}")
+    with pytest.raises(PipelineError) as err:
+        run_ingest(tmp_path / "z", zipped, monkeypatch, ingest={"workers": n_workers})
+    assert f"train/NORMAL/{member}: cannot read the file: BadZipFile" in str(err.value)
+    assert "CRC" in str(err.value)
+    report = run_ingest(tmp_path / "z2", zipped, monkeypatch,
+                        ingest={"workers": n_workers, "on_bad_file": "skip"})
+    assert [b["source_file"] for b in report["bad_files"]] == [f"train/NORMAL/{member}"]
+    assert report["images"] == sum(MINI.values()) - 1
+
+    (src / "test" / "NORMAL" / "IM-9401-0001.jpeg").symlink_to(tmp_path / "gone.jpeg")
+    with pytest.raises(PipelineError) as err:
+        run_ingest(tmp_path / "f", src, monkeypatch, ingest={"workers": n_workers})
+    assert "test/NORMAL/IM-9401-0001.jpeg: cannot read the file: FileNotFoundError" in str(
+        err.value)

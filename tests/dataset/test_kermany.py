@@ -10,7 +10,16 @@ import pytest
 
 from pneumonia.dataset import kermany
 from pneumonia.errors import PipelineError
-from tests.conftest import MINI, SAMPLE, SHARED, make_kaggle, make_kaggle_archive_tree, zip_tree
+from tests.conftest import (
+    MINI,
+    REPO,
+    SAMPLE,
+    SHARED,
+    make_kaggle,
+    make_kaggle_archive_tree,
+    require_shared,
+    zip_tree,
+)
 
 
 @pytest.mark.parametrize(
@@ -142,9 +151,8 @@ def sample_image() -> Path:
     return min((SAMPLE / "train" / "NORMAL").iterdir())
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"full dataset not found at {SHARED}")
-def test_scan_full_shared_dataset() -> None:
-    inv = kermany.scan(SHARED)
+def test_scan_full_shared_dataset(shared_dataset: Path) -> None:
+    inv = kermany.scan(shared_dataset)
     assert not inv.bad
     counts = Counter((i.split, i.label) for i in inv.images)
     assert counts == {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
@@ -152,3 +160,22 @@ def test_scan_full_shared_dataset() -> None:
     assert Counter(i.klass for i in inv.images if i.split == "test") == {
         "normal": 234, "bacteria": 242, "virus": 148}
     assert inv.ignored == {"files outside train/, val/ and test/": 1}  # README.md
+
+
+def test_full_dataset_is_looked_for_beside_the_clone_and_required_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI clones the repository to <dir>/<clone> with the dataset at <dir>/shared: the path is
+    relative to the repository root whatever the test file's depth, and with CI=true a missing
+    dataset fails the full-dataset tests instead of skipping them."""
+    assert REPO == Path(__file__).resolve().parents[2] and (REPO / "dvc.yaml").is_file()
+    assert SHARED == REPO.parent / "shared" / "datasets" / "chest_xray"
+    missing = tmp_path / "shared" / "datasets" / "chest_xray"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_shared(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_shared(missing)
+    missing.mkdir(parents=True)
+    assert require_shared(missing) == missing

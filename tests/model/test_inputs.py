@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,8 @@ def test_composed_transform_matches_the_ranges() -> None:
     RandomRotation would draw)."""
     import keras
 
-    aug = build_augmentation(AugmentParams(rotation=10, zoom=0.1, shift=0.1, brightness=0), 1)
+    aug = build_augmentation(AugmentParams(rotation=10, zoom=0.1, shift=0.1, brightness=0,
+                                           zoom_independent=False), 1)
     t = np.asarray(aug.layers[0].transforms(4000, 224, 160, keras.random.SeedGenerator(3)))
     a = t[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
     scale = np.sqrt(a[:, 0, 0] ** 2 + a[:, 1, 0] ** 2)
@@ -145,4 +145,96 @@ def test_image_size_mismatch_is_reported(in_project: Path) -> None:
 def test_missing_split_csv(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="dvc repro"):
         read_split(tmp_path / "split.csv")
-    assert os.path.exists(tmp_path)  # nothing created
+    assert not (tmp_path / "split.csv").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'image_id,path\n"IM-1,data/x.png\n', bytes(range(128, 256)), b"a,b\n1,2\n3,4,5,6\n"],
+)
+def test_garbled_split_csv_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "split.csv"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError) as err:
+        read_split(path)
+    assert str(path) in str(err.value) and "dvc repro" in str(err.value)
+
+
+def _decompose(t: np.ndarray) -> dict[str, np.ndarray]:
+    """Angle (degrees), x/y zoom and shift (fractions of width/height) of (N, 8) transforms made
+    as input = c + R(angle) diag(zx, zy) (p - c - d), for (height, width) = (32, 32)."""
+    a = t[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
+    zx = np.hypot(a[:, 0, 0], a[:, 1, 0])
+    zy = np.hypot(a[:, 0, 1], a[:, 1, 1])
+    angle = np.degrees(np.arctan2(a[:, 1, 0], a[:, 0, 0]))
+    c = np.array([15.5, 15.5])
+    p = np.linalg.solve(a, (c - t[:, [2, 5]])[..., None])[..., 0]  # the point sampling c
+    return {"angle": angle, "zx": zx, "zy": zy, "shift": (p - c) / 32,
+            "det": a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]}
+
+
+def test_independent_zoom_draws_x_and_y_apart_within_the_range() -> None:
+    """zoom_independent (ImageDataGenerator's zoom_range): zx, zy each in [1 - z, 1 + z], drawn
+    apart; false (RandomZoom): one factor for both."""
+    import keras
+
+    for independent in (True, False):
+        aug = build_augmentation(AugmentParams(rotation=10, zoom=0.2, shift=0, brightness=0,
+                                               zoom_independent=independent), 1)
+        d = _decompose(np.asarray(aug.layers[0].transforms(
+            3000, 32, 32, keras.random.SeedGenerator(4))))
+        for z in (d["zx"], d["zy"]):
+            assert 0.8 - 1e-5 <= z.min() < 0.81 and 1.19 < z.max() <= 1.2 + 1e-5
+        if independent:
+            assert np.abs(d["zx"] - d["zy"]).max() > 0.3
+            assert abs(np.corrcoef(d["zx"], d["zy"])[0, 1]) < 0.1
+        else:
+            np.testing.assert_allclose(d["zx"], d["zy"], atol=1e-5)
+        assert (d["det"] > 0).all()  # never a flip
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "additive"])
+def test_brightness_modes(mode: str) -> None:
+    """multiplicative (ImageDataGenerator brightness_range): x * f, f in [0.9, 1.1], black stays
+    black; additive (RandomBrightness): x + o, o in [-25.5, 25.5], black borders lifted."""
+    aug = build_augmentation(AugmentParams(rotation=0, zoom=0, shift=0, brightness=0.1,
+                                           brightness_mode=mode), 2)
+    x = np.tile(np.linspace(0, 200, 32 * 32, dtype="float32").reshape(1, 32, 32, 1),
+                (256, 1, 1, 1))
+    y = np.asarray(aug(x, training=True))
+    if mode == "multiplicative":
+        factor = y[:, -1, -1, 0] / x[:, -1, -1, 0]
+        np.testing.assert_allclose(y, x * factor[:, None, None, None], rtol=1e-5, atol=1e-3)
+        assert 0.9 - 1e-6 <= factor.min() < 0.91 and 1.09 < factor.max() <= 1.1 + 1e-6
+        assert (y[:, 0, 0, 0] == 0).all()  # black stays black
+    else:
+        offset = y[:, -1, -1, 0] - x[:, -1, -1, 0]
+        assert -25.5 - 1e-3 <= offset.min() < -24 and 24 < offset.max() <= 25.5 + 1e-3
+        assert (y[:, 0, 0, 0] > 0).any()  # black borders lifted
+
+
+def _batches(rows: pd.DataFrame, seed: int, aug: AugmentParams | None = None,
+             epochs: tuple[int, int] = (0, 2)) -> list[np.ndarray]:
+    ds = make_dataset(rows, 32, 16, training=True, seed=seed, augment=aug or AugmentParams(),
+                      epochs=epochs)
+    return [x.numpy() for x, _ in ds]
+
+
+def test_augmented_batches_are_reproducible_from_the_seed(in_project: Path) -> None:
+    """Stateless augmentation: the same seed gives byte-identical batches over 2 epochs (on a
+    parallel map, in another dataset object), another seed other batches, epoch 2 other batches
+    than epoch 1, and a dataset started at epoch 1 (a resumed run) epoch 1's batches."""
+    from pneumonia.model.inputs import steps_per_epoch
+
+    rows = subset_rows(read_split(), "train")
+    steps = steps_per_epoch(len(rows), 16)
+    a, b, other = _batches(rows, 1), _batches(rows, 1), _batches(rows, 2)
+    assert len(a) == 2 * steps
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+    assert all(x.tobytes() != y.tobytes() for x, y in zip(a, other, strict=True))
+    assert all(x.tobytes() != y.tobytes() for x, y in zip(a[:steps], a[steps:], strict=True))
+    resumed = _batches(rows, 1, epochs=(1, 2))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a[steps:], resumed, strict=True))
+    # The augmentation too, not only the order: same order (zero ranges), other draws.
+    plain = _batches(rows, 1, AugmentParams(rotation=0, zoom=0, shift=0, brightness=0))
+    assert all(x.tobytes() != y.tobytes() for x, y in zip(a, plain, strict=True))

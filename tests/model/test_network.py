@@ -201,3 +201,29 @@ def test_bn_momentum_reaches_every_batchnorm_layer() -> None:
     bns = [layer for layer in backbone_of(build_model(default, 32, None)).layers
            if isinstance(layer, keras.layers.BatchNormalization)]
     assert {layer.momentum for layer in bns} == {0.99}
+
+
+@pytest.mark.parametrize("kind", ["weights.h5", "legacy.h5", "garbage.h5"])
+def test_weights_file_of_another_backbone_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    """`model.weights: resnet50 file` with `model.backbone: densenet201`: a PipelineError that
+    names the file, the backbone and the fix, not Keras' traceback."""
+    import keras
+
+    path = tmp_path / f"resnet50.{kind}"
+    resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    if kind == "weights.h5":
+        resnet.save_weights(path)
+    elif kind == "legacy.h5":  # the format of keras.applications' downloads
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, resnet)
+    else:
+        path.write_bytes(b"not an HDF5 file")
+    params = ModelParams(backbone="densenet201", weights=str(path))
+    with pytest.raises(PipelineError) as err:
+        build_model(params, 32, resolve_weights(params))
+    msg = str(err.value)
+    assert str(path) in msg and "model.backbone: densenet201" in msg
+    assert "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg

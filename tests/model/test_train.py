@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.trainkit import make_split, run_stage, stage_env, write_params
+from pneumonia.params import parse_params
+from tests.trainkit import TINY_PARAMS, make_split, run_stage, stage_env, write_params
 
 EPOCHS = 4
+LR = 5e-4  # not Adam's default (1e-3): a train stage that ignored `lr` would show it
 
 
 def _wait_for_epoch(root: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -42,7 +44,7 @@ def _wait_for_epoch(root: Path, proc: subprocess.Popen, timeout: float = 180) ->
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("train_evaluate")
     make_split(root)
-    write_params(root, train__epochs=EPOCHS)
+    write_params(root, lr=LR, train__epochs=EPOCHS)
     env = stage_env(root, MLFLOW_EXPERIMENT_NAME="tiny")
 
     first = subprocess.Popen(
@@ -69,13 +71,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     saved = {p: (root / p).read_bytes() for p in ("metrics/evaluate.json", "metrics/table3.md")}
     # The same threshold, the Youden threshold chosen on the validation images beside it.
-    write_params(root, train__epochs=EPOCHS, evaluate__threshold_rule="youden")
+    write_params(root, lr=LR, train__epochs=EPOCHS, evaluate__threshold_rule="youden")
     youden = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert youden.returncode == 0, youden.stderr[-3000:]
     saved_youden = {p: (root / p).read_text() for p in ("metrics/evaluate.json",
                                                          "metrics/table3.json")}
     # Another threshold on the test set: allowed, but loudly flagged as tuning on test.
-    write_params(root, train__epochs=EPOCHS, evaluate__threshold=0.3)
+    write_params(root, lr=LR, train__epochs=EPOCHS, evaluate__threshold=0.3)
     reevaluate = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert reevaluate.returncode == 0, reevaluate.stderr[-3000:]
     return {
@@ -104,7 +106,7 @@ def test_killed_training_resumes_from_its_last_epoch(pipeline: dict[str, Any]) -
     assert not list((root / "models/.train-backup").glob("*"))  # resume state removed
 
 
-def test_train_outputs(pipeline: dict[str, Any]) -> None:
+def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
     import numpy as np
 
@@ -116,8 +118,26 @@ def test_train_outputs(pipeline: dict[str, Any]) -> None:
     assert summary["best_val_loss"] == pytest.approx(history["val_loss"].min())
     assert summary["device"].startswith("CPU") and summary["precision"] == "float32"
     assert summary["train_images"] == 144 and summary["val_images"] == 36
+    # The optimizer ran at `lr` (no plateau within 4 epochs at patience 50).
+    assert history["lr"].tolist() == pytest.approx([LR] * EPOCHS, rel=1e-6)
     model = keras.saving.load_model(root / "models/model.keras")
     assert model.input_shape == (None, 32, 32, 1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(LR, rel=1e-6)
+
+    # The saved model holds the best epoch's weights: re-scored on the validation subset it
+    # gives the best_val_loss train.json reports (not the last epoch's, unless that was best).
+    from pneumonia.model.inputs import make_dataset, read_split, subset_rows
+
+    monkeypatch.chdir(root)
+    val = subset_rows(read_split(), "val")
+    scored = model.evaluate(make_dataset(val, 32, 48, training=False), verbose=0, return_dict=True)
+    assert summary["saved_weights"] == "best" and summary["saved_epoch"] == summary["best_epoch"]
+    assert scored["loss"] == pytest.approx(summary["best_val_loss"], rel=1e-4, abs=1e-5)
+    assert summary["val_loss_saved_model"] == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    # All validation images are originals here (no balance stage): both scores agree.
+    assert summary["val_images_original"] == 36
+    assert summary["best_val_loss_original"] == pytest.approx(summary["best_val_loss"], rel=1e-4)
+    assert summary["best_val_accuracy_original"] == pytest.approx(summary["best_val_accuracy"])
     out = model.predict(np.zeros((2, 32, 32, 1), "float32"), verbose=0)
     assert out.shape == (2, 1)
     assert not list((root / "models").glob(".*tmp*"))  # no temp model left behind
@@ -210,7 +230,7 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
     run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     params = run.data.params
-    assert params["lr"] == "0.001" and params["model.backbone"] == "densenet121"
+    assert params["lr"] == str(LR) and params["model.backbone"] == "densenet121"
     assert params["train.augment.rotation"] == "10.0" and params["evaluate.threshold"] == "0.5"
     assert run.data.tags["precision"] == "float32" and run.data.tags["device"].startswith("CPU")
 
@@ -285,7 +305,7 @@ def test_evaluate_rerun_opens_a_child_run_instead_of_overwriting(pipeline: dict[
     assert "evaluate.threshold_tuned_on_test" not in youden.data.tags
     assert child.data.tags["evaluate.threshold_tuned_on_test"] == "true"
     assert "already evaluated on the test set" in child.data.tags["evaluate.warning"]
-    assert child.data.params["lr"] == "0.001"  # training params copied
+    assert child.data.params["lr"] == str(LR)  # training params copied
     assert "test_accuracy" in child.data.metrics
     assert json.loads((root / "metrics/evaluate.json").read_text())["threshold"] == 0.3
     # Still exactly one pair of reference runs.
@@ -303,3 +323,201 @@ def test_class_weights_balance_the_loss() -> None:
     w = class_weights(rows)
     assert w == {0: 2.0, 1: 40 / 60}
     assert 10 * w[0] == 30 * w[1]
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces of a run, each checked alone (fast), and one in-process run
+# --------------------------------------------------------------------------------------------
+def _params(**train: Any) -> Any:
+    raw = json.loads(json.dumps(TINY_PARAMS))
+    raw["train"].update(train)
+    return parse_params(raw)
+
+
+def test_callbacks_monitor_val_loss_with_the_params_patiences(tmp_path: Path) -> None:
+    import keras
+
+    from pneumonia.model.train import training_callbacks
+
+    params = _params(reduce_lr_factor=0.5, reduce_lr_patience=3, min_lr=1e-7,
+                     early_stopping_patience=4)
+    cbs = {type(cb).__name__: cb for cb in training_callbacks(params, tmp_path, 0.7)}
+    plateau = cbs["ReduceLROnPlateau"]
+    assert (plateau.monitor, plateau.factor, plateau.patience, plateau.min_lr) == (
+        "val_loss", 0.5, 3, 1e-7)
+    stop = cbs["EarlyStopping"]
+    assert (stop.monitor, stop.patience, stop.restore_best_weights) == ("val_loss", 4, True)
+    best = cbs["ModelCheckpoint"]
+    assert (best.monitor, best.save_best_only, best.save_weights_only) == ("val_loss", True, True)
+    assert best.best == 0.7  # the best val_loss of the epochs before a resume
+    assert Path(best.filepath) == tmp_path / "best.weights.h5"
+    assert isinstance(cbs["BackupAndRestore"], keras.callbacks.BackupAndRestore)
+    assert {"EpochHistory", "EpochMetrics"} <= set(cbs)
+
+
+def test_compile_uses_lr_binary_crossentropy() -> None:
+    import keras
+
+    from pneumonia.model.train import compile_model
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    raw = json.loads(json.dumps(TINY_PARAMS)) | {"lr": 3e-4}
+    compile_model(model, parse_params(raw))
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-4)
+    assert model.loss == "binary_crossentropy"
+
+
+def test_train_dataset_augments_within_the_ranges_and_never_flips(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The dataset train.run fits on: each batch is its source images (same order as without
+    augmentation) transformed with draws from (train.seed, epoch, batch) inside the configured
+    ranges — rotation, independent zoom, shift, multiplicative brightness — never mirrored."""
+    import keras
+    import tensorflow as tf
+
+    from pneumonia.model.inputs import batch_seed, read_split, subset_rows
+    from pneumonia.model.train import train_dataset
+    from tests.model.test_inputs import _decompose
+
+    make_split(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rows = subset_rows(read_split(), "train")
+    params = _params(epochs=2, augment={"rotation": 10, "zoom": 0.1, "shift": 0.1,
+                                        "brightness": 0.1})
+    plain_params = _params(epochs=2, augment={"rotation": 0, "zoom": 0, "shift": 0,
+                                              "brightness": 0})
+    augmented = [(x.numpy(), y.numpy()) for x, y in train_dataset(rows, params, 48)]
+    plain = [(x.numpy(), y.numpy()) for x, y in train_dataset(rows, plain_params, 48)]
+    assert len(augmented) == len(plain) == 2 * 3  # 144 images, batch 48, 2 epochs
+
+    from pneumonia.model.inputs import _affine_layer_class
+
+    layer = _affine_layer_class()(10, 0.1, 0.1, 0.1, brightness_mode="multiplicative",
+                                  zoom_independent=True)
+    for k, ((x, y), (src, y_src)) in enumerate(zip(augmented, plain, strict=True)):
+        epoch, batch = divmod(k, 3)
+        assert (y == y_src).all()  # same images in the same order
+        assert np.abs(x - src).mean() > 1  # augmented
+        seed = batch_seed(params.train.seed, epoch, batch)
+        d = _decompose(np.asarray(layer.transforms(len(x), 32, 32, seed)))
+        assert np.abs(d["angle"]).max() <= 10 + 1e-4 and (d["det"] > 0).all()  # no flip
+        for z in (d["zx"], d["zy"]):
+            assert 0.9 - 1e-5 <= z.min() and z.max() <= 1.1 + 1e-5
+        assert np.abs(d["shift"]).max() <= 0.1 + 1e-4
+        f = np.asarray(layer.brightness_factors(len(x), seed)).reshape(-1)
+        assert 0.9 - 1e-6 <= f.min() and f.max() <= 1.1 + 1e-6
+        # The batch is exactly those draws (det > 0: no mirror) applied to its source images.
+        expected = layer(tf.constant(src), training=True, seed=seed)
+        np.testing.assert_allclose(x, keras.ops.convert_to_numpy(expected), atol=1e-3)
+
+
+def test_restore_best_says_which_weights_the_model_holds(tmp_path: Path) -> None:
+    import keras
+
+    from pneumonia.model.train import restore_best
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.3},
+               {"epoch": 3, "val_loss": 0.4}]
+    best = tmp_path / "best.weights.h5"
+    model.layers[0].kernel.assign(np.ones((2, 1), "float32"))
+    model.save_weights(best)
+    model.layers[0].kernel.assign(np.zeros((2, 1), "float32"))
+    assert restore_best(model, best, history) == {"saved_weights": "best", "saved_epoch": 2}
+    assert float(keras.ops.sum(model.layers[0].kernel)) == 2.0
+
+    best.write_bytes(b"cut short by a kill")
+    model.layers[0].kernel.assign(np.zeros((2, 1), "float32"))
+    assert restore_best(model, best, history) == {"saved_weights": "last", "saved_epoch": 3}
+    assert float(keras.ops.sum(model.layers[0].kernel)) == 0.0  # the last weights, as said
+    best.unlink()
+    assert restore_best(model, best, history)["saved_weights"] == "last"
+
+
+def test_resume_key_covers_the_training_code(tmp_path: Path) -> None:
+    """A backup made by other training code is never resumed: the key hashes every file the
+    train stage imports (the closure dvc.yaml lists), and nothing else."""
+    import shutil
+
+    from pneumonia.model.train import code_digest, code_files, resume_key
+    from tests.pipeline.test_layout import REPO, import_closure
+
+    assert {f.relative_to(REPO).as_posix() for f in code_files()} == import_closure("train")
+    for folder in ("pneumonia", "stages"):
+        shutil.copytree(REPO / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(tmp_path)
+    assert before == code_digest(REPO)
+    params = _params()
+    with open(tmp_path / "pneumonia/dataset/balance.py", "a") as f:  # not imported by train
+        f.write("\n# a comment\n")
+    assert code_digest(tmp_path) == before
+    with open(tmp_path / "pneumonia/model/network.py", "a") as f:
+        f.write("\n# a comment\n")
+    after = code_digest(tmp_path)
+    assert after != before
+    assert resume_key(params, "s", before) != resume_key(params, "s", after)
+
+
+def test_mlflow_failure_after_training_keeps_the_model_and_a_rerun_only_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: the callbacks and optimizer train.run really fits with; then MLflow fails
+    after training -> PipelineError saying the model is saved and what to do; the rerun does
+    not train again, logs, and cleans up."""
+    import keras
+    from mlflow.exceptions import MlflowException
+
+    from pneumonia import tracking
+    from pneumonia.errors import PipelineError
+    from pneumonia.model import train
+    from pneumonia.params import load_params
+
+    make_split(tmp_path)
+    write_params(tmp_path, lr=LR, train__epochs=1, train__early_stopping_patience=3,
+                 train__reduce_lr_patience=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "inprocess")
+    fits: list[dict[str, Any]] = []
+    real_fit = keras.Model.fit
+
+    def spy_fit(self: keras.Model, *args: Any, **kwargs: Any) -> Any:
+        fits.append({"callbacks": kwargs["callbacks"],
+                     "lr": float(self.optimizer.learning_rate),
+                     "steps": kwargs["steps_per_epoch"]})
+        return real_fit(self, *args, **kwargs)
+
+    def store_gone(*args: Any, **kwargs: Any) -> None:
+        raise MlflowException("the store went away")
+
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    monkeypatch.setattr(tracking, "log_keras_model", store_gone)
+    params = load_params()
+    with pytest.raises(PipelineError) as err:
+        train.run(params)
+    msg = str(err.value)
+    assert "the model is saved (models/model.keras" in msg and "the store went away" in msg
+    assert "dvc repro" in msg and "without training again" in msg
+    assert keras.saving.load_model(tmp_path / "models/model.keras").input_shape[1:] == (32, 32, 1)
+    assert json.loads((tmp_path / "metrics/train.json").read_text())["epochs_run"] == 1
+
+    (fit,) = fits
+    assert fit["lr"] == pytest.approx(LR) and fit["steps"] == 3
+    cbs = {type(cb).__name__: cb for cb in fit["callbacks"]}
+    assert cbs["EarlyStopping"].patience == 3 and cbs["EarlyStopping"].restore_best_weights
+    assert cbs["ReduceLROnPlateau"].patience == 1
+    assert cbs["ReduceLROnPlateau"].monitor == cbs["EarlyStopping"].monitor == "val_loss"
+
+    monkeypatch.undo()  # the store is back
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "inprocess")
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    summary = train.run(params)
+    assert len(fits) == 1  # not trained again
+    assert summary["epochs_run"] == 1 and summary["saved_weights"] == "best"
+    assert json.loads((tmp_path / "models/mlflow_run.json").read_text())["run_id"]
+    assert not list((tmp_path / "models/.train-backup").glob("*"))

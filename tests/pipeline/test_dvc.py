@@ -135,7 +135,9 @@ def test_outputs_and_metrics(project: Path) -> None:
     # kept in git (a plot with cache: false): another revision can read it without a remote
     assert "metrics/predictions.csv" in git(project, "ls-files", "metrics")
     table3 = json.loads((project / "metrics/table3.json").read_text())
-    assert "0.96" in json.dumps(table3)  # the paper's accuracy sits beside this run's
+    # The paper's accuracy sits beside this run's (the one in evaluate.json).
+    assert table3["accuracy"]["paper"] == 0.96
+    assert table3["accuracy"]["run"] == pytest.approx(ev["accuracy"])
     history = pd.read_csv(project / "metrics/train_history.csv")
     assert len(history) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
 
