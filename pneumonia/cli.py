@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "queue and run the ablation grid (params.yaml `ablation:`), then report"),
     "report": ("pneumonia.experiments.report",
                "aggregate the finished ablation experiments into metrics/ablation.md"),
+    "predict": ("pneumonia.inference.predict",
+                "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
+    "explain": ("pneumonia.inference.explain",
+                "Grad-CAM heatmap overlays: where in the image the model looked"),
 }
 
 

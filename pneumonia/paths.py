@@ -32,6 +32,8 @@ TABLE3_MD = METRICS / "table3.md"
 CONFUSION_PNG = METRICS / "confusion.png"
 ROC_CSV = METRICS / "roc.csv"
 PREDICTIONS_CSV = METRICS / "predictions.csv"  # one row per test image, in git
+REGISTRY_JSON = METRICS / "registry.json"  # evaluate: registered version, champion gate decision
+GRADCAM_DIR = METRICS / "gradcam"  # evaluate: Grad-CAM overlays of test errors and correct cases
 
 MODELS = Path("models")
 MODEL_FILE = MODELS / "model.keras"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumonia import tracking
+from pneumonia import registry, tracking
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import compare_table3, metric_name, table3_markdown
 from pneumonia.files import sha256_file, write_json
@@ -26,6 +26,7 @@ from pneumonia.params import Params, flatten
 from pneumonia.paths import (
     CONFUSION_PNG,
     EVALUATE_JSON,
+    GRADCAM_DIR,
     LABELS,
     MODEL_FILE,
     PREDICTIONS_CSV,
@@ -247,6 +248,15 @@ def run(params: Params) -> dict[str, Any]:
             mlflow.log_artifact(str(VALIDATION_JSON), artifact_path="validate")
         mlflow.set_tag("evaluate.threshold", f"{t:g}")
         log.info("logged test metrics to MLflow run %s", mlrun.info.run_id)
+        # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
+        e = params.evaluate
+        registry.register_and_gate(e.registry_name, e.champion_min_accuracy, run_info, metrics,
+                                   predictions, mlrun.info.run_id)
+        from pneumonia.inference.gradcam import explain_test_cases
+
+        explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
+                           e.explain_correct_per_class, GRADCAM_DIR)
+        mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")
     tracking.ensure_reference_runs(experiment_id)
 
     print("\n" + markdown)

@@ -313,8 +313,13 @@ def run(params: Params) -> dict[str, Any]:
         mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None})
         mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
         mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
-        tracking.log_keras_model(model, size)
-        info = tracking.write_run_file(mlrun)
+        # The served model: a pyfunc taking image bytes (pneumonia.inference.pyfunc), with the
+        # default threshold 0.5 (evaluate re-logs it if it applies another one: train does not
+        # depend on evaluate.* params).
+        from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
+
+        model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD)
+        info = tracking.write_run_file(mlrun, model_uri=model_uri)
     log.info(
         "MLflow run %s in %s (experiment %s)", info["run_id"], info["tracking_uri"], experiment_id
     )
