@@ -5,6 +5,9 @@ metrics/evaluate.json (accuracy, ROC AUC, per-class and averaged precision/recal
 metrics/table3.json + table3.md (paper vs this run, and the Kaggle ResNet baseline),
 metrics/predictions.csv (one row per test image: DVC's `confusion` plot, and what
 `pneumonia compare` reads) + confusion.png, metrics/roc.csv. Everything is also logged to the pipeline's MLflow run.
+The model is then registered and gated (pneumonia.registry: champion or challenger,
+metrics/registry.json), and Grad-CAM overlays of test errors and correct cases are written to
+metrics/gradcam/ (pneumonia.inference.gradcam).
 """
 
 from __future__ import annotations
