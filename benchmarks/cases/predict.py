@@ -6,8 +6,8 @@ The test set of the prepared data (data/images/test/**.png, the ingested images 
 size); DenseNet201 at 224 px with random weights (timings do not depend on the weights), loaded
 from a .keras file as `pneumonia predict` loads it. Alternating rounds, medians. Also reported:
 the command itself end to end (a fresh process: imports, model loading, CSV), and the pipeline
-on the original full-size JPEGs of data.raw's test/ folder (decoding + LANCZOS resizing of
-~2000-px images, ingest's work, done per request).
+on the original JPEGs of data.raw's test/ folder (decoding + LANCZOS resizing, ingest's work done
+per image; the shared copy's JPEGs are already 224 px, a Kaggle download's are ~2000 px).
 """
 
 from __future__ import annotations

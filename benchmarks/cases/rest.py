@@ -1,6 +1,6 @@
 """Benchmark case `rest`: latency of one image through the served model (`mlflow models serve`,
 the registry's champion, `--env-manager local`, one worker) on 127.0.0.1: POST /invocations
-with one base64 JPEG from data.raw's test set, measured by the client (JSON encoding, HTTP,
+with one base64 JPEG from data.raw's test set (the first by name), measured by the client (JSON encoding, HTTP,
 decoding + resizing with ingest's code, the forward pass). p50 and p95 after two warm-up
 requests. DenseNet201 at 224 px, random weights. Goal: p95 <= 0.5 s.
 
