@@ -20,6 +20,11 @@ Python subprocess, so its memory and imports are its own:
             pneumonia.model.inputs, then real training steps of the real model. Goal <= 2.5 GB.
   bootstrap seconds of the patient-grouped bootstrap of every test metric (pneumonia.stats) on a
             synthetic 624-image, 2000-resample test set. Goal <= 2 s.
+  predict   images/s of `pneumonia predict`'s pipeline (files read, decoded and resized in a
+            thread pool, batched through DenseNet201) vs the forward pass on in-memory tensors,
+            test set at 224 px. Goal >= 0.9.
+  rest      p50/p95 latency of one image through `mlflow models serve` (the registry's
+            champion). Goal p95 <= 0.5 s.
 
 Not in CASES (no goal to meet, a trade-off the user chooses): benchmarks/cases/determinism.py,
 the cost of train.deterministic (op determinism on vs off); run it alone with
@@ -64,7 +69,7 @@ from benchmarks.common import (
     sizes,
 )
 
-CASES = ("input", "step", "dvc", "parallel", "memory", "bootstrap")
+CASES = ("input", "step", "dvc", "parallel", "memory", "bootstrap", "predict", "rest")
 RESULTS = REPO / "benchmarks/results.json"
 DEFAULT_WORKDIR = REPO / "benchmarks/results/scratch"
 CONTENDED_CORES = 0.25  # other processes' busy cores above which a case's timings are flagged

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pneumonia.experiments.compare",
                 ("paired comparison of two revisions' test predictions: deltas with intervals, "
                 "McNemar, DeLong, better / worse / within noise")),
+    "predict": ("pneumonia.inference.predict",
+                "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
+    "explain": ("pneumonia.inference.explain",
+                "Grad-CAM heatmap overlays: where in the image the model looked"),
 }
 
 

@@ -164,6 +164,19 @@ class EvaluateParams:
         default=2000, metadata=_ck(lambda v: v >= 200, "must be >= 200 (2000 recommended)")
     )
     seed: int = 42  # seeds the bootstrap: the same predictions always give the same intervals
+    # Model registry (pneumonia.registry): each evaluated model is a version of this registered
+    # model; alias `champion` moves to it only if test accuracy >= champion_min_accuracy and it is
+    # not significantly worse than the current champion on the same test images.
+    registry_name: str = field(
+        default="pneumonia-densenet201",
+        metadata=_ck(lambda v: bool(v.strip()) and "/" not in v and "@" not in v,
+                     "must be a non-empty name without '/' or '@'"),
+    )
+    champion_min_accuracy: float = field(default=0.9, metadata=_prob)
+    # Grad-CAM overlays (metrics/gradcam/, MLflow evaluate/gradcam/): the most confident test
+    # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.
+    explain_max_errors: int = field(default=6, metadata=_nonneg)
+    explain_correct_per_class: int = field(default=1, metadata=_nonneg)
 
 
 @dataclass(frozen=True)

@@ -278,44 +278,10 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
     return EpochMetrics()
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the logged model (explicit: inference takes 5-7 s)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for dist, name in (
-        ("tensorflow", "tensorflow"),
-        ("tensorflow-cpu", "tensorflow"),
-        ("keras", "keras"),
-        ("mlflow", "mlflow"),
-        ("numpy", "numpy"),
-    ):
-        try:
-            req = f"{name}=={version(dist)}"
-        except PackageNotFoundError:
-            continue
-        if not any(r.startswith(f"{name}==") for r in reqs):
-            reqs.append(req)
-    return reqs
-
-
-def log_keras_model(model: keras.Model, image_size: int) -> str:
-    """Log the trained model (a LoggedModel linked to the run); return its model URI."""
-    import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(
-        np.zeros((1, image_size, image_size, 1), np.float32), np.zeros((1, 1), np.float32)
-    )
-    info = mlflow.keras.log_model(
-        model, name="model", pip_requirements=pip_requirements(), signature=signature
-    )
-    return info.model_uri
-
-
-def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
-    """models/mlflow_run.json: which run evaluate continues."""
+def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
+                   model_uri: str | None = None) -> dict[str, str]:
+    """models/mlflow_run.json: which run evaluate continues, and the logged model it registers
+    (the pyfunc of pneumonia.inference.pyfunc, `models:/m-<id>`)."""
     import mlflow
 
     info = {
@@ -323,6 +289,8 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
+    if model_uri:
+        info["model_uri"] = model_uri
     write_json(info, path)
     return info
 

@@ -1,9 +1,10 @@
 """Image decoding, shared by ingest and by everyone who applies the model to new images.
 
 One code path turns any supported file into what the model was trained on: fully decoded (a
-truncated file is an error, never half an image), converted to 8-bit grayscale (`to_gray8`) and
-squashed to size x size with Pillow's antialiased LANCZOS filter (`decode_one`). `encode_png`
-writes the ingested images.
+truncated file is an error, never half an image; `open_image`, which reads DICOM through
+`pneumonia.dataset.dicom`), converted to 8-bit grayscale (`to_gray8`) and squashed to size x size
+with Pillow's antialiased LANCZOS filter (`squash`); `decode_one` does all three, for ingest and
+for `pneumonia predict` / the served model alike. `encode_png` writes the ingested images.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ _RESAMPLE = Image.Resampling.LANCZOS
 PNG_ZLIB_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_UP = 2
-
 
 
 def to_gray8(img: Image.Image) -> Image.Image:
@@ -54,14 +54,20 @@ def to_gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")  # ITU-R 601 luma
 
 
-def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
-    """Fully decode image bytes and return (grayscale size x size image, width, height, mode).
+def open_image(data: bytes) -> Image.Image:
+    """Fully decode image bytes (PNG, JPEG, ... or DICOM) into a Pillow image.
 
     Raises ValueError with a user-readable reason for empty, non-image, truncated or
-    decompression-bomb files.
+    decompression-bomb files, and for DICOM files without usable pixel data.
     """
     if not data:
         raise ValueError("empty file (0 bytes)")
+    from pneumonia.dataset.dicom import is_dicom
+
+    if is_dicom(data):
+        from pneumonia.dataset.dicom import read_dicom
+
+        return read_dicom(data)
     with warnings.catch_warnings():
         # A DecompressionBombWarning (over Image.MAX_IMAGE_PIXELS) is as suspicious as the error
         # (over twice that): both are refused, and the limit is never raised silently.
@@ -69,7 +75,6 @@ def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
         warnings.simplefilter("ignore", UserWarning)  # palette-transparency notes
         try:
             img = Image.open(io.BytesIO(data))
-            width, height, mode = img.width, img.height, img.mode
             img.load()  # decode everything now: truncated files fail here, not later
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ValueError(
@@ -80,10 +85,24 @@ def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
             raise ValueError("not an image: Pillow cannot identify the file's content") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ValueError(f"truncated or corrupt image data ({exc})") from None
+    return img
+
+
+def squash(img: Image.Image, size: int) -> Image.Image:
+    """8-bit grayscale, squashed to size x size (LANCZOS): what the model was trained on."""
     gray = to_gray8(img)
     if gray.size != (size, size):
         gray = gray.resize((size, size), _RESAMPLE)
-    return gray, width, height, mode
+    return gray
+
+
+def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
+    """Fully decode image bytes and return (grayscale size x size image, width, height, mode).
+
+    Raises ValueError with a user-readable reason (see `open_image`).
+    """
+    img = open_image(data)
+    return squash(img, size), img.width, img.height, img.mode
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -26,6 +26,10 @@ class it gives weight to is undefined (macro: both classes; weighted: the classe
 of an all-PNEUMONIA model 0.31) nor dropping the class (zero_division=nan: 0.625, the one defined
 class passed off as an average) describes such a model honestly. The JSON, the MLflow run and the
 classification report text follow this one rule.
+
+After that the model is registered and gated (pneumonia.registry: champion or challenger,
+metrics/registry.json), and Grad-CAM overlays of test errors and correct cases are written to
+metrics/gradcam/ (pneumonia.inference.gradcam).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumonia import tracking
+from pneumonia import registry, tracking
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import (
     BASELINE,
@@ -54,6 +58,7 @@ from pneumonia.params import Params, flatten
 from pneumonia.paths import (
     CONFUSION_PNG,
     EVALUATE_JSON,
+    GRADCAM_DIR,
     LABELS,
     MANIFEST,
     MODEL_FILE,
@@ -684,6 +689,15 @@ def run(params: Params) -> dict[str, Any]:
             mlflow.set_tag("evaluate.threshold_tuned_on_test", "true")
             mlflow.set_tag("evaluate.warning", warning)
         log.info("logged test metrics to MLflow run %s", mlrun.info.run_id)
+        # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
+        e = params.evaluate
+        registry.register_and_gate(e.registry_name, e.champion_min_accuracy, run_info, metrics,
+                                   predictions, mlrun.info.run_id)
+        from pneumonia.inference.gradcam import explain_test_cases
+
+        explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
+                           e.explain_correct_per_class, GRADCAM_DIR)
+        mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")
     tracking.ensure_reference_runs(experiment_id)
 
     print("\n" + markdown)

@@ -523,8 +523,13 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     mlflow.set_tag("saved_weights", summary["saved_weights"])
     mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
     mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
-    tracking.log_keras_model(model, size)
-    return tracking.write_run_file(mlrun)
+    # The served model: a pyfunc taking image bytes (pneumonia.inference.pyfunc), with the
+    # default threshold 0.5 (evaluate re-logs it if it applies another one: train does not
+    # depend on evaluate.* params).
+    from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
+
+    model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD)
+    return tracking.write_run_file(mlrun, model_uri=model_uri)
 
 
 def class_weights(rows: Any) -> dict[int, float]:

@@ -142,7 +142,8 @@ def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     assert out.shape == (2, 1)
     assert not list((root / "models").glob(".*tmp*"))  # no temp model left behind
     run = json.loads((root / "models/mlflow_run.json").read_text())
-    assert set(run) == {"tracking_uri", "experiment_id", "run_id"}
+    assert set(run) == {"tracking_uri", "experiment_id", "run_id", "model_uri"}
+    assert run["model_uri"].startswith("models:/m-")  # the pyfunc evaluate registers
 
 
 def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
@@ -263,8 +264,22 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
     )
     assert cm["rows"] == "actual" and sum(map(sum, cm["matrix"])) == 104
 
+    # Train logged the served pyfunc (threshold 0.5). The re-evaluation at threshold 0.3 logged
+    # a copy with that threshold to its child run, so the served label matches evaluate's.
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    assert [m.source_run_id for m in models] == [run_id]
+    by_run = {m.source_run_id: m for m in models}
+    assert run_id in by_run and len(models) == 2
+    (child,) = set(by_run) - {run_id}
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == run_id
+    versions = client.search_model_versions("name='pneumonia-densenet201'")
+    assert sorted(v.tags["threshold"] for v in versions) == ["0.3", "0.5"]
+    # test accuracy of a 2-epoch model is below the default floor 0.9: never the champion
+    assert {v.tags["gate.decision"] for v in versions} == {"challenger"}
+    gate = json.loads((pipeline["root"] / "metrics/registry.json").read_text())
+    assert gate["alias"] == "challenger" and "below the floor" in gate["reason"]
+    overlays = [p.name for p in (pipeline["root"] / "metrics/gradcam").iterdir()]
+    assert 1 <= len(overlays) <= 6 + 2  # explain_max_errors + explain_correct_per_class x 2
+    assert all(n.startswith(("error_", "correct_")) and n.endswith(".png") for n in overlays)
 
     contexts = {
         (d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))

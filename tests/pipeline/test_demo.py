@@ -46,6 +46,18 @@ def test_demo_twice(tmp_path: Path) -> None:
     assert git(repo, "status", "--porcelain", "params.yaml").strip() == ""
     assert (repo / "mlflow.db").is_file()  # the store at the repository root, not in the temp copy
 
+    # "Done when": the demo's model is the registry's champion, and `pneumonia predict` run in
+    # the repository root finds it with no --model.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    pred = subprocess.run(
+        [sys.executable, "-m", "pneumonia", "predict", "data/sample/chest_xray/test",
+         "--out", str(tmp_path / "predictions.csv")],
+        cwd=repo, env=env, capture_output=True, text=True, check=False)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert "models:/pneumonia-densenet201@champion" in pred.stderr
+    lines = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("path,probability,label,threshold") and len(lines) == 101
+
     second = _demo(repo)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Running stage" not in second.stdout + second.stderr

@@ -1,0 +1,59 @@
+"""`pneumonia explain IMAGE... --out DIR`: Grad-CAM overlays (pneumonia.inference.gradcam), one
+PNG per image, named after the image, captioned with P(PNEUMONIA) and the label."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pneumonia.inference.gradcam import CamModel, safe_name, write_overlay
+
+
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Exit status: 0 = an overlay for every image; 1 = some files could not be "
+                     "read or decoded (listed); 2 = usage error.")
+    parser.add_argument("paths", nargs="+", metavar="IMAGE",
+                        help="image files (PNG, JPEG, DICOM), folders or .zip archives")
+    parser.add_argument("--out", metavar="DIR", required=True, help="folder for the overlay PNGs")
+    parser.add_argument("--model", metavar="M", default=None,
+                        help="as for `pneumonia predict` (default: the champion, else "
+                        "models/model.keras)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from pneumonia.inference.sources import expand, to_input
+
+    items = expand(args.paths)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumonia.inference.loading import load
+
+    loaded = load(args.model)
+    cam_model = CamModel(loaded.model)
+    out = Path(args.out)
+    failed = 0
+    used: set[str] = set()
+    for item in items:
+        try:
+            x = to_input(item.read(), loaded.size)
+        except ValueError as exc:
+            print(f"  {item.name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        cams, probs = cam_model(x[None])
+        name = safe_name(Path(item.name.replace(":", "/")).stem)
+        while name in used:
+            name += "_"
+        used.add(name)
+        label = "PNEUMONIA" if probs[0] >= loaded.threshold else "NORMAL"
+        write_overlay(x[..., 0].astype(np.uint8), cams[0], out / f"{name}.png",
+                      f"P={probs[0]:.3f} {label}", scale=max(1, 224 // loaded.size))
+        print(f"{item.name} -> {out / (name + '.png')} (P(PNEUMONIA) {probs[0]:.3f})")
+    if failed:
+        print(f"{failed} file(s) skipped", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,233 @@
+"""Which model `pneumonia predict` / `explain` use, and its decision threshold.
+
+`--model` takes a Keras file (`models/model.keras`), a run's model (`runs:/<run_id>/model`), or a
+registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<id>`). Without it:
+the registry's `champion` (params.yaml `evaluate.registry_name`) when the MLflow store holds one,
+else `models/model.keras` (the workspace's last training). Every failure to find a model is a
+usage error (PipelineError: one message, exit 2).
+
+The threshold: the one recorded with a registered version (tag `threshold`, set by evaluate's
+gate), else the one evaluate used for the workspace's model (metrics/evaluate.json), else
+params.yaml `evaluate.threshold`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pneumonia.errors import PipelineError
+from pneumonia.paths import EVALUATE_JSON, MODEL_FILE
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY_NAME = "pneumonia-densenet201"
+CHAMPION = "champion"
+# metrics/evaluate.json: the threshold evaluate applied (`threshold`): the one behind the headline
+# test metrics and the registry gate. `threshold_chosen` (Youden on validation) is reported beside
+# it; to serve at that value, set it as evaluate.threshold and re-run evaluate.
+THRESHOLD_KEYS = ("threshold",)
+
+
+@dataclass
+class Loaded:
+    model: keras.Model
+    source: str  # what was loaded: a file path or a resolved MLflow URI
+    threshold: float
+    threshold_from: str  # where the threshold came from (shown to the user)
+
+    @property
+    def size(self) -> int:
+        return int(self.model.input_shape[1])
+
+
+def registry_name(params_file: Path = Path("params.yaml")) -> str:
+    """params.yaml `evaluate.registry_name` when readable, else the default name."""
+    try:
+        from pneumonia.params import load_params
+
+        return load_params(params_file).evaluate.registry_name
+    except (PipelineError, OSError):
+        return DEFAULT_REGISTRY_NAME
+
+
+def _params_threshold() -> tuple[float, str] | None:
+    try:
+        from pneumonia.params import load_params
+
+        return load_params().evaluate.threshold, "params.yaml evaluate.threshold"
+    except (PipelineError, OSError):
+        return None
+
+
+def workspace_threshold() -> tuple[float, str] | None:
+    """The threshold evaluate used for models/model.keras (metrics/evaluate.json), else params."""
+    try:
+        doc = json.loads(EVALUATE_JSON.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = {}
+    for key in THRESHOLD_KEYS:
+        value = doc.get(key) if isinstance(doc, dict) else None
+        if isinstance(value, (int, float)) and 0 < value < 1:
+            return float(value), f"{EVALUATE_JSON} {key}"
+    return _params_threshold()
+
+
+def store_uri() -> str | None:
+    """The MLflow store `pneumonia.tracking` uses, or None when it is a sqlite file that does
+    not exist yet (opening it would create an empty store)."""
+    from pneumonia.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    return uri
+
+
+def champion_uri(name: str) -> str | None:
+    """`models:/NAME@champion` when the store has that alias, else None (no error)."""
+    uri = store_uri()
+    if uri is None:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return f"models:/{name}@{CHAMPION}"
+
+
+def _load_keras_file(path: Path) -> keras.Model:
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors
+        raise PipelineError(f"{path}: cannot load it as a Keras model ({exc})") from None
+
+
+def _keras_file_in(folder: Path, uri: str) -> Path:
+    found = sorted(p for p in folder.rglob("*.keras") if p.is_file())
+    if len(found) != 1:
+        raise PipelineError(f"{uri}: expected one Keras model file (.keras) in the logged model, "
+                            f"found {len(found)}; is it a model logged by this pipeline?")
+    return found[0]
+
+
+def _mlflow_threshold(uri: str) -> tuple[float, str] | None:
+    """The threshold recorded with a registered version (tag) or the model's config."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    if uri.startswith("runs:/"):
+        run_id = uri[len("runs:/"):].split("/", 1)[0]
+        try:
+            tags = client.get_run(run_id).data.tags
+        except MlflowException:
+            return None
+        if "evaluate.threshold" in tags:
+            return float(tags["evaluate.threshold"]), f"run {run_id} tag `evaluate.threshold`"
+        return None
+    rest = uri[len("models:/"):]
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, version = rest.split("/", 1)
+            mv = client.get_model_version(name, version)
+        else:
+            mv = None
+    except MlflowException:
+        mv = None
+    if mv is not None and "threshold" in (mv.tags or {}):
+        return float(mv.tags["threshold"]), f"{uri} (model version tag `threshold`)"
+    return None
+
+
+def _describe_aliases(name: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = mlflow.MlflowClient().get_registered_model(name)
+    except MlflowException:
+        return f"the store has no registered model {name!r}"
+    aliases = sorted(rm.aliases or {})
+    return (f"{name!r} has aliases {', '.join(aliases)}" if aliases
+            else f"{name!r} has no aliases")
+
+
+def _load_mlflow(uri: str) -> tuple[keras.Model, str]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = store_uri()
+    if store is None:
+        from pneumonia.tracking import tracking_uri
+
+        raise PipelineError(f"{uri}: the MLflow store {tracking_uri()} does not exist (no model "
+                            "was trained here); set MLFLOW_TRACKING_URI or give a .keras file.")
+    mlflow.set_tracking_uri(store)
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    if "@" in rest:  # check the alias first: a clear message instead of MLflow's
+        name, alias = rest.split("@", 1)
+        try:
+            mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            raise PipelineError(f"{uri}: unknown alias {alias!r} ({_describe_aliases(name)}). "
+                                "Aliases are set by the evaluate stage's champion gate.") from None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as exc:
+        raise PipelineError(f"{uri}: no such model in the store {store} ({exc.message})") from None
+    except OSError as exc:
+        raise PipelineError(f"{uri}: cannot read the model's files ({exc})") from None
+    return _load_keras_file(_keras_file_in(local, uri)), uri
+
+
+def load(spec: str | None, threshold: float | None = None) -> Loaded:
+    """Resolve `--model` (None: the champion, else models/model.keras) and the threshold."""
+    if spec is None:
+        spec = champion_uri(registry_name())
+        if spec is None:
+            if not MODEL_FILE.is_file():
+                raise PipelineError(
+                    f"no model to use: the MLflow store has no `{CHAMPION}` for "
+                    f"{registry_name()!r} and {MODEL_FILE} does not exist. Train one "
+                    "(`make demo` or `dvc repro`), or pass --model (a .keras file, "
+                    "runs:/<run_id>/model or models:/NAME@ALIAS).")
+            spec = str(MODEL_FILE)
+    if spec.startswith(("runs:/", "models:/")):
+        model, source = _load_mlflow(spec)
+        recorded = _mlflow_threshold(spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise PipelineError(
+                f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
+                "models:/NAME@ALIAS.")
+        model, source = _load_keras_file(path), str(path)
+        recorded = workspace_threshold() if path.resolve() == MODEL_FILE.resolve() else None
+    shape: Any = model.input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == shape[2]
+            and shape[3] == 1):
+        raise PipelineError(f"{source}: not a model of this pipeline (input shape {shape}, "
+                            "expected (None, S, S, 1) gray pixels)")
+    if threshold is not None:
+        chosen, origin = threshold, "--threshold"
+    else:
+        chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
+    return Loaded(model, source, float(chosen), origin)

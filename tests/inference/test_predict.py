@@ -1,0 +1,164 @@
+"""`pneumonia predict`: real files, folders, zips and DICOM through the real command (in-process
+`pneumonia.cli.main`), checked against the model applied directly to ingest's decoding."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumonia import cli
+from tests.conftest import SAMPLE
+from tests.inference.conftest import reference_probs
+from tests.inference.dicomkit import dicom16_of, dicom_bytes, gray_of, png_bytes
+
+NORMAL = sorted((SAMPLE / "test" / "NORMAL").iterdir())
+PNEUMONIA = sorted((SAMPLE / "test" / "PNEUMONIA").iterdir())
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["predict", *argv])
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder without MLflow store, as the current directory."""
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_files_folders_zip_and_dicom_match_the_model(tmp_path: Path, model_file: Path,
+                                                     keras_model, no_store: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(NORMAL[0], folder / "a.jpeg")
+    gray = gray_of(PNEUMONIA[0])
+    (folder / "sub" / "b.png").write_bytes(png_bytes(gray))
+    (folder / "sub" / "c.dcm").write_bytes(dicom16_of(gray, monochrome1=True))
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(PNEUMONIA[1], "x/p.jpeg")
+    out = tmp_path / "out.csv"
+    code, _, err = run([str(folder), str(archive), str(NORMAL[1]), "--model", str(model_file),
+                        "--out", str(out), "--threshold", "0.4"], capsys)
+    assert code == 0, err
+    rows = read_csv(out)
+    assert [Path(r["path"].split(":")[-1]).name for r in rows] == [
+        "a.jpeg", "b.png", "c.dcm", "p.jpeg", NORMAL[1].name]
+    ref = reference_probs(keras_model, [NORMAL[0], PNEUMONIA[0], PNEUMONIA[0], PNEUMONIA[1],
+                                        NORMAL[1]])
+    got = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert got[1] == got[2]  # the DICOM (16-bit MONOCHROME1) is the PNG's image
+    assert np.ptp(got) > 0.01  # the check above compares different numbers, not one constant
+    assert all(r["threshold"] == "0.4" and not r["error"] for r in rows)
+    assert [r["label"] for r in rows] == ["PNEUMONIA" if p >= 0.4 else "NORMAL" for p in got]
+
+
+def test_bad_files_are_listed_skipped_and_exit_1(tmp_path: Path, model_file: Path,
+                                                 no_store: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(NORMAL[0], folder / "good.jpeg")
+    data = NORMAL[1].read_bytes()
+    (folder / "truncated.jpeg").write_bytes(data[: len(data) // 2])
+    (folder / "text.png").write_text("hello, I am text")
+    (folder / "nopixels.dcm").write_bytes(dicom_bytes(None))
+    out = tmp_path / "out.json"
+    code, _, err = run([str(folder), "--model", str(model_file), "--out", str(out)], capsys)
+    assert code == 1
+    assert "Traceback" not in err
+    doc = json.loads(out.read_text())
+    by_name = {Path(p["path"]).name: p for p in doc["predictions"]}
+    assert by_name["good.jpeg"]["probability"] is not None and by_name["good.jpeg"]["error"] is None
+    reasons = {"truncated.jpeg": "truncated", "text.png": "not an image",
+               "nopixels.dcm": "no pixel data"}
+    for name, reason in reasons.items():
+        assert by_name[name]["probability"] is None
+        assert reason in by_name[name]["error"]
+        assert f"{folder / name}: " in err and reason in err  # listed on stderr with the reason
+    assert "3 file(s) skipped" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{empty}"], "no images in this folder"),
+    (["{image}", "--model", "{missing}"], "no such file"),
+    (["{image}", "--model", "models:/pneumonia-densenet201@nope"], "does not exist"),
+    (["{image}", "--out", "x.txt"], "give a .csv or .json"),
+    (["{image}", "--threshold", "1.5"], "strictly between 0 and 1"),
+    (["{image}"], "no model to use"),
+])
+def test_usage_errors_exit_2_with_one_message(tmp_path: Path, no_store: Path, args: list[str],
+                                              message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    fill = {"empty": tmp_path / "empty", "image": NORMAL[0], "missing": tmp_path / "no.keras"}
+    code, _, err = run([a.format(**fill) for a in args], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.strip().startswith("ERROR [predict]")
+
+
+def test_unknown_alias_names_the_aliases_there_are(champion_store: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store["uri"])
+    code, _, err = run([str(NORMAL[0]), "--model", "models:/pneumonia-densenet201@best"], capsys)
+    assert code == 2
+    assert "unknown alias 'best'" in err and "has aliases champion" in err
+
+
+def test_default_model_is_the_registry_champion_with_its_threshold(
+        champion_store: dict[str, str], keras_model, no_store: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store["uri"])
+    code, out, err = run([str(NORMAL[0]), str(PNEUMONIA[0])], capsys)  # CSV on stdout
+    assert code == 0, err
+    assert "models:/pneumonia-densenet201@champion" in err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [r["threshold"] for r in rows] == ["0.3", "0.3"]
+    np.testing.assert_allclose([float(r["probability"]) for r in rows],
+                               reference_probs(keras_model, [NORMAL[0], PNEUMONIA[0]]), atol=1e-6)
+    # the same model through a runs:/ URI (the model logged in that run)
+    code, out, err = run([str(NORMAL[0]), "--model", f"runs:/{champion_store['run_id']}/model"],
+                         capsys)
+    assert code == 0, err
+
+
+def test_without_a_store_the_workspace_model_and_evaluates_threshold(
+        no_store: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (no_store / "models").mkdir()
+    shutil.copy(model_file, no_store / "models" / "model.keras")
+    (no_store / "metrics").mkdir()
+    (no_store / "metrics" / "evaluate.json").write_text(json.dumps({"threshold": 0.35}))
+    code, out, err = run([str(NORMAL[0])], capsys)
+    assert code == 0, err
+    assert "models/model.keras" in err and "0.35" in err
+    assert next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.35"
+    assert not (no_store / "mlflow.db").exists()  # looking for a champion created no store
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 = every image predicted" in text and "1 = some files" in text and "2 = usage" in text
