@@ -156,15 +156,23 @@ def select_device(params: Params) -> tuple[Any, str, str, int]:
     precision = "mixed_float16" if use_mp else "float32"
     keras.mixed_precision.set_global_policy(precision)
 
-    strategy = None
-    replicas = 1
-    if len(gpus) > 1 and params.train.distribute == "auto":
-        strategy = tf.distribute.MirroredStrategy()
-        replicas = strategy.num_replicas_in_sync
     if gpus:
         device = f"{len(gpus)} x GPU ({', '.join(names)})"
     else:
         device = f"CPU ({os.cpu_count()} cores)"
+    strategy = None
+    devices = None  # MirroredStrategy's default: every GPU
+    if not gpus and params.train.cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * params.train.cpu_devices
+        )
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        device += f", {len(devices)} logical devices"
+    dist = params.train.distribute
+    if dist == "mirrored" or (dist == "auto" and len(devices or gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy(devices)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
     return strategy, device, precision, replicas
 
 
@@ -249,6 +257,7 @@ def run(params: Params) -> dict[str, Any]:
 
         mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas)})
 
+        metrics_callback = tracking.epoch_metrics_callback()
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss",
@@ -271,7 +280,7 @@ def run(params: Params) -> dict[str, Any]:
                 save_weights_only=True,
                 initial_value_threshold=best_so_far,
             ),
-            tracking.epoch_metrics_callback(),
+            metrics_callback,
             # History before the backup: a kill in between re-runs the epoch, whose row then
             # replaces the first attempt's (read_history keeps the last row per epoch).
             history_callback(history_csv),
@@ -291,11 +300,14 @@ def run(params: Params) -> dict[str, Any]:
             except (OSError, ValueError) as exc:  # cut short by a kill while being written
                 log.warning("could not load %s (%s): keeping the last weights", best_weights, exc)
 
+        tracking.check_still_tracking(metrics_callback, backup_dir)
         history = read_history(history_csv)
         save_model_atomically(model)
         write_history(history, TRAIN_HISTORY)
         summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
         summary["seconds"] = round(time.monotonic() - started, 1)
+        # Keras 3 wraps the optimizer in a LossScaleOptimizer under mixed_float16 (compile).
+        summary["loss_scaling"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         write_json(summary, TRAIN_JSON)
 
         final = {
