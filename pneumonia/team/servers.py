@@ -217,6 +217,9 @@ class TeamServers:
     s3: S3Server | None = None
     postgres: Postgres | None = None
     mlflow: MlflowServer | None = None
+    # PostgreSQL runs as the user `pgserver` when started by root and needs to traverse every
+    # folder above pgdata: keep it out of folders that other tools chmod 0700 (pytest's tmp).
+    pgdata: Path | None = None
     started: list[Any] = field(default_factory=list)
 
     def start(self) -> TeamServers:
@@ -226,7 +229,7 @@ class TeamServers:
                 self.s3 = S3Server(self.root / "s3.log", self.s3_port).start()
                 self.started.append(self.s3)
                 self.s3.create_bucket(BUCKET)
-            self.postgres = Postgres(self.root / "pgdata").start()
+            self.postgres = Postgres(self.pgdata or self.root / "pgdata").start()
             self.started.append(self.postgres)
             self.mlflow = MlflowServer(
                 self.postgres.uri, self.s3.url, self.root / "mlflow.log", port=self.mlflow_port
