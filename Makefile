@@ -5,17 +5,20 @@
 #   make mlflow-ui  the MLflow UI on the repository's store, http://127.0.0.1:5000
 #   make bench      benchmarks (writes benchmarks/results.json)
 #   make ablation   the ablation grid of params.yaml as queued DVC experiments, then its report
+#   make mlflow-server  local S3 API + PostgreSQL + MLflow server (README: Working as a team)
+#   make push / make pull  dvc push / pull with a clear message when the remote fails
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,cpu
+EXTRAS ?= dev,cpu,team
 PY := $(VENV)/bin/python
 # Stages run as `python -m stages.<name>` (dvc.yaml): the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test test-slow lint reproduce mlflow-ui bench ablation clean-venv
+.PHONY: install demo test test-slow lint reproduce mlflow-ui bench ablation clean-venv \
+	mlflow-server push pull
 
 install: $(VENV)/.installed-$(EXTRAS)
 
@@ -53,3 +56,16 @@ bench: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- Working as a team (README) ------------------------------------------------------------
+# A local S3 API (moto), PostgreSQL (pgserver) and `mlflow server` on 127.0.0.1 until Ctrl-C;
+# URLs in .team/servers.json, exports in .team/env.sh.
+S3_PORT ?= 9000
+mlflow-server: install
+	$(PY) -m pneumonia.team.servers up --dir .team --mlflow-port $(MLFLOW_PORT) --s3-port $(S3_PORT)
+
+push: install
+	$(PY) -m pneumonia.team.remote push
+
+pull: install
+	$(PY) -m pneumonia.team.remote pull

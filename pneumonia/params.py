@@ -140,7 +140,11 @@ class TrainParams:
     min_lr: float = field(default=1e-9, metadata=_nonneg)
     early_stopping_patience: int = field(default=5, metadata=_nonneg)
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto = on when a GPU is visible
-    distribute: Literal["auto", "none"] = "auto"  # auto = MirroredStrategy on > 1 GPU
+    # auto = MirroredStrategy on > 1 GPU (or > 1 logical CPU device); mirrored = always
+    distribute: Literal["auto", "none", "mirrored"] = "auto"
+    # Split the CPU into N logical devices when no GPU is visible: MirroredStrategy on a CPU
+    # (a test of the multi-replica path, not a speed-up).
+    cpu_devices: int = field(default=1, metadata=_pos)
     jit_compile: bool = False  # XLA
     # true: TensorFlow op determinism (tf.config.experimental.enable_op_determinism) on top of
     # the seeds, so the same seeded run repeats exactly on the same machine (slower: README).

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,23 +78,31 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
 
 
+def server_problem(uri: str, timeout: float = 3.0) -> str | None:
+    """Why the tracking server at an http(s) `uri` is unreachable; None when it answers (or
+    when `uri` is not a server)."""
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
+        return None
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as resp:
+            if resp.status == 200:
+                return None
+            return f"GET {health} answered HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        # A server that answers at all (even 401/404 behind a proxy) is reachable.
+        return None if exc.code < 500 else f"GET {health} answered HTTP {exc.code}"
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
     """Fail fast (no MLflow retry storm) when a tracking server is down or a store unusable."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=timeout) as resp:
-                if resp.status == 200:
-                    return
-                problem = f"GET {health} answered HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            # A server that answers at all (even 401/404 behind a proxy) is reachable.
-            if exc.code < 500:
-                return
-            problem = f"GET {health} answered HTTP {exc.code}"
-        except (TimeoutError, urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
+        problem = server_problem(uri, timeout)
+        if problem is None:
+            return
         raise PipelineError(
             f"MLflow tracking server at {uri} is unreachable ({problem}): start it "
             "(`mlflow server --backend-store-uri sqlite:///mlflow.db --port <port>`), or unset "
@@ -196,6 +204,10 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
+class TrackingLost(PipelineError):
+    """The tracking server stopped answering during training (training state is kept)."""
+
+
 @contextmanager
 def train_run(resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open the pipeline run for training (or continue a killed training's run)."""
@@ -203,11 +215,40 @@ def train_run(resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
 
     if resume_run_id and run_exists(resume_run_id):
         log.info("continuing MLflow run %s of the interrupted training", resume_run_id)
-        with mlflow.start_run(run_id=resume_run_id) as run:
-            yield run
-        return
-    with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None, tags=run_tags()) as run:
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        run = mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None, tags=run_tags())
+    try:
         yield run
+    except TrackingLost:
+        # The server is gone: ending the run would only retry for minutes. Forget it locally;
+        # the resumed training continues this run id and ends it (README, "Working as a team").
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "3"
+        with suppress(Exception):
+            mlflow.end_run("FAILED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def check_still_tracking(callback: keras.callbacks.Callback, backup_dir: Path) -> None:
+    """After fit: raise TrackingLost when the epoch callback (or a last health check) found the
+    tracking server gone, naming where the training state is and how to resume."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    lost = getattr(callback, "lost", None) or server_problem(uri)
+    if lost is None:
+        return
+    raise TrackingLost(
+        f"MLflow tracking server at {uri} stopped answering during training ({lost}). "
+        f"Training stopped after its last finished epoch; weights, optimizer state and history "
+        f"are kept in {backup_dir}. Start the server again (same backend store), then rerun "
+        "`dvc repro`: training resumes there and continues the same MLflow run."
+    )
 
 
 def run_exists(run_id: str) -> bool:
@@ -265,14 +306,23 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
+        lost: str | None = None  # why the tracking server stopped answering
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
             metrics["lr"] = self._lr
+            # A server that is gone would make MLflow retry for minutes: ask /health first and
+            # stop after this epoch (its backup is still written) instead of training untracked.
+            problem = server_problem(mlflow.get_tracking_uri())
+            if problem:
+                log.error("MLflow server gone after epoch %d (%s): stopping", epoch + 1, problem)
+                self.lost = f"after epoch {epoch + 1}: {problem}"
+                self.model.stop_training = True
+                return
             try:
                 mlflow.log_metrics(metrics, step=epoch + 1)  # step = 1-based epoch, as in the CSV
             except MlflowException as exc:
-                # A tracking server gone mid-training must not kill hours of training: the
-                # epoch is still in metrics/train_history.csv.
+                # The epoch is still in metrics/train_history.csv.
                 log.warning("could not log epoch %d to MLflow: %s", epoch + 1, exc)
 
     return EpochMetrics()

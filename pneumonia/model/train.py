@@ -207,15 +207,23 @@ def select_device(params: Params) -> tuple[Any, str, str, int]:
     precision = "mixed_float16" if use_mp else "float32"
     keras.mixed_precision.set_global_policy(precision)
 
-    strategy = None
-    replicas = 1
-    if len(gpus) > 1 and params.train.distribute == "auto":
-        strategy = tf.distribute.MirroredStrategy()
-        replicas = strategy.num_replicas_in_sync
     if gpus:
         device = f"{len(gpus)} x GPU ({', '.join(names)})"
     else:
         device = f"CPU ({os.cpu_count()} cores)"
+    strategy = None
+    devices = None  # MirroredStrategy's default: every GPU
+    if not gpus and params.train.cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * params.train.cpu_devices
+        )
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        device += f", {len(devices)} logical devices"
+    dist = params.train.distribute
+    if dist == "mirrored" or (dist == "auto" and len(devices or gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy(devices)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
     return strategy, device, precision, replicas
 
 
@@ -460,6 +468,7 @@ def _train_and_log(
     """Inside the open MLflow run: fit (unless an earlier attempt finished), keep the best
     weights, write the stage's outputs (then progress["saved"] is True), log. Returns the
     run file's content."""
+    import keras
     import mlflow
 
     device, precision, replicas = device_info
@@ -484,16 +493,20 @@ def _train_and_log(
         model.load_weights(backup_dir / "latest.weights.h5")  # BackupAndRestore's last epoch
     else:
         val_ds = make_dataset(val_rows, size, global_batch, training=False)
+        callbacks = training_callbacks(params, backup_dir, best_so_far)
         model.fit(
             train_ds,
             class_weight=class_weight,
             validation_data=val_ds,
             epochs=params.train.epochs,
             steps_per_epoch=steps_per_epoch(len(train_rows), global_batch),
-            callbacks=training_callbacks(params, backup_dir, best_so_far),
+            callbacks=callbacks,
             shuffle=False,  # the dataset orders each epoch itself (seeded)
             verbose=2,
         )
+        # A tracking server gone mid-training: stop with the backup kept (TrackingLost).
+        tracking.check_still_tracking(
+            next(c for c in callbacks if hasattr(c, "lost")), backup_dir)
     history = read_history(history_csv)
     saved = restore_best(model, backup_dir / "best.weights.h5", history)
     scores = score_validation(model, val_rows, size, global_batch)
@@ -502,6 +515,8 @@ def _train_and_log(
     summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
     summary |= saved | scores
     summary["seconds"] = round(time.monotonic() - started, 1)
+    # Keras 3 wraps the optimizer in a LossScaleOptimizer under mixed_float16 (compile).
+    summary["loss_scaling"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     write_json(summary, TRAIN_JSON)
     write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
     progress["saved"] = True
