@@ -271,8 +271,10 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
     assert run_id in by_run and len(models) == 2
     (child,) = set(by_run) - {run_id}
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == run_id
+    # Every evaluation is a registry version: 0.5, the Youden re-evaluation (still served at
+    # 0.5: threshold_chosen is reported, not applied), 0.3.
     versions = client.search_model_versions("name='pneumonia-densenet201'")
-    assert sorted(v.tags["threshold"] for v in versions) == ["0.3", "0.5"]
+    assert sorted(v.tags["threshold"] for v in versions) == ["0.3", "0.5", "0.5"]
     # test accuracy of a 2-epoch model is below the default floor 0.9: never the champion
     assert {v.tags["gate.decision"] for v in versions} == {"challenger"}
     gate = json.loads((pipeline["root"] / "metrics/registry.json").read_text())
