@@ -33,6 +33,7 @@ PRESETS: dict[str, dict[str, str]] = {
         "data.image_size": "64",
         "model.weights": "none",
         "model.trainable_layers": "1000",
+        "model.bn_momentum": "0.9",  # moving statistics that settle in a few epochs (demo.py)
         "model.dense_units": "64",
         "model.dropout": "0.3",
         "lr": "1e-3",

@@ -136,8 +136,8 @@ def test_outputs_and_metrics(project: Path) -> None:
     assert "metrics/predictions.csv" in git(project, "ls-files", "metrics")
     table3 = json.loads((project / "metrics/table3.json").read_text())
     # The paper's accuracy sits beside this run's (the one in evaluate.json).
-    assert table3["accuracy"]["paper"] == 0.96
-    assert table3["accuracy"]["run"] == pytest.approx(ev["accuracy"])
+    assert table3["cells"]["accuracy"]["paper"] == 0.96
+    assert table3["cells"]["accuracy"]["run"] == pytest.approx(ev["accuracy"])
     history = pd.read_csv(project / "metrics/train_history.csv")
     assert len(history) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
 
