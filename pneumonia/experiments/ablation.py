@@ -139,15 +139,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up waiting after this many minutes (default 600)")
 
 
+def dataset_override(raw: str) -> dict[str, str]:
+    """`-S data.raw=<absolute path>` when the dataset sits inside the repository but is not in git.
+
+    DVC runs queued experiments in a temporary copy of the git-tracked files, so a dataset in
+    `data/raw/` (ignored by git, where the README puts it) is missing there and every run fails in
+    ingest with "No such file or directory". An absolute path reaches it from the copy; a tracked
+    folder (the bundled sample) and an absolute path need nothing.
+    """
+    path = Path(raw)
+    if path.is_absolute():
+        return {}
+    if not path.exists():
+        raise PipelineError(
+            f"data.raw: {raw} does not exist. The ablation trains on the dataset params.yaml names: "
+            "put it there (README, 'Getting the full dataset') or set data.raw in params.yaml."
+        )
+    tracked = subprocess.run(["git", "ls-files", "--", raw], capture_output=True, text=True,
+                             check=False).stdout.strip()
+    return {} if tracked else {"data.raw": str(path.resolve())}
+
+
+def first_failure() -> str:
+    """The last lines of the first failed queued experiment's log (why it failed)."""
+    for line in _dvc("queue", "status", check=False).stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2 and " Failed" in f" {line} ":
+            logs = _dvc("queue", "logs", fields[1], check=False)
+            tail = [ln for ln in (logs.stdout + logs.stderr).splitlines() if ln.strip()][-8:]
+            return f"{fields[1]}:\n" + "\n".join(tail)
+    return ""
+
+
 def command(args: argparse.Namespace) -> int:
     """Queue the grid, run it, wait, and write the report."""
     p = load_params().ablation
     preset = args.preset or p.preset
     runs = grid(p)
+    data = dataset_override(load_params().data.raw)
     if args.jobs < 1:
         raise PipelineError("--jobs must be at least 1.")
     for run in runs:
-        flags = " ".join(f"-S {k}={v}" for k, v in run.overrides(preset).items())
+        flags = " ".join(f"-S {k}={v}" for k, v in (run.overrides(preset) | data).items())
         print(f"{run.name}: dvc exp run --queue -n {run.name} {flags}")
     if args.dry_run:
         return 0
@@ -155,7 +188,7 @@ def command(args: argparse.Namespace) -> int:
         raise PipelineError("run `pneumonia ablation` from the repository root (where dvc.yaml is).")
     for run in runs:
         cmd = ["exp", "run", "--queue", "-n", run.name]
-        for key, value in run.overrides(preset).items():
+        for key, value in (run.overrides(preset) | data).items():
             cmd += ["-S", f"{key}={value}"]
         _dvc(*cmd)
     _dvc("queue", "start", "-j", str(args.jobs))
@@ -164,6 +197,12 @@ def command(args: argparse.Namespace) -> int:
         return 0
     counts = wait_for_queue(args.timeout_min * 60)
     print(f"queue finished: {counts}")
+    if counts.get("Failed") and not counts.get("Success"):
+        raise PipelineError(
+            f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"
+            f"{first_failure()}\n`dvc queue logs NAME` shows each; fix, then "
+            "`dvc queue remove --failed` and run `pneumonia ablation` again."
+        )
     from pneumonia.experiments import report
 
     report.write_report(prefix=PREFIX)

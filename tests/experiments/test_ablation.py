@@ -128,6 +128,26 @@ def test_committed_ablation_report_recomputes_from_its_predictions(
     assert json.loads(json.dumps(again)) == committed
 
 
+def test_dataset_ignored_by_git_is_passed_to_queued_runs_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued experiments run in a copy of the git-tracked files: data/raw/ (ignored) would be
+    missing there, so the grid passes it as an absolute path; a tracked folder stays relative."""
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / ".gitignore").write_text("data/raw/\n")
+    for folder in ("data/raw/chest_xray", "data/sample/chest_xray"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.png").write_bytes(b"x")
+    subprocess.run(["git", "add", ".gitignore", "data/sample"], check=True)
+    assert ablation.dataset_override("data/raw/chest_xray") == {
+        "data.raw": str(tmp_path.resolve() / "data/raw/chest_xray")}
+    assert ablation.dataset_override("data/sample/chest_xray") == {}
+    assert ablation.dataset_override(str(tmp_path / "data/raw/chest_xray")) == {}
+    with pytest.raises(PipelineError, match="data.raw: data/raw/missing does not exist"):
+        ablation.dataset_override("data/raw/missing")
+
+
 def test_report_without_experiments_is_one_clear_message(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     proc = subprocess.run([sys.executable, "-m", "pneumonia", "report"], cwd=tmp_path, check=False,
