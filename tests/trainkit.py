@@ -9,14 +9,17 @@ that folder as DVC would run them in the repository root.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,3 +142,20 @@ def run_stage(
         timeout=timeout,
         check=False,
     )
+
+
+def wait_for_epoch(root: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Block until the training in `proc` (run in `root`) has backed up a finished epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for meta in root.glob("models/.train-backup/*/training_metadata.json"):
+            try:
+                if json.loads(meta.read_text())["epoch"] >= 1:
+                    return
+            except (ValueError, KeyError, OSError):
+                pass  # being written
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"training ended before it could be interrupted:\n{out[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail("no epoch finished in time")

@@ -65,7 +65,7 @@ def reference_metrics() -> dict[str, dict[str, float]]:
 # metrics/table3.md: rendered from metrics/table3.json alone (the demo renders another
 # revision's table3.json the same way)
 # --------------------------------------------------------------------------------------------
-_NAMES = {
+METRIC_NAMES = {
     "accuracy": "accuracy",
     "NORMAL_precision": "NORMAL precision",
     "NORMAL_recall": "NORMAL recall (specificity)",
@@ -131,7 +131,7 @@ def table3_markdown(table: dict[str, Any]) -> str:
         paper = f"{row['paper']:.2f} [{_num(row['paper_ci_low'])}, {_num(row['paper_ci_high'])}]"
         run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"])
         diff = _ci(row["diff"], row["diff_ci_low"], row["diff_ci_high"], sign=True)
-        lines.append(f"| {_NAMES[cell]} | {paper} | {run} | {row['verdict']} | {diff} |")
+        lines.append(f"| {METRIC_NAMES[cell]} | {paper} | {run} | {row['verdict']} | {diff} |")
     for label, row in table["support"].items():
         lines.append(f"| {label} support | {row['paper']} | {row['run']} | | |")
 
@@ -148,7 +148,7 @@ def table3_markdown(table: dict[str, Any]) -> str:
     ]
     for cell, row in base["cells"].items():
         run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"])
-        lines.append(f"| {_NAMES[cell]} | {row['baseline']:.2f} | {run} | {row['verdict']} |")
+        lines.append(f"| {METRIC_NAMES[cell]} | {row['baseline']:.2f} | {run} | {row['verdict']} |")
 
     lf = table["leakfree"]
     official = table["test"]["metrics"]
@@ -184,7 +184,7 @@ def table3_markdown(table: dict[str, Any]) -> str:
     ]
     for m, row in official.items():
         verdict = lf["verdicts"].get(m, "")
-        lines.append(f"| {_NAMES[m]} | {_ci_of(row)} | {_ci_of(lf['metrics'][m])} | {verdict} |")
+        lines.append(f"| {METRIC_NAMES[m]} | {_ci_of(row)} | {_ci_of(lf['metrics'][m])} | {verdict} |")
 
     ch = table["threshold_choice"]
     chosen = ch["threshold_chosen"]
@@ -202,7 +202,7 @@ def table3_markdown(table: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         for m, row in ch["metrics"].items():
-            lines.append(f"| {_NAMES[m]} | {_ci_of(ch['at_threshold'][m])} | {_ci_of(row)} |")
+            lines.append(f"| {METRIC_NAMES[m]} | {_ci_of(ch['at_threshold'][m])} | {_ci_of(row)} |")
 
     cal = table["calibration"]
     lines += [
@@ -213,7 +213,7 @@ def table3_markdown(table: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for m, row in cal["metrics"].items():
-        lines.append(f"| {_NAMES[m]} | {_ci_of(row)} |")
+        lines.append(f"| {METRIC_NAMES[m]} | {_ci_of(row)} |")
     lines += [
         "",
         ("Reliability diagram: metrics/reliability.csv; precision-recall curve: metrics/pr.csv "

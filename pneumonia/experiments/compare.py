@@ -29,22 +29,16 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.errors import PipelineError
+from pneumonia.evaluation.paper import METRIC_NAMES
 from pneumonia.experiments import revisions
 from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
 
 COLUMNS = ("image_id", "patient_id", "actual", "probability")
 N_RESAMPLES = 2000
-NAMES = {
-    "accuracy": "accuracy",
-    "NORMAL_precision": "NORMAL precision",
-    "NORMAL_recall": "NORMAL recall (specificity)",
-    "NORMAL_f1": "NORMAL F1",
-    "PNEUMONIA_precision": "PNEUMONIA precision",
-    "PNEUMONIA_recall": "PNEUMONIA recall (sensitivity)",
-    "PNEUMONIA_f1": "PNEUMONIA F1",
-    "roc_auc": "ROC AUC",
-    "pr_auc": "PR AUC",
-}
+# The metrics compared, named as in table3.md.
+NAMES = {k: METRIC_NAMES[k] for k in (
+    "accuracy", "NORMAL_precision", "NORMAL_recall", "NORMAL_f1", "PNEUMONIA_precision",
+    "PNEUMONIA_recall", "PNEUMONIA_f1", "roc_auc", "pr_auc")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,17 @@ import pandas as pd
 import pytest
 
 from pneumonia.params import parse_params
-from tests.trainkit import TINY_PARAMS, make_split, run_stage, stage_env, write_params
+from tests.trainkit import (
+    TINY_PARAMS,
+    make_split,
+    run_stage,
+    stage_env,
+    wait_for_epoch,
+    write_params,
+)
 
 EPOCHS = 4
 LR = 5e-4  # not Adam's default (1e-3): a train stage that ignored `lr` would show it
-
-
-def _wait_for_epoch(root: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Block until the training in `proc` has backed up at least one finished epoch."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for meta in root.glob("models/.train-backup/*/training_metadata.json"):
-            try:
-                if json.loads(meta.read_text())["epoch"] >= 1:
-                    return
-            except (ValueError, KeyError, OSError):
-                pass  # being written
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read()}")
-        time.sleep(0.05)
-    pytest.fail("no epoch finished in time")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +46,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         text=True,
     )
     try:
-        _wait_for_epoch(root, first)
+        wait_for_epoch(root, first)
         os.kill(first.pid, signal.SIGKILL)
     finally:
         first.wait(timeout=60)

@@ -24,22 +24,10 @@ pytest.importorskip("pgserver", reason="needs the `team` extra: pip install -e '
 pytest.importorskip("dvc_s3", reason="needs the `team` extra: pip install -e '.[team]'")
 
 from pneumonia.team.servers import BUCKET, CREDENTIALS, S3Server, TeamServers
+from tests.pipeline.test_dvc import TINY  # the bundled sample at 32 px, 2 epochs (~1 min)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "team-test"
-# The bundled sample at 32 px, random init, 2 epochs: the pipeline, not the method (~1 min).
-TINY = {
-    "data.raw": "data/sample/chest_xray",
-    "data.image_size": 32,
-    "validate.table1_counts": False,
-    "balance.target_normal": 130,
-    "model.weights": "none",
-    "model.dense_units": 16,
-    "lr": 1e-4,
-    "train.epochs": 2,
-    "train.batch_size": 32,
-    "evaluate.batch_size": 64,
-}
 
 
 def set_params(repo: Path, overrides: dict[str, object]) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,22 +22,7 @@ from tests.team.conftest import (
     set_params,
     tracking_env,
 )
-
-
-def wait_for_epoch(repo: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
-    """Until the training in `proc` has backed up at least one finished epoch."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for meta in repo.glob("models/.train-backup/*/training_metadata.json"):
-            try:
-                if json.loads(meta.read_text())["epoch"] >= 1:
-                    return
-            except (ValueError, KeyError, OSError):
-                pass  # being written
-        if proc.poll() is not None:
-            pytest.fail("`dvc repro` ended before the server could be killed")
-        time.sleep(0.1)
-    pytest.fail("no epoch finished in time")
+from tests.trainkit import wait_for_epoch
 
 
 @pytest.mark.slow
