@@ -175,7 +175,11 @@ def register_and_gate(name: str, floor: float, run_file: dict[str, Any],
             client.create_registered_model(
                 name, description="Pneumonia classifier (chest X-ray). Aliases: champion "
                 "(passed the gate, used by `pneumonia predict`), challenger (did not).")
-        mv = client.create_model_version(name, model_uri, run_id=run_id)
+        # A tracking server (REST store) refuses a `models:/m-...` source unless model_id names
+        # the logged model it points at ("The model_id request parameter must identify the
+        # resource that contains the source"); the local sqlite store accepts it either way.
+        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+        mv = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
         version = mv.version
         if champ_mv is not None and champ_mv.source == model_uri:
             decision = Decision(CHAMPION, f"the same model as champion version "

@@ -9,6 +9,7 @@ every image, or (inverted) wrong on every image.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,16 @@ def write_project(root: Path, size: int = 32, n: dict[str, int] | None = None,
                          "label": "PNEUMONIA" if positive else "NORMAL",
                          "class": "bacteria" if positive else "normal",
                          "patient_id": f"p{subset}{i}", "subset": subset,
-                         "source_image_id": image_id})
+                         "source_image_id": ""})  # originals (split.csv's contract)
     df = pd.DataFrame(rows)
     df.to_csv(root / "data" / "split.csv", index=False)
+    # data/manifest.csv as ingest writes it (evaluate reads it for the leak-free test subset):
+    # ingest knows only the dataset's train and test folders; split made val out of train.
+    manifest = df.assign(split=df["subset"].replace({"val": "train"}),
+                         sha256=[hashlib.sha256((root / p).read_bytes()).hexdigest()
+                                 for p in df["path"]])
+    manifest[["image_id", "path", "label", "class", "patient_id", "split", "sha256"]].to_csv(
+        root / "data" / "manifest.csv", index=False)
     return df
 
 

@@ -146,7 +146,8 @@ def test_evaluate_stage_registers_and_gates(tmp_path: Path) -> None:
     write_project(root, size=32)
     (root / "models").mkdir()
     # a training run from elsewhere: evaluate logs to a new run and logs the model itself
-    (root / "models" / "mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32}))
+    (root / "models" / "mlflow_run.json").write_text(json.dumps(
+        {"tracking_uri": "sqlite:///elsewhere.db", "experiment_id": "1", "run_id": "0" * 32}))
     outcomes = []
     for model, floor in ((brightness_model(32), 0.9), (brightness_model(32, sign=-1), 0.0),
                          (brightness_model(32, constant=0.9), 0.9)):

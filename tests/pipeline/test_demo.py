@@ -34,13 +34,15 @@ def test_demo_twice(tmp_path: Path) -> None:
         assert f"Running stage '{stage}'" in out
     # Table III printed beside this run's numbers: the sample's 40 NORMAL test images, and the
     # run's accuracy as the experiment recorded it in metrics/evaluate.json.
-    assert "| metric | paper | this run | diff |" in first.stdout
+    assert "| metric | paper [95 % CI] | this run [95 % CI] | verdict |" in first.stdout
     assert "| NORMAL support | 234 | 40 |" in first.stdout
     ref = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     ref = [r for r in ref if not r.startswith("refs/exps/exec")][-1]
     evaluation = json.loads(git(repo, "show", f"{ref}:metrics/evaluate.json"))
     accuracy = evaluation["accuracy"]
-    assert f"| accuracy | 0.96 | {accuracy:.2f} |" in first.stdout
+    accuracy_row = next(line for line in first.stdout.splitlines()
+                        if line.startswith("| accuracy | 0.96 ["))
+    assert f"| {accuracy:.3f} [" in accuracy_row
     # Issue 13: the demo shows the method learning, not a constant classifier: both classes
     # predicted, accuracy >= 0.80 and ROC AUC >= 0.85 on the sample's 100 test images.
     predicted = git(repo, "show", f"{ref}:metrics/predictions.csv").splitlines()[1:]
