@@ -109,14 +109,19 @@ def _check_same_images(runs: list[RunResult]) -> None:
 
 
 def _t_interval(values: list[float]) -> tuple[float | None, float | None]:
-    """95 % t-interval of the mean over seeds (None with fewer than 2 finite values)."""
+    """95 % t-interval of the mean over seeds (None with fewer than 2 finite values).
+
+    Clipped to [0, 1], the range of every REPORT_METRICS entry (proportions and ROC AUC): with 3
+    seeds t(0.975, 2) = 4.30, so a widely spread metric gives an unclipped bound such as a recall
+    of 1.35 (seen in the committed CPU grid), which no run can reach.
+    """
     from scipy import stats
 
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if v.size < 2:
         return None, None
     half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean() - half), float(v.mean() + half)
+    return float(max(0.0, v.mean() - half)), float(min(1.0, v.mean() + half))
 
 
 def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
@@ -225,7 +230,8 @@ def markdown(summary: dict, header: str = "") -> str:
     if header:
         lines += [header, ""]
     lines += [(f"Test set: {summary['n_test_images']} images of {summary['n_test_patients']} "
-               f"patients. Per arm: mean over seeds [95 % t-interval over seeds]. Differences: "
+               "patients. Per arm: mean over seeds [95 % t-interval over seeds, clipped to "
+               "[0, 1]]. Differences: "
                f"arm minus the reference arm `{summary['reference_arm']}`, 95 % interval from "
                f"{summary['n_resamples']} two-level bootstrap resamples (patients, then seeds)."),
               "", "| arm | seeds | " + " | ".join(REPORT_METRICS) + " |",

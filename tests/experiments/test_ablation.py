@@ -108,6 +108,17 @@ def test_only_noise_between_arms_says_so(test_set) -> None:
     assert s["answer"].startswith("No arm differs from the paper's arm")
 
 
+def test_seed_interval_is_the_t_interval_kept_inside_the_metric_range() -> None:
+    from scipy import stats
+
+    low, high = report._t_interval([0.80, 0.82, 0.84])
+    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
+    assert (low, high) == pytest.approx((0.82 - half, 0.82 + half))
+    # three widely spread recalls: the raw t-interval runs past 1 and below 0
+    assert report._t_interval([0.30, 0.99, 0.85]) == (0.0, 1.0)
+    assert report._t_interval([0.9, None]) == (None, None)
+
+
 def test_runs_on_different_test_sets_are_refused(test_set) -> None:
     labels, patients = test_set
     a = _run("abl-a-s1", "x/augmentor/bn-frozen", 1, np.full(300, 0.7), patients, labels)
