@@ -140,7 +140,7 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so
     # fine-tuning does not wreck the ImageNet statistics. In Keras 3.15 the guide's
     # `base(x, training=False)` does NOT do that inside a functional model: fit's training=True
-    # overrides the recorded training=False (keras/src/models/functional.py, operation_fn), and
+    # overrides the recorded training=False (Keras' functional.py, operation_fn), and
     # the moving statistics of trainable BN layers drift (tests/test_model.py measures it). A BN
     # layer with trainable=False always runs in inference mode, so freeze BN layers instead.
     # Random init (weights None): there are no statistics to protect; BN must learn them.
