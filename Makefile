@@ -33,6 +33,10 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check pneumonia stages tests benchmarks
+	# Every third-party import declared, nothing declared unused (pyproject.toml [tool.deptry]);
+	# then the `team` extra's packages imported only in pneumonia/team.
+	$(VENV)/bin/deptry pneumonia stages
+	$(VENV)/bin/deptry pneumonia stages --extend-exclude pneumonia/team --optional-dependencies-dev-groups dev,team
 
 test: install lint
 	$(PY) -m pytest
