@@ -43,4 +43,5 @@ MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow 
 
 LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
 CLASSES = ("normal", "bacteria", "virus")
+UNSPECIFIED = "unspecified"  # `data.layout: folders`: a PNEUMONIA image whose cause is unrecorded
 BACKBONES = ("densenet201", "densenet121", "resnet50")
