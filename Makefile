@@ -53,10 +53,10 @@ lock-upgrade: $(UV)
 demo: install
 	$(PY) -m pneumonia demo
 
+# ruff; then deptry: every third-party import declared, nothing declared unused (pyproject.toml
+# [tool.deptry]), and the `team` extra's packages imported only in pneumonia/team.
 lint: install
 	$(VENV)/bin/ruff check pneumonia stages tests benchmarks
-	# Every third-party import declared, nothing declared unused (pyproject.toml [tool.deptry]);
-	# then the `team` extra's packages imported only in pneumonia/team.
 	$(VENV)/bin/deptry pneumonia stages
 	$(VENV)/bin/deptry pneumonia stages --extend-exclude pneumonia/team --optional-dependencies-dev-groups dev,team
 
