@@ -200,6 +200,9 @@ class AblationParams:
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
+    # binary: NORMAL vs PNEUMONIA (the paper); three_class: normal / bacteria / virus (softmax),
+    # P(PNEUMONIA) = P(bacteria) + P(virus). Top level for `dvc exp run -S task=three_class`.
+    task: Literal["binary", "three_class"] = "binary"
     ingest: IngestParams = IngestParams()
     validate: ValidateParams = ValidateParams()
     balance: BalanceParams = BalanceParams()
