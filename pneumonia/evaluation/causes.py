@@ -24,7 +24,6 @@ import numpy as np
 
 from pneumonia.stats.multiclass import (
     CAUSE_METRICS,
-    CAUSE_RECALLS,
     CLASSES,
     PNEUMONIA_CAUSES,
     cause_metrics,
@@ -138,14 +137,6 @@ def three_class_markdown(metrics: dict[str, Any], cm: np.ndarray) -> str:
         "only, on their test set (no interval given)."),
     ]
     return "\n".join(lines) + "\n"
-
-
-def mlflow_cause_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The per-cause and three-class numbers of evaluate.json, as MLflow metrics `test_...`."""
-    supports = {f"{c}_support" for c in PNEUMONIA_CAUSES}
-    keys = [k for k in metrics if k.startswith((PREFIX, *CAUSE_RECALLS)) or k in supports]
-    return {f"test_{k}": float(metrics[k]) for k in keys
-            if isinstance(metrics[k], (int, float)) and not isinstance(metrics[k], bool)}
 
 
 def plot_confusion3(cm: np.ndarray, path: Path, title: str) -> None:

@@ -171,6 +171,15 @@ def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> An
     )
 
 
+def conformal_config(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The conformal calibration a served model carries (model config `conformal`), from
+    evaluate.json's keys; None without one."""
+    if metrics.get("conformal_qhat") is None:
+        return None
+    return {"alpha": float(metrics["conformal_alpha"]), "qhat": float(metrics["conformal_qhat"]),
+            "n_calibration": int(metrics["conformal_n_calibration"])}
+
+
 def output_width(keras_file: Path) -> int:
     """Units of the model's `pneumonia` head (1 or 3), read from the .keras archive's
     config.json: no TensorFlow import, no weights loaded. 1 when the layer is not found."""

@@ -146,3 +146,27 @@ def cause_recalls(classes: ArrayLike, called_pneumonia: ArrayLike, groups: Array
     w = patient_weights(groups, n, n_resamples, seed)
     return _intervals(lambda ws: cause_recall_distributions(ws, classes, called_pneumonia), w,
                       level)
+
+
+def paired_cause_recalls(classes: ArrayLike, called_a: ArrayLike, called_b: ArrayLike,
+                         groups: ArrayLike | None, n_resamples: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Two models on the same images: each cause's PNEUMONIA recall, delta = b - a, with the
+    interval from one patient-grouped bootstrap for both (the weights ``paired_deltas`` draws
+    with the same seed). Same row layout as ``bootstrap.paired_deltas``."""
+    from pneumonia.stats.bootstrap import percentile_interval
+    from pneumonia.stats.significance import paired_verdict
+
+    n = np.asarray(classes).size
+    w = patient_weights(groups, n, n_resamples, seed)
+    point_a = cause_recall_distributions(np.ones((1, n)), classes, called_a)
+    point_b = cause_recall_distributions(np.ones((1, n)), classes, called_b)
+    boot_a = cause_recall_distributions(w, classes, called_a)
+    boot_b = cause_recall_distributions(w, classes, called_b)
+    out: dict[str, dict[str, Any]] = {}
+    for m in CAUSE_RECALLS:
+        low, high, undefined = percentile_interval(boot_b[m] - boot_a[m], level)
+        a, b = float(point_a[m][0]), float(point_b[m][0])
+        out[m] = {"a": a, "b": b, "delta": b - a, "ci_low": low, "ci_high": high,
+                  "n_undefined": undefined, "verdict": paired_verdict(low, high)}
+    return out

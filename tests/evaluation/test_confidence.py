@@ -73,8 +73,5 @@ def test_recall_by_cause_and_three_class_report(tmp_path: Path) -> None:
     assert three["cause_virus_support"] == 4 and three["cause_undefined"] == ""
     text = causes.three_class_markdown(three, cm)
     assert "| bacteria | 0 | 3 | 1 |" in text and "0.907" in text
-    mlflow = causes.mlflow_cause_metrics(m | three)
-    assert mlflow["test_cause_accuracy"] == pytest.approx(0.75)
-    assert "test_PNEUMONIA_recall_virus_ci_low" in mlflow and "test_cause_undefined" not in mlflow
     causes.plot_confusion3(cm, tmp_path / "cm.png", "t")
     assert (tmp_path / "cm.png").is_file()
