@@ -195,7 +195,8 @@ def explain_test_cases(model_file: Path, rows: Any, prob: np.ndarray, actual: np
         log.warning("no Grad-CAM overlays: %s", exc)
         return []
     x = np.stack([to_input(Path(rows["path"].iloc[i]).read_bytes(), size) for i, _ in cases])
-    cams, probs = cam_model(x)
+    # The cases are picked by P(PNEUMONIA): a three-class model's map is of the binary view.
+    cams, probs = cam_model(x, "pneumonia" if cam_model.softmax_head else None)
     written = []
     for (i, kind), img, cam, p in zip(cases, x, cams, probs, strict=True):
         actual_label = LABELS[int(actual[i])]
