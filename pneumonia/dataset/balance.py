@@ -7,6 +7,10 @@ data/balanced/NORMAL/{source_id}_aug{k:02d}.png. Augmentor's own `Pipeline.sampl
 multi-threaded and names files with uuid4, so its output is not reproducible; instead each image is
 transformed by Augmentor's operations directly, with Python's `random` and NumPy's global RNG seeded
 from a SHA-256 of (balance.seed, source id, k): same bytes on rerun, serial or parallel.
+
+`task: three_class`: every class smaller than the largest is grown to the largest one's count
+(`class_targets`), each from its own class's images; generated bacterial / viral images are
+written to data/balanced/PNEUMONIA/.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ validation holds generated NORMAL images too. `false` splits the original images
 is all originals, a generated image goes to train with its source's group, and one whose source's
 group is in validation is left out (in train it would be a distorted copy of a validation image).
 
+`task: three_class` stratifies by class (normal / bacteria / virus) instead of by label, so each
+cause gets its share of validation images; split.json then adds `class_counts`.
+
 Method: per label, the patients are shuffled (seeded by split.seed and the label) and taken into
 validation greedily while they fit under that label's target count. With thousands of small patient
 groups this hits the targets to within a few images, so the validation share and the NORMAL share

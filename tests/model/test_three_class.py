@@ -120,7 +120,7 @@ def test_softmax_head_loss_and_gradcam_per_class() -> None:
     assert 6 * w[0] == pytest.approx(4 * w[1]) == pytest.approx(2 * w[2])
 
 
-def test_served_answer_and_predict_columns(tmp_path: Path, capsys) -> None:
+def test_served_answer_and_predict_columns(tmp_path: Path, capsys, monkeypatch) -> None:
     """The served table and `pneumonia predict`: three probabilities, P(PNEUMONIA) = bacteria +
     virus, the label at the threshold, and the conformal set when a calibration is given."""
     from pneumonia.cli import main
@@ -154,3 +154,23 @@ def test_served_answer_and_predict_columns(tmp_path: Path, capsys) -> None:
         assert row["class"] in ("normal", "bacteria", "virus")
         assert sum(row[f"p_{c}"] for c in ("normal", "bacteria", "virus")) == \
             pytest.approx(1, abs=1e-5)
+        assert "prediction_set" not in row  # no calibration for a model file from elsewhere
+
+    # The workspace's model: evaluate's calibration (metrics/evaluate.json) gives each image a set
+    workspace = tmp_path / "ws"
+    (workspace / "models").mkdir(parents=True)
+    (workspace / "metrics").mkdir()
+    model_file.rename(workspace / "models/model.keras")
+    (workspace / "metrics/evaluate.json").write_text(json.dumps(
+        {"threshold": 0.5, "conformal_qhat": 0.4}))
+    monkeypatch.chdir(workspace)
+    with pytest.raises(SystemExit) as done:
+        main(["predict", *map(str, images), "--model", "models/model.keras", "--out", "p.json"])
+    assert done.value.code == 0, capsys.readouterr().err
+    doc = json.loads((workspace / "p.json").read_text())
+    assert doc["conformal"]["qhat"] == 0.4
+    for row in doc["predictions"]:
+        p = row["probability"]
+        expected = [lbl for lbl, q in (("NORMAL", 1 - p), ("PNEUMONIA", p)) if q >= 0.6]
+        assert row["prediction_set"] == "|".join(expected)
+        assert row["refer"] == (len(expected) != 1)
