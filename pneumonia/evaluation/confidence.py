@@ -131,6 +131,10 @@ def markdown(m: dict[str, Any]) -> str:
         "",
         f"The coverage guarantee {said}",
     ]
+    if m.get(PREFIX + "referral_rate") == 1.0:
+        lines.append("Every test image is referred: the sets cover by holding both labels and "
+                     "say nothing about the model (too few calibration images for this alpha, "
+                     "or a model no better than chance on them).")
     return "\n".join(lines) + "\n"
 
 
