@@ -191,7 +191,7 @@ def run(params: Params) -> dict[str, int]:
         "normal_before": normal_before,
         "pneumonia": int((train.label == "PNEUMONIA").sum()),
         "generated": len(generated),
-        "normal_after": normal_before + len(generated),
+        "normal_after": normal_before + int((generated["class"] == "normal").sum()),
         "target": target,
         "method": p.method,
     }
@@ -201,7 +201,7 @@ def run(params: Params) -> dict[str, int]:
         metrics |= {"task": params.task, "class_targets": targets, "class_before": before,
                     "class_after": {c: before[c] + made[c] for c in CLASSES}}
     write_json(metrics, BALANCE_JSON)
-    log.info("generated %d NORMAL images: %d -> %d", len(generated), normal_before,
+    log.info("generated %d images; NORMAL %d -> %d", len(generated), normal_before,
              metrics["normal_after"])
     return metrics
 

@@ -60,6 +60,7 @@ def test_balance_and_split_on_the_sample(workdir: Path, mini_raw: Path) -> None:
     assert metrics["class_before"] == {"normal": 7, "bacteria": 5, "virus": 2}
     assert metrics["class_after"] == {"normal": 7, "bacteria": 7, "virus": 7}
     assert metrics["class_targets"] == {"bacteria": 7, "virus": 7}  # target_normal unused
+    assert metrics["normal_after"] == 7 and metrics["generated"] == 7
     generated = pd.read_csv(BALANCED_MANIFEST, keep_default_na=False)
     assert sorted(generated["class"]) == ["bacteria"] * 2 + ["virus"] * 5
     assert set(generated.label) == {"PNEUMONIA"}
