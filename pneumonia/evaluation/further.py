@@ -56,7 +56,9 @@ def evaluate_further(task: str, test_classes: Any, outputs: np.ndarray, prob: np
         cm = causes.confusion3(test_classes, outputs)
         metrics |= three
         markdown += "\n" + causes.three_class_markdown(three, cm)
-    conformal, sets, curve = confidence.evaluate_sets(*val, prob, y_true, groups, alpha, **boot)
+    val_y, val_prob, val_groups = val
+    conformal, sets, curve = confidence.evaluate_sets(val_prob, val_y, val_groups, prob, y_true,
+                                                      groups, alpha, **boot)
     metrics |= conformal
     markdown += "\n" + confidence.markdown(conformal)
     return Further(metrics, markdown, sets, curve, cm)

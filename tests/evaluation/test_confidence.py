@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumonia.evaluation import causes, confidence
+from pneumonia.evaluation import causes, confidence, further
+from pneumonia.stats.conformal import binary_probs, calibrate
 
 
 def _binary(rng: np.random.Generator, n: int, shift: float = 0.0):
@@ -75,3 +76,24 @@ def test_recall_by_cause_and_three_class_report(tmp_path: Path) -> None:
     assert "| bacteria | 0 | 3 | 1 |" in text and "0.907" in text
     causes.plot_confusion3(cm, tmp_path / "cm.png", "t")
     assert (tmp_path / "cm.png").is_file()
+
+
+def test_evaluate_further_calibrates_on_the_validation_images() -> None:
+    """evaluate's wiring: the sets are calibrated on the validation (y, P) given, and applied to
+    the test images (a swapped argument once calibrated on labels used as probabilities)."""
+    rng = np.random.default_rng(8)
+    val_p, val_y, val_g = _binary(rng, 300)
+    test_p, test_y, test_g = _binary(rng, 200)
+    classes = np.where(test_y == 1, np.where(np.arange(200) % 3 == 0, "virus", "bacteria"),
+                       "normal")
+    out = further.evaluate_further("binary", classes, test_p[:, None], test_p, test_y,
+                                   (test_p >= 0.5).astype(int), test_g, (val_y, val_p, val_g),
+                                   0.1, 300, 0)
+    expected = calibrate(binary_probs(val_p), val_y, 0.1)
+    assert out.metrics["conformal_qhat"] == expected.qhat < 1.0
+    assert out.metrics["conformal_n_calibration"] == 300
+    assert out.metrics["PNEUMONIA_recall_virus"] == pytest.approx(
+        (test_p[classes == "virus"] >= 0.5).mean())
+    assert out.prediction_columns(test_p[:, None])["prediction_set"][0] in (
+        "NORMAL", "PNEUMONIA", "NORMAL|PNEUMONIA", "")
+    assert "## Prediction sets" in out.markdown and out.confusion3 is None
