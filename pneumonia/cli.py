@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
     "explain": ("pneumonia.inference.explain",
                 "Grad-CAM heatmap overlays: where in the image the model looked"),
+    "robustness": ("pneumonia.evaluation.robustness",
+                   ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
+                   "inversion): paired differences from the clean test set, with intervals")),
 }
 
 

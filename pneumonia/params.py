@@ -194,6 +194,10 @@ class EvaluateParams:
     # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.
     explain_max_errors: int = field(default=6, metadata=_nonneg)
     explain_correct_per_class: int = field(default=1, metadata=_nonneg)
+    # Split conformal prediction sets (pneumonia.evaluation.confidence): calibrated on the
+    # validation originals so that a set holds the true label for >= 1 - alpha of images
+    # exchangeable with them; a set that is not one label = refer to a radiologist.
+    conformal_alpha: float = field(default=0.05, metadata=_frac_open)
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,9 @@ class AblationParams:
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
+    # binary: NORMAL vs PNEUMONIA (the paper); three_class: normal / bacteria / virus (softmax),
+    # P(PNEUMONIA) = P(bacteria) + P(virus). Top level for `dvc exp run -S task=three_class`.
+    task: Literal["binary", "three_class"] = "binary"
     ingest: IngestParams = IngestParams()
     validate: ValidateParams = ValidateParams()
     balance: BalanceParams = BalanceParams()

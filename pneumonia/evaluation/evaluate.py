@@ -21,6 +21,12 @@ pneumonia.evaluation.metrics). Outputs:
   metrics/pr.csv (DVC plots, pneumonia.evaluation.plots). Everything is also logged to the
   pipeline's MLflow run (names: pneumonia.evaluation.mlflow_names).
 
+The paper's further work in every evaluation (pneumonia.evaluation.further): PNEUMONIA recall by
+cause (bacteria / virus), the three-class report of a `task: three_class` model (whose binary
+view, P(PNEUMONIA) = P(bacteria) + P(virus), is what Table III and everything above score), and
+split conformal prediction sets calibrated on the validation originals
+(`evaluate.conformal_alpha`; metrics/risk_coverage.csv).
+
 After that the model is registered and gated (pneumonia.registry: champion or challenger,
 metrics/registry.json), and Grad-CAM overlays of test errors and correct cases are written to
 metrics/gradcam/ (pneumonia.inference.gradcam).
@@ -39,6 +45,7 @@ import pandas as pd
 
 from pneumonia import registry, tracking
 from pneumonia.errors import PipelineError
+from pneumonia.evaluation import further
 from pneumonia.evaluation.metrics import (
     LEVEL,
     THRESHOLD_METRICS,
@@ -61,6 +68,7 @@ from pneumonia.evaluation.plots import (
 from pneumonia.evaluation.reports import report_text, table3_report
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
+from pneumonia.model.tasks import pneumonia_probability, task_of
 from pneumonia.params import Params, flatten
 from pneumonia.paths import (
     CONFUSION_PNG,
@@ -90,14 +98,21 @@ def load_model() -> Any:
     return keras.saving.load_model(MODEL_FILE, compile=False)
 
 
-def predict(params: Params, rows: pd.DataFrame, model: Any = None) -> np.ndarray:
-    """P(PNEUMONIA) per row, in the rows' order."""
+def predict_outputs(params: Params, rows: pd.DataFrame, model: Any = None) -> np.ndarray:
+    """The model's raw outputs per row, in the rows' order: (n, 1) P(PNEUMONIA), or a
+    three-class model's (n, 3) P(normal, bacteria, virus)."""
     model = model if model is not None else load_model()
     size = int(model.input_shape[1])
     check_images(rows, size)
     ds = make_dataset(rows, size, params.evaluate.batch_size, training=False)
     ds = ds.map(lambda x, y: x)  # images only
-    return np.asarray(model.predict(ds, verbose=0), dtype=float).reshape(-1)
+    out = np.asarray(model.predict(ds, verbose=0), dtype=float)
+    return out.reshape(len(out), -1)
+
+
+def predict(params: Params, rows: pd.DataFrame, model: Any = None) -> np.ndarray:
+    """P(PNEUMONIA) per row, in the rows' order (a three-class model's bacteria + virus)."""
+    return pneumonia_probability(predict_outputs(params, rows, model))
 
 
 def validation_originals(df: pd.DataFrame) -> pd.DataFrame:
@@ -180,19 +195,25 @@ def run(params: Params) -> dict[str, Any]:
         log.warning(warning)
 
     model = load_model()
-    prob = predict(params, rows, model)
+    if task_of(model) != params.task:
+        raise PipelineError(f"{MODEL_FILE} answers the {task_of(model)} task but params.yaml "
+                            f"says `task: {params.task}`: run `dvc repro` to train for it.")
+    outputs = predict_outputs(params, rows, model)
+    prob = pneumonia_probability(outputs)
     y_true = np.asarray(labels_of(rows))
     groups = rows["patient_id"].astype(str).to_numpy()
     y_pred = predict_labels(prob, t)
 
+    # The validation originals: the conformal calibration set, and where a threshold is chosen.
+    val = validation_originals(df)
+    log.info("predicting %d validation images (conformal calibration, threshold rule %s)",
+             len(val), e.threshold_rule)
+    val_prob = predict(params, val, model)
     n_validation = None
     if e.threshold_rule == "fixed":
         chosen = t
     else:
-        val = validation_originals(df)
-        log.info("predicting %d validation images to choose the threshold (%s)", len(val),
-                 e.threshold_rule)
-        chosen = choose_threshold(params, np.asarray(labels_of(val)), predict(params, val, model))
+        chosen = choose_threshold(params, np.asarray(labels_of(val)), val_prob)
         n_validation = len(val)
         log.info("threshold chosen on validation: %.4f", chosen)
 
@@ -218,6 +239,11 @@ def run(params: Params) -> dict[str, Any]:
         "excluded_duplicate_of_train": int(leaks["duplicate_of_train"].sum()),
     }
     metrics.update({f"leakfree_{k}": v for k, v in leak_counts.items()})
+    extra = further.evaluate_further(
+        params.task, rows["class"].astype(str).to_numpy(), outputs, prob, y_true, y_pred, groups,
+        (np.asarray(labels_of(val)), val_prob, val["patient_id"].astype(str).to_numpy()),
+        e.conformal_alpha, **boot)
+    metrics.update(extra.metrics)
     write_json(metrics, EVALUATE_JSON)
 
     table3 = table3_report(
@@ -229,7 +255,7 @@ def run(params: Params) -> dict[str, Any]:
         warning,
     )
     write_json(table3, TABLE3_JSON)
-    markdown = table3_markdown(table3)
+    markdown = table3_markdown(table3) + "\n" + extra.markdown
     TABLE3_MD.write_text(markdown, encoding="utf-8")
 
     # One row per test image, kept in git (a DVC plot with cache: false): DVC's confusion plot
@@ -243,6 +269,7 @@ def run(params: Params) -> dict[str, Any]:
             "actual": rows["label"],
             "predicted": [LABELS[i] for i in y_pred],
             "probability": np.round(prob, 6),
+            **extra.prediction_columns(outputs),
         }
     ).sort_values("image_id")
     predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
@@ -253,6 +280,7 @@ def run(params: Params) -> dict[str, Any]:
     pr.to_csv(PR_CSV, index=False, lineterminator="\n")
     cm = confusion(y_true, y_pred)
     plot_confusion(cm, CONFUSION_PNG, f"Test set, threshold {t:g} (n = {len(rows)})")
+    further.write_outputs(extra)
     report = report_text(metrics)
 
     import mlflow
@@ -282,6 +310,7 @@ def run(params: Params) -> dict[str, Any]:
                 png = Path(tmp) / "calibration.png"
                 plot_calibration(reliability, pr, png, f"n = {len(rows)} test images")
                 mlflow.log_artifact(str(png), artifact_path="evaluate")
+        further.log_artifacts(extra, len(rows))
         if VALIDATION_JSON.is_file():
             mlflow.log_artifact(str(VALIDATION_JSON), artifact_path="validate")
         mlflow.set_tag("evaluate.threshold", f"{t:g}")

@@ -10,7 +10,9 @@ from pneumonia.evaluation.paper import metric_name
 
 # evaluate.json keys that are settings, not measurements (params, or a string): not MLflow metrics.
 SETTINGS = ("threshold", "threshold_rule", "bootstrap_resamples", "seed", "ci_level",
-            "undefined", "leakfree_undefined", "chosen_undefined", "threshold_warning")
+            "undefined", "leakfree_undefined", "chosen_undefined", "threshold_warning",
+            # pneumonia.evaluation.further: the task, words, and the conformal alpha (a param)
+            "task", "cause_undefined", "conformal_alpha", "conformal_coverage_verdict")
 
 
 def mlflow_metrics(metrics: dict[str, Any], table3: dict[str, Any]) -> dict[str, float]:

@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -276,6 +276,7 @@ def make_dataset(
     seed: int = 0,
     augment: AugmentParams | None = None,
     epochs: tuple[int, int] = (0, 1),
+    targets: Any = None,
 ) -> tf.data.Dataset:
     """Batched (float32 image in 0..255, float32 label) dataset for split rows.
 
@@ -284,15 +285,17 @@ def make_dataset(
     batch's augmentation are drawn statelessly from (seed, epoch[, batch index]): two datasets
     built alike yield identical batches, and a run resumed at epoch k sees exactly the epochs
     an uninterrupted run would have. Otherwise one pass in the rows' order (predictions line up
-    with `rows`).
+    with `rows`). `targets`: (N, K) float targets instead of the 0/1 labels.
     """
     import keras
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
     paths = tf.constant(rows["path"].tolist())
-    # (N, 1) targets, the shape of the model's single sigmoid output.
-    labels = tf.constant([[y] for y in labels_of(rows)], dtype=tf.float32)
+    # (N, 1) targets, the shape of the model's single sigmoid output; or the caller's `targets`
+    # (a three-class softmax's (N, 3) one-hot rows: pneumonia.model.tasks.targets).
+    labels = tf.constant(targets if targets is not None else [[y] for y in labels_of(rows)],
+                         dtype=tf.float32)
 
     def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint8)
