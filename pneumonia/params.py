@@ -44,6 +44,12 @@ class DataParams:
     image_size: int = field(
         default=224, metadata=_ck(lambda v: 32 <= v <= 1024, "must be between 32 and 1024 pixels")
     )
+    # Decompression-bomb cap for every decoder (ingest, predict, the served model): an image whose
+    # header announces more pixels is refused before decoding. At most 89: Pillow refuses more
+    # than 89.5 MP (Image.MAX_IMAGE_PIXELS) anyway.
+    max_megapixels: float = field(
+        default=50.0, metadata=_ck(lambda v: 0 < v <= 89, "must be > 0 and at most 89")
+    )
 
 
 @dataclass(frozen=True)

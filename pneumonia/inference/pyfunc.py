@@ -6,7 +6,14 @@ text; it is decoded exactly as ingest decodes training images (`sources.to_input
 has one row per image: `probability` (P(PNEUMONIA)), `label` (NORMAL/PNEUMONIA) and the
 `threshold` used (the one recorded when the model was logged, or the request's
 `params: {"threshold": t}`). A bad image fails the request with HTTP 400 and a message naming
-the row and the problem.
+the row and the problem (never a stack trace).
+
+Limits, recorded in the model's config when it is logged (`model_config`) and checked before
+anything is decoded, each a 400 with its name: `max_rows` images per request, `max_request_mb`
+MB of image bytes per request (from the base64 text's length), and `max_megapixels` per image
+(params.yaml `data.max_megapixels`, from the image's header). The scoring server itself reads
+the whole request body before the model sees it: cap the body size in front of it (a reverse
+proxy), see docs/security.md.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
 with the code it was trained with. `log_model` is what the train stage calls.
@@ -25,10 +32,32 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS
+
 IMAGE_COLUMN = "image"
 ARTIFACT = "keras_model"
 BATCH = 32
 DEFAULT_THRESHOLD = 0.5
+# Per request. 64 images are ~10 s of DenseNet201 on 2 CPU cores; 64 MB holds the largest
+# uncompressed detector DICOMs (43 x 43 cm at 100 um, 16 bit: ~37 MB) one at a time.
+DEFAULT_MAX_ROWS = 64
+DEFAULT_MAX_REQUEST_MB = 64.0
+
+
+def check_request(values: list[Any], max_rows: int, max_request_mb: float) -> None:
+    """Refuse a request over the row or size limit before decoding anything (ValueError)."""
+    if len(values) > max_rows:
+        raise ValueError(
+            f"too many images: {len(values)} rows, the served model takes at most {max_rows} per "
+            "request (model config `max_rows`); split the request")
+    # base64 holds 3 bytes in 4 characters: the decoded size, known before decoding.
+    size = sum(len(v) * 3 // 4 if isinstance(v, str) else len(v)
+               for v in values if isinstance(v, (str, bytes, bytearray)))
+    if size > max_request_mb * 1e6:
+        raise ValueError(
+            f"request too large: the images total {size / 1e6:.1f} MB, over the limit of "
+            f"{max_request_mb:g} MB per request (model config `max_request_mb`); send fewer or "
+            "smaller images per request")
 
 
 def decode_column(values: Any) -> list[bytes]:
@@ -56,7 +85,11 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts[ARTIFACT], compile=False)
         self.size = int(self.model.input_shape[1])
-        self.threshold = float((context.model_config or {}).get("threshold", 0.5))
+        config = context.model_config or {}
+        self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
+        self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
+        self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
+        self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
 
     def predict(self, context, model_input, params=None):  # MLflow's signature, untyped
         from mlflow.exceptions import MlflowException
@@ -65,6 +98,9 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         from pneumonia.paths import LABELS
 
         threshold = float((params or {}).get("threshold", self.threshold))
+        if not 0 < threshold < 1:
+            raise MlflowException.invalid_parameter_value(
+                f"params.threshold is {threshold}: it must be strictly between 0 and 1")
         if isinstance(model_input, pd.DataFrame):
             if IMAGE_COLUMN not in model_input.columns:
                 raise MlflowException.invalid_parameter_value(
@@ -74,12 +110,19 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         else:
             values = list(model_input)
         try:
+            check_request(values, self.max_rows, self.max_request_mb)
+        except ValueError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+        try:
             arrays = []
             for i, data in enumerate(decode_column(values)):
                 try:
-                    arrays.append(to_input(data, self.size))
+                    arrays.append(to_input(data, self.size, self.max_megapixels))
                 except ValueError as exc:
                     raise ValueError(f"row {i}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - a 400 naming the row, never a trace
+                    raise ValueError(f"row {i}: cannot decode this image "
+                                     f"({type(exc).__name__}: {exc})") from None
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
         probs = predict_arrays(self.model, arrays)
@@ -135,9 +178,19 @@ def signature(threshold: float) -> Any:
     )
 
 
-def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
+def log_model(keras_file: Path, threshold: float, name: str = "model",
+              max_megapixels: float | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+              max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
-    model URI (`models:/m-<id>`)."""
+    model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
+    is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
+    params.yaml is), else the default."""
+    from pneumonia.inference.sources import params_max_megapixels
+
+    if max_megapixels is None:
+        max_megapixels, _ = params_max_megapixels()
+    config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
+              "max_rows": int(max_rows), "max_request_mb": float(max_request_mb)}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -147,7 +200,7 @@ def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
             python_model=PneumoniaModel(),
             artifacts={ARTIFACT: str(keras_file)},
             code_paths=[str(code)],
-            model_config={"threshold": float(threshold)},
+            model_config=config,
             signature=signature(threshold),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
