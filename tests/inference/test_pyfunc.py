@@ -23,11 +23,10 @@ THRESHOLD = 0.6  # logged; not the 0.5 fallback a served model would use without
 
 
 @pytest.fixture(scope="module")
-def served_half(tmp_path_factory: pytest.TempPathFactory,
-                champion_store: dict[str, str]) -> Any:
+def half_uri(tmp_path_factory: pytest.TempPathFactory, champion_store: dict[str, str]) -> str:
     """A model answering exactly 0.5 (sigmoid(0)) for every image, logged with threshold 0.6
     and small limits (1 MP, 3 rows, 0.5 MB) into the session's store (creating a sqlite store
-    takes seconds), loaded back as MLflow serves it."""
+    takes seconds)."""
     import mlflow
 
     from pneumonia.inference.pyfunc import log_model
@@ -37,9 +36,16 @@ def served_half(tmp_path_factory: pytest.TempPathFactory,
     mlflow.set_tracking_uri(champion_store["uri"])
     exp = mlflow.get_experiment_by_name("t").experiment_id
     with mlflow.start_run(experiment_id=exp):
-        uri = log_model(keras_file, THRESHOLD, max_megapixels=1.0, max_rows=3,
-                        max_request_mb=0.5)
-    return mlflow.pyfunc.load_model(uri)
+        return log_model(keras_file, THRESHOLD, max_megapixels=1.0, max_rows=3,
+                         max_request_mb=0.5)
+
+
+@pytest.fixture(scope="module")
+def served_half(half_uri: str) -> Any:
+    """That model loaded back as `mlflow models serve` loads it."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(half_uri)
 
 
 def frame(*images: bytes) -> pd.DataFrame:
@@ -117,3 +123,15 @@ def test_hostile_dicom_attributes_are_a_400_naming_the_attribute(served_half: An
 def test_the_served_model_keeps_answering_after_bad_requests(served_half: Any) -> None:
     refused(served_half, frame(dicom_bomb(8192, 8192)))
     assert served_half.predict(frame(image()))["probability"].tolist() == [0.5]
+
+
+def test_an_operator_lowers_the_limits_when_serving(half_uri: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's MLFLOW_PYFUNC_INFERENCE_CONFIG overrides logged config keys at load time (also
+    for `mlflow models serve`): the limits change without logging the model again."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"max_rows": 1, "max_megapixels": 0.001}')
+    model = mlflow.pyfunc.load_model(half_uri)
+    assert "at most 1 per request" in refused(model, frame(image(), image()))
+    assert "over the limit of 0.001 megapixels" in refused(model, frame(image()))  # 40 x 40
