@@ -104,10 +104,15 @@ def _integer(ds: Any, keyword: str, default: int | None, lo: int, hi: int) -> in
 def _check_lut(ds: Any, sequence: str, depths: tuple[int, ...]) -> bool:
     """A LUT sequence's first item is complete (pydicom reads only that one), else ValueError
     naming the attribute. False when the sequence is absent or empty."""
+    from pydicom.dataset import Dataset
+
     items = _value(ds, sequence)
     if not items:
         return False
-    item = items[0]
+    item = items[0] if hasattr(items, "__getitem__") else None
+    if not isinstance(item, Dataset):  # e.g. written with VR UN: bytes, not a sequence
+        raise ValueError(  # noqa: TRY004 - bad input, reported like every other
+            f"DICOM attribute {tag_name(sequence)} is not a sequence of items")
     where = f"{tag_name(sequence)} item 1: "
     descriptor = _numbers(item, "LUTDescriptor", where)
     if descriptor is None or len(descriptor) != 3:
