@@ -57,6 +57,12 @@ class DataParams:
     # patients, per label) drawn for test at ingest, before balancing can see them.
     test_fraction: float = field(default=0.2, metadata=_frac_open)
     test_seed: int = 42
+    # Decompression-bomb cap for every decoder (ingest, predict, the served model): an image whose
+    # header announces more pixels is refused before decoding. At most 89: Pillow refuses more
+    # than 89.5 MP (Image.MAX_IMAGE_PIXELS) anyway.
+    max_megapixels: float = field(
+        default=50.0, metadata=_ck(lambda v: 0 < v <= 89, "must be > 0 and at most 89")
+    )
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tracemalloc
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +103,41 @@ def tree_hashes(*paths: Path) -> dict[str, str]:
     return out
 
 
-def big_png(path: Path, side: int = 10_000) -> Path:
-    """A valid 1-bit PNG of side x side pixels (100 M pixels by default: over Pillow's
-    decompression-bomb warning limit of ~89 M), a few kB on disk."""
+def zeros_png(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A valid grayscale PNG of width x height black pixels (bit depth 1, 8 or 16), a few hundred
+    kB at most on disk whatever it announces: rows are deflated as a stream, never held."""
     import struct
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    row = b"\x00" * (1 + (side + 7) // 8)
+    row = b"\x00" * (1 + (width * bit_depth + 7) // 8)
     comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def peak_traced_mb(call: Callable[[], Any]) -> float:
+    """Peak memory Python and NumPy allocated during `call()` (tracemalloc), in MB; a
+    ValueError from it is expected (a refused input)."""
+    tracemalloc.start()
+    try:
+        call()
+    except ValueError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak / 1e6
+
+
+def big_png(path: Path, side: int = 10_000) -> Path:
+    """A valid 1-bit PNG of side x side pixels (100 M pixels by default: over Pillow's
+    decompression-bomb warning limit of ~89 M), a few kB on disk."""
+    path.write_bytes(zeros_png(side, side))
     return path
 
 

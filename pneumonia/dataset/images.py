@@ -5,6 +5,11 @@ truncated file is an error, never half an image; `open_image`, which reads DICOM
 `pneumonia.dataset.dicom`), converted to 8-bit grayscale (`to_gray8`) and squashed to size x size
 with Pillow's antialiased LANCZOS filter (`squash`); `decode_one` does all three, for ingest and
 for `pneumonia predict` / the served model alike. `encode_png` writes the ingested images.
+
+Decompression bombs: a few kB of PNG or deflated DICOM can announce billions of pixels. The size
+is read from the header first (Pillow's `Image.open` parses only the header; DICOM: Rows x
+Columns x NumberOfFrames) and an image over `max_megapixels` (params.yaml `data.max_megapixels`,
+default 50) is refused before a single pixel is decoded (`check_pixels`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pneumonia.params import DataParams
+
 # LANCZOS is antialiased: downsampling the ~2000 px originals keeps fine lung texture without
 # aliasing (bilinear/nearest, as Keras' loader uses by default, alias on 10x reductions).
 RESIZE_METHOD = "Pillow LANCZOS (antialiased), aspect ratio squashed like Keras target_size"
@@ -24,6 +31,24 @@ _RESAMPLE = Image.Resampling.LANCZOS
 PNG_ZLIB_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_UP = 2
+# The pixel cap (params.yaml data.max_megapixels): one default for ingest, predict and the
+# served model. 50 MP is 2.5x the largest detector (43 x 43 cm at 100 um, ~18.5 MP).
+DEFAULT_MAX_MEGAPIXELS: float = DataParams.max_megapixels
+LIMIT_KEY = "data.max_megapixels"
+
+
+def check_pixels(width: int, height: int, frames: int, max_megapixels: float,
+                 source: str = "image header") -> None:
+    """Refuse an image whose header announces more than `max_megapixels` million pixels
+    (width x height x frames), before anything is decoded. ValueError naming the limit."""
+    pixels = width * height * frames
+    if pixels > max_megapixels * 1e6:
+        size = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ValueError(
+            f"image too large: the {source} says {size} = {pixels / 1e6:.1f} megapixels, over "
+            f"the limit of {max_megapixels:g} megapixels ({LIMIT_KEY}); refused before "
+            "decoding (a decompression bomb, or not an X-ray). Downscale the image, or raise "
+            f"{LIMIT_KEY} in params.yaml if it is genuine")
 
 
 def to_gray8(img: Image.Image) -> Image.Image:
@@ -39,11 +64,24 @@ def to_gray8(img: Image.Image) -> Image.Image:
     if mode in ("LA", "La"):
         return img.getchannel("L")
     if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img, dtype=np.int64)
         # Pillow opens 16-bit PNGs as I;16 or I; both hold values up to 65535.
-        max_value = 65535 if arr.max(initial=0) <= 65535 else int(arr.max())
-        arr = np.clip(arr, 0, None)
-        return Image.fromarray(((arr * 255 + max_value // 2) // max_value).astype(np.uint8), "L")
+        arr = np.asarray(img)
+        top = int(arr.max(initial=0))
+        max_value = max(65535, top)
+        # (v * 255 + max / 2) // max, in place on one working copy: uint32 holds 65535 * 255
+        # + 32767, so 4 bytes a pixel instead of several int64 temporaries (decoding a 49 MP
+        # 16-bit PNG peaked at 935 MB RSS with those, 514 MB now; 2 vCPUs, 2026-11).
+        work = np.maximum(arr, 0)  # a writable copy; mode I may hold negatives
+        if max_value > 65535:
+            work = work.astype(np.int64)
+        elif work.dtype == np.int32:
+            work = work.view(np.uint32)  # non-negative now: the same values, no copy
+        else:
+            work = work.astype(np.uint32)
+        work *= 255
+        work += max_value // 2
+        work //= max_value
+        return Image.fromarray(work.astype(np.uint8), "L")
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -54,11 +92,12 @@ def to_gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")  # ITU-R 601 luma
 
 
-def open_image(data: bytes) -> Image.Image:
+def open_image(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
     """Fully decode image bytes (PNG, JPEG, ... or DICOM) into a Pillow image.
 
     Raises ValueError with a user-readable reason for empty, non-image, truncated or
-    decompression-bomb files, and for DICOM files without usable pixel data.
+    decompression-bomb files (over `max_megapixels` million pixels, checked from the header
+    before decoding), and for DICOM files without usable pixel data.
     """
     if not data:
         raise ValueError("empty file (0 bytes)")
@@ -67,22 +106,29 @@ def open_image(data: bytes) -> Image.Image:
     if is_dicom(data):
         from pneumonia.dataset.dicom import read_dicom
 
-        return read_dicom(data)
+        return read_dicom(data, max_megapixels)
     with warnings.catch_warnings():
-        # A DecompressionBombWarning (over Image.MAX_IMAGE_PIXELS) is as suspicious as the error
-        # (over twice that): both are refused, and the limit is never raised silently.
+        # Pillow's own limits (a warning over Image.MAX_IMAGE_PIXELS, 89.5 MP, an error over
+        # twice that) fire inside Image.open, before our cap can be checked; data.max_megapixels
+        # is at most 89 (params.py), so whatever they refuse is over our cap too. The warning is
+        # an error here: the limit is never passed silently.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)  # palette-transparency notes
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()  # decode everything now: truncated files fail here, not later
+            img = Image.open(io.BytesIO(data))  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ValueError(
-                f"image too large: more pixels than Pillow's decompression-bomb limit "
-                f"({Image.MAX_IMAGE_PIXELS} pixels); it is probably corrupt or not an X-ray"
-            ) from None
+                f"image too large: more than {Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                f"(Pillow's decompression-bomb limit), over the limit of {max_megapixels:g} "
+                f"megapixels ({LIMIT_KEY}); refused before decoding (a decompression bomb, or "
+                "not an X-ray)") from None
         except UnidentifiedImageError:
             raise ValueError("not an image: Pillow cannot identify the file's content") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ValueError(f"truncated or corrupt image data ({exc})") from None
+        check_pixels(img.width, img.height, 1, max_megapixels, f"{img.format} header")
+        try:
+            img.load()  # decode everything now: truncated files fail here, not later
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ValueError(f"truncated or corrupt image data ({exc})") from None
     return img
@@ -96,12 +142,13 @@ def squash(img: Image.Image, size: int) -> Image.Image:
     return gray
 
 
-def decode_one(data: bytes, size: int) -> tuple[Image.Image, int, int, str]:
+def decode_one(data: bytes, size: int, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+               ) -> tuple[Image.Image, int, int, str]:
     """Fully decode image bytes and return (grayscale size x size image, width, height, mode).
 
     Raises ValueError with a user-readable reason (see `open_image`).
     """
-    img = open_image(data)
+    img = open_image(data, max_megapixels)
     return squash(img, size), img.width, img.height, img.mode
 
 

@@ -49,9 +49,9 @@ class Decoded:
 _worker: dict[str, object] = {}
 
 
-def _init_worker(raw: Path, kind: kermany.SourceKind, size: int) -> None:
+def _init_worker(raw: Path, kind: kermany.SourceKind, size: int, max_megapixels: float) -> None:
     ctx = kermany.opener(raw, kind)
-    _worker.update(read=ctx.__enter__(), ctx=ctx, size=size)
+    _worker.update(read=ctx.__enter__(), ctx=ctx, size=size, max_megapixels=max_megapixels)
 
 
 def _process(task: tuple[str, str]) -> Decoded:
@@ -64,7 +64,8 @@ def _process(task: tuple[str, str]) -> Decoded:
         return Decoded(member, error=f"cannot read the file: {type(exc).__name__}: {exc}")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        gray, width, height, mode = decode_one(data, _worker["size"])  # type: ignore[arg-type]
+        gray, width, height, mode = decode_one(
+            data, _worker["size"], _worker["max_megapixels"])  # type: ignore[arg-type]
     except ValueError as exc:
         return Decoded(member, sha256=digest, error=str(exc))
     out_path = Path(out)
@@ -81,7 +82,8 @@ def output_path(img: kermany.SourceImage) -> Path:
     return IMAGES_DIR / img.split / img.label / f"{img.image_id}.png"
 
 
-def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) -> list[Decoded]:
+def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int,
+                max_megapixels: float) -> list[Decoded]:
     tasks = [
         (img.member, output_path(img).as_posix())
         for img in inv.images
@@ -90,13 +92,14 @@ def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) ->
         folder.mkdir(parents=True, exist_ok=True)
     bar = {"total": len(tasks), "desc": "ingest", "unit": "img", "mininterval": 1.0}
     if n_workers == 1:
-        _init_worker(raw, inv.kind, size)
+        _init_worker(raw, inv.kind, size, max_megapixels)
         try:
             return [_process(t) for t in tqdm(tasks, **bar)]
         finally:
             _worker["ctx"].__exit__(None, None, None)  # type: ignore[attr-defined]
             _worker.clear()
-    with multiprocessing.Pool(n_workers, _init_worker, (raw, inv.kind, size)) as pool:
+    with multiprocessing.Pool(n_workers, _init_worker,
+                              (raw, inv.kind, size, max_megapixels)) as pool:
         return list(tqdm(pool.imap(_process, tasks, chunksize=32), **bar))
 
 
@@ -114,7 +117,8 @@ def run(params: Params) -> dict:
     shutil.rmtree(IMAGES_DIR, ignore_errors=True)
     MANIFEST.unlink(missing_ok=True)
     n_workers = min(workers(params.ingest.workers), max(1, len(inv.images)))
-    decoded = _decode_all(raw, inv, params.data.image_size, n_workers)
+    decoded = _decode_all(raw, inv, params.data.image_size, n_workers,
+                          params.data.max_megapixels)
 
     by_member = {d.member: d for d in decoded}
     bad = [(b.source_file, b.reason) for b in inv.bad]
@@ -231,6 +235,7 @@ def _report(
         "on_bad_file": params.ingest.on_bad_file,
         "bad_files": [{"source_file": f, "reason": r} for f, r in bad],
         "image_size": params.data.image_size,
+        "max_megapixels": params.data.max_megapixels,
         "resize_method": RESIZE_METHOD,
         "output_mode": "L (8-bit grayscale) PNG",
     }

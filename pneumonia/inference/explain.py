@@ -28,20 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from pneumonia.inference.sources import expand, to_input
+    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
 
     items = expand(args.paths)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pneumonia.inference.loading import load
 
     loaded = load(args.model)
+    cap, _ = params_max_megapixels()
     cam_model = CamModel(loaded.model)
     out = Path(args.out)
     failed = 0
     used: set[str] = set()
     for item in items:
         try:
-            x = to_input(item.read(), loaded.size)
+            x = to_input(item.read(), loaded.size, cap)
         except ValueError as exc:
             print(f"  {item.name}: {exc}", file=sys.stderr)
             failed += 1

@@ -34,7 +34,7 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.files import workers as resolve_workers
-from pneumonia.inference.sources import Item, expand, to_input
+from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
 from pneumonia.paths import LABELS
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,15 @@ class Result:
     outputs: tuple[float, ...] | None = None  # a three-class model's (normal, bacteria, virus)
 
 
-def _load(item: Item, size: int) -> np.ndarray:
-    return to_input(item.read(), size)
+def _load(item: Item, size: int, max_megapixels: float | None) -> np.ndarray:
+    return to_input(item.read(), size, max_megapixels)
 
 
 def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int = 32,
-                  workers: int = 0, progress: Any = None) -> Iterator[Result]:
-    """Results in input order; decoding runs `workers` threads, up to 3 batches ahead."""
+                  workers: int = 0, progress: Any = None,
+                  max_megapixels: float | None = None) -> Iterator[Result]:
+    """Results in input order; decoding runs `workers` threads, up to 3 batches ahead. Images
+    over `max_megapixels` (default: the params default) are refused from their header."""
     ahead = 3 * batch_size
     pending: deque[tuple[Item, Future]] = deque()
     batch: list[tuple[Item, np.ndarray]] = []
@@ -105,7 +107,7 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
                 item = next(queued, None)
                 if item is None:
                     return
-                pending.append((item, pool.submit(_load, item, size)))
+                pending.append((item, pool.submit(_load, item, size, max_megapixels)))
 
         fill()
         while pending:
@@ -189,12 +191,14 @@ def command(args: argparse.Namespace) -> int:
     from pneumonia.inference.loading import load
 
     loaded = load(args.model, args.threshold)
+    cap, cap_from = params_max_megapixels()
     print(f"model {loaded.source} ({loaded.size} px), threshold {loaded.threshold:g} "
-          f"({loaded.threshold_from}); {len(items)} image(s)", file=sys.stderr)
+          f"({loaded.threshold_from}); {len(items)} image(s), at most {cap:g} megapixels each "
+          f"({cap_from})", file=sys.stderr)
     with tqdm(total=len(items), unit="img", file=sys.stderr,
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
-                                     args.workers, bar))
+                                     args.workers, bar, cap))
     three_class = int(loaded.model.output_shape[-1]) > 1
     rows = _rows(results, loaded.threshold, three_class, loaded.qhat)
     meta = {"model": loaded.source, "threshold": loaded.threshold,

@@ -11,7 +11,14 @@ P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged wi
 calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
 NORMAL|PNEUMONIA or empty) and `refer` (true unless the set is one label: refer the image to a
 radiologist). A bad image fails the request with HTTP 400 and a message naming the row and the
-problem.
+problem (never a stack trace).
+
+Limits, recorded in the model's config when it is logged (`model_config`) and checked before
+anything is decoded, each a 400 with its name: `max_rows` images per request, `max_request_mb`
+MB of image bytes per request (from the base64 text's length), and `max_megapixels` per image
+(params.yaml `data.max_megapixels`, from the image's header). The scoring server itself reads
+the whole request body before the model sees it: cap the body size in front of it (a reverse
+proxy), see docs/security.md.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
 with the code it was trained with. `log_model` is what the train stage calls.
@@ -30,10 +37,32 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS
+
 IMAGE_COLUMN = "image"
 ARTIFACT = "keras_model"
 BATCH = 32
 DEFAULT_THRESHOLD = 0.5
+# Per request. 64 images are ~10 s of DenseNet201 on 2 CPU cores; 64 MB holds the largest
+# uncompressed detector DICOMs (43 x 43 cm at 100 um, 16 bit: ~37 MB) one at a time.
+DEFAULT_MAX_ROWS = 64
+DEFAULT_MAX_REQUEST_MB = 64.0
+
+
+def check_request(values: list[Any], max_rows: int, max_request_mb: float) -> None:
+    """Refuse a request over the row or size limit before decoding anything (ValueError)."""
+    if len(values) > max_rows:
+        raise ValueError(
+            f"too many images: {len(values)} rows, the served model takes at most {max_rows} per "
+            "request (model config `max_rows`); split the request")
+    # base64 holds 3 bytes in 4 characters: the decoded size, known before decoding.
+    size = sum(len(v) * 3 // 4 if isinstance(v, str) else len(v)
+               for v in values if isinstance(v, (str, bytes, bytearray)))
+    if size > max_request_mb * 1e6:
+        raise ValueError(
+            f"request too large: the images total {size / 1e6:.1f} MB, over the limit of "
+            f"{max_request_mb:g} MB per request (model config `max_request_mb`); send fewer or "
+            "smaller images per request")
 
 
 def decode_column(values: Any) -> list[bytes]:
@@ -62,9 +91,12 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts[ARTIFACT], compile=False)
         self.size = int(self.model.input_shape[1])
         config = context.model_config or {}
-        self.threshold = float(config.get("threshold", 0.5))
+        self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
         conformal = config.get("conformal") or {}
         self.qhat = float(conformal["qhat"]) if "qhat" in conformal else None
+        self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
+        self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
+        self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
 
     def predict(self, context, model_input, params=None):  # MLflow's signature, untyped
         from mlflow.exceptions import MlflowException
@@ -72,6 +104,9 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         from pneumonia.inference.sources import to_input
 
         threshold = float((params or {}).get("threshold", self.threshold))
+        if not 0 < threshold < 1:
+            raise MlflowException.invalid_parameter_value(
+                f"params.threshold is {threshold}: it must be strictly between 0 and 1")
         if isinstance(model_input, pd.DataFrame):
             if IMAGE_COLUMN not in model_input.columns:
                 raise MlflowException.invalid_parameter_value(
@@ -81,12 +116,19 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         else:
             values = list(model_input)
         try:
+            check_request(values, self.max_rows, self.max_request_mb)
+        except ValueError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+        try:
             arrays = []
             for i, data in enumerate(decode_column(values)):
                 try:
-                    arrays.append(to_input(data, self.size))
+                    arrays.append(to_input(data, self.size, self.max_megapixels))
                 except ValueError as exc:
                     raise ValueError(f"row {i}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - a 400 naming the row, never a trace
+                    raise ValueError(f"row {i}: cannot decode this image "
+                                     f"({type(exc).__name__}: {exc})") from None
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
         return answer(predict_outputs(self.model, arrays), threshold, self.qhat)
@@ -198,10 +240,21 @@ def output_width(keras_file: Path) -> int:
 
 
 def log_model(keras_file: Path, threshold: float, name: str = "model",
-              conformal: dict[str, Any] | None = None) -> str:
+              conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
+              max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB
+              ) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
-    model URI (`models:/m-<id>`). `conformal`: {"alpha", "qhat", ...} of evaluate's calibration
-    (the served answer then carries each image's prediction set)."""
+    model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
+    is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
+    params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
+    calibration (the served answer then carries each image's prediction set)."""
+    from pneumonia.inference.sources import params_max_megapixels
+
+    if max_megapixels is None:
+        max_megapixels, _ = params_max_megapixels()
+    config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
+              "max_rows": int(max_rows), "max_request_mb": float(max_request_mb),
+              **({"conformal": conformal} if conformal else {})}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -211,8 +264,7 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
             python_model=PneumoniaModel(),
             artifacts={ARTIFACT: str(keras_file)},
             code_paths=[str(code)],
-            model_config={"threshold": float(threshold),
-                          **({"conformal": conformal} if conformal else {})},
+            model_config=config,
             signature=signature(threshold, output_width(keras_file), bool(conformal)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),

@@ -21,6 +21,9 @@ from pneumonia.errors import PipelineError
 # Looked for inside folders and archives (case-insensitive). A file named on the command line is
 # read whatever its name: a wrong extension is reported by the decoder, not silently skipped.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+# Larger files are refused before they are read: a .zip member of a few MB can inflate to GBs.
+# The largest genuine input, an uncompressed 16-bit DICOM at the 50 MP pixel cap, is 100 MB.
+MAX_FILE_BYTES = 512 * 2**20
 _JUNK_NAMES = (".DS_Store", "Thumbs.db")
 
 
@@ -42,10 +45,19 @@ def _wanted(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _too_big(size: int) -> ValueError:
+    return ValueError(f"file too large: {size / 2**20:.0f} MiB, over the limit of "
+                      f"{MAX_FILE_BYTES / 2**20:.0f} MiB for one image; refused before reading")
+
+
 def _read_member(archive: Path, member: str) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
             with zipfile.ZipFile(archive) as zf:
+                # zipfile stops at the size the member declares: checking it bounds the read.
+                size = zf.getinfo(member).file_size
+                if size > MAX_FILE_BYTES:
+                    raise _too_big(size)
                 return zf.read(member)
         except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
             raise ValueError(f"cannot read this archive member ({exc})") from None
@@ -56,6 +68,9 @@ def _read_member(archive: Path, member: str) -> Callable[[], bytes]:
 def _read_file(path: Path) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise _too_big(size)
             return path.read_bytes()
         except OSError as exc:
             raise ValueError(f"cannot read the file ({exc.strerror or exc})") from None
@@ -109,10 +124,23 @@ def expand(paths: Iterable[str | Path]) -> list[Item]:
     return items
 
 
-def to_input(data: bytes, size: int) -> np.ndarray:
-    """Image bytes -> the model's input: (size, size, 1) float32 pixels 0..255, decoded and
-    resized by the ingest stage's code. Raises ValueError with the reason for a bad image."""
-    from pneumonia.dataset.images import decode_one
+def params_max_megapixels() -> tuple[float, str]:
+    """The pixel cap for `predict` / `explain`: params.yaml `data.max_megapixels` when there is a
+    readable params.yaml here, else the default; and where it came from."""
+    from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, LIMIT_KEY
+    from pneumonia.params import load_params
 
-    gray, _, _, _ = decode_one(data, size)
+    try:
+        return load_params().data.max_megapixels, f"params.yaml {LIMIT_KEY}"
+    except (PipelineError, OSError):
+        return DEFAULT_MAX_MEGAPIXELS, "default"
+
+
+def to_input(data: bytes, size: int, max_megapixels: float | None = None) -> np.ndarray:
+    """Image bytes -> the model's input: (size, size, 1) float32 pixels 0..255, decoded and
+    resized by the ingest stage's code. An image over `max_megapixels` (default: the params
+    default, 50) is refused from its header. Raises ValueError with the reason for a bad image."""
+    from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, decode_one
+
+    gray, _, _, _ = decode_one(data, size, max_megapixels or DEFAULT_MAX_MEGAPIXELS)
     return np.asarray(gray, dtype=np.float32)[..., None]

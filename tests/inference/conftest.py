@@ -52,7 +52,8 @@ def reference_probs(model, files: list[Path]) -> np.ndarray:
 @pytest.fixture(scope="session")
 def champion_store(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> dict[str, str]:
     """A real sqlite MLflow store holding the tiny model as version 1 of `pneumonia-densenet201`
-    with alias champion and threshold tag 0.3 (as evaluate's gate leaves it)."""
+    with alias champion and threshold tag 0.3 (as evaluate's gate leaves it). Logged with a 1 MB
+    request limit (default 64 MB), so that the served test's oversized request stays small."""
     import mlflow
 
     from pneumonia.inference.pyfunc import log_model
@@ -62,7 +63,7 @@ def champion_store(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("t", artifact_location=(root / "mlruns").as_uri())
     with mlflow.start_run(experiment_id=exp) as run:
-        model_uri = log_model(model_file, 0.3)
+        model_uri = log_model(model_file, 0.3, max_request_mb=1.0)
     client = mlflow.MlflowClient()
     client.create_registered_model("pneumonia-densenet201")
     mv = client.create_model_version("pneumonia-densenet201", model_uri, run_id=run.info.run_id)

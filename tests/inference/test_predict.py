@@ -13,9 +13,17 @@ import numpy as np
 import pytest
 
 from pneumonia import cli
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, zeros_png
 from tests.inference.conftest import reference_probs
-from tests.inference.dicomkit import dicom16_of, dicom_bytes, gray_of, png_bytes
+from tests.inference.dicomkit import (
+    dicom16_of,
+    dicom_bomb,
+    dicom_bytes,
+    gray_of,
+    hostile_dicoms,
+    png_bytes,
+)
+from tests.synthkit import brightness_model
 
 NORMAL = sorted((SAMPLE / "test" / "NORMAL").iterdir())
 PNEUMONIA = sorted((SAMPLE / "test" / "PNEUMONIA").iterdir())
@@ -162,3 +170,72 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
         cli.main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "0 = every image predicted" in text and "1 = some files" in text and "2 = usage" in text
+
+
+@pytest.fixture
+def half_model(tmp_path: Path) -> Path:
+    """A .keras model answering exactly 0.5 for every image (loads in a fraction of the
+    DenseNet's time: for the tests of what is refused before the model runs)."""
+    path = tmp_path / "half.keras"
+    brightness_model(32, constant=0.5).save(path)
+    return path
+
+
+def test_bombs_and_hostile_dicoms_are_listed_with_the_limit_or_the_attribute(
+        tmp_path: Path, half_model: Path, no_store: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's files: a 131 kB deflated DICOM of 8192^2 pixels (predict peaked at 2.8 GB
+    and predicted it) and a 16-bit PNG under Pillow's limit; DICOM display attributes pydicom
+    cannot use ("unexpected TypeError" before). Each is one line naming the file and the limit
+    or the attribute; the good image is still predicted."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(NORMAL[0], folder / "good.jpeg")
+    (folder / "bomb.dcm").write_bytes(dicom_bomb(8192, 8192))
+    (folder / "bomb16.png").write_bytes(zeros_png(8000, 8000, bit_depth=16))
+    hostile = hostile_dicoms()
+    expected = {"bomb.dcm": "8192 x 8192 = 67.1 megapixels, over the limit of 50 megapixels "
+                            "(data.max_megapixels)",
+                "bomb16.png": "8000 x 8000 = 64.0 megapixels, over the limit of 50 megapixels"}
+    for name in ("text_window_center", "voi_lut_without_descriptor", "zero_window_width"):
+        data, attribute = hostile[name]
+        (folder / f"{name}.dcm").write_bytes(data)
+        expected[f"{name}.dcm"] = attribute
+    code, out, err = run([str(folder), "--model", str(half_model)], capsys)
+    assert code == 1
+    assert "Traceback" not in err and "unexpected" not in err
+    for name, text in expected.items():
+        (line,) = [li for li in err.splitlines() if li.strip().startswith(f"{folder / name}: ")]
+        assert text in line, line
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.splitlines())}
+    assert rows["good.jpeg"]["probability"] and not rows["good.jpeg"]["error"]
+    assert f"{len(expected)} file(s) skipped" in err
+
+
+def test_the_pixel_cap_is_params_yaml_data_max_megapixels(
+        tmp_path: Path, half_model: Path, no_store: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (no_store / "params.yaml").write_text(
+        "lr: 0.001\ndata:\n  raw: data/raw\n  max_megapixels: 0.001\n")
+    image = tmp_path / "small.png"
+    image.write_bytes(png_bytes(np.full((40, 40), 100, np.uint8)))  # 1600 pixels
+    code, _, err = run([str(image), "--model", str(half_model)], capsys)
+    assert code == 1
+    assert "at most 0.001 megapixels each (params.yaml data.max_megapixels)" in err
+    assert f"{image}: image too large: the PNG header says 40 x 40" in err
+    assert "over the limit of 0.001 megapixels" in err
+
+
+def test_a_probability_equal_to_the_threshold_is_pneumonia(
+        half_model: Path, no_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model answering exactly 0.5: PNEUMONIA at --threshold 0.5 (P >= threshold), NORMAL
+    just above it."""
+    labels = {}
+    for threshold in ("0.5", "0.5000001"):
+        code, out, err = run([str(NORMAL[0]), "--model", str(half_model), "--threshold",
+                              threshold], capsys)
+        assert code == 0, err
+        (row,) = csv.DictReader(out.splitlines())
+        assert float(row["probability"]) == 0.5
+        labels[threshold] = row["label"]
+    assert labels == {"0.5": "PNEUMONIA", "0.5000001": "NORMAL"}

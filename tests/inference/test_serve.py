@@ -1,10 +1,14 @@
 """The served model: the registry's champion behind a real `mlflow models serve` answers the
 same P(PNEUMONIA) as `pneumonia predict` for PNG, JPEG and DICOM (MONOCHROME2 16-bit and
-MONOCHROME1) bytes, refuses a corrupt image with a 400 naming the problem, and keeps serving."""
+MONOCHROME1) bytes, refuses a corrupt image, a decompression bomb, a hostile DICOM attribute,
+too many rows and too many bytes with a 400 naming the problem (no stack trace), and keeps
+serving."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 
 from pneumonia import cli
 from tests.conftest import SAMPLE
-from tests.inference.dicomkit import dicom16_of, gray_of, png_bytes
+from tests.inference.dicomkit import dicom16_of, dicom_bomb, gray_of, hostile_dicoms, png_bytes
 from tests.inference.servekit import payload, post, served
 
 MODEL = "models:/pneumonia-densenet201@champion"
@@ -56,6 +60,24 @@ def test_served_champion_answers_like_predict(tmp_path: Path, champion_store: di
         assert "row 1" in answer["message"] and "truncated" in answer["message"]
         status, answer = post(url, payload([b"just text"]))
         assert status == 400 and "not an image" in answer["message"]
+
+        # Hostile input: each a 400 whose body names the row and the limit or the attribute.
+        window, attribute = hostile_dicoms()["text_window_center"]
+        tiny = png_bytes(gray[:8, :8])
+        refusals = [
+            (payload([files["b.png"], dicom_bomb(8192, 8192)]),
+             ["row 1: image too large", "8192 x 8192 = 67.1 megapixels",
+              "over the limit of 50 megapixels (data.max_megapixels)"]),
+            (payload([window]), ["row 0: DICOM attribute", attribute]),
+            (payload([tiny] * 65), ["too many images: 65 rows", "at most 64", "`max_rows`"]),
+            (payload([os.urandom(1_500_000)]),
+             ["request too large: the images total 1.5 MB", "`max_request_mb`"]),
+        ]
+        for body, texts in refusals:
+            status, answer = post(url, body)
+            assert status == 400, answer
+            assert all(t in answer["message"] for t in texts), answer["message"][-600:]
+            assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
 
         status, answer = post(url, payload([files["a.jpeg"]], threshold=0.99))
         assert status == 200  # still serving after the bad requests

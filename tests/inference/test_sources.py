@@ -86,3 +86,25 @@ def test_model_input_is_ingest_decoding() -> None:
     x = to_input(data, 48)
     assert x.shape == (48, 48, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(x[..., 0], np.asarray(decode_one(data, 48)[0], np.float32))
+
+
+def test_files_and_zip_members_over_the_size_limit_are_refused_before_reading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip member of a few kB can inflate to GBs: its declared size is checked first (zipfile
+    never reads past it). The limit is lowered here so that the files stay small."""
+    from pneumonia.inference import sources
+
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 2**20)
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.png", bytes(3 * 2**20))
+        zf.write(_sample(1)[0], "ok.jpeg")
+    assert archive.stat().st_size < 2**16
+    big, ok = expand([archive])
+    with pytest.raises(ValueError, match=r"file too large: 3 MiB, over the limit of 1 MiB"):
+        big.read()
+    assert ok.read() == _sample(1)[0].read_bytes()
+    plain = tmp_path / "big.dcm"
+    plain.write_bytes(bytes(3 * 2**20))
+    with pytest.raises(ValueError, match="file too large"):
+        expand([plain])[0].read()

@@ -250,3 +250,26 @@ def test_another_keras_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(PipelineError, match=r"'jax' backend.*KERAS_BACKEND.*tensorflow"):
         build_augmentation(AugmentParams(), 1)
+
+
+def test_every_epoch_has_its_own_order(in_project: Path) -> None:
+    """Without augmentation the batches are the images themselves: each epoch a permutation of
+    the same images, in another order than the epoch before."""
+    rows = subset_rows(read_split(), "train")
+    plain = AugmentParams(rotation=0, zoom=0, shift=0, brightness=0)
+    images = np.concatenate(_batches(rows, 1, plain, epochs=(0, 3)))
+    epochs = images.reshape(3, len(rows), -1)
+    keys = [[row.tobytes() for row in epoch] for epoch in epochs]
+    assert sorted(keys[0]) == sorted(keys[1]) == sorted(keys[2])  # the same images
+    assert keys[0] != keys[1] and keys[1] != keys[2] and keys[0] != keys[2]
+
+
+def test_every_epoch_draws_new_augmentations(in_project: Path) -> None:
+    """The same image in every row, so that the order cannot hide anything: each epoch's
+    augmented batches differ from the previous epoch's, position by position."""
+    rows = subset_rows(read_split(), "train")
+    same = rows.assign(path=rows["path"].iloc[0]).iloc[:32].reset_index(drop=True)
+    images = np.concatenate(_batches(same, 1, epochs=(0, 2))).reshape(2, len(same), -1)
+    changed = [a.tobytes() != b.tobytes() for a, b in zip(images[0], images[1], strict=True)]
+    assert all(changed)
+    assert len({x.tobytes() for x in images[0]}) == len(same)  # and within an epoch too
