@@ -30,7 +30,7 @@ def test_resumed_training_is_fed_the_resumed_epochs(tmp_path: Path,
     from pneumonia.params import load_params
     from tests.synthkit import brightness_model
 
-    monkeypatch.setattr(train, "build_model", lambda model, size, weights: brightness_model(size))
+    monkeypatch.setattr(train, "build_model", lambda model, size, weights, *_: brightness_model(size))
 
     make_split(tmp_path)
     write_params(tmp_path, train__epochs=2)
