@@ -1,6 +1,7 @@
 """Stage `evaluate`: the trained model on the official test set (subset == test), vs Table III.
 
-A test image is called PNEUMONIA when P(PNEUMONIA) >= evaluate.threshold (0.5, the paper's).
+A test image is called PNEUMONIA when P(PNEUMONIA) >= evaluate.threshold (0.5; the paper states
+none).
 Every reported test metric carries a 95 % interval from a patient-grouped bootstrap
 (`evaluate.bootstrap_resamples` resamples of the test patients, seeded by `evaluate.seed`; see
 pneumonia.stats.bootstrap). Outputs:
