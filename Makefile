@@ -1,5 +1,7 @@
-# Each target is self-contained: it creates or updates the local venv from pyproject.toml first.
+# Each target is self-contained: it creates or updates the local venv from the lock file
+# (uv.lock: every package of every extra, pinned with hashes) first.
 # The targets, one table: docs/layout.md ("Make targets"); tests/test_docs.py checks it.
+#   make lock       re-lock after editing pyproject.toml's pins (make lock-upgrade: newest allowed)
 #   make demo       all six stages on the bundled sample (offline, CPU, a few minutes)
 #   make test       lint + the test suite (slow tests: make test-slow)
 #   make reproduce  the paper run: `dvc repro` with params.yaml as committed (GPU recommended)
@@ -19,23 +21,47 @@ export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
 # The UI's own port: the team's tracking server (mlflow-server) keeps 5000 while the UI runs.
 UI_PORT ?= 5001
+# uv installs from uv.lock; it is bootstrapped once, pinned, into its own small venv (.uv/).
+# Keep UV_VERSION equal to pyproject.toml's [tool.uv] required-version.
+UV_VERSION := 0.13.9
+UV := .uv/bin/uv
+# uv never downloads a Python of its own here: it uses $(PYTHON) (or the venv's).
+export UV_PYTHON_DOWNLOADS := never
+comma := ,
+UV_EXTRAS = $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra))
 
 .PHONY: install demo test test-slow lint reproduce mlflow-ui bench ablation clean-venv \
-	mlflow-server push pull
+	mlflow-server push pull lock lock-upgrade
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# --locked: install exactly uv.lock (hashes checked), and stop if it no longer matches
+# pyproject.toml (then run `make lock`). Exact: packages not in the lock are removed.
+$(VENV)/.installed-$(EXTRAS): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet --python $(PYTHON) $(UV_EXTRAS)
 	@touch $@
+
+# Re-lock after editing a pin in pyproject.toml (everything else stays as locked).
+lock: $(UV)
+	$(UV) lock
+
+# The newest versions pyproject.toml's pins allow, for every package not pinned there.
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade
 
 demo: install
 	$(PY) -m pneumonia demo
 
+# ruff; then deptry: every third-party import declared, nothing declared unused (pyproject.toml
+# [tool.deptry]), and the `team` extra's packages imported only in pneumonia/team.
 lint: install
 	$(VENV)/bin/ruff check pneumonia stages tests benchmarks
+	$(VENV)/bin/deptry pneumonia stages
+	$(VENV)/bin/deptry pneumonia stages --extend-exclude pneumonia/team --optional-dependencies-dev-groups dev,team
 
 test: install lint
 	$(PY) -m pytest
@@ -62,7 +88,7 @@ bench: install
 	$(PY) -m benchmarks.run
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .uv
 
 # ---- Working as a team (docs/team.md) ---------------------------------------------------------
 # A local S3 API (moto), PostgreSQL (pgserver) and `mlflow server` on 127.0.0.1 until Ctrl-C;

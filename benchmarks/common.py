@@ -81,13 +81,13 @@ def sh(cmd: list[str], cwd: Path, quiet: bool = True) -> float:
 
 
 def busy_cpu_s() -> float:
-    """CPU seconds all processes of the machine have used so far (/proc/stat, not idle/iowait)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds all processes of the machine have used so far (all CPU time but idle and
+    iowait; guest time is already inside user time)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) \
+        - getattr(t, "guest_nice", 0.0)
 
 
 def sh_cpu(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
@@ -190,22 +190,23 @@ def _stage_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name. psutil has no API for it; Linux says it in /proc/cpuinfo, other
+    systems through platform.processor() (often empty on Linux, hence /proc first)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) * 1024 / 2**30, 1)
-    except OSError:
-        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    cpu = cpu_model()
+    mem = round(psutil.virtual_memory().total / 2**30, 1)
     from importlib.metadata import PackageNotFoundError, version
 
     versions: dict[str, str | None] = {}

@@ -43,6 +43,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-card": ("pneumonia.evaluation.card",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),
+    "robustness": ("pneumonia.evaluation.robustness",
+                   ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
+                   "inversion): paired differences from the clean test set, with intervals")),
 }
 
 # Tools with their own command line, reachable as `pneumonia [team] <verb> ARGS...`: ARGS go to

@@ -40,10 +40,23 @@ _frac_open = _ck(lambda v: 0 < v < 1, "must be strictly between 0 and 1")
 
 @dataclass(frozen=True)
 class DataParams:
-    raw: str  # dataset folder (Kaggle or Mendeley layout) or a .zip of either
+    raw: str  # dataset folder or .zip (Kaggle/Mendeley layout, or any tree: `layout: folders`)
     image_size: int = field(
         default=224, metadata=_ck(lambda v: 32 <= v <= 1024, "must be between 32 and 1024 pixels")
     )
+    # kermany: the Kaggle/Mendeley release (its file names give patients and causes);
+    # folders: any tree of class folders, any file names (pneumonia/dataset/folders.py).
+    layout: Literal["kermany", "folders"] = "kermany"
+    # folders layout: the class-folder names (case-insensitive) of each label.
+    normal_folders: tuple[str, ...] = ("normal",)
+    pneumonia_folders: tuple[str, ...] = ("pneumonia",)
+    # folders layout: a CSV inside data.raw with columns path, patient_id (optional: split,
+    # label, cause); "" = none (every image its own patient).
+    metadata: str = ""
+    # folders layout without train/test folders or a split column: the share of images (whole
+    # patients, per label) drawn for test at ingest, before balancing can see them.
+    test_fraction: float = field(default=0.2, metadata=_frac_open)
+    test_seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,10 @@ class EvaluateParams:
     # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.
     explain_max_errors: int = field(default=6, metadata=_nonneg)
     explain_correct_per_class: int = field(default=1, metadata=_nonneg)
+    # Split conformal prediction sets (pneumonia.evaluation.confidence): calibrated on the
+    # validation originals so that a set holds the true label for >= 1 - alpha of images
+    # exchangeable with them; a set that is not one label = refer to a radiologist.
+    conformal_alpha: float = field(default=0.05, metadata=_frac_open)
 
 
 @dataclass(frozen=True)
@@ -202,6 +219,9 @@ class AblationParams:
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
+    # binary: NORMAL vs PNEUMONIA (the paper); three_class: normal / bacteria / virus (softmax),
+    # P(PNEUMONIA) = P(bacteria) + P(virus). Top level for `dvc exp run -S task=three_class`.
+    task: Literal["binary", "three_class"] = "binary"
     ingest: IngestParams = IngestParams()
     validate: ValidateParams = ValidateParams()
     balance: BalanceParams = BalanceParams()
@@ -331,6 +351,14 @@ def parse_params(raw: dict[str, Any]) -> Params:
 
 
 def _check_cross_field(p: Params) -> None:
+    normal = {n.strip().lower() for n in p.data.normal_folders}
+    pneumonia = {n.strip().lower() for n in p.data.pneumonia_folders}
+    if "" in normal | pneumonia or normal & pneumonia:
+        raise ParamsError(
+            "params.yaml: `data.normal_folders` and `data.pneumonia_folders` must be non-empty "
+            f"names and share none (case-insensitive); they are {sorted(normal)} and "
+            f"{sorted(pneumonia)}. " + _fix_hint("data.pneumonia_folders", "[pneumonia]")
+        )
     if p.balance.zoom_min > p.balance.zoom_max:
         raise ParamsError(
             f"params.yaml: `balance.zoom_min` ({p.balance.zoom_min}) is larger than "

@@ -34,6 +34,7 @@ ROC_CSV = METRICS / "roc.csv"
 RELIABILITY_CSV = METRICS / "reliability.csv"  # reliability diagram (test set), a DVC plot
 PR_CSV = METRICS / "pr.csv"  # precision-recall curve (test set), a DVC plot
 PREDICTIONS_CSV = METRICS / "predictions.csv"  # one row per test image, in git
+RISK_COVERAGE_CSV = METRICS / "risk_coverage.csv"  # conformal sets' selective risk, a DVC plot
 REGISTRY_JSON = METRICS / "registry.json"  # evaluate: registered version, champion gate decision
 GRADCAM_DIR = METRICS / "gradcam"  # evaluate: Grad-CAM overlays of test errors and correct cases
 
@@ -43,4 +44,5 @@ MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow 
 
 LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
 CLASSES = ("normal", "bacteria", "virus")
+UNSPECIFIED = "unspecified"  # `data.layout: folders`: a PNEUMONIA image whose cause is unrecorded
 BACKBONES = ("densenet201", "densenet121", "resnet50")

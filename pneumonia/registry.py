@@ -130,10 +130,12 @@ def _champion(client: Any, name: str) -> tuple[Any, dict[str, Any] | None]:
     return mv, info
 
 
-def model_to_register(run_file: dict[str, Any], threshold: float) -> str:
+def model_to_register(run_file: dict[str, Any], threshold: float,
+                      conformal: dict[str, Any] | None = None) -> str:
     """The logged pyfunc model of this training (models/mlflow_run.json `model_uri`), or a new
     one logged to the active run from models/model.keras when that one is not in this store or
-    was logged with another default threshold than evaluate's (the served label must match)."""
+    was logged with another default threshold than evaluate's (the served label must match) or
+    another conformal calibration (`conformal`, evaluate's: the served prediction set)."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
@@ -143,13 +145,14 @@ def model_to_register(run_file: dict[str, Any], threshold: float) -> str:
     if uri:
         try:
             config = Model.load(uri).flavors.get("python_function", {}).get("config") or {}
-            if abs(float(config.get("threshold", -1)) - threshold) < 1e-12:
+            if abs(float(config.get("threshold", -1)) - threshold) < 1e-12 \
+                    and config.get("conformal") == conformal:
                 return uri
             log.info("logged model %s has threshold %s, evaluate uses %g: logging a copy",
                      uri, config.get("threshold"), threshold)
         except (MlflowException, OSError) as exc:
             log.info("model %s not usable from this store (%s): logging it again", uri, exc)
-    return log_model(MODEL_FILE, threshold)
+    return log_model(MODEL_FILE, threshold, conformal=conformal)
 
 
 def register_and_gate(name: str, floor: float, run_file: dict[str, Any],
@@ -160,11 +163,12 @@ def register_and_gate(name: str, floor: float, run_file: dict[str, Any],
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pneumonia.inference.pyfunc import conformal_config
     from pneumonia.tracking import store_lock
 
     client = mlflow.MlflowClient()
     threshold = float(metrics["threshold"])
-    model_uri = model_to_register(run_file, threshold)
+    model_uri = model_to_register(run_file, threshold, conformal_config(metrics))
     # One gate at a time per store: two queued experiments finishing together must not both
     # compare against the same old champion and both take the alias.
     with store_lock(mlflow.get_tracking_uri()):

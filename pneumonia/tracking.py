@@ -117,27 +117,39 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
             )
 
 
+STORE_LOCK_TIMEOUT = 300.0  # s; first-time set-up (migrations, references) takes seconds
+
+
 @contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
     """Serialise first-time set-up of a sqlite store between concurrent stage processes.
 
     Two queued experiments (`dvc queue start -j 2`) start training at the same moment: creating
     the sqlite schema (alembic migrations), the experiment and the reference runs is not safe to
     race (migrations collide, references get logged twice). An advisory lock next to the
-    database file orders them; a tracking server (http) does its own locking.
+    database file orders them (filelock: flock on POSIX, msvcrt on Windows); a tracking server
+    (http) does its own locking. A holder that hangs ends in a PipelineError naming the lock
+    file after `timeout` seconds, not in a stage that waits forever.
     """
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
+    from filelock import FileLock, Timeout
 
     lock_path = Path(uri[len("sqlite:///") :] + ".lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(lock_path, timeout=timeout, poll_interval=0.2)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PipelineError(
+            f"waited {timeout:.0f} s for the MLflow store lock {lock_path}: another stage is "
+            "setting up the same store (e.g. a queued experiment), or that process hangs. Let "
+            "it finish, or stop it (the lock is released when its holder exits), then run again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def setup() -> str:

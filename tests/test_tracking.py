@@ -227,3 +227,28 @@ def test_evaluate_with_corrupt_run_file_or_garbled_split_exits_2(tmp_path: Path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data/split.csv cannot be read as CSV" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_store_lock_times_out_naming_the_lock_file(tmp_path: Path) -> None:
+    """A second process holding the store lock (filelock, flock on Linux): the stage waits
+    `timeout` seconds, then one message names the lock file; once free, the lock is taken."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    lock = tmp_path / "mlflow.db.lock"
+    hold = ("import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
+            "l.acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineError) as exc, tracking.store_lock(f"sqlite:///{db}",
+                                                                      timeout=1):
+            pytest.fail("the lock is held")
+        assert f"waited 1 s for the MLflow store lock {lock}" in str(exc.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with tracking.store_lock(f"sqlite:///{db}", timeout=5):  # its holder gone: free again
+        pass

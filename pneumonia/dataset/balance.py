@@ -7,6 +7,10 @@ data/balanced/NORMAL/{source_id}_aug{k:02d}.png. Augmentor's own `Pipeline.sampl
 multi-threaded and names files with uuid4, so its output is not reproducible; instead each image is
 transformed by Augmentor's operations directly, with Python's `random` and NumPy's global RNG seeded
 from a SHA-256 of (balance.seed, source id, k): same bytes on rerun, serial or parallel.
+
+`task: three_class`: every class smaller than the largest is grown to the largest one's count
+(`class_targets`), each from its own class's images; generated bacterial / viral images are
+written to data/balanced/PNEUMONIA/.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pneumonia.paths import (
     BALANCE_JSON,
     BALANCED_DIR,
     BALANCED_MANIFEST,
+    CLASSES,
     MANIFEST,
     VALIDATION_JSON,
 )
@@ -97,25 +102,47 @@ def _generate(task: tuple[str, str, int, BalanceParams]) -> tuple[str, str]:
     return out, hashlib.sha256(png).hexdigest()
 
 
-def plan(manifest: pd.DataFrame, target: int) -> pd.DataFrame:
-    """The generated images: one row per image (balanced.csv columns), sorted by image_id."""
-    sources = manifest[(manifest.split == "train") & (manifest.label == "NORMAL")]
+def plan(manifest: pd.DataFrame, target: int, cls: str = "normal") -> pd.DataFrame:
+    """The generated images of class `cls` (normal; virus for `task: three_class`) until the
+    class has `target` training images: one row per image (balanced.csv columns), sorted by
+    image_id."""
+    label = "NORMAL" if cls == "normal" else "PNEUMONIA"
+    train = manifest[manifest.split == "train"]
+    sources = train[train.label == "NORMAL"] if cls == "normal" else train[train["class"] == cls]
     sources = sources.sort_values("image_id", ignore_index=True)
     n = max(0, target - len(sources))
     if n and sources.empty:
-        raise PipelineError(f"{MANIFEST} has no NORMAL training images to augment from.")
+        raise PipelineError(f"{MANIFEST} has no {cls} training images to augment from.")
     rows = []
     for i in range(n):
         src = sources.iloc[i % len(sources)]
         k = i // len(sources)
         image_id = f"{src.image_id}_aug{k:02d}"
         rows.append({
-            "image_id": image_id, "path": (BALANCED_DIR / "NORMAL" / f"{image_id}.png").as_posix(),
-            "label": "NORMAL", "class": "normal", "patient_id": src.patient_id, "split": "train",
+            "image_id": image_id, "path": (BALANCED_DIR / label / f"{image_id}.png").as_posix(),
+            "label": label, "class": cls, "patient_id": src.patient_id, "split": "train",
             "source_image_id": src.image_id, "source_path": src.path, "k": k,
         })
     columns = [*BALANCED_COLUMNS[:-1], "source_path", "k"]
     return pd.DataFrame(rows, columns=columns).sort_values("image_id", ignore_index=True)
+
+
+def class_targets(manifest: pd.DataFrame, params: Params) -> dict[str, int]:
+    """Training images each class is grown to (classes not listed are left as they are).
+
+    binary: NORMAL to `balance.target_normal` (the paper: 3849, about PNEUMONIA's 3883).
+    three_class: every class smaller than the largest one is grown to the largest one's count
+    (Kermany's training set: normal 1349 and virus 1345 -> bacteria's 2538); target_normal is
+    not used. Only with `balance.method: augmentor`; class_weight and none generate nothing.
+    """
+    if params.balance.method != "augmentor":
+        return {}
+    if params.task != "three_class":
+        return {"normal": params.balance.target_normal}
+    train = manifest[manifest.split == "train"]
+    counts = {c: int((train["class"] == c).sum()) for c in CLASSES}
+    largest = max(counts.values())
+    return {c: largest for c, n in counts.items() if n < largest}
 
 
 def run(params: Params) -> dict[str, int]:
@@ -129,8 +156,13 @@ def run(params: Params) -> dict[str, int]:
     manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
     # class_weight and none train on the original images only (the loss weighting, if any,
     # happens in train): nothing is generated, balanced.csv is empty.
-    target = p.target_normal if p.method == "augmentor" else 0
+    targets = class_targets(manifest, params)
+    target = targets.get("normal", 0)
     generated = plan(manifest, target)
+    for cls, n in targets.items():
+        if cls != "normal":
+            generated = pd.concat([generated, plan(manifest, n, cls)], ignore_index=True)
+    generated = generated.sort_values("image_id", ignore_index=True)
     missing = [s for s in sorted(set(generated.source_path)) if not Path(s).is_file()]
     if missing:
         raise PipelineError(f"{len(missing)} source image(s) listed in {MANIFEST} are missing, "
@@ -138,6 +170,8 @@ def run(params: Params) -> dict[str, int]:
 
     shutil.rmtree(BALANCED_DIR, ignore_errors=True)  # exactly the current images, no stale ones
     (BALANCED_DIR / "NORMAL").mkdir(parents=True)
+    if params.task == "three_class":
+        (BALANCED_DIR / "PNEUMONIA").mkdir()
     tasks = [(r.source_path, r.path, image_seed(p.seed, r.source_image_id, r.k), p)
              for r in generated.itertuples()]
     n_workers = min(workers(p.workers), max(1, len(tasks)))
@@ -157,12 +191,17 @@ def run(params: Params) -> dict[str, int]:
         "normal_before": normal_before,
         "pneumonia": int((train.label == "PNEUMONIA").sum()),
         "generated": len(generated),
-        "normal_after": normal_before + len(generated),
+        "normal_after": normal_before + int((generated["class"] == "normal").sum()),
         "target": target,
         "method": p.method,
     }
+    if params.task == "three_class":  # binary runs keep balance.json as it was
+        before = {c: int((train["class"] == c).sum()) for c in CLASSES}
+        made = {c: int((generated["class"] == c).sum()) for c in CLASSES}
+        metrics |= {"task": params.task, "class_targets": targets, "class_before": before,
+                    "class_after": {c: before[c] + made[c] for c in CLASSES}}
     write_json(metrics, BALANCE_JSON)
-    log.info("generated %d NORMAL images: %d -> %d", len(generated), normal_before,
+    log.info("generated %d images; NORMAL %d -> %d", len(generated), normal_before,
              metrics["normal_after"])
     return metrics
 

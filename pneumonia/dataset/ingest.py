@@ -1,6 +1,7 @@
 """Stage `ingest`: decode every image of the raw dataset once into small grayscale PNGs.
 
-Reads `data.raw` (Kaggle/Mendeley folder or zip, see pneumonia/dataset/kermany.py), writes
+Reads `data.raw` (Kaggle/Mendeley folder or zip, see pneumonia/dataset/kermany.py; or, with
+`data.layout: folders`, any tree of class folders, pneumonia/dataset/folders.py), writes
 data/images/{train,test}/{NORMAL,PNEUMONIA}/{image_id}.png (8-bit grayscale, squashed to
 data.image_size x data.image_size like Keras' `target_size`), data/manifest.csv (one row per image,
 with the original size/mode and the source file's sha256) and data/ingest_report.json.
@@ -9,6 +10,7 @@ with the original size/mode and the source file's sha256) and data/ingest_report
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import multiprocessing
@@ -21,11 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pneumonia.dataset import kermany
+from pneumonia.dataset import folders, kermany
 from pneumonia.dataset.images import RESIZE_METHOD, decode_one, encode_png
 from pneumonia.errors import PipelineError
 from pneumonia.files import workers, write_json
-from pneumonia.params import Params
+from pneumonia.params import DataParams, Params
 from pneumonia.paths import IMAGES_DIR, INGEST_REPORT, LABELS, MANIFEST, MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,12 @@ def _decode_all(raw: Path, inv: kermany.Inventory, size: int, n_workers: int) ->
 def run(params: Params) -> dict:
     """Run the ingest stage in the current directory; return the ingest report."""
     raw = Path(params.data.raw)
-    inv = kermany.scan(raw)
+    own = params.data.layout == "folders"
+    inv = folders.scan(raw, params.data) if own else kermany.scan(raw)
     log.info("dataset root %r in %s (%s): %d images", inv.root, raw, inv.kind, len(inv.images))
+    draw_test = own and not any(img.split for img in inv.images)
+    if draw_test:  # decoded into train/ first; the test set is drawn once the hashes are known
+        inv.images = [dataclasses.replace(img, split="train") for img in inv.images]
 
     # DVC removes outs before a run, but a run by hand must not leave stale images behind.
     shutil.rmtree(IMAGES_DIR, ignore_errors=True)
@@ -127,11 +133,14 @@ def run(params: Params) -> dict:
             "width": d.width, "height": d.height, "mode": d.mode, "png_sha256": d.png_sha256,
         })
     bad.sort()
+    drawn = draw_test_split(rows, params.data) if draw_test and rows else None
     rows.sort(key=lambda r: (r["split"], r["label"], r["image_id"]))
 
     policy = params.ingest.on_bad_file
     failed = bool(bad) and policy == "fail"
     report = _report(params, inv, rows, bad, failed)
+    if own:  # the kermany report keeps its keys (its bytes are in dvc.lock)
+        report |= folders_report(params, rows, drawn)
     write_json(report, INGEST_REPORT)
 
     if failed:
@@ -147,6 +156,49 @@ def run(params: Params) -> dict:
     write_manifest(rows, MANIFEST)
     log.info("wrote %d images to %s and %s", len(rows), IMAGES_DIR, MANIFEST)
     return report
+
+
+def draw_test_split(rows: list[dict], data: DataParams) -> dict:
+    """`data.layout: folders` with no split given: move a share `data.test_fraction` of each
+    label, whole patient groups (patients linked by byte-identical files, as the split stage
+    groups them), to test; their PNGs move from data/images/train/ to data/images/test/.
+    Drawn here, not in the split stage: balance (before split) must never see a test image."""
+    import pandas as pd  # only here: the kermany path keeps ingest free of pandas' import time
+
+    from pneumonia.dataset.split import assign_validation, patient_groups
+
+    frame = pd.DataFrame(rows)
+    groups, _ = patient_groups(frame)
+    frame["group"] = frame.patient_id.map(groups)
+    test_groups = assign_validation(frame, data.test_fraction, data.test_seed, group="group")
+    for row, group in zip(rows, frame.group, strict=True):
+        if group in test_groups:
+            old = Path(row["path"])
+            new = IMAGES_DIR / "test" / row["label"] / old.name
+            new.parent.mkdir(parents=True, exist_ok=True)
+            old.replace(new)
+            row.update(split="test", path=new.as_posix())
+    test = [r for r in rows if r["split"] == "test"]
+    return {"test_fraction": data.test_fraction, "test_seed": data.test_seed,
+            "test_images": len(test), "test_patient_groups": len(test_groups)}
+
+
+def folders_report(params: Params, rows: list[dict], drawn: dict | None) -> dict:
+    """What ingest did with your own tree (`data.layout: folders`): how labels, patients and the
+    split were found, and the causes seen."""
+    data = params.data
+    return {
+        "layout": "folders",
+        "class_folders": {"NORMAL": list(data.normal_folders),
+                          "PNEUMONIA": list(data.pneumonia_folders)},
+        "metadata": data.metadata or None,
+        "patient_ids": ("data.metadata" if data.metadata else
+                        "none: every image is its own patient (set data.metadata)"),
+        "patients": len({r["patient_id"] for r in rows}),
+        "test_split": ({"drawn": drawn} if drawn is not None
+                       else "given (train/test folders or the metadata's split column)"),
+        "classes": dict(sorted(Counter(r["class"] for r in rows).items())),
+    }
 
 
 def write_manifest(rows: list[dict], path: Path) -> None:

@@ -108,7 +108,7 @@ def parse_name(stem: str, label: str) -> tuple[str, str]:
     )
 
 
-def _list_files(raw: Path) -> tuple[SourceKind, list[str]]:
+def list_files(raw: Path) -> tuple[SourceKind, list[str]]:
     """All file paths of the source, posix and relative to it, sorted."""
     if raw.is_dir():
         files = []
@@ -132,7 +132,7 @@ def _list_files(raw: Path) -> tuple[SourceKind, list[str]]:
     )
 
 
-def _junk_reason(path: str) -> str | None:
+def junk_reason(path: str) -> str | None:
     parts = PurePosixPath(path).parts
     if any(p == "__MACOSX" for p in parts):
         return "__MACOSX folders (macOS archive metadata)"
@@ -170,11 +170,11 @@ def scan(raw: Path) -> Inventory:
     Raises PipelineError for a missing/ambiguous layout, an empty class folder or duplicate image
     ids; files the pipeline cannot place are returned as `bad` entries for the caller's policy.
     """
-    kind, files = _list_files(raw)
+    kind, files = list_files(raw)
     ignored: Counter[str] = Counter()
     kept = []
     for f in files:
-        reason = _junk_reason(f)
+        reason = junk_reason(f)
         if reason:
             ignored[reason] += 1
         else:

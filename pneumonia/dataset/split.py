@@ -13,6 +13,9 @@ validation holds generated NORMAL images too. `false` splits the original images
 is all originals, a generated image goes to train with its source's group, and one whose source's
 group is in validation is left out (in train it would be a distorted copy of a validation image).
 
+`task: three_class` stratifies by class (normal / bacteria / virus) instead of by label, so each
+cause gets its share of validation images; split.json then adds `class_counts`.
+
 Method: per label, the patients are shuffled (seeded by split.seed and the label) and taken into
 validation greedily while they fit under that label's target count. With thousands of small patient
 groups this hits the targets to within a few images, so the validation share and the NORMAL share
@@ -30,7 +33,14 @@ import pandas as pd
 from pneumonia.errors import PipelineError
 from pneumonia.files import write_json
 from pneumonia.params import Params
-from pneumonia.paths import BALANCED_MANIFEST, LABELS, MANIFEST, SPLIT_CSV, SPLIT_JSON
+from pneumonia.paths import (
+    BALANCED_MANIFEST,
+    CLASSES,
+    LABELS,
+    MANIFEST,
+    SPLIT_CSV,
+    SPLIT_JSON,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +53,31 @@ SUBSETS = ("train", "val", "test")
 
 
 def assign_validation(
-    pool: pd.DataFrame, val_fraction: float, seed: int, group: str = "patient_id"
+    pool: pd.DataFrame, val_fraction: float, seed: int, group: str = "patient_id",
+    strata: str = "label", values: tuple[str, ...] = LABELS,
 ) -> set[str]:
     """Groups (values of column `group`, default patients) of `pool` that go to validation.
 
-    Each label gets round(val_fraction * its image count) validation images, as closely as whole
-    groups allow. A group with images of several labels is placed with its majority label and
-    only taken if it fits every label's target.
+    Each stratum (a value of column `strata`: the label, or for `task: three_class` the class
+    normal / bacteria / virus) gets round(val_fraction * its image count) validation images, as
+    closely as whole groups allow. A group with images of several strata is placed with its
+    majority stratum and only taken if it fits every stratum's target.
     """
-    per_group = pool.groupby([group, "label"]).size().unstack(fill_value=0)
-    per_group = per_group.reindex(columns=list(LABELS), fill_value=0).sort_index()
+    per_group = pool.groupby([group, strata]).size().unstack(fill_value=0)
+    per_group = per_group.reindex(columns=list(values), fill_value=0).sort_index()
     totals = per_group.sum()
-    targets = {lbl: round(val_fraction * int(totals[lbl])) for lbl in LABELS}
-    taken = Counter({lbl: 0 for lbl in LABELS})
+    targets = {lbl: round(val_fraction * int(totals[lbl])) for lbl in values}
+    taken = Counter({lbl: 0 for lbl in values})
     chosen: set[str] = set()
-    majority = per_group.idxmax(axis=1)  # ties -> first label in LABELS order
-    for label in LABELS:
+    majority = per_group.idxmax(axis=1)  # ties -> first value in `values` order
+    for label in values:
         groups = sorted(majority.index[majority == label])
         random.Random(f"{seed}:{label}").shuffle(groups)  # str seeds are stable across runs
         for g in groups:
             counts = per_group.loc[g]
-            if all(taken[lbl] + int(counts[lbl]) <= targets[lbl] for lbl in LABELS):
+            if all(taken[lbl] + int(counts[lbl]) <= targets[lbl] for lbl in values):
                 chosen.add(g)
-                for lbl in LABELS:
+                for lbl in values:
                     taken[lbl] += int(counts[lbl])
     return chosen
 
@@ -98,10 +110,11 @@ def patient_groups(images: pd.DataFrame) -> tuple[dict[str, str], int]:
 
 def split_pool(
     originals: pd.DataFrame, generated: pd.DataFrame, val_fraction: float, seed: int,
-    generated_in_val: bool = True,
+    generated_in_val: bool = True, task: str = "binary",
 ) -> tuple[pd.DataFrame, dict]:
     """Assign `subset` (train | val) to the training pool: original training images (with their
     source `sha256`) and generated ones (`source_image_id` set, their source's `patient_id`).
+    Stratified by label (`task: binary`) or by class (`three_class`: normal / bacteria / virus).
 
     Returns (the pool's rows that are kept, with `subset` and `group`; facts for split.json).
     """
@@ -112,7 +125,8 @@ def split_pool(
         raise PipelineError("internal error: a generated image's patient has no original image.")
     is_generated = pool.source_image_id != ""
     basis = pool if generated_in_val else pool[~is_generated]
-    val_groups = assign_validation(basis, val_fraction, seed, group="group")
+    strata = {"strata": "class", "values": CLASSES} if task == "three_class" else {}
+    val_groups = assign_validation(basis, val_fraction, seed, group="group", **strata)
     in_val = pool.group.isin(val_groups)
     pool["subset"] = in_val.map({True: "val", False: "train"})
     # generated_in_val false: a generated image whose source's group is in validation.
@@ -143,7 +157,7 @@ def run(params: Params) -> dict:
     originals = manifest.assign(source_image_id="")
     pool, facts = split_pool(
         originals[originals.split == "train"], generated.assign(sha256=""),
-        params.split.val_fraction, params.split.seed, params.split.generated_in_val)
+        params.split.val_fraction, params.split.seed, params.split.generated_in_val, params.task)
     test = originals[originals.split == "test"].assign(subset="test")
 
     full = pd.concat([pool, test], ignore_index=True)
@@ -155,6 +169,11 @@ def run(params: Params) -> dict:
     split.to_csv(SPLIT_CSV, index=False, lineterminator="\n")
 
     metrics = _metrics(split) | facts | {"generated_in_val": params.split.generated_in_val}
+    if params.task == "three_class":  # binary runs keep split.json as it was
+        metrics["task"] = params.task
+        metrics["class_counts"] = {
+            s: {c: int(((split.subset == s) & (split["class"] == c)).sum()) for c in CLASSES}
+            for s in SUBSETS}
     metrics["identical_images_in_train_and_val"] = _shared_hashes(pool)
     # Cannot happen by construction; guard the contract.
     if metrics["patients_in_train_and_val"] or metrics["identical_images_in_train_and_val"]:

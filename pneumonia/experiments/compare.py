@@ -12,6 +12,8 @@ comparison is paired:
 - McNemar's exact test on the images one model gets right and the other wrong (accuracy), and
   DeLong's test of the two correlated ROC AUCs. Both treat images as independent; the word comes
   from the patient bootstrap, which does not.
+- PNEUMONIA recall on the bacterial and on the viral test images apart (predictions.csv's
+  `class`), paired the same way: which pneumonias a change gains or loses.
 
 The output is markdown (stdout, and `--out FILE`), e.g. for a pull-request comment. Python callers
 (a registry gate) use `compare_predictions` on two predictions tables.
@@ -40,6 +42,7 @@ N_RESAMPLES = 2000
 NAMES = {k: METRIC_NAMES[k] for k in (
     "accuracy", "NORMAL_precision", "NORMAL_recall", "NORMAL_f1", "PNEUMONIA_precision",
     "PNEUMONIA_recall", "PNEUMONIA_f1", "roc_auc", "pr_auc")}
+NAMES |= {f"PNEUMONIA_recall_{c}": f"PNEUMONIA recall, {c} images" for c in ("bacteria", "virus")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +137,17 @@ def compare_predictions(
         delong = delong_test(y, pa, pb)
     except ValueError as exc:  # fewer than 2 images of a class
         delong = {"error": str(exc)}
+    metrics = {m: deltas[m] for m in NAMES if m in deltas}
+    if "class" in base.columns and "class" in head.columns:
+        from pneumonia.stats.multiclass import paired_cause_recalls
+
+        try:
+            metrics |= paired_cause_recalls(base["class"].astype(str).to_numpy(),
+                                            pa >= threshold_base, pb >= threshold_head, groups,
+                                            n_resamples, seed)
+        except ValueError as exc:  # a class value outside normal / bacteria / virus
+            raise PipelineError(f"{labels[0]} / {labels[1]}: predictions.csv `class`: {exc}. "
+                                "Re-run the evaluate stage there.") from None
     return {
         "labels": list(labels),
         "n_images": int(y.size),
@@ -141,7 +155,7 @@ def compare_predictions(
         "thresholds": [threshold_base, threshold_head],
         "n_resamples": n_resamples,
         "seed": seed,
-        "metrics": {m: deltas[m] for m in NAMES},
+        "metrics": metrics,
         "mcnemar": mcnemar,
         "delong": delong,
     }

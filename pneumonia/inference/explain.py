@@ -1,5 +1,7 @@
 """`pneumonia explain IMAGE... --out DIR`: Grad-CAM overlays (pneumonia.inference.gradcam), one
-PNG per image, named after the image, captioned with P(PNEUMONIA) and the label."""
+PNG per image, named after the image, captioned with P(PNEUMONIA) and the label. A three-class
+model gets one overlay per class, `<image>_<class>.png` (normal, bacteria, virus), each captioned
+with that class's probability."""
 
 from __future__ import annotations
 
@@ -44,14 +46,27 @@ def command(args: argparse.Namespace) -> int:
             print(f"  {item.name}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        cams, probs = cam_model(x[None])
         name = safe_name(Path(item.name.replace(":", "/")).stem)
         while name in used:
             name += "_"
         used.add(name)
+        scale = max(1, 224 // loaded.size)
+        if cam_model.softmax_head:  # one heatmap per class
+            from pneumonia.paths import CLASSES
+
+            class_probs = np.asarray(loaded.model.predict_on_batch(x[None]))[0]
+            for k, cls in enumerate(CLASSES):
+                cams, probs = cam_model(x[None], k)
+                write_overlay(x[..., 0].astype(np.uint8), cams[0], out / f"{name}_{cls}.png",
+                              f"{cls} P={class_probs[k]:.3f}", scale=scale)
+            print(f"{item.name} -> {out / name}_<class>.png (P(PNEUMONIA) {probs[0]:.3f}; "
+                  + ", ".join(f"{c} {p:.3f}" for c, p in zip(CLASSES, class_probs, strict=True))
+                  + ")")
+            continue
+        cams, probs = cam_model(x[None])
         label = "PNEUMONIA" if probs[0] >= loaded.threshold else "NORMAL"
         write_overlay(x[..., 0].astype(np.uint8), cams[0], out / f"{name}.png",
-                      f"P={probs[0]:.3f} {label}", scale=max(1, 224 // loaded.size))
+                      f"P={probs[0]:.3f} {label}", scale=scale)
         print(f"{item.name} -> {out / (name + '.png')} (P(PNEUMONIA) {probs[0]:.3f})")
     if failed:
         print(f"{failed} file(s) skipped", file=sys.stderr)

@@ -8,6 +8,11 @@ averages it per channel (the channel weights), and the ReLU of the weighted sum 
 heatmap, upsampled to the image (bilinear) and scaled to 0..1 by its maximum. The logit rather
 than the probability: a saturated sigmoid would give vanishing gradients on confident images.
 
+A three-class model (softmax over normal / bacteria / virus) has one heatmap per class: the
+gradient of that class's pre-softmax score (Selvaraju et al.'s y^c), `target=` a class index;
+`target="pneumonia"` takes the log-odds of the binary view, log(e^z_bacteria + e^z_virus) -
+z_normal; the default is each image's most probable class.
+
 `pneumonia explain IMAGE... --out DIR` (pneumonia.inference.explain) writes one overlay PNG per
 image; evaluate writes overlays
 of test errors and of a few correct cases (metrics/gradcam/, MLflow evaluate/gradcam/).
@@ -50,6 +55,8 @@ class CamModel:
         last = self.after[-1]
         self.sigmoid_head = (isinstance(last, keras.layers.Dense)
                              and last.activation is keras.activations.sigmoid)
+        self.softmax_head = (isinstance(last, keras.layers.Dense)
+                             and last.activation is keras.activations.softmax)
 
     @staticmethod
     def _call(layer: Any, x: Any) -> Any:
@@ -59,8 +66,11 @@ class CamModel:
             return layer([x] * len(layer.input))
         return layer(x, training=False) if "training" in _call_args(layer) else layer(x)
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(heatmaps N x H x W in 0..1 at the input's size, probabilities N)."""
+    def __call__(self, x: np.ndarray,
+                 target: int | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(heatmaps N x H x W in 0..1 at the input's size, P(PNEUMONIA) N). `target`: for a
+        three-class model, the class whose heatmap (an index, "pneumonia" for the binary view,
+        None for each image's most probable class); a one-output model has one heatmap."""
         import tensorflow as tf
 
         h = tf.convert_to_tensor(x, dtype=tf.float32)
@@ -76,6 +86,16 @@ class CamModel:
             if self.sigmoid_head:  # the logit: W y + b
                 score = tf.matmul(tf.cast(y, last.kernel.dtype), last.kernel) + last.bias
                 prob = tf.sigmoid(score)
+            elif self.softmax_head:  # per-class scores z = W y + b, before the softmax
+                z = tf.matmul(tf.cast(y, last.kernel.dtype), last.kernel) + last.bias
+                probs = tf.nn.softmax(z)
+                prob = probs[:, 1] + probs[:, 2]
+                if target == "pneumonia":
+                    score = tf.reduce_logsumexp(z[:, 1:], axis=1) - z[:, 0]
+                else:
+                    k = tf.argmax(z, axis=1) if target is None \
+                        else tf.fill([tf.shape(z)[0]], tf.cast(int(target), tf.int64))
+                    score = tf.gather(z, k, axis=1, batch_dims=1)
             else:
                 score = prob = self._call(last, y)
         grads = tape.gradient(score, feat)
@@ -175,7 +195,8 @@ def explain_test_cases(model_file: Path, rows: Any, prob: np.ndarray, actual: np
         log.warning("no Grad-CAM overlays: %s", exc)
         return []
     x = np.stack([to_input(Path(rows["path"].iloc[i]).read_bytes(), size) for i, _ in cases])
-    cams, probs = cam_model(x)
+    # The cases are picked by P(PNEUMONIA): a three-class model's map is of the binary view.
+    cams, probs = cam_model(x, "pneumonia" if cam_model.softmax_head else None)
     written = []
     for (i, kind), img, cam, p in zip(cases, x, cams, probs, strict=True):
         actual_label = LABELS[int(actual[i])]

@@ -10,6 +10,10 @@ The threshold: the one recorded with a registered version (tag `threshold`, set 
 gate), else the one evaluate used for the workspace's model (metrics/evaluate.json), else
 params.yaml `evaluate.threshold`. `--threshold chosen` asks for the one evaluate chose on the
 validation images instead (`threshold_chosen` with `evaluate.threshold_rule: youden`).
+
+The conformal calibration (`qhat`, pneumonia.stats.conformal), when there is one: the logged
+model's config (`conformal`, set by evaluate), or for the workspace's model metrics/evaluate.json
+`conformal_qhat`. Without one, predictions carry no prediction set.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Loaded:
     source: str  # what was loaded: a file path or a resolved MLflow URI
     threshold: float
     threshold_from: str  # where the threshold came from (shown to the user)
+    qhat: float | None = None  # conformal calibration of this model, if evaluate made one
+    qhat_from: str = ""
 
     @property
     def size(self) -> int:
@@ -242,7 +248,31 @@ def _describe_aliases(name: str) -> str:
             else f"{name!r} has no aliases")
 
 
-def _load_mlflow(uri: str) -> tuple[keras.Model, str]:
+def workspace_qhat() -> tuple[float, str] | None:
+    """metrics/evaluate.json `conformal_qhat` (evaluate's calibration of models/model.keras)."""
+    try:
+        value = json.loads(EVALUATE_JSON.read_text(encoding="utf-8")).get("conformal_qhat")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, (int, float)) and 0 <= value <= 1:
+        return float(value), f"{EVALUATE_JSON} conformal_qhat"
+    return None
+
+
+def _logged_qhat(local: Path, uri: str) -> tuple[float, str] | None:
+    """The `conformal` calibration in a downloaded model's MLmodel file (pyfunc config)."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+        value = mlmodel["flavors"]["python_function"]["config"]["conformal"]["qhat"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return (float(value), f"{uri} (model config `conformal`)") \
+        if isinstance(value, (int, float)) else None
+
+
+def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -268,7 +298,7 @@ def _load_mlflow(uri: str) -> tuple[keras.Model, str]:
         raise PipelineError(f"{uri}: no such model in the store {store} ({exc.message})") from None
     except OSError as exc:
         raise PipelineError(f"{uri}: cannot read the model's files ({exc})") from None
-    return _load_keras_file(_keras_file_in(local, uri)), uri
+    return _load_keras_file(_keras_file_in(local, uri)), uri, local
 
 
 def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
@@ -290,13 +320,17 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
             f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
             "models:/NAME@ALIAS.")
     chosen_first = chosen_threshold(spec) if threshold == CHOSEN else None
+    qhat: tuple[float, str] | None = None
     if not is_file_spec:
-        model, source = _load_mlflow(spec)
+        model, source, local = _load_mlflow(spec)
         recorded = _mlflow_threshold(spec)
+        qhat = _logged_qhat(local, spec)
     else:
         path = Path(spec)
         model, source = _load_keras_file(path), str(path)
-        recorded = workspace_threshold() if path.resolve() == MODEL_FILE.resolve() else None
+        workspace = path.resolve() == MODEL_FILE.resolve()
+        recorded = workspace_threshold() if workspace else None
+        qhat = workspace_qhat() if workspace else None
     shape: Any = model.input_shape
     if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == shape[2]
             and shape[3] == 1):
@@ -308,4 +342,4 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = threshold, "--threshold"
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
-    return Loaded(model, source, float(chosen), origin)
+    return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")))

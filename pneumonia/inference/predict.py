@@ -1,5 +1,9 @@
 """`pneumonia predict PATH...`: P(PNEUMONIA) for X-ray files, folders and .zip archives.
 
+Columns: path, probability (P(PNEUMONIA)), label, threshold, error; a three-class model adds
+p_normal, p_bacteria, p_virus and class (the most probable cause); a model with a conformal
+calibration (evaluate) adds prediction_set and refer (pneumonia.inference.pyfunc, the same rule).
+
 Images are read and decoded by a thread pool (Pillow releases the GIL while decoding and
 resizing) a few batches ahead of the model, so decoding overlaps with the forward pass; results
 keep the order of the inputs. A bad image is reported with its reason and skipped: the others are
@@ -79,6 +83,7 @@ class Result:
     path: str
     probability: float | None = None
     error: str | None = None
+    outputs: tuple[float, ...] | None = None  # a three-class model's (normal, bacteria, virus)
 
 
 def _load(item: Item, size: int) -> np.ndarray:
@@ -93,11 +98,16 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
     batch: list[tuple[Item, np.ndarray]] = []
     queued = iter(items)
 
+    from pneumonia.model.tasks import pneumonia_probability
+
+    width = int(model.output_shape[-1])
+
     def flush() -> Iterator[Result]:
         x = np.stack([a for _, a in batch])
-        probs = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(-1)
-        for (item, _), p in zip(batch, probs, strict=True):
-            yield Result(item.name, float(p))
+        out = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(len(batch), width)
+        for (item, _), p, row in zip(batch, pneumonia_probability(out), out, strict=True):
+            yield Result(item.name, float(p), outputs=tuple(map(float, row)) if width > 1
+                         else None)
         if progress is not None:
             progress.update(len(batch))
         batch.clear()
@@ -130,17 +140,31 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
             yield from flush()
 
 
-def _rows(results: list[Result], threshold: float) -> list[dict[str, Any]]:
+def _rows(results: list[Result], threshold: float, three_class: bool = False,
+          qhat: float | None = None) -> list[dict[str, Any]]:
+    """Output rows; the columns of a three-class model and of a conformal set when given."""
+    from pneumonia.paths import CLASSES
+    from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
+
     rows = []
     for r in results:
         ok = r.probability is not None
-        rows.append({
+        row: dict[str, Any] = {
             "path": r.path,
             "probability": round(r.probability, 6) if ok else None,
             "label": LABELS[int(r.probability >= threshold)] if ok else None,
             "threshold": threshold,
-            "error": r.error,
-        })
+        }
+        if three_class:
+            for i, c in enumerate(CLASSES):
+                row[f"p_{c}"] = round(r.outputs[i], 6) if ok and r.outputs else None
+            row["class"] = CLASSES[int(np.argmax(r.outputs))] if ok and r.outputs else None
+        if qhat is not None:
+            sets = prediction_sets(binary_probs([r.probability]), qhat) if ok else None
+            row["prediction_set"] = set_names(sets, LABELS)[0] if ok else None
+            row["refer"] = bool(sets.sum() != 1) if ok else None
+        row["error"] = r.error
+        rows.append(row)
     return rows
 
 
@@ -151,7 +175,8 @@ def write_output(rows: list[dict[str, Any]], out: str | None, meta: dict[str, An
         Path(out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    fields = list(rows[0]) if rows else list(FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
@@ -183,9 +208,13 @@ def command(args: argparse.Namespace) -> int:
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
                                      args.workers, bar))
-    rows = _rows(results, loaded.threshold)
-    write_output(rows, args.out, {"model": loaded.source, "threshold": loaded.threshold,
-                                  "threshold_from": loaded.threshold_from})
+    three_class = int(loaded.model.output_shape[-1]) > 1
+    rows = _rows(results, loaded.threshold, three_class, loaded.qhat)
+    meta = {"model": loaded.source, "threshold": loaded.threshold,
+            "threshold_from": loaded.threshold_from}
+    if loaded.qhat is not None:
+        meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
+    write_output(rows, args.out, meta)
     failed = [r for r in results if r.error]
     counts = {label: sum(1 for r in rows if r["label"] == label) for label in LABELS}
     print(f"{len(results) - len(failed)} predicted ("

@@ -5,8 +5,13 @@ preprocessing: each row's `image` column holds one image file (PNG, JPEG or DICO
 text; it is decoded exactly as ingest decodes training images (`sources.to_input`). The answer
 has one row per image: `probability` (P(PNEUMONIA)), `label` (NORMAL/PNEUMONIA) and the
 `threshold` used (the one recorded when the model was logged, or the request's
-`params: {"threshold": t}`). A bad image fails the request with HTTP 400 and a message naming
-the row and the problem.
+`params: {"threshold": t}`). A three-class model (`task: three_class`) adds `p_normal`,
+`p_bacteria`, `p_virus` and `class` (the most probable of the three); its `probability` is
+P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged with a conformal
+calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
+NORMAL|PNEUMONIA or empty) and `refer` (true unless the set is one label: refer the image to a
+radiologist). A bad image fails the request with HTTP 400 and a message naming the row and the
+problem.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
 with the code it was trained with. `log_model` is what the train stage calls.
@@ -56,7 +61,10 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts[ARTIFACT], compile=False)
         self.size = int(self.model.input_shape[1])
-        self.threshold = float((context.model_config or {}).get("threshold", 0.5))
+        config = context.model_config or {}
+        self.threshold = float(config.get("threshold", 0.5))
+        conformal = config.get("conformal") or {}
+        self.qhat = float(conformal["qhat"]) if "qhat" in conformal else None
 
     # Typed as MLflow 3 asks (an untyped predict makes it warn "Add type hints to the `predict`
     # method" when the class is defined). pd.DataFrame is one of the hints MLflow infers no schema
@@ -67,7 +75,6 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
 
         from pneumonia.inference.sources import to_input
-        from pneumonia.paths import LABELS
 
         threshold = float((params or {}).get("threshold", self.threshold))
         if isinstance(model_input, pd.DataFrame):
@@ -87,17 +94,39 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
                     raise ValueError(f"row {i}: {exc}") from None
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
-        probs = predict_arrays(self.model, arrays)
-        labels = [LABELS[int(p >= threshold)] for p in probs]
-        return pd.DataFrame({"probability": probs, "label": labels,
-                             "threshold": [threshold] * len(probs)})
+        return answer(predict_outputs(self.model, arrays), threshold, self.qhat)
 
 
-def predict_arrays(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:
-    """P(PNEUMONIA) for decoded inputs, in batches (float64, one per array)."""
+def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
+    """The served table from the model's raw outputs (N, 1) or (N, 3): see the module
+    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal)."""
+    from pneumonia.model.tasks import pneumonia_probability
+    from pneumonia.paths import CLASSES, LABELS
+
+    probs = pneumonia_probability(outputs)
+    frame = pd.DataFrame({"probability": probs,
+                          "label": [LABELS[int(p >= threshold)] for p in probs],
+                          "threshold": [threshold] * len(probs)})
+    if outputs.shape[1] == len(CLASSES):
+        for i, c in enumerate(CLASSES):
+            frame[f"p_{c}"] = outputs[:, i]
+        frame["class"] = [CLASSES[i] for i in outputs.argmax(axis=1)] if len(outputs) else []
+    if qhat is not None:
+        from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
+
+        sets = prediction_sets(binary_probs(probs), qhat) if len(probs) else np.zeros((0, 2))
+        frame["prediction_set"] = set_names(sets, LABELS)
+        frame["refer"] = sets.sum(axis=1) != 1
+    return frame
+
+
+def predict_outputs(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:
+    """The model's raw outputs for decoded inputs, in batches: float64 (N, 1) P(PNEUMONIA) or
+    (N, 3) P(normal, bacteria, virus)."""
+    width = int(model.output_shape[-1])
     out = [np.asarray(model.predict_on_batch(np.stack(arrays[i : i + batch])), dtype=np.float64)
-           .reshape(-1) for i in range(0, len(arrays), batch)]
-    return np.concatenate(out) if out else np.zeros(0)
+           .reshape(-1, width) for i in range(0, len(arrays), batch)]
+    return np.concatenate(out) if out else np.zeros((0, width))
 
 
 def pip_requirements() -> list[str]:
@@ -128,21 +157,56 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
-def signature(threshold: float) -> Any:
+def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from pneumonia.paths import CLASSES
+
+    columns = [ColSpec("double", "probability"), ColSpec("string", "label"),
+               ColSpec("double", "threshold")]
+    if outputs == len(CLASSES):
+        columns += [ColSpec("double", f"p_{c}") for c in CLASSES] + [ColSpec("string", "class")]
+    if conformal:
+        columns += [ColSpec("string", "prediction_set"), ColSpec("boolean", "refer")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label"),
-                        ColSpec("double", "threshold")]),
+        outputs=Schema(columns),
         params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
     )
 
 
-def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
+def conformal_config(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The conformal calibration a served model carries (model config `conformal`), from
+    evaluate.json's keys; None without one."""
+    if metrics.get("conformal_qhat") is None:
+        return None
+    return {"alpha": float(metrics["conformal_alpha"]), "qhat": float(metrics["conformal_qhat"]),
+            "n_calibration": int(metrics["conformal_n_calibration"])}
+
+
+def output_width(keras_file: Path) -> int:
+    """Units of the model's `pneumonia` head (1 or 3), read from the .keras archive's
+    config.json: no TensorFlow import, no weights loaded. 1 when the layer is not found."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(keras_file) as zf:
+            config = json.loads(zf.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return 1
+    for layer in config.get("config", {}).get("layers", []):
+        if layer.get("name") == "pneumonia":
+            return int(layer.get("config", {}).get("units", 1))
+    return 1
+
+
+def log_model(keras_file: Path, threshold: float, name: str = "model",
+              conformal: dict[str, Any] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
-    model URI (`models:/m-<id>`)."""
+    model URI (`models:/m-<id>`). `conformal`: {"alpha", "qhat", ...} of evaluate's calibration
+    (the served answer then carries each image's prediction set)."""
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -152,8 +216,9 @@ def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
             python_model=PneumoniaModel(),
             artifacts={ARTIFACT: str(keras_file)},
             code_paths=[str(code)],
-            model_config={"threshold": float(threshold)},
-            signature=signature(threshold),
+            model_config={"threshold": float(threshold),
+                          **({"conformal": conformal} if conformal else {})},
+            signature=signature(threshold, output_width(keras_file), bool(conformal)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
         )

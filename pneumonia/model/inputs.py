@@ -10,7 +10,9 @@ random numbers, and each epoch's order, are drawn statelessly from (train.seed, 
 index): the same seed gives byte-identical batches, run after run, on any number of threads.
 
 tf.data is TF-only; it is confined to this module (the input edge). The augmentation layer is a
-Keras DataLayer built on backend ops.
+plain `keras.layers.Layer` on public `keras.ops` / `keras.random` (TensorFlow ops under the
+TensorFlow backend this project trains with) and `tf.random` for the stateless draws: no private
+Keras class (Keras' private `src` package may move in any Keras release; tests/test_public_api.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -104,9 +106,12 @@ def check_images(rows: pd.DataFrame, image_size: int) -> None:
 def _affine_layer_class() -> type:
     """The augmentation layer class, defined on first use (keras is imported lazily)."""
     import keras
-    from keras.src.layers.preprocessing.data_layer import DataLayer  # the tf.data-safe base
+    from keras import ops
 
-    class RandomAffineBrightness(DataLayer):
+    # A plain public Layer, not Keras' private DataLayer base: DataLayer only switches
+    # its ops to TensorFlow inside a tf.data graph when Keras runs another backend. This project
+    # always runs the TensorFlow backend (tf.data feeds the model), where keras.ops are TF ops.
+    class RandomAffineBrightness(keras.layers.Layer):
         """Random rotation, zoom and shift composed into ONE bilinear affine resampling per image,
         then a random brightness change; on a (B, S, S, C) or (S, S, C) batch in 0..255.
 
@@ -154,10 +159,9 @@ def _affine_layer_class() -> type:
         def _uniform(self, seed: object) -> object:
             """uniform(shape, lo, hi, k): the k-th draw of this call. A tensor `seed` gives
             stateless draws (k folded into it); a SeedGenerator, stateful ones."""
-            b = self.backend
             if isinstance(seed, keras.random.SeedGenerator):
-                return lambda shape, lo, hi, k: b.random.uniform(shape, lo, hi, dtype="float32",
-                                                                 seed=seed)
+                return lambda shape, lo, hi, k: keras.random.uniform(shape, lo, hi,
+                                                                     dtype="float32", seed=seed)
             import tensorflow as tf  # stateless draws: tf.data is TensorFlow's (module docstring)
 
             base = tf.cast(seed, tf.int64)
@@ -170,24 +174,23 @@ def _affine_layer_class() -> type:
             d the shift and Z = diag(zx, zy), input = c + R(angle) Z (p - c - d): translate, zoom
             about the centre, rotate about the centre, like the Keras layers in that order.
             `seed`: a SeedGenerator, or a (2,) int tensor for stateless draws."""
-            b = self.backend
             uniform = self._uniform(seed)
-            zeros = b.numpy.zeros((batch,), dtype="float32")
+            zeros = ops.zeros((batch,), dtype="float32")
             r = self.rotation * math.pi / 180.0
             angle = uniform((batch,), -r, r, 0) if self.rotation else zeros
             lo, hi = 1.0 - self.zoom, 1.0 + self.zoom
             zx = uniform((batch,), lo, hi, 1) if self.zoom else zeros + 1.0
             zy = (uniform((batch,), lo, hi, 2) if self.zoom_independent else zx) if self.zoom \
                 else zeros + 1.0
-            w, h = b.cast(width, "float32"), b.cast(height, "float32")
+            w, h = ops.cast(width, "float32"), ops.cast(height, "float32")
             dx = uniform((batch,), -self.shift, self.shift, 3) * w if self.shift else zeros
             dy = uniform((batch,), -self.shift, self.shift, 4) * h if self.shift else zeros
             cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-            cos, sin = b.numpy.cos(angle), b.numpy.sin(angle)
+            cos, sin = ops.cos(angle), ops.sin(angle)
             a0, a1, b0, b1 = cos * zx, -sin * zy, sin * zx, cos * zy
             a2 = cx - (a0 * (cx + dx) + a1 * (cy + dy))
             b2 = cy - (b0 * (cx + dx) + b1 * (cy + dy))
-            return b.numpy.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+            return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
         def brightness_factors(self, batch: int, seed: object) -> object:
             """(batch, 1, 1, 1) factors (multiplicative) or offsets in 0..255 units (additive)."""
@@ -198,19 +201,18 @@ def _affine_layer_class() -> type:
             return uniform((batch, 1, 1, 1), -limit, limit, 5)
 
         def call(self, images: object, training: bool = True, seed: object = None) -> object:
-            b = self.backend
-            images = b.cast(images, self.compute_dtype)
+            images = ops.cast(images, self.compute_dtype)
             if not training:
                 return images
             unbatched = len(images.shape) == 3
             if unbatched:
-                images = b.numpy.expand_dims(images, 0)
-            shape = b.shape(images)
+                images = ops.expand_dims(images, 0)
+            shape = ops.shape(images)
             batch, height, width = shape[0], shape[1], shape[2]
             if seed is None:
-                seed = self._get_seed_generator(b._backend)
+                seed = self.generator
             if self.rotation or self.zoom or self.shift:
-                images = b.image.affine_transform(
+                images = ops.image.affine_transform(
                     images, self.transforms(batch, height, width, seed),
                     interpolation="bilinear", fill_mode="nearest",
                 )
@@ -218,8 +220,8 @@ def _affine_layer_class() -> type:
                 change = self.brightness_factors(batch, seed)
                 images = images * change if self.brightness_mode == "multiplicative" \
                     else images + change
-                images = b.numpy.clip(images, 0.0, 255.0)
-            return b.numpy.squeeze(images, 0) if unbatched else images
+                images = ops.clip(images, 0.0, 255.0)
+            return ops.squeeze(images, 0) if unbatched else images
 
     return RandomAffineBrightness
 
@@ -234,6 +236,13 @@ def build_augmentation(aug: AugmentParams, seed: int) -> keras.Sequential:
     import keras
     from keras import layers
 
+    if keras.backend.backend() != "tensorflow":
+        # The layer's keras.ops run inside tf.data's graph: TensorFlow ops only.
+        raise PipelineError(
+            f"Keras runs the {keras.backend.backend()!r} backend (KERAS_BACKEND), but the "
+            "training input pipeline is tf.data and needs the TensorFlow backend: unset "
+            "KERAS_BACKEND or set it to `tensorflow`."
+        )
     if not (aug.rotation or aug.zoom or aug.shift or aug.brightness):
         # An empty Sequential cannot be called: all-zero ranges give an explicit Identity.
         return keras.Sequential([layers.Identity(name="no_augmentation")], name="augmentation")
@@ -267,6 +276,7 @@ def make_dataset(
     seed: int = 0,
     augment: AugmentParams | None = None,
     epochs: tuple[int, int] = (0, 1),
+    targets: Any = None,
 ) -> tf.data.Dataset:
     """Batched (float32 image in 0..255, float32 label) dataset for split rows.
 
@@ -275,15 +285,17 @@ def make_dataset(
     batch's augmentation are drawn statelessly from (seed, epoch[, batch index]): two datasets
     built alike yield identical batches, and a run resumed at epoch k sees exactly the epochs
     an uninterrupted run would have. Otherwise one pass in the rows' order (predictions line up
-    with `rows`).
+    with `rows`). `targets`: (N, K) float targets instead of the 0/1 labels.
     """
     import keras
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
     paths = tf.constant(rows["path"].tolist())
-    # (N, 1) targets, the shape of the model's single sigmoid output.
-    labels = tf.constant([[y] for y in labels_of(rows)], dtype=tf.float32)
+    # (N, 1) targets, the shape of the model's single sigmoid output; or the caller's `targets`
+    # (a three-class softmax's (N, 3) one-hot rows: pneumonia.model.tasks.targets).
+    labels = tf.constant(targets if targets is not None else [[y] for y in labels_of(rows)],
+                         dtype=tf.float32)
 
     def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint8)

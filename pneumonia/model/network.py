@@ -7,6 +7,7 @@ Layout (paper Sec. IV-D, Fig. 3; the head's size and dropout are ours, the paper
       -> <backbone>_preprocess: Rescaling/Normalization  exactly keras.applications' preprocess_input
       -> backbone (include_top=False), last N layers trainable; BatchNorm frozen when pretrained
       -> GlobalAveragePooling2D -> Dense(units, relu) -> Dropout -> Dense(1, sigmoid, float32)
+                                       (`task: three_class`: Dense(3, softmax, float32))
 
 Only built-in Keras layers are used, so ``models/model.keras`` loads with plain
 ``keras.saving.load_model`` (no custom objects) and the model takes raw pixel values: whoever
@@ -104,11 +105,14 @@ def _backbone(name: str, weights: str | None, image_size: int) -> keras.Model:
     return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
 
 
-def build_model(params: ModelParams, image_size: int, weights: str | None) -> keras.Model:
+def build_model(params: ModelParams, image_size: int, weights: str | None,
+                outputs: int = 1) -> keras.Model:
     """Build the (uncompiled) classifier.
 
     `weights` is the resolved value from `resolve_weights` (None, "imagenet" or a file path).
     All backbone layers but the last `params.trainable_layers` are frozen; the head is trainable.
+    `outputs`: 1 = one sigmoid, P(PNEUMONIA) (the paper); 3 = a softmax over normal / bacteria /
+    virus (`task: three_class`, pneumonia.model.tasks).
     """
     import keras
     from keras import layers
@@ -140,7 +144,7 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so
     # fine-tuning does not wreck the ImageNet statistics. In Keras 3.15 the guide's
     # `base(x, training=False)` does NOT do that inside a functional model: fit's training=True
-    # overrides the recorded training=False (keras/src/models/functional.py, operation_fn), and
+    # overrides the recorded training=False (Keras' functional.py, operation_fn), and
     # the moving statistics of trainable BN layers drift (tests/test_model.py measures it). A BN
     # layer with trainable=False always runs in inference mode, so freeze BN layers instead.
     # Random init (weights None): there are no statistics to protect; BN must learn them.
@@ -155,8 +159,10 @@ def build_model(params: ModelParams, image_size: int, weights: str | None) -> ke
     x = layers.Dense(params.dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(params.dropout, name="dropout")(x)
     # float32 output: under mixed_float16 a float16 sigmoid saturates and the loss loses precision.
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
-    return keras.Model(inputs, outputs, name=f"{params.backbone}_pneumonia")
+    # The layer keeps its name `pneumonia` for three classes too (one name for the head).
+    activation = "sigmoid" if outputs == 1 else "softmax"
+    head = layers.Dense(outputs, activation=activation, dtype="float32", name="pneumonia")(x)
+    return keras.Model(inputs, head, name=f"{params.backbone}_pneumonia")
 
 
 def freeze_all_but_last(base: keras.Model, n: int, freeze_batchnorm: bool = False) -> None:

@@ -43,6 +43,8 @@ from pneumonia.model.inputs import (
     subset_rows,
 )
 from pneumonia.model.network import build_model, resolve_weights
+from pneumonia.model.tasks import loss as task_loss
+from pneumonia.model.tasks import n_outputs, target_indices, targets
 from pneumonia.params import Params, arm_of, flatten
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
@@ -70,6 +72,7 @@ def resume_key(params: Params, split_sha256: str, code_sha256: str = "") -> str:
         "model": asdict(params.model),
         "train": asdict(params.train),
         "balance_method": params.balance.method,  # class_weight changes the loss
+        "task": params.task,  # the head and the loss
         "split_sha256": split_sha256,
         "code_sha256": code_sha256,
     }
@@ -254,16 +257,18 @@ def train_dataset(rows: Any, params: Params, global_batch: int, first_epoch: int
         seed=params.train.seed,
         augment=params.train.augment,
         epochs=(first_epoch, params.train.epochs),
+        targets=targets(rows, params.task) if params.task != "binary" else None,
     )
 
 
 def compile_model(model: keras.Model, params: Params) -> None:
-    """Adam at `lr`, binary cross-entropy (the single sigmoid output), accuracy."""
+    """Adam at `lr`, binary cross-entropy (the single sigmoid output; categorical for the
+    three-class softmax), accuracy."""
     import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params.lr),
-        loss="binary_crossentropy",
+        loss=task_loss(params.task),
         metrics=["accuracy"],
         jit_compile=params.train.jit_compile,
     )
@@ -337,19 +342,25 @@ def is_original(rows: Any) -> Any:
 
 
 def score_validation(model: keras.Model, val_rows: Any, image_size: int,
-                     batch_size: int) -> dict[str, float | int | None]:
+                     batch_size: int, task: str = "binary") -> dict[str, float | int | None]:
     """Loss and accuracy of `model` (as saved) on the whole validation subset and on its
     original images only (generated images excluded): one prediction pass."""
     import keras
     import numpy as np
 
     ds = make_dataset(val_rows, image_size, batch_size, training=False)
-    prob = np.asarray(model.predict(ds, verbose=0), dtype="float64").reshape(-1)
-    y = np.asarray(labels_of(val_rows), dtype="float64")
-    eps = keras.config.epsilon()  # Keras' binary_crossentropy clips to [eps, 1 - eps]
-    p = np.clip(prob, eps, 1 - eps)
-    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    right = (prob > 0.5) == (y == 1)  # Keras' binary accuracy threshold
+    out = np.asarray(model.predict(ds, verbose=0), dtype="float64")
+    eps = keras.config.epsilon()  # Keras' cross-entropies clip to [eps, 1 - eps]
+    if task == "binary":
+        prob = out.reshape(-1)
+        y = np.asarray(labels_of(val_rows), dtype="float64")
+        p = np.clip(prob, eps, 1 - eps)
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        right = (prob > 0.5) == (y == 1)  # Keras' binary accuracy threshold
+    else:  # softmax: categorical cross-entropy of the true class, argmax accuracy
+        idx = target_indices(val_rows, task)
+        loss = -np.log(np.clip(out[np.arange(len(idx)), idx], eps, 1 - eps))
+        right = out.argmax(axis=1) == idx
     original = is_original(val_rows).to_numpy()
 
     def mean(values: Any, mask: Any) -> float | None:
@@ -415,7 +426,7 @@ def run(params: Params) -> dict[str, Any]:
     train_ds = train_dataset(train_rows, params, global_batch, first_epoch=done)
 
     with strategy.scope() if strategy else nullcontext():
-        model = build_model(params.model, size, weights)
+        model = build_model(params.model, size, weights, n_outputs(params.task))
         compile_model(model, params)
 
     earlier = read_history(history_csv)
@@ -483,16 +494,19 @@ def _train_and_log(
     tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 
     mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
-                     "arm": arm_of(params), "seed": str(params.train.seed)})
+                     "arm": arm_of(params), "seed": str(params.train.seed), "task": params.task})
 
-    class_weight = class_weights(train_rows) if params.balance.method == "class_weight" else None
+    class_weight = class_weights(train_rows, params.task) \
+        if params.balance.method == "class_weight" else None
     if class_weight:
         log.info("class weights (balance.method class_weight): %s", class_weight)
     if finished:
         model.optimizer.build(model.trainable_variables)  # its state is in the file too
         model.load_weights(backup_dir / "latest.weights.h5")  # BackupAndRestore's last epoch
     else:
-        val_ds = make_dataset(val_rows, size, global_batch, training=False)
+        val_ds = make_dataset(val_rows, size, global_batch, training=False,
+                              targets=targets(val_rows, params.task)
+                              if params.task != "binary" else None)
         callbacks = training_callbacks(params, backup_dir, best_so_far)
         model.fit(
             train_ds,
@@ -509,7 +523,7 @@ def _train_and_log(
             next(c for c in callbacks if hasattr(c, "lost")), backup_dir)
     history = read_history(history_csv)
     saved = restore_best(model, backup_dir / "best.weights.h5", history)
-    scores = score_validation(model, val_rows, size, global_batch)
+    scores = score_validation(model, val_rows, size, global_batch, params.task)
     save_model_atomically(model)
     write_history(history, TRAIN_HISTORY)
     summary = _summary(history, params, device, precision, replicas, train_rows, val_rows)
@@ -547,15 +561,17 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     return tracking.write_run_file(mlrun, model_uri=model_uri)
 
 
-def class_weights(rows: Any) -> dict[int, float]:
-    """Loss weight per class, n / (2 n_class) (scikit-learn's "balanced"): each class then weighs
-    as much as the other in the loss, as if it had as many images."""
+def class_weights(rows: Any, task: str = "binary") -> dict[int, float]:
+    """Loss weight per class, n / (K n_class) (scikit-learn's "balanced", K = 2 labels or 3
+    classes): each class then weighs as much as each other in the loss, as if it had as many
+    images."""
     import numpy as np
     from sklearn.utils.class_weight import compute_class_weight
 
-    y = np.asarray(labels_of(rows))
-    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
-    return {0: float(weights[0]), 1: float(weights[1])}
+    y = target_indices(rows, task)
+    k = n_outputs(task) if task != "binary" else 2
+    weights = compute_class_weight("balanced", classes=np.arange(k), y=y)
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def _summary(
@@ -582,8 +598,9 @@ def _summary(
         "global_batch_size": params.train.batch_size * replicas,
         "train_images": len(train_rows),
         "balance_method": params.balance.method,
-        "class_weight": class_weights(train_rows) if params.balance.method == "class_weight"
-        else None,
+        "class_weight": class_weights(train_rows, params.task)
+        if params.balance.method == "class_weight" else None,
+        "task": params.task,
         "val_images": len(val_rows),
         "seconds": None,
     }

@@ -11,4 +11,8 @@ Modules:
   the comparison of a run with Table III and with the Kaggle baseline.
 - ``calibration``: Brier score, expected calibration error, reliability and precision-recall
   tables, and the choice of a decision threshold on validation data.
+- ``multiclass``: three-class (normal / bacteria / virus) metrics, bacterial-vs-viral accuracy, and
+  the binary view's PNEUMONIA recall per cause.
+- ``conformal``: split conformal prediction sets (calibration, sets, coverage, referral rate,
+  cross-fitted coverage, the risk-coverage curve).
 """

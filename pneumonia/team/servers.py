@@ -151,7 +151,17 @@ class Postgres:
     server: Any = None
 
     def start(self) -> Postgres:
-        import pgserver
+        try:
+            import pgserver
+        except ImportError:
+            # pyproject.toml installs pgserver only where its wheels exist (CPython <= 3.12).
+            raise ServerError(
+                f"pgserver (the local PostgreSQL of `make mlflow-server`) is not installed for "
+                f"Python {sys.version_info.major}.{sys.version_info.minor}: its last release "
+                "has wheels up to CPython 3.12. Use Python 3.11 or 3.12 (`make install "
+                "PYTHON=python3.12`), or run a PostgreSQL of your own and start `mlflow server "
+                "--backend-store-uri postgresql+psycopg2://...` against it."
+            ) from None
 
         # cleanup_mode "stop": stopped (data kept) by stop() or when this process exits.
         self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")

@@ -29,7 +29,7 @@ def predictions(quality: float, seed: int, n_patients: int = 150) -> pd.DataFram
     return pd.DataFrame({
         "image_id": [f"img{i:04d}" for i in range(n)],
         "patient_id": [f"p{i // 2:03d}" for i in range(n)],
-        "class": np.where(y == 1, "bacteria", "normal"),
+        "class": np.where(y == 1, np.where(np.arange(n) % 3 == 0, "virus", "bacteria"), "normal"),
         "actual": np.where(y == 1, "PNEUMONIA", "NORMAL"),
         "predicted": np.where(prob >= 0.5, "PNEUMONIA", "NORMAL"),
         "probability": prob.round(6),
@@ -73,6 +73,22 @@ def test_a_small_change_is_within_noise() -> None:
     result = compare_predictions(base, head, n_resamples=1000)
     assert result["metrics"]["accuracy"]["verdict"] == "within noise"
     assert result["mcnemar"]["pvalue"] > 0.05
+
+
+def test_recall_by_cause_shows_which_pneumonias_a_change_loses() -> None:
+    """A head that misses every viral image (and keeps the rest): worse on the viral recall,
+    unchanged on the bacterial one."""
+    base = predictions(0.8, 1)
+    head = base.copy()
+    virus = head["class"] == "virus"
+    head.loc[virus, "probability"] = 0.01
+    result = compare_predictions(base, head, n_resamples=1000)
+    m = result["metrics"]
+    assert m["PNEUMONIA_recall_virus"]["verdict"] == "worse"
+    assert m["PNEUMONIA_recall_virus"]["b"] == 0.0
+    assert m["PNEUMONIA_recall_bacteria"]["delta"] == 0
+    assert m["PNEUMONIA_recall_bacteria"]["verdict"] == "within noise"
+    assert "| PNEUMONIA recall, virus images |" in markdown(result)
 
 
 def test_different_images_are_refused() -> None:

@@ -238,3 +238,15 @@ def test_augmented_batches_are_reproducible_from_the_seed(in_project: Path) -> N
     # The augmentation too, not only the order: same order (zero ranges), other draws.
     plain = _batches(rows, 1, AugmentParams(rotation=0, zoom=0, shift=0, brightness=0))
     assert all(x.tobytes() != y.tobytes() for x, y in zip(a, plain, strict=True))
+
+
+def test_another_keras_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The augmentation runs inside tf.data's graph on keras.ops, TensorFlow ops only under the
+    TensorFlow backend: another KERAS_BACKEND gets a message saying what to set, not a failure
+    deep in Keras. (No other backend is installed here, jax being absent: the reported backend
+    is patched.)"""
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(PipelineError, match=r"'jax' backend.*KERAS_BACKEND.*tensorflow"):
+        build_augmentation(AugmentParams(), 1)

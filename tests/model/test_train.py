@@ -137,7 +137,7 @@ def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 
 
 def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
-    from pneumonia.evaluation.evaluate import REPORTED
+    from pneumonia.evaluation.metrics import REPORTED
 
     root = pipeline["root"]
     # The first evaluation (threshold 0.5) as saved before re-evaluating.
@@ -158,9 +158,26 @@ def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
     for key in ("brier", "ece"):
         assert ev[f"{key}_ci_low"] <= ev[key] <= ev[f"{key}_ci_high"]
 
-    predictions = pd.read_csv(root / "metrics/predictions.csv")
+    # by cause (issue 24): PNEUMONIA recall on the bacterial and the viral test images apart
+    for cause in ("bacteria", "virus"):
+        key = f"PNEUMONIA_recall_{cause}"
+        assert ev[f"{key}_ci_low"] <= ev[key] <= ev[f"{key}_ci_high"]
+    assert ev["bacteria_support"] + ev["virus_support"] == ev["PNEUMONIA_support"]
+    # conformal sets, calibrated on the 36 validation originals (pneumonia.evaluation.confidence)
+    assert ev["conformal_n_calibration"] == 36 and ev["conformal_target"] == 0.95
+    assert ev["conformal_coverage_verdict"] in ("holds", "below", "consistent")
+    for key in ("coverage", "val_coverage", "referral_rate"):
+        k = f"conformal_{key}"
+        assert ev[f"{k}_ci_low"] <= ev[k] <= ev[f"{k}_ci_high"], k
+
+    predictions = pd.read_csv(root / "metrics/predictions.csv", keep_default_na=False)
     assert list(predictions.columns) == [
-        "image_id", "patient_id", "class", "actual", "predicted", "probability"]
+        "image_id", "patient_id", "class", "actual", "predicted", "probability",
+        "prediction_set"]
+    assert set(predictions["prediction_set"]) <= {"NORMAL", "PNEUMONIA", "NORMAL|PNEUMONIA", ""}
+    assert pd.read_csv(root / "metrics/risk_coverage.csv")["coverage"].max() == 1.0
+    table3_md = (root / "metrics/table3.md").read_text()
+    assert "## PNEUMONIA recall by cause" in table3_md and "## Prediction sets" in table3_md
     assert predictions["image_id"].is_monotonic_increasing and len(predictions) == 104
     assert predictions["probability"].between(0, 1).all()
     assert (predictions["predicted"] == np.where(predictions["probability"] >= 0.3, "PNEUMONIA",
@@ -254,17 +271,25 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
     )
     assert cm["rows"] == "actual" and sum(map(sum, cm["matrix"])) == 104
 
-    # Train logged the served pyfunc (threshold 0.5). The re-evaluation at threshold 0.3 logged
-    # a copy with that threshold to its child run, so the served label matches evaluate's.
+    # Train logged the served pyfunc (threshold 0.5, no conformal calibration). Each evaluation
+    # logged a copy with its threshold and its conformal calibration (the served prediction
+    # set); re-evaluations log to child runs.
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    by_run = {m.source_run_id: m for m in models}
-    assert run_id in by_run and len(models) == 2
-    (child,) = set(by_run) - {run_id}
-    assert client.get_run(child).data.tags["mlflow.parentRunId"] == run_id
+    assert len(models) == 4
+    for child in {m.source_run_id for m in models} - {run_id}:
+        assert client.get_run(child).data.tags["mlflow.parentRunId"] == run_id
+    assert "test_PNEUMONIA_recall_virus_ci_low" in metrics and "test_conformal_coverage" in metrics
+    assert {"evaluate/risk_coverage.csv", "evaluate/risk_coverage.png"} <= artifacts
     # Every evaluation is a registry version: 0.5, the Youden re-evaluation (still served at
     # 0.5: threshold_chosen is reported, not applied), 0.3.
     versions = client.search_model_versions("name='pneumonia-densenet201'")
     assert sorted(v.tags["threshold"] for v in versions) == ["0.3", "0.5", "0.5"]
+    from mlflow.models import Model
+
+    latest = max(versions, key=lambda v: int(v.version))
+    config = Model.load(latest.source).flavors["python_function"]["config"]
+    final = json.loads((root / "metrics/evaluate.json").read_text())
+    assert config["conformal"]["qhat"] == final["conformal_qhat"]  # the served set's calibration
     # test accuracy of a 2-epoch model is below the default floor 0.9: never the champion
     assert {v.tags["gate.decision"] for v in versions} == {"challenger"}
     gate = json.loads((pipeline["root"] / "metrics/registry.json").read_text())
