@@ -1,13 +1,14 @@
 # Each target is self-contained: it creates or updates the local venv from the lock file
 # (uv.lock: every package of every extra, pinned with hashes) first.
+# The targets, one table: docs/layout.md ("Make targets"); tests/test_docs.py checks it.
 #   make lock       re-lock after editing pyproject.toml's pins (make lock-upgrade: newest allowed)
 #   make demo       all six stages on the bundled sample (offline, CPU, a few minutes)
 #   make test       lint + the test suite (slow tests: make test-slow)
 #   make reproduce  the paper run: `dvc repro` with params.yaml as committed (GPU recommended)
-#   make mlflow-ui  the MLflow UI on the repository's store, http://127.0.0.1:5000
+#   make mlflow-ui  the MLflow UI on the repository's store, http://127.0.0.1:5001 (UI_PORT)
 #   make bench      benchmarks (writes benchmarks/results.json)
 #   make ablation   the ablation grid of params.yaml as queued DVC experiments, then its report
-#   make mlflow-server  local S3 API + PostgreSQL + MLflow server (README: Working as a team)
+#   make mlflow-server  local S3 API + PostgreSQL + MLflow server on MLFLOW_PORT 5000 (docs/team.md)
 #   make push / make pull  dvc push / pull with a clear message when the remote fails
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,6 +19,8 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 MLFLOW_PORT ?= 5000
+# The UI's own port: the team's tracking server (mlflow-server) keeps 5000 while the UI runs.
+UI_PORT ?= 5001
 # uv installs from uv.lock; it is bootstrapped once, pinned, into its own small venv (.uv/).
 # Keep UV_VERSION equal to pyproject.toml's [tool.uv] required-version.
 UV_VERSION := 0.13.9
@@ -69,10 +72,14 @@ test-slow: install
 reproduce: install
 	dvc repro
 
+# A tracking server (MLFLOW_TRACKING_URI=http...) serves its own UI; `mlflow ui` cannot open it.
 mlflow-ui: install
+	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
+		echo "MLFLOW_TRACKING_URI is a tracking server: open its own UI, $$MLFLOW_TRACKING_URI"; \
+		exit 0;; esac; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		--host 127.0.0.1 --port $(MLFLOW_PORT)
+		--host 127.0.0.1 --port $(UI_PORT)
 
 ablation: install
 	$(PY) -m pneumonia ablation
@@ -83,7 +90,7 @@ bench: install
 clean-venv:
 	rm -rf $(VENV) .uv
 
-# ---- Working as a team (README) ------------------------------------------------------------
+# ---- Working as a team (docs/team.md) ---------------------------------------------------------
 # A local S3 API (moto), PostgreSQL (pgserver) and `mlflow server` on 127.0.0.1 until Ctrl-C;
 # URLs in .team/servers.json, exports in .team/env.sh.
 S3_PORT ?= 9000

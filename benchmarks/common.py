@@ -53,7 +53,7 @@ def find_raw(arg: str | None, quick: bool) -> Path:
         if cand.is_dir() or cand.is_file():
             return cand.resolve()
     sys.exit("benchmarks: the full dataset is not found. Pass --raw PATH (Kaggle/Mendeley chest_xray "
-             "folder or zip), set BENCH_RAW, or put it at data/raw/chest_xray (see README).")
+             "folder or zip), set BENCH_RAW, or put it at data/raw/chest_xray (see docs/data.md).")
 
 
 # ----------------------------------------------------------------------------------------------

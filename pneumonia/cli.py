@@ -7,9 +7,13 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
+import os
 import sys
+from pathlib import Path
 
 from pneumonia.stage import run_stage
 
@@ -36,14 +40,74 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
     "explain": ("pneumonia.inference.explain",
                 "Grad-CAM heatmap overlays: where in the image the model looked"),
+    "model-card": ("pneumonia.evaluation.card",
+                   ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
+                   "only compare)")),
     "robustness": ("pneumonia.evaluation.robustness",
                    ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
                    "inversion): paired differences from the clean test set, with intervals")),
 }
 
+# Tools with their own command line, reachable as `pneumonia [team] <verb> ARGS...`: ARGS go to
+# the tool unchanged (its --help included), so `python -m <module>` and `pneumonia <verb>` are the
+# same program. verb -> (module whose main(argv) runs it, argv prefix, one-line description).
+TOOLS: dict[str, tuple[str, list[str], str]] = {
+    "bench": ("benchmarks.run", [],
+              ("performance benchmarks, one process per case; writes benchmarks/results.json "
+              "(= make bench; needs a checkout of the repository)")),
+}
+TEAM_TOOLS: dict[str, tuple[str, list[str], str]] = {
+    "up": ("pneumonia.team.servers", ["up"],
+           ("start a local S3 API, PostgreSQL and an MLflow tracking server on 127.0.0.1 until "
+           "Ctrl-C (= make mlflow-server)")),
+    "push": ("pneumonia.team.remote", ["push"],
+             ("dvc push; on failure one line naming the remote, the problem and the fix "
+             "(= make push)")),
+    "pull": ("pneumonia.team.remote", ["pull"],
+             ("dvc pull; on failure one line naming the remote, the problem and the fix "
+             "(= make pull)")),
+    "multiworker": ("pneumonia.team.multiworker", [],
+                    ("check a MultiWorkerMirroredStrategy cluster (TF_CONFIG): a few synchronised "
+                    "SGD steps")),
+}
+
+
+def stage_summary(stage: str) -> str:
+    """The first line of `stages/<stage>.py`'s docstring, read without importing the stage (its
+    imports take seconds): one description for dvc.yaml's entry point and `--help`."""
+    spec = importlib.util.find_spec(f"stages.{stage}")
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else f"run the `{stage}` stage"
+    return first.split(": ", 1)[1] if first.startswith("DVC stage") else first
+
+
+def run_tool(module: str, argv: list[str], prog: str) -> None:
+    """Run a tool's `main(argv)` and exit with its status."""
+    if module.startswith("benchmarks.") and importlib.util.find_spec("benchmarks") is None:
+        # benchmarks/ is not an installed package: it runs from a checkout (editable install).
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "run.py").is_file():
+            print(f"ERROR [{prog}]: benchmarks/ is not installed with the package; run it from a "
+                  "checkout of the repository (`make bench`).", file=sys.stderr)
+            sys.exit(2)
+        sys.path.insert(0, str(root))
+    sys.argv = [prog, *argv]  # the tool's own argparse names itself `pneumonia <verb>`
+    # The tools start `dvc` / `mlflow`: this interpreter's (the venv's) first, as the Makefile does.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
+                                          os.environ.get("PATH", "")])
+    code = importlib.import_module(module).main(argv)
+    sys.exit(code or 0)
+
 
 def main(argv: list[str] | None = None) -> None:
     """`pneumonia <stage>` runs one stage (as DVC does); other commands are listed by --help."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        module, prefix, _ = TOOLS[argv[0]]
+        run_tool(module, prefix + argv[1:], f"pneumonia {argv[0]}")
+    if len(argv) > 1 and argv[0] == "team" and argv[1] in TEAM_TOOLS:
+        module, prefix, _ = TEAM_TOOLS[argv[1]]
+        run_tool(module, prefix + argv[2:], f"pneumonia team {argv[1]}")
     parser = argparse.ArgumentParser(
         prog="pneumonia",
         description="Pneumonia detection on pediatric chest X-rays. The pipeline is normally "
@@ -51,12 +115,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
-        sub.add_parser(stage, help=f"run the `{stage}` stage in the current directory")
+        text = stage_summary(stage)
+        sub.add_parser(stage, help=text, description=f"{text} The `{stage}` stage of dvc.yaml, "
+                       "run by hand in the current directory (without DVC's caching).")
     for name, (module, text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)
         add = getattr(importlib.import_module(module), "add_arguments", None)
         if add:
             add(cmd)
+    for name, (_, _, text) in TOOLS.items():  # dispatched above; listed here for --help
+        sub.add_parser(name, help=text, description=text, add_help=False)
+    team = sub.add_parser("team", help="working as a team: local servers, DVC remote, "
+                          "multi-worker check (docs/team.md)", description="Working as a team.")
+    team_sub = team.add_subparsers(dest="team_command", required=True, metavar="COMMAND")
+    for name, (_, _, text) in TEAM_TOOLS.items():
+        team_sub.add_parser(name, help=text, description=text, add_help=False)
     args = parser.parse_args(argv)
     if args.command in STAGES:
         importlib.import_module(f"stages.{args.command}").main()

@@ -94,13 +94,13 @@ def run() -> None:
     print(table)
     print(
         "\nThe sample is tiny and the model starts from random weights: these numbers show the\n"
-        "pipeline works, not what the method achieves (see README, 'Reproducing the paper').\n"
+        "pipeline works, not what the method achieves (see docs/reproducing.md).\n"
         "Every number carries its 95 % interval; on the sample's 100 test images they are wide\n"
-        "(README, 'How sure are these numbers?').\n\n"
+        "(docs/statistics.md).\n\n"
         "Next:\n"
         "  dvc exp show                  # this experiment beside the others (params, metrics)\n"
         f"  dvc exp apply {name:<15} # bring its outputs into the workspace\n"
-        "  make mlflow-ui                # runs beside the paper's Table III, http://127.0.0.1:5000\n"
+        "  make mlflow-ui                # runs beside the paper's Table III, http://127.0.0.1:5001\n"
     )
 
 

@@ -166,7 +166,8 @@ class TrainParams:
     cpu_devices: int = field(default=1, metadata=_pos)
     jit_compile: bool = False  # XLA
     # true: TensorFlow op determinism (tf.config.experimental.enable_op_determinism) on top of
-    # the seeds, so the same seeded run repeats exactly on the same machine (slower: README).
+    # the seeds, so the same seeded run repeats exactly on the same machine (slower:
+    # docs/reliability.md).
     deterministic: bool = False
     augment: AugmentParams = AugmentParams()
 
@@ -174,8 +175,9 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     # P(PNEUMONIA) >= threshold -> PNEUMONIA: the operating point of the reported test metrics and
-    # of the Table III comparison (0.5 = the paper's). Never tune it on the test set: a threshold
-    # is chosen on the validation images by `threshold_rule: youden` (reported beside it).
+    # of the Table III comparison (0.5: the paper states none). Never tune it on the test set: a
+    # threshold is chosen on the validation images by `threshold_rule: youden` (reported beside
+    # it; `pneumonia predict --threshold chosen` uses it).
     threshold: float = field(default=0.5, metadata=_frac_open)
     batch_size: int = field(default=64, metadata=_pos)
     # fixed: threshold_chosen = threshold; youden: maximise sensitivity + specificity - 1 on the

@@ -75,6 +75,42 @@ def test_store_and_artifacts_at_repo_root_and_reference_runs_logged_once(
     mlflow.set_tracking_uri("")  # do not leak into other tests
 
 
+def test_reference_runs_carry_every_training_param_of_the_schema(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The MLflow compare view shows the paper's reference run with a value for every param a
+    training run logs (derived from the params schema, so they never fall behind), and a store
+    whose reference runs were made by older code gets the missing params added."""
+    import mlflow
+
+    from pneumonia.params import flatten, load_params
+
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("MLFLOW_EXPERIMENT_NAME", "refs-params")
+    exp_id = tracking.setup()
+    client = mlflow.MlflowClient()
+    old = client.create_run(exp_id, run_name="reference-paper",  # as older code left it
+                            tags={"pipeline.reference": "paper"})
+    client.log_metric(old.info.run_id, "test_accuracy", 0.96)
+    client.log_param(old.info.run_id, "lr", "2e-06")  # one param, logged by hand back then
+    client.set_terminated(old.info.run_id)
+
+    ids = tracking.ensure_reference_runs(exp_id)
+    assert ids["paper"] == old.info.run_id  # the existing run is kept, not duplicated
+    paper = mlflow.get_run(ids["paper"]).data.params
+    committed = flatten(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    training = {k for k in committed if not k.startswith(("evaluate.", "ablation."))}
+    assert training <= set(paper)  # what train logs, the reference run has
+    assert paper["balance.method"] == "augmentor"
+    assert paper["model.backbone"] == "densenet201"
+    assert paper["lr"] == "2e-06"  # an existing value is never changed
+    for key in training - {"lr", "data.raw"}:  # params.yaml is the paper's configuration
+        assert paper[key] == str(committed[key]), key
+    kaggle = mlflow.get_run(ids["kaggle-resnet"]).data.params
+    assert set(kaggle) == set(paper) and set(kaggle.values()) == {"not reported"}
+    mlflow.set_tracking_uri("")
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,8 @@
 """Stage `evaluate`'s orchestration: predict the official test set, write every output, log to MLflow,
 register and gate the model.
 
-A test image is called PNEUMONIA when P(PNEUMONIA) >= evaluate.threshold (0.5, the paper's).
+A test image is called PNEUMONIA when P(PNEUMONIA) >= evaluate.threshold (0.5; the paper states
+none).
 Every reported test metric carries a 95 % interval from a patient-grouped bootstrap
 (`evaluate.bootstrap_resamples` resamples of the test patients, seeded by `evaluate.seed`; see
 pneumonia.evaluation.metrics). Outputs:

@@ -27,7 +27,7 @@ PREFIX = "abl"
 # Overrides per preset, on top of params.yaml. `cpu`: from scratch (no ImageNet download), 64 px,
 # all layers trained at a from-scratch learning rate, a few epochs: the whole default grid
 # (3 balancing methods x 3 seeds) in about 90 min on 2 cores. It answers the question at CPU
-# scale, without pretraining: not the paper's setting (README: "DenseNet201 or the balancing?").
+# scale, without pretraining: not the paper's setting (docs/experiments.md).
 PRESETS: dict[str, dict[str, str]] = {
     "cpu": {
         "data.image_size": "64",
@@ -153,7 +153,7 @@ def dataset_override(raw: str) -> dict[str, str]:
     if not path.exists():
         raise PipelineError(
             f"data.raw: {raw} does not exist. The ablation trains on the dataset params.yaml names: "
-            "put it there (README, 'Getting the full dataset') or set data.raw in params.yaml."
+            "put it there (docs/data.md, 'Getting the full dataset') or set data.raw in params.yaml."
         )
     tracked = subprocess.run(["git", "ls-files", "--", raw], capture_output=True, text=True,
                              check=False).stdout.strip()

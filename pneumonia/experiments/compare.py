@@ -33,6 +33,7 @@ import pandas as pd
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import METRIC_NAMES
 from pneumonia.experiments import revisions
+from pneumonia.params import EvaluateParams
 from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
 
 COLUMNS = ("image_id", "patient_id", "actual", "probability")
@@ -52,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="also write the markdown to this file")
     parser.add_argument("--resamples", type=int, default=N_RESAMPLES,
                         help=f"bootstrap resamples (default {N_RESAMPLES}, at least 200)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    seed = EvaluateParams().seed  # the evaluate stage's bootstrap seed: the same intervals
+    parser.add_argument("--seed", type=int, default=seed,
+                        help=f"bootstrap seed (default {seed}, as evaluate.seed)")
 
 
 def parse_predictions(text: str, where: str) -> pd.DataFrame:

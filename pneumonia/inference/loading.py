@@ -8,7 +8,8 @@ usage error (PipelineError: one message, exit 2).
 
 The threshold: the one recorded with a registered version (tag `threshold`, set by evaluate's
 gate), else the one evaluate used for the workspace's model (metrics/evaluate.json), else
-params.yaml `evaluate.threshold`.
+params.yaml `evaluate.threshold`. `--threshold chosen` asks for the one evaluate chose on the
+validation images instead (`threshold_chosen` with `evaluate.threshold_rule: youden`).
 
 The conformal calibration (`qhat`, pneumonia.stats.conformal), when there is one: the logged
 model's config (`conformal`, set by evaluate), or for the workspace's model metrics/evaluate.json
@@ -36,8 +37,9 @@ DEFAULT_REGISTRY_NAME = "pneumonia-densenet201"
 CHAMPION = "champion"
 # metrics/evaluate.json: the threshold evaluate applied (`threshold`): the one behind the headline
 # test metrics and the registry gate. `threshold_chosen` (Youden on validation) is reported beside
-# it; to serve at that value, set it as evaluate.threshold and re-run evaluate.
+# it and used only when asked for: `--threshold chosen` (CHOSEN).
 THRESHOLD_KEYS = ("threshold",)
+CHOSEN = "chosen"
 
 
 @dataclass
@@ -162,6 +164,77 @@ def _mlflow_threshold(uri: str) -> tuple[float, str] | None:
     return None
 
 
+def _chosen_from_run(run_id: str, what: str) -> tuple[float, str]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        data = mlflow.MlflowClient().get_run(run_id).data
+    except MlflowException:
+        raise PipelineError(f"--threshold {CHOSEN}: the evaluate run {run_id} of {what} is not "
+                            "in the store; give --threshold a number.") from None
+    rule = data.params.get("evaluate.threshold_rule")
+    if rule != "youden" or "threshold_chosen" not in data.metrics:
+        raise PipelineError(
+            f"--threshold {CHOSEN}: {what} was evaluated with threshold_rule {rule or 'unknown'}, "
+            "so no threshold was chosen on the validation images. Set evaluate.threshold_rule: "
+            "youden in params.yaml and run `dvc repro evaluate`, or give --threshold a number.")
+    return float(data.metrics["threshold_chosen"]), f"{what} threshold_chosen (youden, validation)"
+
+
+def chosen_threshold(spec: str) -> tuple[float, str]:
+    """`--threshold chosen`: the threshold evaluate chose on the validation images for this model
+    (`threshold_chosen`, `evaluate.threshold_rule: youden`), never one tuned on the test set.
+    A usage error when none was chosen (rule `fixed`) or the model has no evaluate record.
+    Resolved before the model is loaded: a wrong request fails in a second, not after a load."""
+    if spec.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        store = store_uri()
+        if store is None:
+            from pneumonia.tracking import tracking_uri
+
+            raise PipelineError(f"--threshold {CHOSEN}: {spec}: the MLflow store {tracking_uri()} "
+                                "does not exist; set MLFLOW_TRACKING_URI or give a .keras file.")
+        mlflow.set_tracking_uri(store)
+    if spec.startswith("runs:/"):
+        return _chosen_from_run(spec[len("runs:/"):].split("/", 1)[0], spec)
+    if spec.startswith("models:/"):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        rest, mv = spec[len("models:/"):], None
+        try:
+            if "@" in rest:
+                mv = mlflow.MlflowClient().get_model_version_by_alias(*rest.split("@", 1))
+            elif "/" in rest:
+                mv = mlflow.MlflowClient().get_model_version(*rest.split("/", 1))
+        except MlflowException:
+            mv = None
+        run_id = (mv.tags or {}).get("evaluate_run_id") if mv is not None else None
+        if not run_id:
+            raise PipelineError(f"--threshold {CHOSEN}: {spec} has no evaluate run recorded (tag "
+                                "`evaluate_run_id`); give --threshold a number.")
+        return _chosen_from_run(run_id, spec)
+    if Path(spec).resolve() != MODEL_FILE.resolve():
+        raise PipelineError(f"--threshold {CHOSEN}: nothing records a threshold chosen for {spec} "
+                            f"(only {MODEL_FILE}, via {EVALUATE_JSON}, and registered models do); "
+                            "give --threshold a number.")
+    try:
+        doc = json.loads(EVALUATE_JSON.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PipelineError(f"--threshold {CHOSEN}: {EVALUATE_JSON} is missing or unreadable; run "
+                            "`dvc repro evaluate` first, or give --threshold a number.") from None
+    rule = doc.get("threshold_rule") if isinstance(doc, dict) else None
+    value = doc.get("threshold_chosen") if isinstance(doc, dict) else None
+    if rule != "youden" or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise PipelineError(
+            f"--threshold {CHOSEN}: {EVALUATE_JSON} has threshold_rule {rule or 'unknown'}, so no "
+            "threshold was chosen on the validation images. Set evaluate.threshold_rule: youden in "
+            "params.yaml and run `dvc repro evaluate`, or give --threshold a number.")
+    return float(value), f"{EVALUATE_JSON} threshold_chosen (youden, validation)"
+
+
 def _describe_aliases(name: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -228,8 +301,9 @@ def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
     return _load_keras_file(_keras_file_in(local, uri)), uri, local
 
 
-def load(spec: str | None, threshold: float | None = None) -> Loaded:
-    """Resolve `--model` (None: the champion, else models/model.keras) and the threshold."""
+def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
+    """Resolve `--model` (None: the champion, else models/model.keras) and the threshold (a
+    number, None for the recorded one, or CHOSEN for the validation-chosen one)."""
     if spec is None:
         spec = champion_uri(registry_name())
         if spec is None:
@@ -240,17 +314,19 @@ def load(spec: str | None, threshold: float | None = None) -> Loaded:
                     "(`make demo` or `dvc repro`), or pass --model (a .keras file, "
                     "runs:/<run_id>/model or models:/NAME@ALIAS).")
             spec = str(MODEL_FILE)
+    is_file_spec = not spec.startswith(("runs:/", "models:/"))
+    if is_file_spec and not Path(spec).is_file():
+        raise PipelineError(
+            f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
+            "models:/NAME@ALIAS.")
+    chosen_first = chosen_threshold(spec) if threshold == CHOSEN else None
     qhat: tuple[float, str] | None = None
-    if spec.startswith(("runs:/", "models:/")):
+    if not is_file_spec:
         model, source, local = _load_mlflow(spec)
         recorded = _mlflow_threshold(spec)
         qhat = _logged_qhat(local, spec)
     else:
         path = Path(spec)
-        if not path.is_file():
-            raise PipelineError(
-                f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
-                "models:/NAME@ALIAS.")
         model, source = _load_keras_file(path), str(path)
         workspace = path.resolve() == MODEL_FILE.resolve()
         recorded = workspace_threshold() if workspace else None
@@ -260,7 +336,9 @@ def load(spec: str | None, threshold: float | None = None) -> Loaded:
             and shape[3] == 1):
         raise PipelineError(f"{source}: not a model of this pipeline (input shape {shape}, "
                             "expected (None, S, S, 1) gray pixels)")
-    if threshold is not None:
+    if chosen_first is not None:
+        chosen, origin = chosen_first
+    elif threshold is not None:
         chosen, origin = threshold, "--threshold"
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")

@@ -57,12 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "else models/model.keras)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="write FILE.csv or FILE.json (default: CSV on stdout)")
-    parser.add_argument("--threshold", metavar="T", type=float, default=None,
-                        help="P(PNEUMONIA) >= T is PNEUMONIA (default: the threshold evaluate "
-                        "chose for this model)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--threshold", metavar="T", type=threshold_arg, default=None,
+                        help="P(PNEUMONIA) >= T is PNEUMONIA; `chosen`: the threshold evaluate "
+                        "chose on the validation images (threshold_rule youden) for this model "
+                        "(default: the threshold evaluate applied to this model, "
+                        "evaluate.threshold)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=0,
                         help="decoding threads (0 = one per CPU core)")
+
+
+def threshold_arg(text: str) -> float | str:
+    """--threshold: a number, or `chosen` (the validation-chosen threshold)."""
+    if text == "chosen":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor `chosen`") from None
 
 
 @dataclass
@@ -179,7 +192,7 @@ def write_output(rows: list[dict[str, Any]], out: str | None, meta: dict[str, An
 def command(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise PipelineError(f"--out {args.out}: give a .csv or .json file name")
-    if args.threshold is not None and not 0 < args.threshold < 1:
+    if isinstance(args.threshold, float) and not 0 < args.threshold < 1:
         raise PipelineError(f"--threshold {args.threshold}: must be strictly between 0 and 1")
     if args.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")

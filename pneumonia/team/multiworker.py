@@ -76,15 +76,22 @@ def run_check(steps: int = 3, batch_per_replica: int = 8) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the check with TF_CONFIG from the environment; print (and write OUT) the result."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Check a MultiWorkerMirroredStrategy cluster: run this on every worker with "
+        "the same TF_CONFIG cluster list and its own task index.")
+    parser.add_argument("out", nargs="?", type=Path, help="also write the result JSON here")
+    args = parser.parse_args(argv)
     try:
         result = run_check()
     except ClusterError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(2)
     text = json.dumps(result)
-    if argv:
-        Path(argv[0]).write_text(text)
+    if args.out:
+        args.out.write_text(text)
     print(text)
 
 

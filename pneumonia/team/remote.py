@@ -70,7 +70,7 @@ def explain(command: str, name: str, stderr: str) -> str:
     if not name:
         return (
             f"`dvc {command}` failed and no DVC remote is configured. Add one: `dvc remote add "
-            "-d storage s3://<bucket>/<path>` (README, \"Working as a team\")."
+            "-d storage s3://<bucket>/<path>` (docs/team.md)."
         )
     url = dvc_config(f"remote.{name}.url") or "?"
     endpoint = dvc_config(f"remote.{name}.endpointurl")

@@ -10,7 +10,7 @@ server itself (`--artifacts-destination`), so clients need only the tracking URL
 
 moto keeps its objects in memory: a restarted S3 server is empty. It stands in for a real S3 /
 MinIO here; on a team machine point DVC and `mlflow server` at the real service instead
-(README, "Working as a team").
+(docs/team.md).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class MlflowServer:
             **os.environ,
             **CREDENTIALS,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-            # 7 job workers would take ~2 GB (STACK.md, trap 6); the pipeline uses no jobs.
+            # 7 job workers: ~2.2 GB instead of ~0.5 GB (docs/team.md); the pipeline uses none.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         env.pop("MLFLOW_TRACKING_URI", None)

@@ -165,6 +165,60 @@ def test_without_a_store_the_workspace_model_and_evaluates_threshold(
     assert not (no_store / "mlflow.db").exists()  # looking for a champion created no store
 
 
+def test_threshold_chosen_is_the_validation_chosen_one_of_evaluate_json(
+        no_store: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--threshold chosen` applies evaluate's `threshold_chosen` (youden, on validation images),
+    not `threshold`; with rule `fixed` there is none and the command says so (exit 2)."""
+    (no_store / "models").mkdir()
+    shutil.copy(model_file, no_store / "models" / "model.keras")
+    (no_store / "metrics").mkdir()
+    evaluate_json = no_store / "metrics" / "evaluate.json"
+    evaluate_json.write_text(json.dumps(
+        {"threshold": 0.5, "threshold_rule": "youden", "threshold_chosen": 0.4213}))
+    code, out, err = run([str(NORMAL[0]), "--threshold", "chosen"], capsys)
+    assert code == 0, err
+    assert "threshold 0.4213 (metrics/evaluate.json threshold_chosen" in err
+    assert next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.4213"
+    code, out, _ = run([str(NORMAL[0])], capsys)  # the default stays evaluate's `threshold`
+    assert code == 0 and next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.5"
+
+    evaluate_json.write_text(json.dumps(
+        {"threshold": 0.5, "threshold_rule": "fixed", "threshold_chosen": 0.5}))
+    code, _, err = run([str(NORMAL[0]), "--threshold", "chosen"], capsys)
+    assert code == 2 and "threshold_rule fixed" in err and "youden" in err
+    code, _, err = run([str(NORMAL[0]), "--model", str(model_file), "--threshold", "chosen"],
+                       capsys)
+    assert code == 2 and "nothing records a threshold chosen" in err
+    code, _, err = run([str(NORMAL[0]), "--threshold", "best"], capsys)
+    assert code == 2 and "neither a number nor `chosen`" in err
+
+
+def test_threshold_chosen_of_a_registered_model_comes_from_its_evaluate_run(
+        champion_store: dict[str, str], no_store: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store["uri"])
+    mlflow.set_tracking_uri(champion_store["uri"])
+    client = mlflow.MlflowClient()
+    name, run_id = "pneumonia-densenet201", champion_store["run_id"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    if "evaluate_run_id" not in (champion.tags or {}):  # as evaluate's gate records it
+        code, _, err = run([str(NORMAL[0]), "--threshold", "chosen"], capsys)
+        assert code == 2 and "no evaluate run recorded" in err
+        client.set_model_version_tag(name, champion.version, "evaluate_run_id", run_id)
+    run_data = client.get_run(run_id).data
+    if "evaluate.threshold_rule" not in run_data.params:  # what evaluate logs with youden
+        client.log_param(run_id, "evaluate.threshold_rule", "youden")
+        client.log_metric(run_id, "threshold_chosen", 0.37)
+    for model in ([], ["--model", f"runs:/{run_id}/model"]):
+        code, out, err = run([str(NORMAL[0]), *model, "--threshold", "chosen"], capsys)
+        assert code == 0, err
+        assert "threshold_chosen (youden, validation)" in err
+        assert next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.37"
+    mlflow.set_tracking_uri("")
+
+
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])

@@ -7,7 +7,9 @@ The real server's 400s: tests/inference/test_serve.py (slow)."""
 from __future__ import annotations
 
 import base64
+import importlib
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -135,3 +137,21 @@ def test_an_operator_lowers_the_limits_when_serving(half_uri: str,
     model = mlflow.pyfunc.load_model(half_uri)
     assert "at most 1 per request" in refused(model, frame(image(), image()))
     assert "over the limit of 0.001 megapixels" in refused(model, frame(image()))  # 40 x 40
+
+
+def test_defining_the_served_model_warns_nothing_about_type_hints() -> None:
+    """MLflow 3 warns "Add type hints to the `predict` method" when a PythonModel subclass is
+    defined with an untyped predict (the first screen of `make demo` showed it). The class is
+    defined again here, by reloading its module, with every warning recorded."""
+    from pneumonia.inference import pyfunc
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importlib.reload(pyfunc)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "type hint" in m.lower()], messages
+    # the hint is one MLflow infers no schema from: the explicit signature stays the model's
+    from mlflow.types.type_hints import _signature_cannot_be_inferred_from_type_hint
+
+    hint = pyfunc.PneumoniaModel().predict_type_hints.input
+    assert _signature_cannot_be_inferred_from_type_hint(hint)

@@ -156,7 +156,9 @@ def test_mlflow_run_in_repo_root_sqlite_store(project: Path) -> None:
     db = project / "mlflow.db"
     assert db.is_file(), "the default store is sqlite at the repository root"
     con = sqlite3.connect(db)
-    params = dict(con.execute("SELECT key, value FROM params").fetchall())
+    params = dict(con.execute(  # the pipeline's run, not the reference runs (they have params too)
+        "SELECT key, value FROM params WHERE run_uuid NOT IN "
+        "(SELECT run_uuid FROM tags WHERE key = 'pipeline.reference')").fetchall())
     assert float(params["lr"]) == pytest.approx(1e-4)
     metric_keys = {k for (k,) in con.execute("SELECT DISTINCT key FROM metrics")}
     assert {"test_accuracy", "test_NORMAL_recall", "test_PNEUMONIA_precision"} <= metric_keys
