@@ -140,3 +140,15 @@ def test_compare_proportions_newcombe_by_hand(c1: int, n1: int, c2: int, n2: int
 def test_compare_proportions_equal() -> None:
     res = compare_proportions(90, 100, 180, 200)
     assert res["diff"] == 0 and res["pvalue"] == 1.0 and res["ci_low"] < 0 < res["ci_high"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_equals_statsmodels(seed: int) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    from pneumonia.stats.significance import holm
+
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.random(6) ** 3, [0.04, 0.04]])  # ties too
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1], rel=1e-12)
+    assert holm([]).size == 0
