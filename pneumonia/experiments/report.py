@@ -344,8 +344,8 @@ def power_text(p: dict) -> str:
     text = (f"Power: the seed-to-seed standard deviation of {p['metric']} is "
             f"{p['pooled_seed_sd']:.3f} (pooled within arms over {p['n_runs']} runs, itself "
             f"uncertain). Detecting a {p['difference'] * 100:g}-point {p['metric']} difference "
-            f"between two arms (two-sided {p['alpha'] * 100:g} %, {p['power'] * 100:g} % power) takes "
-            f"{need} (statsmodels TTestIndPower).")
+            f"between two arms (two-sided {p['alpha'] * 100:g} %, {p['power'] * 100:g} % power) "
+            f"takes {need} (statsmodels TTestIndPower).")
     if p["se_test"] is not None:
         text += (f" The test set's patient sampling adds se {p['se_test']:.3f} to a difference "
                  "(measured at this report's seeds); if none of it shrank with more seeds, no "
