@@ -189,6 +189,10 @@ class EvaluateParams:
         default=2000, metadata=_ck(lambda v: v >= 200, "must be >= 200 (2000 recommended)")
     )
     seed: int = 42  # seeds the bootstrap: the same predictions always give the same intervals
+    # The leak-free test subset's reading of the NORMAL file names (pneumonia.dataset.validate,
+    # PATIENT_RULES): strict = the ids as written; merge_normal2 = NORMAL2-IM-0095 is patient
+    # IM-0095 (a published audit's reading). The other reading is reported beside it.
+    leakfree_patient_rule: Literal["strict", "merge_normal2"] = "strict"
     # Model registry (pneumonia.registry): each evaluated model is a version of this registered
     # model; alias `champion` moves to it only if test accuracy >= champion_min_accuracy and it is
     # not significantly worse than the current champion on the same test images.

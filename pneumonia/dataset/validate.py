@@ -173,24 +173,46 @@ def duplicate_groups(manifest: pd.DataFrame) -> list[dict[str, Any]]:
     return groups
 
 
-def patients_in_train_and_test(manifest: pd.DataFrame) -> list[str]:
-    """Patient ids with images in both the train split (train + validation) and the test split."""
-    train_p = set(manifest.patient_id[manifest.split == "train"])
-    test_p = set(manifest.patient_id[manifest.split == "test"])
+# Two readings of the NORMAL file names (nobody can know which is right): `strict` takes the id as
+# written, so NORMAL2-IM-0095 and IM-0095 are two patients (the dataset's own convention, 170
+# patients in both train and test on the shared copy); `merge_normal2` reads them as one patient,
+# as a published audit of the dataset does (264 patients in both: 94 more NORMAL ids).
+PATIENT_RULES = ("strict", "merge_normal2")
+
+
+def patient_key(patient_ids: pd.Series, rule: str = "strict") -> pd.Series:
+    """The patient id under a reading of the file names (PATIENT_RULES): `merge_normal2` drops
+    the `NORMAL2-` (any `NORMAL<n>-`) prefix, so NORMAL2-IM-0095 becomes IM-0095."""
+    if rule not in PATIENT_RULES:
+        raise ValueError(f"patient rule must be one of {', '.join(PATIENT_RULES)}, got {rule!r}")
+    ids = patient_ids.astype(str)
+    if rule == "strict":
+        return ids
+    return ids.str.replace(r"^NORMAL\d*-", "", regex=True, case=False)
+
+
+def patients_in_train_and_test(manifest: pd.DataFrame, rule: str = "strict") -> list[str]:
+    """Patient ids with images in both the train split (train + validation) and the test split
+    (ids read by ``rule``, see PATIENT_RULES)."""
+    ids = patient_key(manifest.patient_id, rule)
+    train_p = set(ids[manifest.split == "train"])
+    test_p = set(ids[manifest.split == "test"])
     return sorted(train_p & test_p)
 
 
-def leaking_test_images(manifest: pd.DataFrame) -> pd.DataFrame:
+def leaking_test_images(manifest: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
     """Per test image: does it leak training information? The two kinds of leakage
-    `find_leakage` reports, image by image. Columns `image_id`, `patient_in_train` (its patient
-    has a train/validation image), `duplicate_of_train` (its source bytes equal a train image's)
-    and `leakfree` (neither)."""
+    `find_leakage` reports, image by image. Columns `image_id`, `patient` (its patient id read
+    by ``rule``), `patient_in_train` (that patient has a train/validation image),
+    `duplicate_of_train` (its source bytes equal a train image's) and `leakfree` (neither)."""
     across = {g["sha256"] for g in duplicate_groups(manifest) if len(g["splits"]) > 1}
-    both = set(patients_in_train_and_test(manifest))
+    both = set(patients_in_train_and_test(manifest, rule))
     test = manifest[manifest.split == "test"]
+    patient = patient_key(test.patient_id, rule)
     out = pd.DataFrame({
         "image_id": test.image_id.to_numpy(),
-        "patient_in_train": test.patient_id.isin(both).to_numpy(),
+        "patient": patient.to_numpy(),
+        "patient_in_train": patient.isin(both).to_numpy(),
         "duplicate_of_train": test.sha256.isin(across).to_numpy(),
     })
     out["leakfree"] = ~(out.patient_in_train | out.duplicate_of_train)

@@ -11,12 +11,17 @@ pneumonia.evaluation.metrics). Outputs:
   predict`: `accuracy`, `accuracy_ci_low`, `accuracy_ci_high`, `NORMAL_recall`, ... for the
   official test set; the same with `leakfree_` for the leakage-free test subset (test images whose
   patient is not in train/validation and that are no byte-duplicate of a training image: the two
-  kinds of leakage the validate stage reports); `chosen_` for the test metrics at the threshold
-  chosen on the VALIDATION images (`threshold_chosen`, `threshold_rule`); `brier`, `ece`.
-- metrics/table3.json + table3.md: each Table III cell with its interval and a verdict
-  (consistent / below / above), the paper's own interval and the difference run - paper with its
-  interval (pneumonia.evaluation.reports, pneumonia.stats.table3); the Kaggle baseline; the
-  leak-free subset side by side; the validation-chosen threshold; calibration.
+  kinds of leakage the validate stage reports; patients read by
+  `evaluate.leakfree_patient_rule`) and `leakfree_alt_` for that subset under the other reading
+  of the file names (is NORMAL2-IM-0095 patient IM-0095?); `chosen_` for the test metrics at
+  the threshold chosen on the VALIDATION images (`threshold_chosen`, `threshold_rule`); `brier`,
+  `ece`. An interval with undefined resamples has `<metric>_ci_undefined_share` beside it.
+- metrics/table3.json + table3.md: each Table III cell with its interval, the paper's own
+  interval, the difference run - paper with its interval (the run's patient bootstrap combined
+  with the paper's binomial uncertainty) and a verdict from that difference (consistent / below
+  / above) (pneumonia.evaluation.reports, pneumonia.stats.table3); the Kaggle baseline; the
+  leak-free subset under both readings side by side; the validation-chosen threshold;
+  calibration.
 - metrics/predictions.csv (one row per test image: DVC's `confusion` plot, and what
   `pneumonia compare` reads) + confusion.png, metrics/roc.csv, metrics/reliability.csv,
   metrics/pr.csv (DVC plots, pneumonia.evaluation.plots). Everything is also logged to the
@@ -45,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from pneumonia import registry, tracking
+from pneumonia.dataset.validate import PATIENT_RULES
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation import further
 from pneumonia.evaluation.metrics import (
@@ -66,7 +72,7 @@ from pneumonia.evaluation.plots import (
     reliability_frame,
     roc_table,
 )
-from pneumonia.evaluation.reports import report_text, table3_report
+from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
@@ -140,9 +146,10 @@ def choose_threshold(params: Params, y_val: np.ndarray, prob_val: np.ndarray) ->
     return choose(y_val, prob_val, "youden")
 
 
-def leakage_of(rows: pd.DataFrame) -> pd.DataFrame:
+def leakage_of(rows: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
     """validate's two kinds of leakage for each test row (in the rows' order), from
-    data/manifest.csv: `patient_in_train`, `duplicate_of_train`, `leakfree`."""
+    data/manifest.csv, the patients read by ``rule`` (validate.PATIENT_RULES): `patient`,
+    `patient_in_train`, `duplicate_of_train`, `leakfree`."""
     from pneumonia.dataset.validate import leaking_test_images
 
     if not MANIFEST.is_file():
@@ -155,7 +162,7 @@ def leakage_of(rows: pd.DataFrame) -> pd.DataFrame:
             f"{MANIFEST} lacks column(s) {', '.join(missing)}: it was written by an older ingest "
             "stage. Run `dvc repro` to rebuild it."
         )
-    leaks = leaking_test_images(manifest).set_index("image_id")
+    leaks = leaking_test_images(manifest, rule).set_index("image_id")
     unknown = sorted(set(rows["image_id"]) - set(leaks.index))
     if unknown:
         raise PipelineError(
@@ -186,7 +193,11 @@ def run(params: Params) -> dict[str, Any]:
     e = params.evaluate
     df = read_split()
     rows = subset_rows(df, "test")
-    leaks = leakage_of(rows)
+    # The leak-free subset under evaluate's reading of the file names, and under the other one
+    # (`leakfree_alt_`): a conclusion that depends on the reading shows in table3.md.
+    rules = (e.leakfree_patient_rule,
+             *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
+    leaks = {rule: leakage_of(rows, rule) for rule in rules}
     run_info = tracking.read_run_file()
     experiment_id = tracking.setup()
     t = e.threshold
@@ -229,17 +240,23 @@ def run(params: Params) -> dict[str, Any]:
     }
     metrics.update(compute_metrics(y_true, prob, t, groups, **boot))
     metrics.update(calibration_metrics(y_true, prob, groups, **boot))
-    keep = leaks["leakfree"].to_numpy(dtype=bool)
-    metrics.update(compute_metrics(y_true[keep], prob[keep], t, groups[keep], **boot,
-                                   prefix="leakfree_"))
+    subsets = []
+    for prefix, rule in zip(("leakfree_", "leakfree_alt_"), rules, strict=True):
+        leak = leaks[rule]
+        keep = leak["leakfree"].to_numpy(dtype=bool)
+        patients = leak["patient"].astype(str).to_numpy()  # as the rule reads them
+        subset = LeakfreeSubset(rule, y_true[keep], prob[keep], patients[keep],
+                                int(leak["patient_in_train"].sum()),
+                                int(leak["duplicate_of_train"].sum()))
+        subsets.append(subset)
+        metrics.update(compute_metrics(subset.y, subset.prob, t, subset.groups, **boot,
+                                       prefix=prefix))
+        metrics[f"{prefix}patient_rule"] = rule
+        metrics[f"{prefix}excluded_patient_in_train"] = subset.excluded_patient_in_train
+        metrics[f"{prefix}excluded_duplicate_of_train"] = subset.excluded_duplicate_of_train
     chosen_iv = metric_intervals(y_true, prob, chosen, groups, **boot)
     metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
     metrics["threshold_warning"] = warning
-    leak_counts = {
-        "excluded_patient_in_train": int(leaks["patient_in_train"].sum()),
-        "excluded_duplicate_of_train": int(leaks["duplicate_of_train"].sum()),
-    }
-    metrics.update({f"leakfree_{k}": v for k, v in leak_counts.items()})
     extra = further.evaluate_further(
         params.task, rows["class"].astype(str).to_numpy(), outputs, prob, y_true, y_pred, groups,
         (np.asarray(labels_of(val)), val_prob, val["patient_id"].astype(str).to_numpy()),
@@ -247,14 +264,8 @@ def run(params: Params) -> dict[str, Any]:
     metrics.update(extra.metrics)
     write_json(metrics, EVALUATE_JSON)
 
-    table3 = table3_report(
-        metrics,
-        (y_true, prob, groups),
-        leak_counts,
-        params,
-        n_validation,
-        warning,
-    )
+    table3 = table3_report(metrics, (y_true, prob, groups), subsets[0], params, n_validation,
+                           warning, leakfree_alt=subsets[1])
     write_json(table3, TABLE3_JSON)
     markdown = table3_markdown(table3) + "\n" + extra.markdown
     TABLE3_MD.write_text(markdown, encoding="utf-8")

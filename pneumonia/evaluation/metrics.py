@@ -83,13 +83,17 @@ def metric_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, dict[str, float | None]]:
-    """``{metric: {value, ci_low, ci_high}}`` for every metric of REPORTED: the value on the
-    images as they are, the interval from a patient-grouped bootstrap (``groups`` = patient id
-    of each image; None = each image its own patient). All None when undefined (or no images)."""
+    """``{metric: {value, ci_low, ci_high, undefined_share}}`` for every metric of REPORTED: the
+    value on the images as they are, the interval from a patient-grouped bootstrap (``groups`` =
+    patient id of each image; None = each image its own patient), and the share of resamples in
+    which the metric was undefined (which widen the interval, or withhold it above
+    bootstrap.WITHHOLD_SHARE: see ``bootstrap.guarded_interval``). All None when undefined (or
+    no images)."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
     if y.size == 0:
-        return {m: {"value": None, "ci_low": None, "ci_high": None} for m in REPORTED}
+        return {m: {"value": None, "ci_low": None, "ci_high": None, "undefined_share": None}
+                for m in REPORTED}
     point = {k: float(v[0]) for k, v in metric_distributions(np.ones((1, y.size)), y, p,
                                                              threshold).items()}
     weights = patient_weights(groups, y.size, n_resamples, seed)
@@ -102,6 +106,7 @@ def metric_intervals(
             "value": value,
             "ci_low": finite_or_none(row["ci_low"]) if defined else None,
             "ci_high": finite_or_none(row["ci_high"]) if defined else None,
+            "undefined_share": float(row["undefined_share"]) if defined else None,
         }
     return {m: out[m] for m in REPORTED}
 
@@ -110,14 +115,17 @@ def flat_metrics(
     intervals: dict[str, dict[str, float | None]], prefix: str = "",
     metrics: tuple[str, ...] = REPORTED,
 ) -> dict[str, Any]:
-    """evaluate.json's flat keys: `<prefix><metric>`, `..._ci_low`, `..._ci_high`, and
-    `<prefix>undefined` (comma-separated names of the undefined metrics, "" when none)."""
+    """evaluate.json's flat keys: `<prefix><metric>`, `..._ci_low`, `..._ci_high`, `...
+    _ci_undefined_share` only where some resamples were undefined (> 0), and `<prefix>undefined`
+    (comma-separated names of the undefined metrics, "" when none)."""
     flat: dict[str, Any] = {}
     for m in metrics:
         row = intervals[m]
         flat[f"{prefix}{m}"] = row["value"]
         flat[f"{prefix}{m}_ci_low"] = row["ci_low"]
         flat[f"{prefix}{m}_ci_high"] = row["ci_high"]
+        if row.get("undefined_share"):
+            flat[f"{prefix}{m}_ci_undefined_share"] = round(row["undefined_share"], 6)
     flat[f"{prefix}undefined"] = ", ".join(m for m in metrics if intervals[m]["value"] is None)
     return flat
 

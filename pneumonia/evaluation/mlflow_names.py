@@ -10,7 +10,8 @@ from pneumonia.evaluation.paper import metric_name
 
 # evaluate.json keys that are settings, not measurements (params, or a string): not MLflow metrics.
 SETTINGS = ("threshold", "threshold_rule", "bootstrap_resamples", "seed", "ci_level",
-            "undefined", "leakfree_undefined", "chosen_undefined", "threshold_warning",
+            "undefined", "leakfree_undefined", "leakfree_alt_undefined", "chosen_undefined",
+            "threshold_warning", "leakfree_patient_rule", "leakfree_alt_patient_rule",
             # pneumonia.evaluation.further: the task, words, and the conformal alpha (a param)
             "task", "cause_undefined", "conformal_alpha", "conformal_coverage_verdict")
 
@@ -18,7 +19,8 @@ SETTINGS = ("threshold", "threshold_rule", "bootstrap_resamples", "seed", "ci_le
 def mlflow_metrics(metrics: dict[str, Any], table3: dict[str, Any]) -> dict[str, float]:
     """evaluate.json's numbers under the names the paper reference runs use (`test_accuracy`,
     `test_NORMAL_recall`, ... and `test_<metric>_ci_low/_ci_high`, `test_leakfree_...`,
-    `test_chosen_...`), the Table III counts and verdict totals, and `diff_from_paper_*`."""
+    `test_leakfree_alt_...`, `test_chosen_...`), the Table III counts and verdict totals, and
+    `diff_from_paper_*`."""
     out = {
         metric_name(k): float(v)
         for k, v in metrics.items()
@@ -28,6 +30,9 @@ def mlflow_metrics(metrics: dict[str, Any], table3: dict[str, Any]) -> dict[str,
     for key in ("table3_consistent", "table3_cells", "baseline_consistent", "baseline_cells"):
         out[key] = float(table3[key])
     out["leakfree_table3_consistent"] = float(table3["leakfree"]["table3_consistent"])
+    if "other_reading" in table3["leakfree"]:
+        out["leakfree_alt_table3_consistent"] = float(
+            table3["leakfree"]["other_reading"]["table3_consistent"])
     for cell, row in table3["cells"].items():
         for src, suffix in (("diff", ""), ("diff_ci_low", "_ci_low"), ("diff_ci_high", "_ci_high")):
             if row[src] is not None:

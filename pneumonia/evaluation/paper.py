@@ -94,15 +94,25 @@ def _num(v: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def _ci(v: float | None, low: float | None, high: float | None, sign: bool = False) -> str:
-    """`0.902 [0.871, 0.929]`; `n/a (undefined)` when the value is undefined."""
+def _ci(v: float | None, low: float | None, high: float | None, sign: bool = False,
+        undefined_share: float | None = None) -> str:
+    """`0.902 [0.871, 0.929]`; `n/a (undefined)` when the value is undefined; with the share of
+    undefined bootstrap resamples beside it when > 0 (`[interval withheld]` when the bootstrap
+    gave none: pneumonia.stats.bootstrap.guarded_interval)."""
     if v is None:
         return "n/a (undefined)"
-    return f"{_num(v, sign=sign)} [{_num(low, sign=sign)}, {_num(high, sign=sign)}]"
+    if low is None or high is None:
+        text = f"{_num(v, sign=sign)} [interval withheld]"
+    else:
+        text = f"{_num(v, sign=sign)} [{_num(low, sign=sign)}, {_num(high, sign=sign)}]"
+    if undefined_share:
+        text += f" ({undefined_share:.0%} of resamples undefined)"
+    return text
 
 
 def _ci_of(row: dict[str, Any]) -> str:
-    return _ci(row.get("value"), row.get("ci_low"), row.get("ci_high"))
+    return _ci(row.get("value"), row.get("ci_low"), row.get("ci_high"),
+               undefined_share=row.get("undefined_share"))
 
 
 def table3_markdown(table: dict[str, Any]) -> str:
@@ -114,26 +124,35 @@ def table3_markdown(table: dict[str, Any]) -> str:
     lines += [
         (f"{table['n_test']} test images of {table['n_patients']} patients, threshold {t:g}. "
         f"Intervals: {table['ci_level']:.0%}, patient-grouped bootstrap "
-        f"({table['bootstrap_resamples']} resamples, seed {table['seed']}). "
-        "Verdict: `consistent` = the paper's printed value lies inside this run's interval; "
-        "`below` / `above` = this run's whole interval lies below / above it. The paper's "
+        f"({table['bootstrap_resamples']} resamples, seed {table['seed']}). The paper's "
         "interval treats its images as independent (Wilson; image bootstrap for F1), from the "
-        f"confusion matrix its Table III implies, {[list(r) for r in TABLE3_CONFUSION]}; the "
-        "difference run - paper is unpaired (the paper's predictions are not published)."),
+        f"confusion matrix its Table III implies, {[list(r) for r in TABLE3_CONFUSION]}. "
+        "run - paper: this run's patient-grouped bootstrap minus independent draws of that "
+        "confusion (the paper's binomial uncertainty), unpaired (the paper's predictions are "
+        "not published). Verdict: `consistent` = the interval of run - paper includes 0; "
+        "`below` / `above` = it lies wholly below / above 0. The last column says only where "
+        "the printed value lies relative to this run's own interval (it ignores the paper's "
+        "uncertainty)."),
         "",
         (f"**{table['table3_consistent']} of {table['table3_cells']} Table III cells are "
-        "consistent with this run.**"),
+        "consistent with this run** (by the interval of run - paper; "
+        f"{table.get('table3_consistent_run_interval', 'n/a')} of {table['table3_cells']} printed "
+        "values lie inside this run's own interval)."),
         "",
-        "| metric | paper [95 % CI] | this run [95 % CI] | verdict | run - paper [95 % CI] |",
-        "|---|---|---|---|---|",
+        ("| metric | paper [95 % CI] | this run [95 % CI] | run - paper [95 % CI] | verdict | "
+         "printed value vs this run's CI |"),
+        "|---|---|---|---|---|---|",
     ]
     for cell, row in table["cells"].items():
         paper = f"{row['paper']:.2f} [{_num(row['paper_ci_low'])}, {_num(row['paper_ci_high'])}]"
-        run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"])
-        diff = _ci(row["diff"], row["diff_ci_low"], row["diff_ci_high"], sign=True)
-        lines.append(f"| {METRIC_NAMES[cell]} | {paper} | {run} | {row['verdict']} | {diff} |")
+        run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"],
+                  undefined_share=row.get("run_undefined_share"))
+        diff = _ci(row["diff"], row["diff_ci_low"], row["diff_ci_high"], sign=True,
+                   undefined_share=row.get("diff_undefined_share"))
+        lines.append(f"| {METRIC_NAMES[cell]} | {paper} | {run} | {diff} | {row['verdict']} | "
+                     f"{row.get('run_interval_verdict', '')} |")
     for label, row in table["support"].items():
-        lines.append(f"| {label} support | {row['paper']} | {row['run']} | | |")
+        lines.append(f"| {label} support | {row['paper']} | {row['run']} | | | |")
 
     base = table["baseline"]
     lines += [
@@ -151,40 +170,56 @@ def table3_markdown(table: dict[str, Any]) -> str:
         lines.append(f"| {METRIC_NAMES[cell]} | {row['baseline']:.2f} | {run} | {row['verdict']} |")
 
     lf = table["leakfree"]
+    alt = lf.get("other_reading")
     official = table["test"]["metrics"]
     n_off = {k: v["run"] for k, v in table["support"].items()}
-    n_lf = lf["support"]
 
     def mix(n: dict[str, int]) -> str:
         total = sum(n.values())
         share = f" ({n['NORMAL'] / total:.0%} NORMAL)" if total else ""
         return f"{n['NORMAL']} NORMAL / {n['PNEUMONIA']} PNEUMONIA{share}"
 
+    def subset(block: dict[str, Any]) -> str:
+        return (f"`{block.get('rule', 'strict')}`: {block['n_test']} of {table['n_test']} test "
+                f"images ({block['n_patients']} patients; excluded "
+                f"{block['excluded_patient_in_train']} of a patient seen in training, "
+                f"{block['excluded_duplicate_of_train']} duplicates of a training image; the "
+                f"two can overlap), class mix {mix(block['support'])}")
+
+    readings = [lf] + ([alt] if alt else [])
     lines += [
         "",
         "## Leakage-free test subset",
         "",
-        (f"The official test set shares patients (and possibly identical files) with the "
-         f"training data. The leak-free subset keeps the {lf['n_test']} of {table['n_test']} test "
-         f"images ({lf['n_patients']} patients) whose patient has no train/validation image and "
-         "that are no byte-duplicate of a training image (excluded: "
-         f"{lf['excluded_patient_in_train']} of a patient seen in training, "
-         f"{lf['excluded_duplicate_of_train']} duplicates of a training image; the two can "
-         "overlap)."),
+        ("The official test set shares patients (and possibly identical files) with the "
+         "training data. The leak-free subset keeps the test images whose patient has no "
+         "train/validation image and that are no byte-duplicate of a training image. Which "
+         "images share a patient rests on a reading of the file names: `strict` takes the ids "
+         "as written; `merge_normal2` reads NORMAL2-IM-0095 as the same patient as IM-0095 (a "
+         "published audit's reading). Nobody can know which is right, so both are shown; "
+         "`evaluate.leakfree_patient_rule` picks the first."),
         "",
-        (f"Class mix: official {mix(n_off)}, leak-free {mix(n_lf)}. Accuracy, precision, F1 and "
-         "PR AUC depend on the class mix, so they differ between the columns even for the same "
-         "model; recall (sensitivity, specificity) and ROC AUC do not. Only the recalls get a "
-         f"verdict against Table III: {lf['table3_consistent']} of {lf['table3_cells']} "
-         "consistent."),
+        *[f"- {subset(b)}" for b in readings],
         "",
-        (f"| metric | official test (n = {table['n_test']}) | leak-free (n = {lf['n_test']}) "
-         "| verdict vs paper (leak-free) |"),
-        "|---|---|---|---|",
+        (f"Official class mix: {mix(n_off)}. Accuracy, precision, F1 and PR AUC depend on the "
+         "class mix, so they differ between the columns even for the same model; recall "
+         "(sensitivity, specificity) and ROC AUC do not. Only the recalls get a verdict against "
+         "Table III (from the interval of run - paper, as above): "
+         + "; ".join(f"`{b.get('rule', 'strict')}` {b['table3_consistent']} of "
+                     f"{b['table3_cells']} consistent" for b in readings) + "."),
     ]
+    if alt:
+        same = lf["verdicts"] == alt["verdicts"]
+        lines += ["", ("**The leak-free verdicts " + ("do not depend" if same else "DEPEND")
+                       + " on the reading of the file names.**")]
+    head = [f"official test (n = {table['n_test']})"]
+    head += [f"leak-free, {b.get('rule', 'strict')} (n = {b['n_test']})" for b in readings]
+    head += [f"verdict vs paper ({b.get('rule', 'strict')})" for b in readings]
+    lines += ["", "| metric | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for m, row in official.items():
-        verdict = lf["verdicts"].get(m, "")
-        lines.append(f"| {METRIC_NAMES[m]} | {_ci_of(row)} | {_ci_of(lf['metrics'][m])} | {verdict} |")
+        cells = [_ci_of(row)] + [_ci_of(b["metrics"][m]) for b in readings]
+        cells += [b["verdicts"].get(m, "") for b in readings]
+        lines.append(f"| {METRIC_NAMES[m]} | " + " | ".join(cells) + " |")
 
     ch = table["threshold_choice"]
     chosen = ch["threshold_chosen"]

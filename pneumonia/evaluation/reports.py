@@ -5,6 +5,7 @@ calibration) and the classification report text.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,14 @@ from pneumonia.evaluation.metrics import (
     AVERAGES,
     ECE_BINS,
     LEVEL,
+    REPORTED,
     THRESHOLD_METRICS,
     finite_or_none,
 )
 from pneumonia.evaluation.paper import BASELINE, BASELINE_NAME, TABLE3
 from pneumonia.params import Params
 from pneumonia.paths import LABELS
+from pneumonia.stats.bootstrap import WITHHOLD_SHARE
 
 # Table III cells a verdict compares on the leak-free subset: those that do not depend on the
 # class mix (recall = sensitivity / specificity).
@@ -38,7 +41,14 @@ def report_text(metrics: dict[str, Any], prefix: str = "") -> str:
 
     def cell(key: str) -> str:
         v, lo, hi = g(f"{prefix}{key}"), g(f"{prefix}{key}_ci_low"), g(f"{prefix}{key}_ci_high")
-        text = "n/a" if v is None else f"{v:.4f} [{_fmt(lo)}, {_fmt(hi)}]"
+        if v is None:
+            text = "n/a"
+        elif lo is None or hi is None:
+            text = f"{v:.4f} [withheld]"
+        else:
+            text = f"{v:.4f} [{_fmt(lo)}, {_fmt(hi)}]"
+        if g(f"{prefix}{key}_ci_undefined_share"):
+            text += "*"
         return f"{text:<27}"
 
     n = g(f"{prefix}n_test")
@@ -56,6 +66,12 @@ def report_text(metrics: dict[str, Any], prefix: str = "") -> str:
     undefined = g(f"{prefix}undefined")
     if undefined:
         lines.append(f"n/a = undefined (zero denominator): {undefined}")
+    shares = {m: g(f"{prefix}{m}_ci_undefined_share") for m in REPORTED
+              if g(f"{prefix}{m}_ci_undefined_share")}
+    if shares:
+        lines.append("* some bootstrap resamples had the metric undefined (interval widened to "
+                     f"cover them; withheld above {WITHHOLD_SHARE:.0%}): "
+                     + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -80,25 +96,73 @@ def _block(metrics: dict[str, Any], prefix: str, names: tuple[str, ...]) -> dict
             "value": metrics[f"{prefix}{m}"],
             "ci_low": metrics[f"{prefix}{m}_ci_low"],
             "ci_high": metrics[f"{prefix}{m}_ci_high"],
+            "undefined_share": metrics.get(f"{prefix}{m}_ci_undefined_share", 0.0),
         }
         for m in names
+    }
+
+
+@dataclass(frozen=True)
+class LeakfreeSubset:
+    """The leak-free test images under one reading of the file names (the patient rule): their
+    labels, P(PNEUMONIA), patient ids (read by the rule) and what was excluded."""
+
+    rule: str
+    y: np.ndarray
+    prob: np.ndarray
+    groups: np.ndarray
+    excluded_patient_in_train: int
+    excluded_duplicate_of_train: int
+
+
+def _leakfree_block(metrics: dict[str, Any], prefix: str, subset: LeakfreeSubset,
+                    params: Params) -> dict[str, Any]:
+    """table3.json's block for one leak-free subset: counts, the metrics of evaluate.json under
+    ``prefix``, and verdicts against Table III for the recalls, from the difference run - paper
+    (pneumonia.stats.table3, as on the official test set)."""
+    from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
+    from pneumonia.stats.table3 import compare_to_paper
+
+    e = params.evaluate
+    cells: dict[str, Any] = {}
+    if subset.y.size:
+        paper = compare_to_paper(subset.y, subset.prob, e.threshold, subset.groups, None,
+                                 e.bootstrap_resamples, e.seed, LEVEL)
+        cells = {c: row for c, row in paper["cells"].items() if c in LEAKFREE_CELLS}
+    verdicts = {c: cells[c]["verdict"] if c in cells else "undefined" for c in LEAKFREE_CELLS}
+    return {
+        "rule": subset.rule,
+        "n_test": metrics[f"{prefix}n_test"],
+        "n_patients": metrics[f"{prefix}n_patients"],
+        "support": {label: metrics[f"{prefix}{label}_support"] for label in LABELS},
+        "excluded_patient_in_train": subset.excluded_patient_in_train,
+        "excluded_duplicate_of_train": subset.excluded_duplicate_of_train,
+        "table3_consistent": sum(v == "consistent" for v in verdicts.values()),
+        "table3_cells": len(verdicts),
+        "verdicts": verdicts,
+        "run_interval_verdicts": {c: cells[c]["run_interval_verdict"] for c in cells},
+        "differences": {c: {k: cells[c][k] for k in ("diff", "diff_ci_low", "diff_ci_high",
+                                                      "diff_pvalue")} for c in cells},
+        "metrics": _block(metrics, prefix, BOOT_METRICS),
     }
 
 
 def table3_report(
     metrics: dict[str, Any],
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
-    leak_counts: dict[str, int],
+    leakfree: LeakfreeSubset,
     params: Params,
     n_validation: int | None,
     warning: str = "",
+    leakfree_alt: LeakfreeSubset | None = None,
 ) -> dict[str, Any]:
     """metrics/table3.json: the run against Table III and the Kaggle baseline (official test
-    set, evaluate.threshold), the leak-free subset beside it, the validation-chosen threshold and
-    calibration. `test` = (y, prob, patient id) of the official test images; the leak-free and
-    chosen-threshold numbers come from `metrics` (evaluate.json)."""
+    set, evaluate.threshold), the leak-free subset beside it (under evaluate's patient rule, and
+    under the other reading of the file names when ``leakfree_alt`` is given: `leakfree_alt_`
+    keys of evaluate.json), the validation-chosen threshold and calibration. `test` = (y, prob,
+    patient id) of the official test images; the chosen-threshold numbers come from `metrics`."""
     from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
-    from pneumonia.stats.table3 import CELLS, compare_to_paper, verdict
+    from pneumonia.stats.table3 import compare_to_paper
 
     e = params.evaluate
     t = e.threshold
@@ -112,6 +176,7 @@ def table3_report(
         "seed": e.seed,
         "ci_level": LEVEL,
         "table3_consistent": paper["n_consistent"],
+        "table3_consistent_run_interval": paper["n_consistent_run_interval"],
         "table3_cells": paper["n_cells"],
         "baseline_consistent": paper["baseline"]["n_consistent"],
         "baseline_cells": paper["baseline"]["n_cells"],
@@ -124,25 +189,13 @@ def table3_report(
         "baseline": {"name": BASELINE_NAME, **paper["baseline"]},
         "test": {"metrics": _block(metrics, "", BOOT_METRICS)},
     }
-    lf = _block(metrics, "leakfree_", BOOT_METRICS)
     # The leak-free subset has its own class mix (on the Kermany split mostly NORMAL: the
     # PNEUMONIA test patients are the ones also seen in training). Accuracy, precision and F1
     # depend on that mix, so only the recalls are compared with Table III.
-    verdicts = {
-        c: verdict(out["cells"][c]["paper"], *(np.nan if v is None else v for v in
-                                               (lf[c]["ci_low"], lf[c]["ci_high"])))
-        for c in CELLS if c in LEAKFREE_CELLS
-    }
-    out["leakfree"] = {
-        "n_test": metrics["leakfree_n_test"],
-        "n_patients": metrics["leakfree_n_patients"],
-        "support": {label: metrics[f"leakfree_{label}_support"] for label in LABELS},
-        **leak_counts,
-        "table3_consistent": sum(v == "consistent" for v in verdicts.values()),
-        "table3_cells": len(verdicts),
-        "verdicts": verdicts,
-        "metrics": lf,
-    }
+    out["leakfree"] = _leakfree_block(metrics, "leakfree_", leakfree, params)
+    if leakfree_alt is not None:
+        out["leakfree"]["other_reading"] = _leakfree_block(metrics, "leakfree_alt_",
+                                                           leakfree_alt, params)
     out["threshold_choice"] = {
         "rule": e.threshold_rule,
         "threshold_chosen": metrics["threshold_chosen"],

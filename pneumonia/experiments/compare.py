@@ -7,8 +7,11 @@ one its predictions.csv `predicted` column uses). Because both models see the sa
 comparison is paired:
 
 - each metric's delta = HEAD - BASE with a 95 % interval from a patient-grouped bootstrap in which
-  both models are scored on the same resampled patients (`stats.bootstrap.paired_deltas`), and one
-  word: `better` / `worse` when that interval excludes 0, else `within noise`;
+  both models are scored on the same resampled patients (`stats.bootstrap.paired_deltas`);
+- the PRIMARY metrics, accuracy and ROC AUC, get a word: `better` / `worse` when their bootstrap
+  p-value, Holm-corrected over the primary metrics, is below 0.05, else `within noise`. The other
+  metrics are descriptive (interval, no word): testing 9 metrics each at 5 % called two equally
+  good models different in ~15 % of comparisons;
 - McNemar's exact test on the images one model gets right and the other wrong (accuracy), and
   DeLong's test of the two correlated ROC AUCs. Both treat images as independent; the word comes
   from the patient bootstrap, which does not.
@@ -38,6 +41,9 @@ from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
 
 COLUMNS = ("image_id", "patient_id", "actual", "probability")
 N_RESAMPLES = 2000
+# Primary metrics: the family a word (better / worse) is given for, Holm-corrected.
+PRIMARY = ("accuracy", "roc_auc")
+ALPHA = 0.05
 # The metrics compared, named as in table3.md.
 NAMES = {k: METRIC_NAMES[k] for k in (
     "accuracy", "NORMAL_precision", "NORMAL_recall", "NORMAL_f1", "PNEUMONIA_precision",
@@ -85,7 +91,16 @@ def parse_predictions(text: str, where: str) -> pd.DataFrame:
 
 
 def check_same_images(base: pd.DataFrame, head: pd.DataFrame, labels: tuple[str, str]) -> None:
-    """Refuse a comparison of predictions on different test images (or labels, patients)."""
+    """Refuse a comparison of predictions on different test images (or labels, patients), or of
+    a table that lists an image twice."""
+    for label, frame in zip(labels, (base, head), strict=True):
+        dup = frame["image_id"][frame["image_id"].duplicated()]
+        if len(dup):
+            raise PipelineError(
+                f"the predictions of {label} list {dup.nunique()} test image(s) more than once "
+                f"(e.g. {', '.join(map(str, dup.unique()[:3]))}): one row per image is needed. "
+                "Re-run the evaluate stage there (`dvc repro evaluate`), or drop the duplicates."
+            )
     a, b = set(base["image_id"]), set(head["image_id"])
     if a != b:
         only_a, only_b = sorted(a - b), sorted(b - a)
@@ -117,10 +132,13 @@ def compare_predictions(
     labels: tuple[str, str] = ("base", "head"),
 ) -> dict[str, Any]:
     """The paired comparison of two predictions tables (predictions.csv's columns) on the same
-    images: ``{"n_images", "n_patients", "thresholds", "metrics": {metric: {a, b, delta, ci_low,
-    ci_high, verdict}}, "mcnemar": {...}, "delong": {...}}``; delta = head - base."""
+    images: ``{"n_images", "n_patients", "thresholds", "primary", "metrics": {metric: {a, b,
+    delta, ci_low, ci_high, undefined_share, pvalue, primary, pvalue_holm, verdict}},
+    "mcnemar": {...}, "delong": {...}}``; delta = head - base, each model at its own threshold.
+    ``verdict`` is better / worse / within noise for the PRIMARY metrics (Holm over them) and
+    ``descriptive`` for the others."""
     from pneumonia.stats.bootstrap import paired_deltas
-    from pneumonia.stats.significance import delong_test, mcnemar_exact
+    from pneumonia.stats.significance import delong_test, holm, mcnemar_exact
 
     if n_resamples < 200:
         raise PipelineError("--resamples must be at least 200 (2000 recommended).")
@@ -137,17 +155,28 @@ def compare_predictions(
         delong = delong_test(y, pa, pb)
     except ValueError as exc:  # fewer than 2 images of a class
         delong = {"error": str(exc)}
-    metrics = {m: deltas[m] for m in NAMES if m in deltas}
+    metrics = {m: {**deltas[m], "primary": m in PRIMARY, "pvalue_holm": None,
+                   "verdict": "descriptive"} for m in NAMES if m in deltas}
     if "class" in base.columns and "class" in head.columns:
         from pneumonia.stats.multiclass import paired_cause_recalls
 
         try:
-            metrics |= paired_cause_recalls(base["class"].astype(str).to_numpy(),
-                                            pa >= threshold_base, pb >= threshold_head, groups,
-                                            n_resamples, seed)
+            causes = paired_cause_recalls(base["class"].astype(str).to_numpy(),
+                                          pa >= threshold_base, pb >= threshold_head, groups,
+                                          n_resamples, seed)
         except ValueError as exc:  # a class value outside normal / bacteria / virus
             raise PipelineError(f"{labels[0]} / {labels[1]}: predictions.csv `class`: {exc}. "
                                 "Re-run the evaluate stage there.") from None
+        metrics |= {m: {**row, "primary": False, "pvalue_holm": None, "verdict": "descriptive"}
+                    for m, row in causes.items()}
+    testable = [m for m in PRIMARY if math.isfinite(metrics[m]["pvalue"])]
+    for m, p in zip(testable, holm([metrics[m]["pvalue"] for m in testable]), strict=True):
+        metrics[m]["pvalue_holm"] = float(p)
+    for m in PRIMARY:
+        row = metrics[m]
+        p = row["pvalue_holm"]
+        row["verdict"] = ("within noise" if p is None or p >= ALPHA
+                          else "better" if row["delta"] > 0 else "worse")
     return {
         "labels": list(labels),
         "n_images": int(y.size),
@@ -155,6 +184,7 @@ def compare_predictions(
         "thresholds": [threshold_base, threshold_head],
         "n_resamples": n_resamples,
         "seed": seed,
+        "primary": list(PRIMARY),
         "metrics": metrics,
         "mcnemar": mcnemar,
         "delong": delong,
@@ -171,42 +201,56 @@ def _p(p: float) -> str:
     return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _delta(row: dict[str, Any]) -> str:
+    text = f"{_num(row['delta'], True)} [{_num(row['ci_low'], True)}, {_num(row['ci_high'], True)}]"
+    if row.get("undefined_share"):
+        text += f" ({row['undefined_share']:.0%} of resamples undefined)"
+    return text
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The comparison as markdown (what the command prints and `--out` writes)."""
     a, b = result["labels"]
     ta, tb = result["thresholds"]
     m = result["metrics"]
-    words = {k: v["verdict"] for k, v in m.items()}
-    better = [NAMES[k] for k, w in words.items() if w == "better"]
-    worse = [NAMES[k] for k, w in words.items() if w == "worse"]
+    primary = [k for k in m if m[k]["primary"]]
+    better = [NAMES[k] for k in primary if m[k]["verdict"] == "better"]
+    worse = [NAMES[k] for k in primary if m[k]["verdict"] == "worse"]
+    names = " and ".join(NAMES[k] for k in primary)
     if not better and not worse:
-        summary = (f"No metric changed beyond noise: every 95 % interval of {b} - {a} includes 0 "
-                   "(this does not show the models are equal, only that this test set cannot "
-                   "tell them apart).")
+        summary = (f"Neither {' nor '.join(NAMES[k] for k in primary)} changed beyond noise "
+                   "(Holm-corrected, 5 %): this does not "
+                   "show the models are equal, only that this test set cannot tell them apart.")
     else:
         parts = [f"better on {', '.join(better)}" if better else "",
                  f"worse on {', '.join(worse)}" if worse else ""]
         summary = (f"{b} is " + " and ".join(p for p in parts if p) +
-                   " (95 % interval of the delta excludes 0); every other metric is within noise.")
+                   " (Holm-corrected p < 0.05 over the primary metrics).")
     lines = [
         f"## Paired comparison: {b} vs {a}",
         "",
         (f"{result['n_images']} test images of {result['n_patients']} patients, the same for "
         f"both; thresholds {ta:g} ({a}) and {tb:g} ({b}). Delta = {b} - {a}, 95 % interval from "
         f"a paired patient-grouped bootstrap ({result['n_resamples']} resamples, seed "
-        f"{result['seed']}); `better` / `worse` when the interval excludes 0, else "
-        "`within noise`."),
+        f"{result['seed']}). Primary metrics ({names}): `better` / `worse` when the bootstrap "
+        "p-value, Holm-corrected over the primary metrics, is below 0.05, else `within noise`. "
+        "The other metrics are descriptive: an interval, no verdict (with nine metrics each "
+        "tested at 5 %, two equally good models would often differ on one by chance)."),
         "",
         f"**{summary}**",
         "",
-        f"| metric | {a} | {b} | delta [95 % CI] | verdict |",
-        "|---|---|---|---|---|",
+        f"| primary metric | {a} | {b} | delta [95 % CI] | p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for k in primary:
+        row = m[k]
+        holm_p = "n/a" if row["pvalue_holm"] is None else _p(row["pvalue_holm"])
+        lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {_delta(row)} | "
+                     f"{_p(row['pvalue'])} | {holm_p} | {row['verdict']} |")
+    lines += ["", f"| descriptive metric | {a} | {b} | delta [95 % CI] |", "|---|---|---|---|"]
     for k, row in m.items():
-        delta = f"{_num(row['delta'], True)} [{_num(row['ci_low'], True)}, " \
-                f"{_num(row['ci_high'], True)}]"
-        lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {delta} | "
-                     f"{row['verdict']} |")
+        if not row["primary"]:
+            lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {_delta(row)} |")
     mc = result["mcnemar"]
     lines += [
         "",
@@ -216,6 +260,9 @@ def markdown(result: dict[str, Any]) -> str:
     dl = result["delong"]
     if "error" in dl:
         lines.append(f"- DeLong's test (ROC AUC): not computed ({dl['error']}).")
+    elif dl.get("note"):
+        lines.append(f"- DeLong's test (ROC AUC): delta {_num(dl['delta'], True)}; not testable "
+                     f"({dl['note']}).")
     else:
         lines.append(
             f"- DeLong's test (ROC AUC): delta {_num(dl['delta'], True)} "

@@ -5,22 +5,25 @@ its git commit, params.yaml (-> arm and seed), metrics/evaluate.json (the thresh
 metrics/predictions.csv (one probability per test image). It writes
 
 - metrics/ablation/<experiment>.csv: each run's per-image test predictions (image, patient,
-  label, probability), so the report can be recomputed from the repository alone (the tests do);
+  label, probability), so the report can be recomputed from the repository alone
+  (`pneumonia report --from-committed`; a test does it);
 - metrics/ablation.json and metrics/ablation.md: per arm, each metric's mean over seeds with a
-  95 % t-interval (the seed-to-seed spread); between each arm and the reference arm (the paper's:
-  Augmentor balancing), the difference of the arms' mean metric with a 95 % interval from a
-  two-level bootstrap on the same test images — patients resampled (all images of a patient
-  together), then each arm's seeds resampled — and a word: `better`, `worse` or `within noise`.
-  The answer in one sentence at the top is worded no stronger than those intervals.
-
-The two-level bootstrap is hand-written (scipy has no hierarchical bootstrap); its patient level is
-`pneumonia.stats.bootstrap.patient_weights`, the metrics `weighted_metrics`.
+  95 % t-interval (the seed-to-seed spread); each arm minus the reference arm (the paper's:
+  DenseNet201 if the grid has it, Augmentor balancing) and, when two or more factors vary over a
+  complete grid, each factor's main effect (averaged over the other factors' levels), with a
+  seed-level 95 % interval (`pneumonia.stats.seeds.seed_contrast`: Welch-Satterthwaite t over the
+  seeds, plus the test patients' sampling from one paired patient bootstrap shared by every run).
+  Accuracy and ROC AUC are the primary metrics: their comparisons get a word (`better`, `worse`,
+  `within noise`) from Holm-corrected p-values over all of them; the other metrics are shown
+  descriptively. A power line says how many seeds an arm needs to detect a 2-point accuracy
+  difference at the observed seed spread. The answer at the top is worded no stronger than that.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -44,8 +47,14 @@ ABLATION_MD = METRICS / "ablation.md"
 # where balancing should act (NORMAL is the minority class).
 REPORT_METRICS = ("accuracy", "roc_auc", "NORMAL_recall", "NORMAL_precision", "NORMAL_f1",
                   "PNEUMONIA_recall", "PNEUMONIA_f1")
-ANSWER_METRICS = ("accuracy", "roc_auc")
-REFERENCE_METHOD = "augmentor"  # the paper's balancing
+ANSWER_METRICS = ("accuracy", "roc_auc")  # primary: Holm-corrected words; the rest descriptive
+# The paper's arm: DenseNet201 with Augmentor balancing (the reference when the grid has it).
+PAPER_LEVELS = {"backbone": "densenet201", "balance": "augmentor"}
+FACTORS = ("backbone", "balance", "batchnorm")  # the parts of an arm name (params.arm_of)
+ALPHA = 0.05
+LEVEL = 1 - ALPHA  # 0.95
+POWER = 0.8
+POWER_DIFFERENCE = 0.02  # the accuracy difference the power line is about (2 points)
 N_RESAMPLES = 2000
 RUN_COLUMNS = ["image_id", "patient_id", "actual", "probability"]
 
@@ -108,38 +117,85 @@ def _check_same_images(runs: list[RunResult]) -> None:
             )
 
 
-def _t_interval(values: list[float]) -> tuple[float | None, float | None]:
+def _t_interval(values: list[float | None]) -> tuple[float | None, float | None]:
     """95 % t-interval of the mean over seeds (None with fewer than 2 finite values).
 
     Clipped to [0, 1], the range of every REPORT_METRICS entry (proportions and ROC AUC): with 3
     seeds t(0.975, 2) = 4.30, so a widely spread metric gives an unclipped bound such as a recall
     of 1.35 (seen in the committed CPU grid), which no run can reach.
     """
-    from scipy import stats
+    from pneumonia.stats.seeds import t_interval
 
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if v.size < 2:
-        return None, None
-    half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(max(0.0, v.mean() - half)), float(min(1.0, v.mean() + half))
+    return t_interval(values, LEVEL, (0.0, 1.0))
 
 
-def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
+def factors_of(arm: str) -> dict[str, str]:
+    """``{"backbone", "balance", "batchnorm"}`` of an arm name (`densenet121/augmentor/bn-frozen`,
+    the spelling of params.arm_of); {} for a name of another shape."""
+    parts = arm.split("/")
+    return dict(zip(FACTORS, parts, strict=True)) if len(parts) == len(FACTORS) else {}
+
+
+def reference_arm(arms: list[str]) -> str:
+    """The paper's arm when the grid has it: Augmentor balancing, DenseNet201 if present (else
+    the first backbone in name order), BatchNorm handling first in name order (bn-frozen, the
+    project's default). Without an Augmentor arm: the first arm in name order."""
+    pool = [a for a in arms if factors_of(a).get("balance") == PAPER_LEVELS["balance"]] or arms
+    paper = [a for a in pool if factors_of(a).get("backbone") == PAPER_LEVELS["backbone"]]
+    return min(paper or pool)
+
+
+def _contrasts(arms: list[str], reference: str) -> tuple[dict[str, dict[str, float]], str]:
+    """The comparisons the report makes, as contrasts ``{name: {arm: coefficient}}``: each arm
+    minus the reference arm, and, when two or more factors vary over a complete grid, each
+    non-reference level of each varying factor minus the reference level, averaged over the
+    other factors' level combinations (a main effect). Also a note on why main effects are
+    missing ("" when there are some or only one factor varies)."""
+    out = {arm: {arm: 1.0, reference: -1.0} for arm in arms if arm != reference}
+    factors = {a: factors_of(a) for a in arms}
+    if any(not f for f in factors.values()):
+        return out, ""
+    varying = [f for f in FACTORS if len({factors[a][f] for a in arms}) > 1]
+    if len(varying) < 2:
+        return out, ""
+    levels = {f: sorted({factors[a][f] for a in arms}) for f in varying}
+    cell = {tuple(factors[a][f] for f in varying): a for a in arms}
+    if len(cell) != math.prod(len(v) for v in levels.values()):
+        return out, ("no main effects: the grid is incomplete (not every combination of "
+                     f"{', '.join(varying)} was run)")
+    ref = factors_of(reference)
+    for i, factor in enumerate(varying):
+        others = [levels[f] for f in varying if f != factor]
+        combos = list(itertools.product(*others))
+        for level in levels[factor]:
+            if level == ref[factor]:
+                continue
+            coef: dict[str, float] = {}
+            for combo in combos:
+                key = list(combo)
+                for lv, sign in ((level, 1.0), (ref[factor], -1.0)):
+                    arm = cell[tuple(key[:i] + [lv] + key[i:])]
+                    coef[arm] = coef.get(arm, 0.0) + sign / len(combos)
+            out[f"{factor}: {level} - {ref[factor]} (main effect)"] = coef
+    return out, ""
+
+
+def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES,
+              header: str = "") -> dict:
     """The report's numbers (metrics/ablation.json) from the runs' predictions alone."""
-    from pneumonia.stats.bootstrap import (
-        patient_weights,
-        percentile_interval,
-        point_metrics,
-        weighted_metrics,
-    )
-    from pneumonia.stats.significance import paired_verdict
+    from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
+    from pneumonia.stats.seeds import seed_contrast
+    from pneumonia.stats.significance import holm
 
     if not runs:
         raise PipelineError("no finished ablation runs to report on.")
     _check_same_images(runs)
     first = runs[0].predictions
     y = _labels(first)
+    # ONE patient resample matrix for every run: the arms are compared on the same resampled
+    # patients (paired), so their errors on the same images cancel in a difference.
     weights = patient_weights(first["patient_id"].to_numpy(), len(y), n_resamples, seed)
+    n_patients = int(first["patient_id"].nunique())
 
     by_arm: dict[str, list[RunResult]] = {}
     for run in sorted(runs, key=lambda r: (r.arm, r.seed)):
@@ -152,9 +208,10 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
                              **{m: _finite(v) for m, v in
                                 point_metrics(y, prob, run.threshold).items()
                                 if m in REPORT_METRICS}}
-        boot[run.name] = weighted_metrics(weights, y, prob, run.threshold)
+        draws = weighted_metrics(weights, y, prob, run.threshold)
+        boot[run.name] = {m: draws[m] for m in REPORT_METRICS}
 
-    arms = {}
+    arms: dict[str, Any] = {}
     for arm, members in by_arm.items():
         entry: dict[str, Any] = {"seeds": [r.seed for r in members],
                                  "runs": [r.name for r in members]}
@@ -167,73 +224,145 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
                         "ci_low": low, "ci_high": high, "values": values}
         arms[arm] = entry
 
-    reference = next((a for a in arms if f"/{REFERENCE_METHOD}/" in a), min(arms))
-    rng = np.random.default_rng(seed + 1)
-
-    def arm_draws(arm: str, metric: str) -> np.ndarray:
-        """(B,) the arm's mean metric per resample: patients resampled (same for every arm),
-        then the arm's seeds resampled with replacement."""
-        stacked = np.stack([boot[r.name][metric] for r in by_arm[arm]])  # (k, B)
-        pick = rng.integers(0, stacked.shape[0], size=(n_resamples, stacked.shape[0]))
-        return np.nanmean(stacked[pick, np.arange(n_resamples)[:, None]], axis=1)
-
-    comparisons = {}
-    for arm in arms:
-        if arm == reference:
-            continue
+    reference = reference_arm(list(arms))
+    contrasts, main_note = _contrasts(sorted(arms), reference)
+    comparisons: dict[str, Any] = {}
+    for name, coef in contrasts.items():
         entry = {}
         for m in REPORT_METRICS:
-            a, b = arms[reference][m]["mean"], arms[arm][m]["mean"]
-            low, high, _ = percentile_interval(arm_draws(arm, m) - arm_draws(reference, m))
-            entry[m] = {"delta": None if a is None or b is None else b - a,
-                        "ci_low": _finite(low), "ci_high": _finite(high),
-                        "verdict": paired_verdict(low, high)}
-        comparisons[arm] = entry
-    return {"reference_arm": reference, "n_test_images": len(y),
-            "n_test_patients": int(first["patient_id"].nunique()), "n_resamples": n_resamples,
-            "answer": answer(reference, arms, comparisons), "arms": arms,
-            "comparisons": comparisons, "runs": per_run}
+            values = [arms[a][m]["values"] for a in coef]
+            draws = [np.stack([boot[r.name][m] for r in by_arm[a]]) for a in coef]
+            res = seed_contrast(values, list(coef.values()), draws, LEVEL, n_patients - 1)
+            entry[m] = {"delta": _finite(res["estimate"]), "ci_low": _finite(res["ci_low"]),
+                        "ci_high": _finite(res["ci_high"]), "se_seed": _finite(res["se_seed"]),
+                        "se_test": _finite(res["se_test"]), "df": _finite(res["df"]),
+                        "pvalue": _finite(res["pvalue"]),
+                        "undefined_share": res["undefined_share"], "note": res["note"]}
+        comparisons[name] = {"arms": coef, "main_effect": name not in arms, "metrics": entry}
+
+    # Holm over every primary-metric comparison: the family the answer's words come from.
+    family = [(name, m) for name in comparisons for m in ANSWER_METRICS]
+    pvalues = [comparisons[n]["metrics"][m]["pvalue"] for n, m in family]
+    testable = [i for i, p in enumerate(pvalues) if p is not None]
+    adjusted: list[float | None] = [None] * len(family)
+    if testable:
+        for i, p in zip(testable, holm([pvalues[i] for i in testable]), strict=True):
+            adjusted[i] = float(p)
+    for (name, m), p in zip(family, adjusted, strict=True):
+        row = comparisons[name]["metrics"][m]
+        row["pvalue_holm"] = p
+        row["verdict"] = ("within noise" if p is None or p >= ALPHA
+                          else "better" if row["delta"] > 0 else "worse")
+    summary = {"reference_arm": reference, "n_test_images": len(y),
+               "n_test_patients": int(first["patient_id"].nunique()), "n_resamples": n_resamples,
+               "level": LEVEL, "header": header, "main_effects_note": main_note,
+               "n_tests": len(testable), "power": power(arms, comparisons)}
+    summary["answer"] = answer(reference, arms, comparisons, len(testable))
+    return {**summary, "arms": arms, "comparisons": comparisons, "runs": per_run}
+
+
+def power(arms: dict, comparisons: dict, metric: str = "accuracy") -> dict[str, Any]:
+    """How many seeds per arm detect a POWER_DIFFERENCE in ``metric`` (two-sided 5 %, 80 %
+    power) at the seed spread pooled over the arms; and the test set's own part of a
+    difference (the median se_test of the arm-vs-reference comparisons), which seeds do not
+    shrink: the smallest detectable difference if none of it did."""
+    from pneumonia.stats.seeds import detectable_floor, pooled_sd, seeds_needed
+
+    sd = pooled_sd([[v for v in a[metric]["values"] if v is not None] for a in arms.values()])
+    se_tests = [c["metrics"][metric]["se_test"] for c in comparisons.values()
+                if not c["main_effect"] and c["metrics"][metric]["se_test"] is not None]
+    se_test = float(np.median(se_tests)) if se_tests else None
+    return {"metric": metric, "difference": POWER_DIFFERENCE, "alpha": ALPHA, "power": POWER,
+            "pooled_seed_sd": sd, "n_runs": sum(len(a["seeds"]) for a in arms.values()),
+            "seeds_per_arm": seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER)
+            if sd is not None else None,
+            "se_test": se_test,
+            "floor": detectable_floor(se_test, ALPHA, POWER) if se_test is not None else None}
 
 
 def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
-def answer(reference: str, arms: dict, comparisons: dict) -> str:
-    """The report's first sentence: what differs from the reference arm beyond noise."""
+def _seeds_text(arms: dict) -> str:
     seeds = sorted({len(a["seeds"]) for a in arms.values()})
-    n = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "several seeds"
+    if len(seeds) == 1:
+        return f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''} per arm"
+    return f"{seeds[0]}-{seeds[-1]} seeds per arm"
+
+
+def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
+    """The report's first sentence: what differs from the reference arm beyond noise."""
+    n = _seeds_text(arms)
     if not comparisons:
         return f"Only one arm ({reference}) was run: there is nothing to compare."
+    how = (f"{n}; 95 % intervals over seeds (Welch t) that include the test patients' sampling; "
+           f"Holm-corrected over the {n_tests} accuracy and ROC AUC comparisons")
     moved = []
-    for arm, entry in comparisons.items():
+    for name, entry in comparisons.items():
         for m in ANSWER_METRICS:
-            if entry[m]["verdict"] != "within noise":
-                moved.append(f"{arm} is {entry[m]['verdict']} on {m} "
-                             f"({entry[m]['delta']:+.3f}, 95 % CI {entry[m]['ci_low']:+.3f} to "
-                             f"{entry[m]['ci_high']:+.3f})")
+            e = entry["metrics"][m]
+            if e["verdict"] != "within noise":
+                moved.append(f"{name} is {e['verdict']} on {m} ({e['delta']:+.3f}, 95 % CI "
+                             f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p = "
+                             f"{e['pvalue_holm']:.3f})")
     if not moved:
         return (f"No arm differs from the paper's arm ({reference}) beyond noise in test "
-                f"accuracy or ROC AUC ({n} per arm; 95 % intervals over test patients and "
-                "seeds): at this scale the data cannot tell these choices apart.")
-    return (f"Against the paper's arm ({reference}), with {n} per arm: " + "; ".join(moved)
-            + ". Every other difference in accuracy and ROC AUC is within noise.")
+                f"accuracy or ROC AUC ({how}): at this scale the data cannot tell these choices "
+                "apart.")
+    return (f"Against the paper's arm ({reference}), with {n}: " + "; ".join(moved)
+            + f". Every other difference in accuracy and ROC AUC is within noise ({how}).")
 
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def markdown(summary: dict, header: str = "") -> str:
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def _delta_ci(e: dict) -> str:
+    if e["delta"] is None:
+        return "n/a"
+    ci = "" if e["ci_low"] is None else f" [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}]"
+    share = (f" ({e['undefined_share']:.0%} of test resamples undefined)"
+             if e.get("undefined_share") else "")
+    return _signed(e["delta"]) + ci + share
+
+
+def power_text(p: dict) -> str:
+    """The power line of the report."""
+    if p["pooled_seed_sd"] is None:
+        return "Power: not estimable (no arm has two seeds)."
+    need = ("any difference would show with 2 seeds" if p["seeds_per_arm"] is None
+            else f"about **{p['seeds_per_arm']} seeds per arm**")
+    text = (f"Power: the seed-to-seed standard deviation of {p['metric']} is "
+            f"{p['pooled_seed_sd']:.3f} (pooled within arms over {p['n_runs']} runs, itself "
+            f"uncertain). Detecting a {p['difference'] * 100:g}-point {p['metric']} difference "
+            f"between two arms (two-sided {p['alpha'] * 100:g} %, {p['power'] * 100:g} % power) "
+            f"takes {need} (statsmodels TTestIndPower).")
+    if p["se_test"] is not None:
+        text += (f" The test set's patient sampling adds se {p['se_test']:.3f} to a difference "
+                 "(measured at this report's seeds); if none of it shrank with more seeds, no "
+                 f"number of seeds would detect a difference below {p['floor']:.3f} on this "
+                 "test set.")
+    return text
+
+
+def markdown(summary: dict, header: str | None = None) -> str:
     """metrics/ablation.md."""
+    header = summary.get("header", "") if header is None else header
     lines = ["# Ablation: the backbone or the balancing?", "", f"**{summary['answer']}**", ""]
     if header:
         lines += [header, ""]
     lines += [(f"Test set: {summary['n_test_images']} images of {summary['n_test_patients']} "
                "patients. Per arm: mean over seeds [95 % t-interval over seeds, clipped to "
-               "[0, 1]]. Differences: "
-               f"arm minus the reference arm `{summary['reference_arm']}`, 95 % interval from "
-               f"{summary['n_resamples']} two-level bootstrap resamples (patients, then seeds)."),
+               "[0, 1]]."),
               "", "| arm | seeds | " + " | ".join(REPORT_METRICS) + " |",
               "|---|---|" + "---:|" * len(REPORT_METRICS)]
     for arm, entry in summary["arms"].items():
@@ -243,15 +372,42 @@ def markdown(summary: dict, header: str = "") -> str:
             ci = "" if e["ci_low"] is None else f" [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]"
             cells.append(_fmt(e["mean"]) + ci)
         lines.append(f"| {arm} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
-    if summary["comparisons"]:
-        lines += ["", f"## Differences from `{summary['reference_arm']}`", "",
-                  "| arm | " + " | ".join(REPORT_METRICS) + " |",
-                  "|---|" + "---:|" * len(REPORT_METRICS)]
-        for arm, entry in summary["comparisons"].items():
-            cells = [f"{e['delta']:+.3f} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] "
-                     f"{e['verdict']}" if e["delta"] is not None else "n/a"
-                     for e in (entry[m] for m in REPORT_METRICS)]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    comps = summary["comparisons"]
+    if comps:
+        lines += [
+            "", f"## Differences from `{summary['reference_arm']}`", "",
+            ("Each arm minus the reference arm"
+             + ("; a main effect is one factor's level minus its reference level, averaged over "
+                "the other factors' levels (an interaction can hide behind an average)"
+                if any(c["main_effect"] for c in comps.values()) else "")
+             + ". 95 % interval: Student's t over the seeds (se seeds: Welch, seeds unpaired) "
+             "widened by the part of the test patients' sampling that the runs share (se test: "
+             f"one patient-grouped bootstrap of {summary['n_resamples']} resamples, the same "
+             "resampled patients for every run); df: Welch-Satterthwaite of the total; never "
+             "narrower than Welch's interval over the seeds alone (pneumonia.stats.seeds). "
+             "Accuracy and ROC AUC are the primary metrics: `better` / "
+             "`worse` when the Holm-corrected p-value over all their "
+             f"{summary['n_tests']} comparisons is below 0.05, else `within noise`."),
+            "", ("| comparison | metric | delta [95 % CI] | se seeds | se test | df | p | "
+            "p (Holm) | verdict |"), "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for name, c in comps.items():
+            for m in ANSWER_METRICS:
+                e = c["metrics"][m]
+                df = "n/a" if e["df"] is None else ("inf" if math.isinf(e["df"])
+                                                    else f"{e['df']:.1f}")
+                lines.append(f"| {name} | {m} | {_delta_ci(e)} | {_fmt(e['se_seed'])} | "
+                             f"{_fmt(e['se_test'])} | {df} | {_p(e['pvalue'])} | "
+                             f"{_p(e['pvalue_holm'])} | {e['verdict']} |")
+        rest = [m for m in REPORT_METRICS if m not in ANSWER_METRICS]
+        lines += ["", ("Descriptive (no verdict, no multiplicity correction): the other metrics' "
+                  "differences, same method."), "",
+                  "| comparison | " + " | ".join(rest) + " |", "|---|" + "---:|" * len(rest)]
+        for name, c in comps.items():
+            lines.append(f"| {name} | " + " | ".join(_delta_ci(c["metrics"][m]) for m in rest)
+                         + " |")
+        if summary.get("main_effects_note"):
+            lines += ["", summary["main_effects_note"] + "."]
+    lines += ["", power_text(summary["power"])]
     lines += ["", "## Runs", "", "| experiment | arm | seed | threshold | accuracy | roc_auc |",
               "|---|---|---:|---:|---:|---:|"]
     for name, r in summary["runs"].items():
@@ -262,37 +418,71 @@ def markdown(summary: dict, header: str = "") -> str:
 
 def load_committed(folder: Path = ABLATION_DIR) -> list[RunResult]:
     """The runs as `write_report` saved them (metrics/ablation/*.csv + ablation.json)."""
+    if not ABLATION_JSON.is_file():
+        raise PipelineError(f"{ABLATION_JSON} not found: run `pneumonia report` first (it reads "
+                            "the finished `abl-*` experiments).")
     meta = json.loads(ABLATION_JSON.read_text(encoding="utf-8"))["runs"]
     runs = []
     for name, r in sorted(meta.items()):
-        preds = pd.read_csv(folder / f"{name}.csv", dtype={"patient_id": str})
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            raise PipelineError(f"{path} not found, but {ABLATION_JSON} lists run {name}: "
+                                "restore it from git (`git checkout -- metrics/ablation`).")
+        preds = pd.read_csv(path, dtype={"patient_id": str})
         runs.append(RunResult(name, r["commit"], r["arm"], r["seed"], r["threshold"], preds))
     return runs
+
+
+def committed_header() -> str:
+    """The header line of the committed report (ablation.json's `header`; "" when none)."""
+    if not ABLATION_JSON.is_file():
+        return ""
+    return str(json.loads(ABLATION_JSON.read_text(encoding="utf-8")).get("header", ""))
+
+
+def _write(summary: dict, runs: list[RunResult] | None) -> None:
+    if runs is not None:
+        ABLATION_DIR.mkdir(parents=True, exist_ok=True)
+        for old in ABLATION_DIR.glob("*.csv"):
+            old.unlink()
+        for run in runs:
+            run.predictions.to_csv(ABLATION_DIR / f"{run.name}.csv", index=False,
+                                   lineterminator="\n")
+    write_json(summary, ABLATION_JSON)
+    ABLATION_MD.write_text(markdown(summary), encoding="utf-8")
+    print(markdown(summary))
+    print(f"wrote {ABLATION_MD}, {ABLATION_JSON}" + (f" and {ABLATION_DIR}/" if runs else ""))
 
 
 def write_report(prefix: str = "abl", header: str = "") -> dict:
     """Collect the finished experiments and write metrics/ablation{.json,.md,/}."""
     runs = collect(prefix)
-    summary = summarize(runs)
-    ABLATION_DIR.mkdir(parents=True, exist_ok=True)
-    for old in ABLATION_DIR.glob("*.csv"):
-        old.unlink()
-    for run in runs:
-        run.predictions.to_csv(ABLATION_DIR / f"{run.name}.csv", index=False,
-                               lineterminator="\n")
-    write_json(summary, ABLATION_JSON)
-    ABLATION_MD.write_text(markdown(summary, header), encoding="utf-8")
-    print(markdown(summary, header))
-    print(f"wrote {ABLATION_MD}, {ABLATION_JSON} and {ABLATION_DIR}/")
+    summary = summarize(runs, header=header)
+    _write(summary, runs)
+    return summary
+
+
+def rewrite_committed(header: str | None = None) -> dict:
+    """Recompute metrics/ablation.json and .md from the committed per-run predictions
+    (metrics/ablation/*.csv), keeping the committed header unless ``header`` is given."""
+    header = committed_header() if header is None else header
+    summary = summarize(load_committed(), header=header)
+    _write(summary, None)
     return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="abl", help="experiment name prefix (default abl)")
-    parser.add_argument("--header", default="",
+    parser.add_argument("--header", default=None,
                         help="a line under the answer: command, machine, date of the runs")
+    parser.add_argument("--from-committed", action="store_true",
+                        help="recompute the report from metrics/ablation/*.csv (no experiments "
+                             "needed), keeping the committed header unless --header is given")
 
 
 def command(args: argparse.Namespace) -> int:
-    write_report(args.prefix, args.header)
+    if args.from_committed:
+        rewrite_committed(args.header)
+    else:
+        write_report(args.prefix, args.header or "")
     return 0

@@ -16,8 +16,12 @@ equal-length samples; it cannot resample ragged clusters (patients with differen
 images), and it would call the metric once per resample.
 
 Undefined values (e.g. NORMAL precision in a resample with no image predicted NORMAL, or ROC AUC
-in a resample without a NORMAL image) are NaN; intervals are nan-aware percentiles and report how
-many resamples were undefined.
+in a resample without a NORMAL image) are NaN. Leaving them out of the percentiles would describe
+only the resamples where the metric exists (one image predicted NORMAL: NORMAL precision 1.0
+[1.0, 1.0] while 40 % of the resamples had none), so ``guarded_interval`` reports the undefined
+share beside the interval and, when it is > 0, widens the interval to hold whatever the undefined
+resamples would have been (each counted at the metric's lowest value for the lower bound and at
+its highest for the upper bound); above ``WITHHOLD_SHARE`` it gives no interval at all.
 
 Labels: 0 = NORMAL, 1 = PNEUMONIA; ``prob`` is P(PNEUMONIA); an image is predicted PNEUMONIA when
 ``prob >= threshold``.
@@ -32,6 +36,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 LABELS = ("NORMAL", "PNEUMONIA")
+# Above this share of undefined resamples an interval is withheld: the widened interval would
+# rest on a guess about too many resamples (with 95 % it already reaches the metric's bounds once
+# the share passes 2.5 %).
+WITHHOLD_SHARE = 0.10
 
 # Every metric, in report order. sensitivity = PNEUMONIA_recall, specificity = NORMAL_recall.
 METRICS = (
@@ -240,6 +248,34 @@ def percentile_interval(values: ArrayLike, level: float = 0.95) -> tuple[float, 
     return float(low), float(high), undefined
 
 
+def guarded_interval(
+    values: ArrayLike, level: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, Any]:
+    """Percentile interval of bootstrap values that may be undefined (NaN), honest about them.
+
+    Returns ``{"ci_low", "ci_high", "n_undefined", "undefined_share", "withheld"}``. No undefined
+    value: the plain percentile interval. Some (share <= WITHHOLD_SHARE): the interval that holds
+    whatever they would have been: the lower bound's percentile with every undefined resample at
+    ``bounds[0]``, the upper bound's with every one at ``bounds[1]`` (the metric's range). More:
+    withheld (NaN bounds, ``withheld`` True).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    undefined = np.isnan(v)
+    n_undefined = int(undefined.sum())
+    share = n_undefined / v.size if v.size else 1.0
+    out: dict[str, Any] = {"ci_low": float("nan"), "ci_high": float("nan"),
+                           "n_undefined": n_undefined, "undefined_share": share,
+                           "withheld": False}
+    if share > WITHHOLD_SHARE or not v.size:
+        out["withheld"] = True
+        return out
+    alpha = 1.0 - level
+    out["ci_low"] = float(np.percentile(np.where(undefined, bounds[0], v), 100 * alpha / 2))
+    out["ci_high"] = float(np.percentile(np.where(undefined, bounds[1], v),
+                                         100 * (1 - alpha / 2)))
+    return out
+
+
 def _check_resampling(n_resamples: int, level: float) -> None:
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
@@ -258,9 +294,10 @@ def metric_intervals(
 ) -> dict[str, dict[str, float]]:
     """Point value and patient-bootstrap percentile interval of every metric.
 
-    Returns ``{metric: {"value", "ci_low", "ci_high", "n_undefined"}}`` for each of ``METRICS``;
-    ``value`` is computed on the original data (equal to sklearn's), ``n_undefined`` counts the
-    resamples where the metric was undefined (left out of the percentiles).
+    Returns ``{metric: {"value", "ci_low", "ci_high", "n_undefined", "undefined_share"}}`` for
+    each of ``METRICS``; ``value`` is computed on the original data (equal to sklearn's);
+    ``n_undefined`` / ``undefined_share`` count the resamples where the metric was undefined,
+    which widen the interval or withhold it (NaN bounds): see ``guarded_interval``.
     """
     _check_resampling(n_resamples, level)
     point = point_metrics(y_true, prob, threshold)
@@ -271,11 +308,13 @@ def metric_intervals(
 def intervals_from_distributions(
     point: Mapping[str, float], boot: Mapping[str, np.ndarray], level: float = 0.95
 ) -> dict[str, dict[str, float]]:
-    """``metric_intervals``' output from point values and bootstrap distributions."""
+    """``metric_intervals``' output from point values and bootstrap distributions (every metric
+    in [0, 1]: the bounds of ``guarded_interval``)."""
     out: dict[str, dict[str, float]] = {}
     for m, value in point.items():
-        low, high, undefined = percentile_interval(boot[m], level)
-        out[m] = {"value": value, "ci_low": low, "ci_high": high, "n_undefined": undefined}
+        g = guarded_interval(boot[m], level)
+        out[m] = {"value": value, "ci_low": g["ci_low"], "ci_high": g["ci_high"],
+                  "n_undefined": g["n_undefined"], "undefined_share": g["undefined_share"]}
     return out
 
 
@@ -320,8 +359,11 @@ def paired_deltas(
 
     Both models are evaluated on the same patient resamples (one weight matrix), so the interval
     of the delta accounts for their correlation. Returns ``{metric: {"a", "b", "delta", "ci_low",
-    "ci_high", "n_undefined", "verdict"}}`` where verdict is ``better`` / ``worse`` (B better /
-    worse than A: the interval excludes 0; higher is better for every metric) or ``within noise``.
+    "ci_high", "n_undefined", "undefined_share", "pvalue", "verdict"}}`` where verdict is
+    ``better`` / ``worse`` (B better / worse than A: the interval excludes 0; higher is better for
+    every metric) or ``within noise``, for this one metric alone (no multiplicity correction:
+    ``pneumonia compare`` applies Holm over its primary metrics), and ``pvalue`` the two-sided
+    bootstrap p-value of delta = 0 (``bootstrap_pvalue``).
     """
     from pneumonia.stats.significance import paired_verdict
 
@@ -335,14 +377,29 @@ def paired_deltas(
     boot_b = weighted_metrics(w, y, pb, threshold_b)
     out: dict[str, dict[str, Any]] = {}
     for m in METRICS:
-        low, high, undefined = percentile_interval(boot_b[m] - boot_a[m], level)
+        diff = boot_b[m] - boot_a[m]
+        g = guarded_interval(diff, level, (-1.0, 1.0))
         out[m] = {
             "a": point_a[m],
             "b": point_b[m],
             "delta": point_b[m] - point_a[m],
-            "ci_low": low,
-            "ci_high": high,
-            "n_undefined": undefined,
-            "verdict": paired_verdict(low, high),
+            "ci_low": g["ci_low"],
+            "ci_high": g["ci_high"],
+            "n_undefined": g["n_undefined"],
+            "undefined_share": g["undefined_share"],
+            "pvalue": bootstrap_pvalue(diff),
+            "verdict": paired_verdict(g["ci_low"], g["ci_high"]),
         }
     return out
+
+
+def bootstrap_pvalue(diff: ArrayLike) -> float:
+    """Two-sided bootstrap p-value of "the difference is 0" from its resampled values: twice the
+    smaller share of resamples on either side of 0, with the +1 correction so that B resamples
+    never report p = 0 (Davison & Hinkley); NaN values are left out; NaN when none is finite."""
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    return float(min(1.0, 2 * (tail + 1) / (d.size + 1)))

@@ -111,6 +111,46 @@ def test_leaking_test_images_flags_both_kinds_of_leakage() -> None:
     assert found["duplicate_groups_across_splits"] == 1
 
 
+def test_patient_rule_merge_normal2_reads_normal2_ids_as_the_im_patient() -> None:
+    manifest = pd.DataFrame({
+        "image_id": ["NORMAL2-IM-0095-0001", "IM-0100-0001", "IM-0095-0001", "IM-0100-0002",
+                     "person1_virus_1"],
+        "patient_id": ["NORMAL2-IM-0095", "IM-0100", "IM-0095", "IM-0100", "person1"],
+        "split": ["train", "train", "test", "test", "test"],
+        "label": ["NORMAL", "NORMAL", "NORMAL", "NORMAL", "PNEUMONIA"],
+        "sha256": ["h1", "h2", "h3", "h4", "h5"],
+    })
+    assert validate.patients_in_train_and_test(manifest) == ["IM-0100"]
+    assert validate.patients_in_train_and_test(manifest, "merge_normal2") == ["IM-0095",
+                                                                              "IM-0100"]
+    strict = validate.leaking_test_images(manifest).set_index("image_id")
+    merged = validate.leaking_test_images(manifest, "merge_normal2").set_index("image_id")
+    assert strict.loc["IM-0095-0001", "leakfree"] and not merged.loc["IM-0095-0001", "leakfree"]
+    assert merged.loc["person1_virus_1", "leakfree"] and merged.loc["IM-0095-0001", "patient"] \
+        == "IM-0095"
+    with pytest.raises(ValueError, match="strict, merge_normal2"):
+        validate.patient_key(manifest.patient_id, "loose")
+
+
+def test_full_dataset_patient_rules_differ_by_exactly_94_normal_ids(shared_dataset: Path) -> None:
+    """On the shared copy: 170 patients in both train and test as the names are written, 264
+    when NORMAL2-IM-x is read as IM-x (a published audit's count): 94 more, all NORMAL."""
+    from pneumonia.dataset import kermany
+
+    images = kermany.scan(shared_dataset).images
+    manifest = pd.DataFrame({"patient_id": [i.patient_id for i in images],
+                             "split": [i.split for i in images],
+                             "label": [i.label for i in images]})
+    strict = validate.patients_in_train_and_test(manifest)
+    merged = validate.patients_in_train_and_test(manifest, "merge_normal2")
+    assert (len(strict), len(merged)) == (170, 264)
+    as_merged = set(validate.patient_key(pd.Series(strict), "merge_normal2"))
+    added = set(merged) - as_merged
+    assert len(added) == 94
+    keys = validate.patient_key(manifest.patient_id, "merge_normal2")
+    assert set(manifest.label[keys.isin(added)]) == {"NORMAL"}
+
+
 def test_missing_manifest_says_run_ingest(workdir: Path, mini_raw: Path) -> None:
     with pytest.raises(PipelineError, match="run the ingest stage"):
         validate.run(make_params(mini_raw))

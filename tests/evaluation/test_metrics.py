@@ -29,13 +29,14 @@ from pneumonia.evaluation.metrics import (
 from pneumonia.evaluation.mlflow_names import mlflow_metrics
 from pneumonia.evaluation.paper import (
     TABLE3_CONFUSION,
+    _ci_of,
     metric_name,
     reference_metrics,
     table3_cells,
     table3_markdown,
 )
 from pneumonia.evaluation.plots import plot_confusion, pr_frame, reliability_frame, roc_table
-from pneumonia.evaluation.reports import report_text, table3_report
+from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
 from pneumonia.params import parse_params
 
 # 10 test images: 0 = NORMAL, 1 = PNEUMONIA.
@@ -74,6 +75,22 @@ def test_metrics_match_sklearn_and_every_value_has_an_interval() -> None:
     assert m["accuracy_ci_high"] - m["accuracy_ci_low"] > 0.2  # 10 images: a wide interval
     assert m["undefined"] == ""
     json.dumps(m, allow_nan=False)  # JSON-ready
+
+
+def test_evaluate_json_intervals_are_the_95_percent_percentiles() -> None:
+    """evaluate.json's interval = the 2.5th and 97.5th percentiles of the patient resamples,
+    recomputed here (a 90 % level anywhere on the way would give the 5th and 95th)."""
+    from pneumonia.stats.bootstrap import patient_weights, weighted_metrics
+
+    rng = np.random.default_rng(8)
+    y = (rng.random(400) < 0.6).astype(int)
+    prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.25, 400), 0, 1)
+    groups = np.arange(400) // 2
+    m = compute_metrics(y, prob, 0.5, groups, n_resamples=600, seed=5)
+    dist = weighted_metrics(patient_weights(groups, 400, 600, 5), y, prob, 0.5)
+    for key in ("accuracy", "roc_auc", "NORMAL_recall"):
+        low, high = np.percentile(dist[key], [2.5, 97.5])
+        assert (m[f"{key}_ci_low"], m[f"{key}_ci_high"]) == pytest.approx((low, high)), key
 
 
 def test_intervals_resample_patients_not_images() -> None:
@@ -115,6 +132,35 @@ def test_one_rule_for_an_undefined_class_json_and_report_agree() -> None:
     assert f"{m['PNEUMONIA_precision']:.4f}" in text and f"{m['macro_avg_recall']:.4f}" in text
     assert "n/a = undefined" in text
     json.dumps(m, allow_nan=False)
+
+
+def test_undefined_resamples_are_shown_and_withhold_the_interval_when_many() -> None:
+    """One image predicted NORMAL among 200: NORMAL precision is undefined in ~37 % of the
+    resamples. It used to read 1.0 [1.0, 1.0]; now the interval is withheld and the share shown.
+    A few undefined resamples (~3 %) widen the interval instead, and say so."""
+    y = np.r_[np.zeros(40, int), np.ones(160, int)]
+    prob = np.full(200, 0.9)
+    prob[0] = 0.1
+    m = compute_metrics(y, prob, 0.5, n_resamples=1000, seed=0)
+    assert m["NORMAL_precision"] == 1.0
+    assert m["NORMAL_precision_ci_low"] is None and m["NORMAL_precision_ci_high"] is None
+    assert m["NORMAL_precision_ci_undefined_share"] == pytest.approx(0.37, abs=0.05)
+    assert "accuracy_ci_undefined_share" not in m  # only where some resamples were undefined
+    text = report_text(m)
+    assert "1.0000 [withheld]*" in text and "NORMAL_precision 3" in text
+    share = round(100 * m["NORMAL_precision_ci_undefined_share"])
+    assert _ci_of(_block_row(m, "NORMAL_precision")) == \
+        f"1.000 [interval withheld] ({share}% of resamples undefined)"
+    # 10 images, 3 predicted NORMAL: a few resamples draw none of them
+    few = compute_metrics(Y_TRUE, PROB, 0.5, n_resamples=2000, seed=0)
+    share = few["NORMAL_precision_ci_undefined_share"]
+    assert 0 < share <= 0.1 and few["NORMAL_precision_ci_low"] == 0.0  # widened to the bound
+
+
+def _block_row(m: dict, metric: str) -> dict:
+    return {"value": m[metric], "ci_low": m[f"{metric}_ci_low"],
+            "ci_high": m[f"{metric}_ci_high"],
+            "undefined_share": m.get(f"{metric}_ci_undefined_share", 0.0)}
 
 
 def test_only_one_class_present_writes_null_not_crash() -> None:
@@ -167,15 +213,20 @@ def _run_like(cm: tuple[tuple[int, int], tuple[int, int]], seed: int = 0):
     return y, prob, groups
 
 
-def _evaluation(y, prob, groups, keep=None):
+def _evaluation(y, prob, groups, keep=None, keep_alt=None):
     keep = np.ones(y.size, bool) if keep is None else keep
     m = {"threshold": 0.5, "threshold_rule": "fixed", "threshold_chosen": 0.5}
     m.update(compute_metrics(y, prob, 0.5, groups, 500, 3))
     m.update(calibration_metrics(y, prob, groups, 500, 3))
-    m.update(compute_metrics(y[keep], prob[keep], 0.5, groups[keep], 500, 3, "leakfree_"))
+    subsets = []
+    for prefix, rule, k in (("leakfree_", "strict", keep), ("leakfree_alt_", "merge_normal2",
+                                                            keep if keep_alt is None else keep_alt)):
+        m.update(compute_metrics(y[k], prob[k], 0.5, groups[k], 500, 3, prefix))
+        m[f"{prefix}patient_rule"] = rule
+        subsets.append(LeakfreeSubset(rule, y[k], prob[k], groups[k], int((~k).sum()), 0))
     m.update(flat_metrics(metric_intervals(y, prob, 0.5, groups, 500, 3), "chosen_"))
-    counts = {"excluded_patient_in_train": int((~keep).sum()), "excluded_duplicate_of_train": 0}
-    return m, table3_report(m, (y, prob, groups), counts, PARAMS, None)
+    return m, table3_report(m, (y, prob, groups), subsets[0], PARAMS, None,
+                            leakfree_alt=subsets[1])
 
 
 def test_a_run_like_the_paper_is_consistent_everywhere_and_above_the_baseline() -> None:
@@ -190,15 +241,37 @@ def test_a_run_like_the_paper_is_consistent_everywhere_and_above_the_baseline() 
     assert table["support"]["NORMAL"] == {"paper": 234, "run": 234}
     assert table["leakfree"]["n_test"] == int(keep.sum()) == m["leakfree_n_test"]
     md = table3_markdown(table)
-    assert "**7 of 7 Table III cells are consistent with this run.**" in md
-    assert "| accuracy | 0.96 [" in md and "| consistent |" in md
-    assert "## Leakage-free test subset" in md and f"leak-free (n = {keep.sum()})" in md
+    assert "**7 of 7 Table III cells are consistent with this run** (by the interval" in md
+    assert "| accuracy | 0.96 [" in md and "| consistent | consistent |" in md
+    assert "## Leakage-free test subset" in md and f"leak-free, strict (n = {keep.sum()})" in md
+    assert f"leak-free, merge_normal2 (n = {keep.sum()})" in md
+    assert "do not depend on the reading of the file names" in md
     # only the recalls (independent of the class mix) get a leak-free verdict
     assert set(table["leakfree"]["verdicts"]) == {"NORMAL_recall", "PNEUMONIA_recall"}
     assert table["leakfree"]["table3_cells"] == 2
-    assert "Class mix: official 234 NORMAL / 390 PNEUMONIA (38% NORMAL)" in md
+    assert "Official class mix: 234 NORMAL / 390 PNEUMONIA (38% NORMAL)" in md
     assert "## Decision threshold chosen on validation" in md and "Brier" in md
     json.dumps(table, allow_nan=False)
+
+
+def test_leakfree_numbers_under_both_readings_and_a_conclusion_that_depends_on_it() -> None:
+    """The merged reading drops more test patients; if the verdicts differ, table3.md says so."""
+    y, prob, groups = _run_like(((150, 84), (4, 386)))  # NORMAL recall 0.64: below the paper
+    strict = np.ones(y.size, bool)
+    merged = np.ones(y.size, bool)
+    merged[150:234] = False  # the 84 NORMAL images called PNEUMONIA: patients seen in training
+    m, table = _evaluation(y, prob, groups, strict, merged)
+    lf, alt = table["leakfree"], table["leakfree"]["other_reading"]
+    assert (lf["rule"], alt["rule"]) == ("strict", "merge_normal2")
+    assert lf["n_test"] == y.size and alt["n_test"] == y.size - 84 == m["leakfree_alt_n_test"]
+    assert lf["verdicts"]["NORMAL_recall"] == "below"  # 150 / 234
+    assert alt["verdicts"]["NORMAL_recall"] == "above"  # 150 / 150
+    md = table3_markdown(table)
+    assert "**The leak-free verdicts DEPEND on the reading of the file names.**" in md
+    assert "verdict vs paper (merge_normal2)" in md
+    logged = mlflow_metrics(m, table)
+    assert "test_leakfree_alt_accuracy" in logged and "leakfree_alt_table3_consistent" in logged
+    assert "test_leakfree_alt_patient_rule" not in logged
 
 
 def test_a_worse_run_is_below_the_paper() -> None:
@@ -206,7 +279,7 @@ def test_a_worse_run_is_below_the_paper() -> None:
     _, table = _evaluation(y, prob, groups)
     acc = table["cells"]["accuracy"]
     assert acc["verdict"] == "below" and acc["run_ci_high"] < 0.96
-    assert acc["diff_ci_high"] < 0 and acc["diff_pvalue"] < 0.05
+    assert acc["diff_ci_high"] < 0 and acc["diff_pvalue"] < 0.05  # 500 resamples: >= 0.004
     assert table["table3_consistent"] < 7
     assert "| below |" in table3_markdown(table)
 

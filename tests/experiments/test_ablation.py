@@ -76,14 +76,17 @@ def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_se
     s = report.summarize(runs, n_resamples=500)
     assert s["reference_arm"] == ref
     assert s["n_test_patients"] == 150
-    same_acc = s["comparisons"][same]["accuracy"]
+    same_acc = s["comparisons"][same]["metrics"]["accuracy"]
     assert same_acc["delta"] == 0 and same_acc["verdict"] == "within noise"
-    # The seeds of each arm are resampled independently (seed 1 of one arm is no partner of seed
-    # 1 of another), so identical arms still get an interval of seed noise around 0.
+    # Seed 1 of one arm is no partner of seed 1 of another (Welch, unpaired over seeds), so
+    # identical arms still get an interval of seed noise around 0.
     assert same_acc["ci_low"] < 0 < same_acc["ci_high"]
-    good_acc = s["comparisons"][good]["accuracy"]
+    good_acc = s["comparisons"][good]["metrics"]["accuracy"]
     assert good_acc["verdict"] == "better" and good_acc["ci_low"] > 0
+    assert good_acc["pvalue_holm"] < 0.05 and s["n_tests"] == 4
     assert f"{good} is better on accuracy" in s["answer"]
+    # the secondary metrics are descriptive: an interval, no word
+    assert "verdict" not in s["comparisons"][good]["metrics"]["NORMAL_recall"]
     # Per-arm means are the means of the runs' own metrics (recomputed independently here).
     accs = [np.mean((r.predictions["probability"] >= 0.5) == (labels == 1)) for r in runs
             if r.arm == good]
@@ -92,6 +95,7 @@ def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_se
     assert lo <= np.mean(accs) <= hi
     md = report.markdown(s)
     assert md.splitlines()[2] == f"**{s['answer']}**" and "| abl-good-s1 |" in md
+    assert "Power: the seed-to-seed standard deviation of accuracy" in md
 
 
 def test_only_noise_between_arms_says_so(test_set) -> None:
@@ -102,10 +106,81 @@ def test_only_noise_between_arms_says_so(test_set) -> None:
                  patients, labels)
             for m in ("augmentor", "none") for seed in (1, 2)]
     s = report.summarize(runs, n_resamples=500)
-    verdicts = {s["comparisons"]["densenet121/none/bn-frozen"][m]["verdict"]
+    verdicts = {s["comparisons"]["densenet121/none/bn-frozen"]["metrics"][m]["verdict"]
                 for m in report.ANSWER_METRICS}
     assert verdicts == {"within noise"}
     assert s["answer"].startswith("No arm differs from the paper's arm")
+
+
+def test_arms_are_compared_on_the_same_patient_resamples(test_set) -> None:
+    """Pairing: two arms that make the same errors, except that one fixes 9 of the reference's
+    errors with every seed. On the same resampled patients the shared errors cancel and the
+    test-set term is ~0.01; scored on different resamples (pairing lost) it would be ~0.04, and
+    the gain of 0.03 would drown in it."""
+    labels, patients = test_set
+    rng = np.random.default_rng(3)
+    base = np.clip(labels * 0.3 + 0.35 + rng.normal(0, 0.25, labels.size), 0, 1)
+    fixed = np.flatnonzero(labels == 1)[:9]
+    base[fixed] = 0.1  # the reference misses these PNEUMONIA images
+    runs = []
+    for seed in (1, 2, 3):
+        prob = np.clip(base + rng.normal(0, 0.01, labels.size), 0, 1)  # seeds differ a little
+        runs.append(_run(f"abl-ref-s{seed}", "x/augmentor/bn-frozen", seed, prob, patients,
+                         labels))
+        better = prob.copy()
+        better[fixed] = 0.9
+        runs.append(_run(f"abl-fix-s{seed}", "x/none/bn-frozen", seed, better, patients,
+                         labels))
+    s = report.summarize(runs, n_resamples=500)
+    acc = s["comparisons"]["x/none/bn-frozen"]["metrics"]["accuracy"]
+    assert acc["delta"] == pytest.approx(9 / 300)
+    assert acc["se_test"] < 0.015  # ~ the spread of 9 fixed images among 300: ~0.01
+    assert acc["verdict"] == "better"
+
+
+def test_two_factor_grid_compares_with_the_papers_arm_and_reports_main_effects(test_set) -> None:
+    """backbone x balancing, 2 x 3 arms: the reference is DenseNet201 with Augmentor; each
+    factor's main effect is the level's gain averaged over the other factor's levels."""
+    labels, patients = test_set
+    rng = np.random.default_rng(4)
+    gain = {"augmentor": 0.0, "class_weight": 0.0, "none": 0.25}
+    runs = []
+    for backbone in ("densenet201", "resnet50"):
+        for method in ("augmentor", "class_weight", "none"):
+            for seed in (1, 2, 3):
+                sharp = 0.3 + gain[method] + rng.normal(0, 0.02)
+                prob = np.clip(labels * sharp + (1 - sharp) / 2
+                               + rng.normal(0, 0.2, labels.size), 0, 1)
+                runs.append(_run(f"abl-{backbone}-{method}-s{seed}",
+                                 f"{backbone}/{method}/bn-frozen", seed, prob, patients, labels))
+    s = report.summarize(runs, n_resamples=300)
+    assert s["reference_arm"] == "densenet201/augmentor/bn-frozen"
+    names = set(s["comparisons"])
+    assert len([n for n in names if "main effect" not in n]) == 5  # every arm vs the reference
+    main = {n for n, c in s["comparisons"].items() if c["main_effect"]}
+    assert main == {"backbone: resnet50 - densenet201 (main effect)",
+                    "balance: class_weight - augmentor (main effect)",
+                    "balance: none - augmentor (main effect)"}
+    effect = s["comparisons"]["balance: none - augmentor (main effect)"]
+    assert effect["arms"] == {"densenet201/augmentor/bn-frozen": -0.5,
+                              "densenet201/none/bn-frozen": 0.5,
+                              "resnet50/augmentor/bn-frozen": -0.5,
+                              "resnet50/none/bn-frozen": 0.5}
+    want = np.mean([s["arms"][f"{b}/none/bn-frozen"]["accuracy"]["mean"]
+                    - s["arms"][f"{b}/augmentor/bn-frozen"]["accuracy"]["mean"]
+                    for b in ("densenet201", "resnet50")])
+    assert effect["metrics"]["accuracy"]["delta"] == pytest.approx(want)
+    assert effect["metrics"]["accuracy"]["verdict"] == "better"
+    backbone = s["comparisons"]["backbone: resnet50 - densenet201 (main effect)"]
+    assert backbone["metrics"]["accuracy"]["verdict"] == "within noise"
+    assert s["n_tests"] == 2 * (5 + 3)  # Holm over every primary comparison
+    md = report.markdown(s)
+    assert "balance: none - augmentor (main effect)" in md and "averaged over" in md
+    # an incomplete grid gets no main effects, and says why
+    partial = report.summarize([r for r in runs if r.arm != "resnet50/none/bn-frozen"],
+                               n_resamples=200)
+    assert not any(c["main_effect"] for c in partial["comparisons"].values())
+    assert "grid is incomplete" in partial["main_effects_note"]
 
 
 def test_seed_interval_is_the_t_interval_kept_inside_the_metric_range() -> None:
@@ -134,8 +209,10 @@ def test_committed_ablation_report_recomputes_from_its_predictions(
         pytest.skip("no committed ablation report (metrics/ablation.json) yet")
     monkeypatch.chdir(REPO)
     committed = json.loads(report.ABLATION_JSON.read_text())
-    again = report.summarize(report.load_committed(), n_resamples=committed["n_resamples"])
+    again = report.summarize(report.load_committed(), n_resamples=committed["n_resamples"],
+                             header=committed["header"])
     assert again["answer"] == committed["answer"]
+    assert report.ABLATION_MD.read_text() == report.markdown(again)
     # floats to 1e-9, not bit for bit: NumPy's SIMD reductions differ in the last bits between
     # CPUs (AVX2 vs AVX-512), and the suite runs on either
     _assert_same(json.loads(json.dumps(again)), committed, "ablation.json")

@@ -34,7 +34,8 @@ def test_demo_twice(tmp_path: Path) -> None:
         assert f"Running stage '{stage}'" in out
     # Table III printed beside this run's numbers: the sample's 40 NORMAL test images, and the
     # run's accuracy as the experiment recorded it in metrics/evaluate.json.
-    assert "| metric | paper [95 % CI] | this run [95 % CI] | verdict |" in first.stdout
+    assert ("| metric | paper [95 % CI] | this run [95 % CI] | run - paper [95 % CI] | verdict |"
+            in first.stdout)
     assert "| NORMAL support | 234 | 40 |" in first.stdout
     ref = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     ref = [r for r in ref if not r.startswith("refs/exps/exec")][-1]

@@ -1,4 +1,4 @@
-"""pneumonia.stats.significance: McNemar, DeLong, paired verdict, two independent proportions."""
+"""pneumonia.stats.significance: McNemar, DeLong, the paired verdict, Holm."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binom, chi2_contingency, norm
+from scipy.stats import binom, norm
 from sklearn.metrics import roc_auc_score
 
 from pneumonia.stats.significance import (
-    compare_proportions,
     delong_test,
     mcnemar_exact,
     paired_verdict,
@@ -88,6 +87,19 @@ def test_delong_identical_models() -> None:
     assert paired_verdict(res["ci_low"], res["ci_high"]) == "within noise"
 
 
+def test_delong_with_zero_variance_and_different_aucs_is_no_test() -> None:
+    """A perfect model against a constant one: every DeLong component is constant (se = 0) while
+    the AUCs differ by 0.5. No z = -inf, no p = 0, no zero-width interval [-0.5, -0.5]."""
+    y = np.r_[np.zeros(30, int), np.ones(50, int)]
+    perfect = y * 0.8 + 0.1
+    constant = np.full(y.size, 0.5)
+    res = delong_test(y, perfect, constant)
+    assert res["delta"] == pytest.approx(-0.5) and res["se"] == 0
+    assert all(math.isnan(res[k]) for k in ("z", "pvalue", "ci_low", "ci_high"))
+    assert "variance is 0" in res["note"]
+    assert delong_test(y, perfect, perfect)["note"] == ""
+
+
 def test_delong_detects_a_clear_difference() -> None:
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 400)
@@ -113,30 +125,13 @@ def test_paired_verdict(low: float, high: float, word: str) -> None:
     assert paired_verdict(low, high) == word
 
 
-def wilson(count: int, nobs: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    p = count / nobs
-    centre = (p + z * z / (2 * nobs)) / (1 + z * z / nobs)
-    half = z / (1 + z * z / nobs) * math.sqrt(p * (1 - p) / nobs + z * z / (4 * nobs * nobs))
-    return centre - half, centre + half
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_equals_statsmodels(seed: int) -> None:
+    from statsmodels.stats.multitest import multipletests
 
+    from pneumonia.stats.significance import holm
 
-@pytest.mark.parametrize(
-    ("c1", "n1", "c2", "n2"), [(580, 624, 599, 624), (213, 234, 190, 234), (386, 390, 300, 320)]
-)
-def test_compare_proportions_newcombe_by_hand(c1: int, n1: int, c2: int, n2: int) -> None:
-    res = compare_proportions(c1, n1, c2, n2)
-    p1, p2 = c1 / n1, c2 / n2
-    (l1, u1), (l2, u2) = wilson(c1, n1), wilson(c2, n2)
-    d = p1 - p2
-    assert res["diff"] == pytest.approx(d)
-    assert res["ci_low"] == pytest.approx(d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2))
-    assert res["ci_high"] == pytest.approx(d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
-    # the score test is Pearson's chi-square up to the factor (N - 1) / N
-    table = [[c1, n1 - c1], [c2, n2 - c2]]
-    pearson = chi2_contingency(table, correction=False)[1]
-    assert res["pvalue"] == pytest.approx(pearson, rel=0.05)
-
-
-def test_compare_proportions_equal() -> None:
-    res = compare_proportions(90, 100, 180, 200)
-    assert res["diff"] == 0 and res["pvalue"] == 1.0 and res["ci_low"] < 0 < res["ci_high"]
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.random(6) ** 3, [0.04, 0.04]])  # ties too
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1], rel=1e-12)
+    assert holm([]).size == 0

@@ -160,7 +160,8 @@ def test_compare_predictions_to_paper() -> None:
     normal_recall = cells["NORMAL_recall"]
     assert normal_recall["verdict"] == "below"
     assert normal_recall["diff"] == pytest.approx(170 / 234 - 213 / 234)
-    assert normal_recall["diff_ci_high"] < 0 and normal_recall["diff_pvalue"] < 1e-6
+    # the smallest p-value 1000 bootstrap resamples can give: 2 / 1001
+    assert normal_recall["diff_ci_high"] < 0 and normal_recall["diff_pvalue"] <= 2 / 1001
     assert cells["NORMAL_f1"]["verdict"] == "below" and cells["NORMAL_f1"]["diff_ci_high"] < 0
     # PNEUMONIA recall 380/390 = 0.974 vs 0.99: within our interval
     assert cells["PNEUMONIA_recall"]["verdict"] == "consistent"
@@ -169,3 +170,49 @@ def test_compare_predictions_to_paper() -> None:
     base = out["baseline"]["cells"]
     assert base["NORMAL_recall"]["verdict"] == "below"  # 0.73 vs the baseline's 0.82
     assert "counts unknown" in out["baseline"]["note"]
+
+
+def test_paper_intervals_are_95_percent_wilson_of_statsmodels() -> None:
+    """The paper's proportion cells: Wilson at 95 % exactly (a 90 % interval is caught here)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    out = compare_confusion_to_paper(paper_confusion(), n_resamples=200)
+    for cell, (k, n) in {"accuracy": (599, 624), "NORMAL_recall": (213, 234),
+                         "PNEUMONIA_precision": (386, 407)}.items():
+        low, high = proportion_confint(k, n, alpha=0.05, method="wilson")
+        row = out["cells"][cell]
+        assert (row["paper_ci_low"], row["paper_ci_high"]) == pytest.approx((low, high)), cell
+
+
+def test_difference_carries_both_uncertainties_and_patients() -> None:
+    """Errors correlated within patients (4 images each, right or wrong together): the interval
+    of run - paper must be wider than the run's own patient-grouped interval and close to the
+    two independent widths combined (sqrt(w_run^2 + w_paper^2)); draws matched up (sorted)
+    would give about |w_run - w_paper|."""
+    rng = np.random.default_rng(5)
+    patients = 156
+    y = np.repeat((np.arange(patients) % 8 >= 3).astype(int), 4)
+    right = np.repeat(rng.random(patients) < 0.9, 4)
+    prob = np.where(right == (y == 1), 0.8, 0.2)
+    groups = np.repeat(np.arange(patients), 4)
+    out = compare_to_paper(y, prob, 0.5, groups, n_resamples=3000, seed=1)
+    for cell in CELLS:
+        row = out["cells"][cell]
+        w_run = row["run_ci_high"] - row["run_ci_low"]
+        w_paper = row["paper_ci_high"] - row["paper_ci_low"]
+        w_diff = row["diff_ci_high"] - row["diff_ci_low"]
+        assert w_diff > w_run, cell
+        assert w_diff == pytest.approx(math.hypot(w_run, w_paper), rel=0.2), cell
+        assert "patient-grouped bootstrap (run)" in row["diff_method"]
+
+
+def test_verdict_comes_from_the_difference_and_the_old_word_is_kept_beside_it() -> None:
+    """NORMAL recall 201/234 = 0.859: the printed 0.91 lies above the run's own interval (the old
+    word: below), but the difference run - paper, with the paper's own uncertainty, holds 0."""
+    cm = np.array([[201, 33], [4, 386]])
+    out = compare_confusion_to_paper(cm, n_resamples=4000, seed=0)
+    row = out["cells"]["NORMAL_recall"]
+    assert row["run_ci_high"] < 0.91 and row["run_interval_verdict"] == "below"
+    assert row["diff_ci_low"] < 0 < row["diff_ci_high"] and row["verdict"] == "consistent"
+    assert out["n_consistent"] == sum(c["verdict"] == "consistent" for c in out["cells"].values())
+    assert out["n_consistent_run_interval"] < out["n_consistent"]
