@@ -44,3 +44,8 @@ MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow 
 LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
 CLASSES = ("normal", "bacteria", "virus")
 BACKBONES = ("densenet201", "densenet121", "resnet50")
+# Table I of the paper (= the Mendeley release of Kermany 2018, 5856 images): images per official
+# split (the manifest's `split`: val/ counts as train) and label. validate checks it
+# (validate.table1_counts); pneumonia.provenance calls a dataset with these counts the full one.
+TABLE1 = {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
+          ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}

@@ -33,6 +33,8 @@ def command(args: argparse.Namespace) -> int:
     from pneumonia.inference.loading import load
 
     loaded = load(args.model)
+    if loaded.warning:
+        print(f"WARNING: {loaded.warning}", file=sys.stderr)
     cam_model = CamModel(loaded.model)
     out = Path(args.out)
     failed = 0

@@ -166,13 +166,16 @@ def command(args: argparse.Namespace) -> int:
     loaded = load(args.model, args.threshold)
     print(f"model {loaded.source} ({loaded.size} px), threshold {loaded.threshold:g} "
           f"({loaded.threshold_from}); {len(items)} image(s)", file=sys.stderr)
+    if loaded.warning:
+        print(f"WARNING: {loaded.warning}", file=sys.stderr)
     with tqdm(total=len(items), unit="img", file=sys.stderr,
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
                                      args.workers, bar))
     rows = _rows(results, loaded.threshold)
     write_output(rows, args.out, {"model": loaded.source, "threshold": loaded.threshold,
-                                  "threshold_from": loaded.threshold_from})
+                                  "threshold_from": loaded.threshold_from,
+                                  "provenance": loaded.provenance, "warning": loaded.warning})
     failed = [r for r in results if r.error]
     counts = {label: sum(1 for r in rows if r["label"] == label) for label in LABELS}
     print(f"{len(results) - len(failed)} predicted ("

@@ -5,7 +5,9 @@ preprocessing: each row's `image` column holds one image file (PNG, JPEG or DICO
 text; it is decoded exactly as ingest decodes training images (`sources.to_input`). The answer
 has one row per image: `probability` (P(PNEUMONIA)), `label` (NORMAL/PNEUMONIA) and the
 `threshold` used (the one recorded when the model was logged, or the request's
-`params: {"threshold": t}`). A bad image fails the request with HTTP 400 and a message naming
+`params: {"threshold": t}`), `trained_on` (the training data: sample / full / other / unknown,
+pneumonia.provenance) and `warning` (empty, or why the answer must not be trusted: a model
+trained on the bundled sample). A bad image fails the request with HTTP 400 and a message naming
 the row and the problem.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
@@ -57,6 +59,13 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts[ARTIFACT], compile=False)
         self.size = int(self.model.input_shape[1])
         self.threshold = float((context.model_config or {}).get("threshold", 0.5))
+        # The provenance is in model_config (the MLmodel `metadata` is not handed to a
+        # PythonModel): every answer says what the model was trained on.
+        from pneumonia import provenance
+
+        prov = (context.model_config or {}).get("provenance") or {}
+        self.trained_on = provenance.dataset_of(prov)
+        self.warning = provenance.warning(prov) or ""
 
     def predict(self, context, model_input, params=None):  # MLflow's signature, untyped
         from mlflow.exceptions import MlflowException
@@ -85,7 +94,9 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         probs = predict_arrays(self.model, arrays)
         labels = [LABELS[int(p >= threshold)] for p in probs]
         return pd.DataFrame({"probability": probs, "label": labels,
-                             "threshold": [threshold] * len(probs)})
+                             "threshold": [threshold] * len(probs),
+                             "trained_on": [getattr(self, "trained_on", "unknown")] * len(probs),
+                             "warning": [getattr(self, "warning", "")] * len(probs)})
 
 
 def predict_arrays(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:
@@ -130,14 +141,20 @@ def signature(threshold: float) -> Any:
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         outputs=Schema([ColSpec("double", "probability"), ColSpec("string", "label"),
-                        ColSpec("double", "threshold")]),
+                        ColSpec("double", "threshold"), ColSpec("string", "trained_on"),
+                        ColSpec("string", "warning")]),
         params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]),
     )
 
 
-def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
+def log_model(keras_file: Path, threshold: float, name: str = "model",
+              provenance: dict[str, str] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
-    model URI (`models:/m-<id>`)."""
+    model URI (`models:/m-<id>`). `provenance` (pneumonia.provenance.describe) goes into the
+    MLmodel metadata and the model's config."""
+    config: dict[str, Any] = {"threshold": float(threshold)}
+    if provenance:
+        config["provenance"] = dict(provenance)
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -147,7 +164,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model") -> str:
             python_model=PneumoniaModel(),
             artifacts={ARTIFACT: str(keras_file)},
             code_paths=[str(code)],
-            model_config={"threshold": float(threshold)},
+            model_config=config,
+            metadata={"provenance": dict(provenance)} if provenance else None,
             signature=signature(threshold),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
