@@ -191,7 +191,15 @@ def _gate(client: Any, name: str, mv: Any, state: State, cache: dict[str, pd.Dat
     cand = _entry(client, mv, cache, own_predictions)
     champ = None
     if state.champion is not None:
-        champ = _entry(client, client.get_model_version(name, state.champion), cache)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            champ = _entry(client, client.get_model_version(name, state.champion), cache)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            # Deleted by hand: a fact every process sees alike. The anchors still hold.
+            log.warning("champion version %s of %r no longer exists", state.champion, name)
     for entry in (cand, champ):
         if not owner and entry is not None and entry.error:
             raise _Undecidable(f"version {entry.version}: {entry.error}")
@@ -375,6 +383,7 @@ def register_and_gate(params: Params, run_file: dict[str, Any], metrics: dict[st
     if prov is None:
         prov = provenance.describe(params.data.raw, params.data.image_size,
                                    run_file.get("run_id"))
+    version: str | None = None
     try:
         model_uri = model_to_register(run_file, threshold, prov)
         prov = logged_provenance(model_uri) or prov
@@ -393,12 +402,17 @@ def register_and_gate(params: Params, run_file: dict[str, Any], metrics: dict[st
         mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
                                          model_id=model_id)
         version = str(mv.version)
-        state, decision = _settle(client, name, int(version), predictions)
+        state, decision = _settle(client, name, int(mv.version), predictions)
     except MlflowException as exc:
+        done = ("Nothing was registered or promoted: the champion is unchanged." if version is None
+                else f"Version {version} was registered but its gate did not finish: the champion "
+                "alias is where the recorded decisions put it (version tags gate.*); the next "
+                "evaluation settles this version.")
         raise PipelineError(
             f"model registry {name!r} at {mlflow.get_tracking_uri()}: {exc.message} "
-            f"({exc.error_code}). Nothing was promoted: the champion is unchanged. Re-run the "
-            "evaluate stage when the store is back (`dvc repro evaluate`).") from None
+            f"({exc.error_code}). {done} Re-run the evaluate stage when the store is back "
+            "(`dvc repro evaluate`).") from None
+    assert version is not None
     holds = (CHAMPION if state.champion == version else
              CHALLENGER if state.challenger == version else None)
     # `alias`: what this version holds after every version this stage saw was settled
