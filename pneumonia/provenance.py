@@ -50,14 +50,12 @@ def manifest_fingerprint(manifest: Any) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-def classify(manifest: Any, data_raw: str, sample_root: Path = SAMPLE_ROOT) -> str:
+def classify(manifest: Any, sample_root: Path = SAMPLE_ROOT) -> str:
     """``sample`` / ``full`` / ``other`` for a manifest (data/manifest.csv's columns)."""
     hashes = set(manifest["sha256"].astype(str))
-    known = sample_hashes(sample_root)
-    if known:
-        if hashes and hashes <= known:
-            return SAMPLE
-    elif Path(data_raw).resolve() == sample_root.resolve():  # the sample's folder without files
+    # By content only: a folder named like the sample may hold anything (and the sample's files
+    # are in git, so they are there wherever the pipeline runs).
+    if hashes and hashes <= sample_hashes(sample_root):
         return SAMPLE
     counts = manifest.groupby(["split", "label"]).size().to_dict()
     if {k: int(v) for k, v in counts.items()} == TABLE1:
@@ -74,7 +72,7 @@ def describe(data_raw: str, image_size: int, train_run_id: str | None = None,
 
     manifest = pd.read_csv(manifest_path, dtype={"sha256": str})
     out = {
-        "dataset": classify(manifest, data_raw),
+        "dataset": classify(manifest),
         "images": str(len(manifest)),
         "image_size": str(int(image_size)),
         "data_raw": str(data_raw),
