@@ -224,6 +224,20 @@ def test_a_chain_of_slightly_worse_models_cannot_slide(store: dict) -> None:
                and t["gate.anchor"] == "1 (version 1)" for t in refused)
 
 
+def test_the_champion_set_by_hand_as_documented(store: dict) -> None:
+    """docs/using-the-model.md: set the alias and the newest version's `gate.champion_after`;
+    the next evaluation is then gated against that version (the alias alone would be undone)."""
+    exp, model, client = store["experiment"], store["model"], store["client"]
+    for prob in (GOOD, wrong_on(slice(0, 2))):  # 1.00, then 0.99: champion moves to version 2
+        evaluate_once(exp, prob, gate_params(floor=0.9, name="hand"), model)
+    assert aliases(client, "hand")[CHAMPION] == "2"
+    client.set_registered_model_alias("hand", CHAMPION, "1")
+    client.set_model_version_tag("hand", "2", "gate.champion_after", "1")
+    evaluate_once(exp, wrong_on(slice(100, 102)), gate_params(floor=0.9, name="hand"), model)
+    assert client.get_model_version("hand", "3").tags["gate.compared_with"] == "1"
+    assert aliases(client, "hand")[CHAMPION] == "3"
+
+
 def test_without_the_anchor_the_same_chain_slides() -> None:
     """The chain above is a real slide: each step alone passes the comparison with the champion
     (within noise), so a gate that compares with the current champion only walks it down."""
