@@ -193,15 +193,20 @@ class EvaluateParams:
     # PATIENT_RULES): strict = the ids as written; merge_normal2 = NORMAL2-IM-0095 is patient
     # IM-0095 (a published audit's reading). The other reading is reported beside it.
     leakfree_patient_rule: Literal["strict", "merge_normal2"] = "strict"
-    # Model registry (pneumonia.registry): each evaluated model is a version of this registered
-    # model; alias `champion` moves to it only if test accuracy >= champion_min_accuracy and it is
-    # not significantly worse than the current champion on the same test images.
+    # Model registry (pneumonia.registry, the gate: pneumonia.gate): each evaluated model is a
+    # version of this registered model; alias `champion` moves to it only if test accuracy >=
+    # champion_min_accuracy, >= the anchor (the best accuracy any champion reached on the same
+    # test set) - champion_margin, and it is not significantly worse than the current champion on
+    # the same test images.
     registry_name: str = field(
         default="pneumonia-densenet201",
         metadata=_ck(lambda v: bool(v.strip()) and "/" not in v and "@" not in v,
                      "must be a non-empty name without '/' or '@'"),
     )
     champion_min_accuracy: float = field(default=0.9, metadata=_prob)
+    # Non-inferiority margin against the anchor: a chain of slightly worse models cannot take the
+    # champion more than this below the best one (0: never below the best).
+    champion_margin: float = field(default=0.02, metadata=_prob)
     # Grad-CAM overlays (metrics/gradcam/, MLflow evaluate/gradcam/): the most confident test
     # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.
     explain_max_errors: int = field(default=6, metadata=_nonneg)

@@ -46,3 +46,8 @@ LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMO
 CLASSES = ("normal", "bacteria", "virus")
 UNSPECIFIED = "unspecified"  # `data.layout: folders`: a PNEUMONIA image whose cause is unrecorded
 BACKBONES = ("densenet201", "densenet121", "resnet50")
+# Table I of the paper (= the Mendeley release of Kermany 2018, 5856 images): images per official
+# split (the manifest's `split`: val/ counts as train) and label. validate checks it
+# (validate.table1_counts); pneumonia.provenance calls a dataset with these counts the full one.
+TABLE1 = {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
+          ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}

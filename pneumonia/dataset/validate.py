@@ -20,6 +20,7 @@ from pneumonia.paths import (
     LABELS,
     MANIFEST,
     MANIFEST_COLUMNS,
+    TABLE1,
     UNSPECIFIED,
     VALIDATION_JSON,
     VALIDATION_MD,
@@ -28,9 +29,6 @@ from pneumonia.paths import (
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-# Table I of the paper (= the Mendeley release): images per official split and label.
-TABLE1 = {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
-          ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}
 LABEL_CLASS_PAIRS = [("NORMAL", "normal"), ("PNEUMONIA", "bacteria"), ("PNEUMONIA", "virus")]
 N_EXAMPLES = 5
 

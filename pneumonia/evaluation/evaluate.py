@@ -333,8 +333,7 @@ def run(params: Params) -> dict[str, Any]:
         log.info("logged test metrics to MLflow run %s", mlrun.info.run_id)
         # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
         e = params.evaluate
-        registry.register_and_gate(e.registry_name, e.champion_min_accuracy, run_info, metrics,
-                                   predictions, mlrun.info.run_id)
+        registry.register_and_gate(params, run_info, metrics, predictions, mlrun.info.run_id)
         from pneumonia.inference.gradcam import explain_test_cases
 
         explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,

@@ -36,6 +36,8 @@ def command(args: argparse.Namespace) -> int:
 
     loaded = load(args.model)
     cap, _ = params_max_megapixels()
+    if loaded.warning:
+        print(f"WARNING: {loaded.warning}", file=sys.stderr)
     cam_model = CamModel(loaded.model)
     out = Path(args.out)
     failed = 0

@@ -14,6 +14,11 @@ validation images instead (`threshold_chosen` with `evaluate.threshold_rule: you
 The conformal calibration (`qhat`, pneumonia.stats.conformal), when there is one: the logged
 model's config (`conformal`, set by evaluate), or for the workspace's model metrics/evaluate.json
 `conformal_qhat`. Without one, predictions carry no prediction set.
+
+The provenance (pneumonia.provenance: trained on the bundled sample, the full dataset or other
+data): the logged model's MLmodel metadata, else the registered version's `provenance.*` tags; for
+models/model.keras its training run's tags, else the workspace's data/manifest.csv. `warning` is
+set when the model was trained on the bundled sample (predict and explain print it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +55,14 @@ class Loaded:
     threshold_from: str  # where the threshold came from (shown to the user)
     qhat: float | None = None  # conformal calibration of this model, if evaluate made one
     qhat_from: str = ""
+    provenance: dict[str, str] = field(default_factory=dict)  # what it was trained on
+
+    @property
+    def warning(self) -> str | None:
+        """Why its answers must not be trusted (trained on the bundled sample), else None."""
+        from pneumonia.provenance import warning
+
+        return warning(self.provenance)
 
     @property
     def size(self) -> int:
@@ -100,19 +113,24 @@ def store_uri() -> str | None:
 
 
 def champion_uri(name: str) -> str | None:
-    """`models:/NAME@champion` when the store has that alias, else None (no error)."""
+    """`models:/NAME@champion` when the store has that alias, None when it has no such model or
+    alias. Any other error of the store (locked, unreachable) is a PipelineError: predicting with
+    another model than the champion because the registry could not be read would be silent."""
     uri = store_uri()
     if uri is None:
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pneumonia.registry import champion_version
+
     mlflow.set_tracking_uri(uri)
     try:
-        mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    return f"models:/{name}@{CHAMPION}"
+        version = champion_version(mlflow.MlflowClient(), name)
+    except MlflowException as exc:
+        raise PipelineError(f"cannot read the `{CHAMPION}` of {name!r} from the MLflow store "
+                            f"{uri} ({exc.message}): retry, or pass --model.") from None
+    return None if version is None else f"models:/{name}@{CHAMPION}"
 
 
 def _load_keras_file(path: Path) -> keras.Model:
@@ -342,4 +360,62 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = threshold, "--threshold"
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
-    return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")))
+    return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
+                  provenance=provenance_of(spec))
+
+
+def _version_tags(uri: str) -> dict[str, str]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    rest = uri[len("models:/"):]
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in rest:
+            mv = client.get_model_version_by_alias(*rest.split("@", 1))
+        elif "/" in rest:
+            mv = client.get_model_version(*rest.split("/", 1))
+        else:
+            return {}
+    except MlflowException:
+        return {}
+    return dict(mv.tags or {})
+
+
+def provenance_of(spec: str) -> dict[str, str]:
+    """What the model `spec` (a resolved --model) was trained on ({} when nothing says)."""
+    from mlflow.exceptions import MlflowException
+
+    from pneumonia import provenance
+
+    if spec.startswith(("runs:/", "models:/")):
+        from mlflow.models import Model
+
+        try:
+            meta = Model.load(spec).metadata or {}
+        except (MlflowException, OSError):
+            meta = {}
+        prov = meta.get("provenance")
+        if isinstance(prov, dict) and prov:
+            return {str(k): str(v) for k, v in prov.items()}
+        return provenance.from_tags(_version_tags(spec)) if spec.startswith("models:/") else {}
+    if Path(spec).resolve() != MODEL_FILE.resolve():
+        return {}
+    try:  # the workspace's model: its training run's tags, else the workspace's manifest
+        import mlflow
+
+        from pneumonia.tracking import read_run_file
+
+        if store_uri() is not None:
+            tags = mlflow.MlflowClient(store_uri()).get_run(read_run_file()["run_id"]).data.tags
+            if provenance.from_tags(tags):
+                return provenance.from_tags(tags)
+    except (PipelineError, MlflowException, OSError):
+        pass
+    try:
+        from pneumonia.params import load_params
+
+        data = load_params().data
+        return provenance.describe(data.raw, data.image_size)
+    except (PipelineError, OSError, KeyError, ValueError):
+        return {}

@@ -208,6 +208,8 @@ def command(args: argparse.Namespace) -> int:
     print(f"model {loaded.source} ({loaded.size} px), threshold {loaded.threshold:g} "
           f"({loaded.threshold_from}); {len(items)} image(s), at most {cap:g} megapixels each "
           f"({cap_from})", file=sys.stderr)
+    if loaded.warning:
+        print(f"WARNING: {loaded.warning}", file=sys.stderr)
     with tqdm(total=len(items), unit="img", file=sys.stderr,
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
@@ -215,7 +217,8 @@ def command(args: argparse.Namespace) -> int:
     three_class = int(loaded.model.output_shape[-1]) > 1
     rows = _rows(results, loaded.threshold, three_class, loaded.qhat)
     meta = {"model": loaded.source, "threshold": loaded.threshold,
-            "threshold_from": loaded.threshold_from}
+            "threshold_from": loaded.threshold_from, "provenance": loaded.provenance,
+            "warning": loaded.warning}
     if loaded.qhat is not None:
         meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
     write_output(rows, args.out, meta)

@@ -5,7 +5,9 @@ preprocessing: each row's `image` column holds one image file (PNG, JPEG or DICO
 text; it is decoded exactly as ingest decodes training images (`sources.to_input`). The answer
 has one row per image: `probability` (P(PNEUMONIA)), `label` (NORMAL/PNEUMONIA) and the
 `threshold` used (the one recorded when the model was logged, or the request's
-`params: {"threshold": t}`). A three-class model (`task: three_class`) adds `p_normal`,
+`params: {"threshold": t}`), `trained_on` (the training data: sample / full / other / unknown,
+pneumonia.provenance) and `warning` (empty, or why the answer must not be trusted: a model
+trained on the bundled sample). A three-class model (`task: three_class`) adds `p_normal`,
 `p_bacteria`, `p_virus` and `class` (the most probable of the three); its `probability` is
 P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged with a conformal
 calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
@@ -97,6 +99,13 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
         self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
         self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
+        # The provenance is in model_config (the MLmodel `metadata` is not handed to a
+        # PythonModel): every answer says what the model was trained on.
+        from pneumonia import provenance
+
+        prov = config.get("provenance") or {}
+        self.trained_on = provenance.dataset_of(prov)
+        self.warning = provenance.warning(prov) or ""
 
     # Typed as MLflow 3 asks (an untyped predict makes it warn "Add type hints to the `predict`
     # method" when the class is defined). pd.DataFrame is one of the hints MLflow infers no schema
@@ -136,7 +145,10 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
                                      f"({type(exc).__name__}: {exc})") from None
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
-        return answer(predict_outputs(self.model, arrays), threshold, self.qhat)
+        frame = answer(predict_outputs(self.model, arrays), threshold, self.qhat)
+        frame["trained_on"] = getattr(self, "trained_on", "unknown")
+        frame["warning"] = getattr(self, "warning", "")
+        return frame
 
 
 def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
@@ -211,6 +223,7 @@ def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> An
         columns += [ColSpec("double", f"p_{c}") for c in CLASSES] + [ColSpec("string", "class")]
     if conformal:
         columns += [ColSpec("string", "prediction_set"), ColSpec("boolean", "refer")]
+    columns += [ColSpec("string", "trained_on"), ColSpec("string", "warning")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         outputs=Schema(columns),
@@ -246,20 +259,22 @@ def output_width(keras_file: Path) -> int:
 
 def log_model(keras_file: Path, threshold: float, name: str = "model",
               conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
-              max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB
-              ) -> str:
+              max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+              provenance: dict[str, str] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
     model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
     is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
     params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
-    calibration (the served answer then carries each image's prediction set)."""
+    calibration (the served answer then carries each image's prediction set). `provenance`
+    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config."""
     from pneumonia.inference.sources import params_max_megapixels
 
     if max_megapixels is None:
         max_megapixels, _ = params_max_megapixels()
     config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
               "max_rows": int(max_rows), "max_request_mb": float(max_request_mb),
-              **({"conformal": conformal} if conformal else {})}
+              **({"conformal": conformal} if conformal else {}),
+              **({"provenance": dict(provenance)} if provenance else {})}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -270,6 +285,7 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
             artifacts={ARTIFACT: str(keras_file)},
             code_paths=[str(code)],
             model_config=config,
+            metadata={"provenance": dict(provenance)} if provenance else None,
             signature=signature(threshold, output_width(keras_file), bool(conformal)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumonia import tracking
+from pneumonia import provenance, tracking
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import (
@@ -534,7 +534,11 @@ def _train_and_log(
     write_json(summary, TRAIN_JSON)
     write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
     progress["saved"] = True
-    return _log_results(mlrun, model, summary, size)
+    # What the model was trained on (the bundled sample, the full dataset, other): travels
+    # with the logged model and as run tags (pneumonia.provenance).
+    prov = provenance.describe(params.data.raw, size, mlrun.info.run_id)
+    mlflow.set_tags(provenance.as_tags(prov))
+    return _log_results(mlrun, model, summary, size, prov)
 
 
 FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
@@ -543,7 +547,7 @@ FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run
 
 
 def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
-                 size: int) -> dict[str, str]:
+                 size: int, prov: dict[str, str] | None = None) -> dict[str, str]:
     """Log the finished training's metrics, files and model to the open MLflow run."""
     import mlflow
 
@@ -557,7 +561,7 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     # depend on evaluate.* params).
     from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
 
-    model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD)
+    model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD, provenance=prov)
     return tracking.write_run_file(mlrun, model_uri=model_uri)
 
 

@@ -142,6 +142,7 @@ def test_default_model_is_the_registry_champion_with_its_threshold(
     code, out, err = run([str(NORMAL[0]), str(PNEUMONIA[0])], capsys)  # CSV on stdout
     assert code == 0, err
     assert "models:/pneumonia-densenet201@champion" in err
+    assert "WARNING" not in err  # no provenance recorded: nothing claims it is a demo model
     rows = list(csv.DictReader(out.splitlines()))
     assert [r["threshold"] for r in rows] == ["0.3", "0.3"]
     np.testing.assert_allclose([float(r["probability"]) for r in rows],

@@ -64,6 +64,8 @@ def test_demo_twice(tmp_path: Path) -> None:
         cwd=repo, env=env, capture_output=True, text=True, check=False)
     assert pred.returncode == 0, pred.stderr[-3000:]
     assert "models:/pneumonia-densenet201@champion" in pred.stderr
+    # Issue 19: a model trained on the bundled sample says so
+    assert "WARNING: this model was trained on the bundled sample (284 images, 64 px" in pred.stderr
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("path,probability,label,threshold") and len(lines) == 101
 
