@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -39,6 +42,12 @@ CREDENTIALS = {
 }
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How a user picks other ports (Makefile variables, this module's flags).
+MLFLOW_PORT_SETTING = "MLFLOW_PORT (`make mlflow-server MLFLOW_PORT=5001`, or --mlflow-port)"
+S3_PORT_SETTING = "S3_PORT (`make mlflow-server S3_PORT=9001`, or --s3-port)"
+
+
 class ServerError(RuntimeError):
     """A service did not start (its log's tail is in the message)."""
 
@@ -51,9 +60,18 @@ def free_port() -> int:
 
 
 def _bin(name: str) -> str:
-    """An executable of this Python's environment (moto_server, mlflow), else from PATH."""
+    """An executable of this Python's environment (moto_server, mlflow), else from PATH; a
+    ServerError (not a raw FileNotFoundError) when it is in neither."""
     here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise ServerError(
+            f"`{name}` is not installed: not next to {sys.executable}, not on PATH. Install the "
+            "team extra in this environment: `pip install -e '.[team]'` (`make install` does)."
+        )
+    return found
 
 
 def _tail(log: Path, n: int = 2000) -> str:
@@ -63,23 +81,100 @@ def _tail(log: Path, n: int = 2000) -> str:
         return ""
 
 
+def port_owner(port: int) -> str | None:
+    """Who listens on 127.0.0.1:`port` (e.g. "pid 4242: mlflow ui --port 5000"), None when the
+    port is free. Binds the port the way the servers do (SO_REUSEADDR: a closing connection
+    in TIME_WAIT does not count as in use)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+            return None
+        except OSError:
+            pass
+    for pid in _listeners(port):
+        return _describe(pid)
+    return "another process"
+
+
+def _listeners(port: int) -> list[int]:
+    """PIDs with a listening TCP socket on `port` (empty when the OS does not tell us)."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return []
+    return sorted({c.pid for c in conns
+                   if c.pid and c.status == psutil.CONN_LISTEN and c.laddr.port == port})
+
+
+def _describe(pid: int) -> str:
+    import psutil
+
+    try:
+        cmd = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
+    except psutil.Error:
+        return f"pid {pid}"
+    return f"pid {pid}: {cmd[:200]}"
+
+
+def check_port_free(port: int, setting: str) -> None:
+    """Refuse a port someone else holds: a server there would answer our readiness checks and
+    be taken for ours. `setting` is how the user picks another port (make variable, flag)."""
+    owner = port_owner(port)
+    if owner is not None:
+        raise ServerError(
+            f"port {port} on {HOST} is in use by {owner}; set {setting} to a free port, or "
+            "stop that process."
+        )
+
+
+def _owns_port(proc: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether `proc` or one of its descendants (uvicorn under `mlflow server`) listens on
+    `port`. True when the OS does not say who listens (nothing to contradict)."""
+    import psutil
+
+    owners = _listeners(port)
+    if not owners:
+        return True
+    try:
+        ours = {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return False
+    return bool(ours & set(owners))
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Poll `url` until it answers HTTP < 500; fail early if `proc` exits; bounded by timeout."""
+    """Poll `url` until it answers HTTP 200 *from `proc`*: our process alive and listening on
+    the port. Fail early if `proc` exits; bounded by timeout. (Any answer < 500 used to count:
+    another program on the port was taken for the server.)"""
     deadline = time.monotonic() + timeout
+    port = urllib.parse.urlsplit(url).port
+    last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerError(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return
+                status = resp.status
         except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
+            status = exc.code
+        except (urllib.error.URLError, OSError) as exc:
+            status, last = None, str(getattr(exc, "reason", exc))
+        if status is not None:
+            last = f"HTTP {status}"
+            if status == 200 and proc.poll() is None:
+                if port is None or _owns_port(proc, port):
+                    return
+                raise ServerError(
+                    f"{url} answered, but not from the server we started: port {port} is held "
+                    f"by {port_owner(port) or 'another process'}. Pick another port."
+                )
         time.sleep(0.3)
-    raise ServerError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
+    raise ServerError(
+        f"{url} did not answer HTTP 200 within {timeout:.0f} s (last: {last}):\n{_tail(log)}"
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
@@ -99,10 +194,14 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> N
 def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        # Own process group (start_new_session): stop_process kills the server and its workers.
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        # Own process group (start_new_session): stop_process kills the server and its workers,
+        # and a Ctrl-C / closed terminal reaches only `up`, which stops them in order.
+        try:
+            return subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        except OSError as exc:  # e.g. not executable
+            raise ServerError(f"cannot start {cmd[0]}: {exc}") from None
 
 
 @dataclass
@@ -118,8 +217,11 @@ class S3Server:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 30) -> S3Server:
+        cmd = [_bin("moto_server"), "-H", HOST, "-p", "PORT"]
+        if self.port:
+            check_port_free(self.port, S3_PORT_SETTING)
         self.port = self.port or free_port()
-        cmd = [_bin("moto_server"), "-H", HOST, "-p", str(self.port)]
+        cmd[-1] = str(self.port)
         self.proc = _spawn(cmd, self.log, {**os.environ, **CREDENTIALS})
         wait_http(f"{self.url}/moto-api/", self.proc, self.log, timeout)
         return self
@@ -153,8 +255,16 @@ class Postgres:
     def start(self) -> Postgres:
         import pgserver
 
+        self.pgdata = self.pgdata.expanduser().resolve()  # as pgserver keys its instances
+        forget_dead_handles(self.pgdata)
         # cleanup_mode "stop": stopped (data kept) by stop() or when this process exits.
-        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        try:
+            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            raise ServerError(
+                f"PostgreSQL (pgserver) did not start in {self.pgdata}: {exc}\n"
+                f"{_tail(self.pgdata / 'log')}"
+            ) from None
         return self
 
     @property
@@ -163,9 +273,70 @@ class Postgres:
         return self.server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
 
     def stop(self) -> None:
+        """Drop our handle (pgserver stops PostgreSQL when it was the last live one); after a
+        start cut short by a signal (no handle yet), stop the server it left running."""
+        forget_dead_handles(self.pgdata)
         if self.server is not None:
             self.server.cleanup()
             self.server = None
+        else:
+            stop_orphaned_postgres(self.pgdata)
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Remove PIDs of processes that no longer run from pgserver's handle list
+    (pgdata/.handle_pids.json); return the live ones.
+
+    pgserver stops PostgreSQL only when the last handle is closed, and never prunes a handle
+    whose process died without closing it (kill -9, a closed terminal): one dead PID there and
+    every later clean stop left PostgreSQL running. Under pgserver's own inter-process lock."""
+    import psutil
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        try:
+            pids = handles.get()
+        except (OSError, ValueError):
+            pids = []
+        live = [pid for pid in pids if psutil.pid_exists(pid)]
+        if live != pids:
+            handles.put(live)
+    return live
+
+
+def stop_orphaned_postgres(pgdata: Path, timeout: float = 30) -> None:
+    """Stop the PostgreSQL of `pgdata` when no live process holds a handle on it (a start cut
+    short by a signal before pgserver recorded ours). Found by its command line, as pgserver
+    itself does: postmaster.pid may not be written yet when the start was cut short."""
+    import psutil
+    from pgserver.postgres_server import PostgresServer
+
+    others = [pid for pid in forget_dead_handles(pgdata) if pid != os.getpid()]
+    if others:
+        return  # another process uses this server: it stops it
+    PostgresServer._instances.pop(pgdata, None)  # a half-made handle must not be reused
+    postmasters = postgres_processes(pgdata)
+    for proc in postmasters:
+        with suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+    _, alive = psutil.wait_procs(postmasters, timeout=timeout)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def postgres_processes(pgdata: Path) -> list[Any]:
+    """The running postmaster(s) of `pgdata` (psutil processes: `postgres -D <pgdata> ...`)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-D" in cmd and str(pgdata) in cmd:
+            found.append(proc)
+    return found
 
 
 @dataclass
@@ -184,6 +355,8 @@ class MlflowServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 90) -> MlflowServer:
+        if self.port and self.proc is None:  # (a restart of ours reuses its own port)
+            check_port_free(self.port, MLFLOW_PORT_SETTING)
         self.port = self.port or free_port()
         env = {
             **os.environ,
@@ -223,18 +396,29 @@ class TeamServers:
     started: list[Any] = field(default_factory=list)
 
     def start(self) -> TeamServers:
+        """Start what is missing. Each server is registered for stopping *before* it is started
+        and waited for: a time-out, an error or a signal during start-up stops everything
+        started so far, the server being started included."""
+        # Every fixed port first: fail before starting (or writing) anything.
+        if self.s3 is None and self.s3_port:
+            check_port_free(self.s3_port, S3_PORT_SETTING)
+        if self.mlflow_port:
+            check_port_free(self.mlflow_port, MLFLOW_PORT_SETTING)
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             if self.s3 is None:  # else: an S3 server the caller started (and stops)
-                self.s3 = S3Server(self.root / "s3.log", self.s3_port).start()
+                self.s3 = S3Server(self.root / "s3.log", self.s3_port)
                 self.started.append(self.s3)
+                self.s3.start()
                 self.s3.create_bucket(BUCKET)
-            self.postgres = Postgres(self.pgdata or self.root / "pgdata").start()
+            self.postgres = Postgres(self.pgdata or self.root / "pgdata")
             self.started.append(self.postgres)
+            self.postgres.start()
             self.mlflow = MlflowServer(
                 self.postgres.uri, self.s3.url, self.root / "mlflow.log", port=self.mlflow_port
-            ).start()
+            )
             self.started.append(self.mlflow)
+            self.mlflow.start()
         except BaseException:
             self.stop()
             raise
@@ -288,16 +472,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-port", type=int, default=9000)
     args = parser.parse_args(argv)
 
-    def on_term(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        # Once: a second signal must not cut short the stopping it started.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C, `kill`, and a closed terminal (SIGHUP): stop every server, also during start-up.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     servers = TeamServers(args.dir.resolve(), args.s3_port, args.mlflow_port)
     try:
         servers.start()
     except ServerError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted during start-up: stopped what had started", file=sys.stderr)
+        sys.exit(130)
     try:
         path = servers.write()
         info = servers.describe()
