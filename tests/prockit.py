@@ -74,11 +74,25 @@ def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proces
     return [p for p in alive if _running(p)]
 
 
-def kill_group(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+def cmdline(proc: psutil.Process) -> str:
+    """The command line of `proc`, "" when it is gone (short-lived helpers vanish mid-scan)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def kill_group(proc: subprocess.Popen[Any], timeout: float = 60, grace: float = 0) -> None:
     """SIGKILL the process group `proc` leads (it was started with start_new_session=True):
-    the process and everything it started, e.g. `dvc repro` and its stage. When `proc` was
+    the process and everything it started, e.g. `dvc repro` and its stage. With `grace`, SIGTERM
+    first and up to `grace` s to exit (a server manager stops its servers). When `proc` was
     already reaped, its group id may since be anyone's: then only processes of that group that
     carry this session's marker are killed."""
+    if proc.returncode is None and grace > 0:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
     if proc.returncode is None:  # not reaped: its pid, the group's id, cannot be reused yet
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -92,14 +106,15 @@ def kill_group(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
 
 
 @contextmanager
-def process_group(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+def process_group(cmd: list[str], grace: float = 0,
+                  **popen: Any) -> Iterator[subprocess.Popen[Any]]:
     """`subprocess.Popen(cmd)` in a process group of its own, killed with all its members when
-    the block ends — also when the test fails or times out."""
+    the block ends — also when the test fails or times out (`grace`: see kill_group)."""
     proc = subprocess.Popen(cmd, start_new_session=True, **popen)
     try:
         yield proc
     finally:
-        kill_group(proc)
+        kill_group(proc, grace=grace)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

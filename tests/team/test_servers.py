@@ -28,7 +28,7 @@ from pneumonia.team.servers import (
     postgres_processes,
     wait_http,
 )
-from tests.prockit import process_group, wait_gone
+from tests.prockit import cmdline, process_group, wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,10 +128,10 @@ def test_signal_while_a_server_starts_stops_it(tmp_path: Path, sig: signal.Signa
     """SIGTERM / SIGHUP (terminal closed) while moto, the first server, is starting: it was
     registered for stopping only once ready, and was left running."""
     with process_group(_up(tmp_path / "team"), cwd=ROOT, env=servers_env(), text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as up:
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, grace=60) as up:
         seen: set[psutil.Process] = set()
         deadline = time.monotonic() + 60
-        while not any("moto_server" in " ".join(p.cmdline()) for p in seen):
+        while not any("moto_server" in cmdline(p) for p in seen):
             assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
             seen |= _descendants(up)
             time.sleep(0.02)
@@ -150,10 +150,10 @@ def test_hangup_during_mlflow_start_up_stops_all_three(tmp_path: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="pneumonia-up-"))  # PostgreSQL: not in pytest's tmp
     try:
         with process_group(_up(folder), cwd=ROOT, env=servers_env(), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as up:
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, grace=60) as up:
             seen: set[psutil.Process] = set()
             deadline = time.monotonic() + 300
-            while not any("mlflow" in " ".join(p.cmdline()) for p in seen):
+            while not any("mlflow" in cmdline(p) for p in seen):
                 assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
                 seen |= _descendants(up)
                 time.sleep(0.05)
@@ -167,7 +167,6 @@ def test_hangup_during_mlflow_start_up_stops_all_three(tmp_path: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.slow
 def test_a_dead_handle_no_longer_keeps_postgres_running() -> None:
     """A process using PostgreSQL is killed (kill -9: no clean-up); pgserver keeps its PID in
     pgdata/.handle_pids.json. A later start and clean stop must really stop PostgreSQL."""
