@@ -57,25 +57,29 @@ def servers_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+@pytest.mark.parametrize("taken", ["MLFLOW_PORT", "S3_PORT"])
 def test_make_mlflow_server_on_a_taken_port_names_the_owner(
-    foreign_server: tuple[int, subprocess.Popen[bytes]],
+    foreign_server: tuple[int, subprocess.Popen[bytes]], taken: str,
 ) -> None:
+    """Another program (`make mlflow-ui` on 5000, a leftover moto on 9000, ...) holds a port:
+    it used to be taken for our server, reported ready and written to .team/env.sh."""
     port, other = foreign_server
-    s3_port = free_port()
+    ports = {"MLFLOW_PORT": free_port(), "S3_PORT": free_port()} | {taken: port}
     # `-o install`: the venv is there; the recipe `make mlflow-server` runs, unchanged.
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", "install", "mlflow-server",
-         f"MLFLOW_PORT={port}", f"S3_PORT={s3_port}"],
+         *(f"{k}={v}" for k, v in ports.items())],
         cwd=ROOT, env=servers_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode != 0
     assert (f"ERROR: port {port} on 127.0.0.1 is in use by pid {other.pid}: "
             f"{sys.executable} -m http.server") in proc.stderr, proc.stderr
-    assert "set MLFLOW_PORT" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"set {taken}" in proc.stderr and "Traceback" not in proc.stderr
     assert other.poll() is None  # the other program is left alone
-    # Checked before anything started: no S3 server came up on its port.
+    # Checked before anything started: nothing came up on the other port.
+    (free,) = (v for k, v in ports.items() if k != taken)
     with socket.socket() as s:
-        s.bind((HOST, s3_port))
+        s.bind((HOST, free))
 
 
 def test_readiness_needs_200_from_our_own_process(
