@@ -19,7 +19,7 @@ import pytest
 from pneumonia import tracking
 from pneumonia.errors import PipelineError, mask_credentials
 from pneumonia.stage import run_stage
-from pneumonia.team.servers import free_port, stop_process, wait_http
+from pneumonia.team.processes import free_port, stop_process, wait_http
 from tests.prockit import process_group
 
 SECRET = "s3cret-Pa55"

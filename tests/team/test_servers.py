@@ -20,14 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pneumonia.team.servers import (
-    HOST,
-    Postgres,
-    ServerError,
-    free_port,
-    postgres_processes,
-    wait_http,
-)
+from pneumonia.team.processes import HOST, ServerError, free_port, wait_http
+from pneumonia.team.servers import Postgres, postgres_processes
 from tests.prockit import cmdline, process_group, wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
