@@ -13,20 +13,22 @@ once per experiment as reference runs with the same metric names (see pneumonia/
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumonia.errors import PipelineError
+from pneumonia.errors import PipelineError, mask_credentials
 from pneumonia.evaluation.paper import REFERENCE_TAG, reference_metrics
 from pneumonia.files import write_json
 from pneumonia.paths import MLFLOW_RUN_FILE
@@ -67,33 +69,79 @@ def repo_root(cwd: Path | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the sqlite store at the repository root."""
+    """MLFLOW_TRACKING_URI if set, else the sqlite store at the repository root.
+
+    A relative sqlite path is refused before anything opens it: SQLite would resolve it
+    against the current directory (a throw-away copy under `dvc exp run --temp/--queue`), and
+    MLflow would create the file there, then fail on its artifact location (raw ValueError)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+    if not uri:
+        return f"sqlite:///{repo_root() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        rel = uri[len("sqlite:///") :].split("?", 1)[0]
+        if rel and not Path(rel).is_absolute():
+            raise PipelineError(
+                f"MLFLOW_TRACKING_URI={uri} is a relative path ({rel}): SQLite would resolve it "
+                "against the current directory, which is a throw-away copy under `dvc exp run "
+                "--temp` or `--queue`. Give an absolute path (four slashes): "
+                f"MLFLOW_TRACKING_URI=sqlite:///{repo_root() / rel} — or unset "
+                "MLFLOW_TRACKING_URI to use the store at the repository root."
+            )
+    return uri
 
 
 def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
 
 
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health, with the credentials MLflow itself would send: the URI's userinfo
+    (urllib cannot take it in the URL), else MLFLOW_TRACKING_USERNAME/PASSWORD, else
+    MLFLOW_TRACKING_TOKEN."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health",
+                                   "", ""))
+    request = urllib.request.Request(url)
+    user, password = parts.username, parts.password
+    if user is not None:
+        user, password = urllib.parse.unquote(user), urllib.parse.unquote(password or "")
+    else:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
 def server_problem(uri: str, timeout: float = 3.0) -> str | None:
-    """Why the tracking server at an http(s) `uri` is unreachable; None when it answers (or
-    when `uri` is not a server)."""
+    """Why the tracking server at an http(s) `uri` is unusable; None when it answers 200 at
+    /health, as MLflow does (or when `uri` is not a server).
+
+    Only a 200 counts: a 404 means another program owns the port (or the URI is not the
+    server's root) — MLflow's own calls would then fail with a raw MlflowException."""
     if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
         return None
-    health = uri.rstrip("/") + "/health"
+    request = _health_request(uri)
+    health = mask_credentials(request.full_url)
     try:
-        with urllib.request.urlopen(health, timeout=timeout) as resp:
-            if resp.status == 200:
-                return None
-            return f"GET {health} answered HTTP {resp.status}"
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status = resp.status
     except urllib.error.HTTPError as exc:
-        # A server that answers at all (even 401/404 behind a proxy) is reachable.
-        return None if exc.code < 500 else f"GET {health} answered HTTP {exc.code}"
+        status = exc.code
     except (TimeoutError, urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+        return mask_credentials(str(getattr(exc, "reason", exc)))
+    if status == 200:
+        return None
+    if status in (401, 403):
+        return (f"GET {health} answered HTTP {status}: the server wants credentials; set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/security.md)")
+    return (f"GET {health} answered HTTP {status}, not 200: is this an MLflow tracking server, "
+            "and is the URI its root?")
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
@@ -104,8 +152,9 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
         if problem is None:
             return
         raise PipelineError(
-            f"MLflow tracking server at {uri} is unreachable ({problem}): start it "
-            "(`mlflow server --backend-store-uri sqlite:///mlflow.db --port <port>`), or unset "
+            f"MLflow tracking server at {mask_credentials(uri)} is unreachable or not an "
+            f"MLflow server ({problem}): start it (`mlflow server --backend-store-uri "
+            "sqlite:///mlflow.db --port <port>`), check MLFLOW_TRACKING_URI, or unset "
             "MLFLOW_TRACKING_URI to use the local sqlite store."
         )
     if parsed.scheme == "sqlite":
@@ -115,6 +164,35 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
                 f"MLflow store {uri}: folder {db.parent} does not exist. Create it, or unset "
                 "MLFLOW_TRACKING_URI to use the store at the repository root."
             )
+        check_sqlite_store(db)
+
+
+def check_sqlite_store(db: Path) -> None:
+    """A sqlite store that exists must be a readable SQLite database (else MLflow fails with a
+    raw sqlalchemy error): name the file and the way out."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return  # MLflow creates it
+    try:
+        with closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True,
+                                     timeout=30)) as con:
+            problems = [row[0] for row in con.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return  # busy with another stage's writes: readable
+        problems = [str(exc)]
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        problems = [str(exc)]
+    if problems == ["ok"]:
+        return
+    raise PipelineError(
+        f"MLflow store {db} is not a readable SQLite database ({'; '.join(problems[:3])}). "
+        f"Keep it for inspection and start a new store: `mv {db} {db}.broken`, then run "
+        "again (a new, empty store is created; the runs of the old one are not in it) — or "
+        "restore the file from a backup, or point MLFLOW_TRACKING_URI at another store."
+    )
+
+
+STORE_LOCK_TIMEOUT = 300.0  # s; first-time set-up (migrations, references) takes seconds
 
 
 STORE_LOCK_TIMEOUT = 300.0  # s; first-time set-up (migrations, references) takes seconds
@@ -129,7 +207,7 @@ def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
     race (migrations collide, references get logged twice). An advisory lock next to the
     database file orders them (filelock: flock on POSIX, msvcrt on Windows); a tracking server
     (http) does its own locking. A holder that hangs ends in a PipelineError naming the lock
-    file after `timeout` seconds, not in a stage that waits forever.
+    file and its holder after `timeout` seconds, not in a stage that waits forever.
     """
     if not uri.startswith("sqlite:///"):
         yield
@@ -142,14 +220,36 @@ def store_lock(uri: str, timeout: float = STORE_LOCK_TIMEOUT) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         raise PipelineError(
-            f"waited {timeout:.0f} s for the MLflow store lock {lock_path}: another stage is "
-            "setting up the same store (e.g. a queued experiment), or that process hangs. Let "
-            "it finish, or stop it (the lock is released when its holder exits), then run again."
+            f"waited {timeout:.0f} s for the MLflow store lock {lock_path}, held by "
+            f"{lock_holder(lock_path)}: another stage is setting up the same store (e.g. a "
+            "queued experiment), or that process hangs. Let it finish, or stop it (`kill <pid>`; "
+            "the lock is released when its holder exits), then run again."
         ) from None
     try:
         yield
     finally:
         lock.release()
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds a flock on `path`: "pid N (command)" from /proc/locks (Linux), else a hint."""
+    try:
+        inode = path.stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            # 1: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF  (a blocked waiter: "1: -> FLOCK")
+            if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+                continue
+            if fields[5].rsplit(":", 1)[-1] == str(inode):
+                pid = int(fields[4])
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    return f"pid {pid} ({cmd.decode(errors='replace').strip()[:200]})"
+                except OSError:
+                    return f"pid {pid}"
+    except (OSError, ValueError):
+        pass
+    return f"another process (`fuser {path}` names it)"
 
 
 def setup() -> str:
@@ -256,7 +356,7 @@ def check_still_tracking(callback: keras.callbacks.Callback, backup_dir: Path) -
     if lost is None:
         return
     raise TrackingLost(
-        f"MLflow tracking server at {uri} stopped answering during training ({lost}). "
+        f"MLflow tracking server at {mask_credentials(uri)} stopped answering during training ({lost}). "
         f"Training stopped after its last finished epoch; weights, optimizer state and history "
         f"are kept in {backup_dir}. Start the server again (same backend store), then rerun "
         "`dvc repro`: training resumes there and continues the same MLflow run."
@@ -347,7 +447,8 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
     import mlflow
 
     info = {
-        "tracking_uri": mlflow.get_tracking_uri(),
+        # Cached and pushed by DVC: never with the URI's credentials (docs/security.md).
+        "tracking_uri": mask_credentials(mlflow.get_tracking_uri()),
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
@@ -408,7 +509,7 @@ def evaluate_run(train_run_id: str, has_test_metrics_key: str) -> Iterator[mlflo
             "MLflow run %s (models/mlflow_run.json) is not in the store %s: logging the "
             "evaluation to a new run. Re-run the train stage to have one run per pipeline run.",
             train_run_id,
-            mlflow.get_tracking_uri(),
+            mask_credentials(mlflow.get_tracking_uri()),
         )
         with mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
             yield run

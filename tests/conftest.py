@@ -12,12 +12,17 @@ import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pneumonia.params import Params, parse_params
+from tests import prockit
+
+# Every process the tests start carries this session's marker (tests/prockit.py).
+SESSION_MARKER = prockit.mark_session()
 
 REPO = Path(__file__).resolve().parents[1]  # tests/conftest.py -> the repository root
 SAMPLE = REPO / "data/sample/chest_xray"
@@ -194,3 +199,20 @@ def full_project(
     finally:
         os.chdir(old)
     yield project
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """After the whole session (this fixture is set up first, so torn down last: after every
+    server fixture), no process started by the tests may still run. Fails the run naming each
+    one, then kills them (they are ours: descendants or carriers of this session's marker)."""
+    yield
+    leaked = prockit.wait_gone(prockit.session_processes(SESSION_MARKER), timeout=15)
+    if not leaked:
+        return
+    report = "\n  ".join(prockit.describe(p) for p in leaked)
+    for proc in leaked:
+        with suppress(Exception):
+            proc.kill()
+    pytest.fail(f"{len(leaked)} process(es) started by the tests still ran after the test "
+                f"session (now killed):\n  {report}", pytrace=False)

@@ -128,12 +128,14 @@ def test_unreachable_server_message() -> None:
 def test_train_with_unreachable_server_exits_2_before_training(tmp_path: Path) -> None:
     make_split(tmp_path)
     write_params(tmp_path)
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    where = f"127.0.0.1:{_closed_port()}"
+    uri = f"http://alice:s3cret@{where}"  # credentials in the URI are never printed
     started = time.monotonic()
     proc = run_stage(tmp_path, "train", timeout=120, MLFLOW_TRACKING_URI=uri)
     took = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr
-    assert f"MLflow tracking server at {uri} is unreachable" in proc.stderr
+    assert f"MLflow tracking server at http://***@{where} is unreachable" in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
     assert "unset MLFLOW_TRACKING_URI" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Epoch 1" not in proc.stdout + proc.stderr

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pneumonia import provenance, tracking
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json
+from pneumonia.model import backup
 from pneumonia.model.inputs import (
     check_images,
     labels_of,
@@ -122,15 +123,6 @@ def code_digest(root: Path = CODE_ROOT) -> str:
     for f in code_files(root):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
-
-
-def completed_epochs(backup_dir: Path) -> int:
-    """Epochs finished by an earlier, interrupted run (0 = fresh start)."""
-    meta = backup_dir / "training_metadata.json"  # written by keras BackupAndRestore
-    try:
-        return int(json.loads(meta.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -306,7 +298,7 @@ def training_callbacks(
         # History before the backup: a kill in between re-runs the epoch, whose row then
         # replaces the first attempt's (read_history keeps the last row per epoch).
         history_callback(backup_dir / "history.csv"),
-        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        backup.backup_callback(backup_dir),  # two copies: a kill mid-save loses one epoch
     ]
 
 
@@ -408,8 +400,8 @@ def run(params: Params) -> dict[str, Any]:
     backup_dir.mkdir(parents=True, exist_ok=True)
     history_csv = backup_dir / "history.csv"
     run_id_file = backup_dir / "mlflow_run_id"  # written by _train_and_log
+    done = backup.recover(backup_dir)  # epochs finished earlier; a cut-short backup is repaired
     finished = (backup_dir / FINISHED).is_file()
-    done = completed_epochs(backup_dir)
     if finished:
         log.info("training finished in an earlier attempt (backup %s): not training again, "
                  "only saving and logging", backup_dir)

@@ -12,6 +12,7 @@ and the command that fixes it (exit 2). Only the standard library: it runs where
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -88,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(2)
     command, args = argv[0], argv[1:]
+    if shutil.which("dvc") is None:  # else a raw FileNotFoundError
+        print("\nERROR: `dvc` is not on PATH. Install DVC with its S3 support "
+              "(`pip install dvc dvc-s3`), or use the project's environment: `make install`, "
+              "then run `make push` / `make pull` (they put .venv/bin first on PATH).",
+              file=sys.stderr)
+        sys.exit(2)
     proc = subprocess.run(["dvc", command, *args], stderr=subprocess.PIPE, text=True, check=False)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:

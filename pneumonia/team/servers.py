@@ -3,7 +3,9 @@
     python -m pneumonia.team.servers up [--dir .team] [--mlflow-port 5000] [--s3-port 9000]
 
 starts all three on 127.0.0.1 (PostgreSQL on a unix socket only), writes their URLs to
-`<dir>/servers.json` and shell exports to `<dir>/env.sh`, and stops them on Ctrl-C / SIGTERM.
+`<dir>/servers.json` and shell exports to `<dir>/env.sh`, and stops them on Ctrl-C, SIGTERM or
+SIGHUP (a closed terminal), also during start-up. Ports are checked free first (pneumonia/team/
+processes.py: a program already on a port is named, never taken for our server).
 Tests use the same classes (`TeamServers`) through fixtures. The MLflow server stores runs in
 PostgreSQL and artifacts (confusion matrix, models) in the bucket, served through the tracking
 server itself (`--artifacts-destination`), so clients need only the tracking URL.
@@ -19,17 +21,26 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-HOST = "127.0.0.1"
+from pneumonia.team.processes import (
+    HOST,
+    ServerError,
+    check_port_free,
+    executable,
+    free_port,
+    log_tail,
+    spawn,
+    stop_process,
+    wait_http,
+)
+
 BUCKET = "pneumonia"
 # moto accepts any key pair; real S3 / MinIO credentials go to `dvc remote modify --local`.
 CREDENTIALS = {
@@ -39,70 +50,10 @@ CREDENTIALS = {
 }
 
 
-class ServerError(RuntimeError):
-    """A service did not start (its log's tail is in the message)."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    """An executable of this Python's environment (moto_server, mlflow), else from PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else name
-
-
-def _tail(log: Path, n: int = 2000) -> str:
-    try:
-        return log.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Poll `url` until it answers HTTP < 500; fail early if `proc` exits; bounded by timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise ServerError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
-    """Stop a server started in its own process group: SIGTERM, then SIGKILL after `timeout`."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
-
-
-def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        # Own process group (start_new_session): stop_process kills the server and its workers.
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How a user picks other ports (Makefile variables, this module's flags).
+MLFLOW_PORT_SETTING = "MLFLOW_PORT (`make mlflow-server MLFLOW_PORT=5001`, or --mlflow-port)"
+S3_PORT_SETTING = "S3_PORT (`make mlflow-server S3_PORT=9001`, or --s3-port)"
 
 
 @dataclass
@@ -118,9 +69,12 @@ class S3Server:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 30) -> S3Server:
+        cmd = [executable("moto_server"), "-H", HOST, "-p", "PORT"]
+        if self.port:
+            check_port_free(self.port, S3_PORT_SETTING)
         self.port = self.port or free_port()
-        cmd = [_bin("moto_server"), "-H", HOST, "-p", str(self.port)]
-        self.proc = _spawn(cmd, self.log, {**os.environ, **CREDENTIALS})
+        cmd[-1] = str(self.port)
+        self.proc = spawn(cmd, self.log, {**os.environ, **CREDENTIALS})
         wait_http(f"{self.url}/moto-api/", self.proc, self.log, timeout)
         return self
 
@@ -163,8 +117,16 @@ class Postgres:
                 "--backend-store-uri postgresql+psycopg2://...` against it."
             ) from None
 
+        self.pgdata = self.pgdata.expanduser().resolve()  # as pgserver keys its instances
+        forget_dead_handles(self.pgdata)
         # cleanup_mode "stop": stopped (data kept) by stop() or when this process exits.
-        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        try:
+            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            raise ServerError(
+                f"PostgreSQL (pgserver) did not start in {self.pgdata}: {exc}\n"
+                f"{log_tail(self.pgdata / 'log')}"
+            ) from None
         return self
 
     @property
@@ -173,9 +135,70 @@ class Postgres:
         return self.server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
 
     def stop(self) -> None:
+        """Drop our handle (pgserver stops PostgreSQL when it was the last live one); after a
+        start cut short by a signal (no handle yet), stop the server it left running."""
+        forget_dead_handles(self.pgdata)
         if self.server is not None:
             self.server.cleanup()
             self.server = None
+        else:
+            stop_orphaned_postgres(self.pgdata)
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Remove PIDs of processes that no longer run from pgserver's handle list
+    (pgdata/.handle_pids.json); return the live ones.
+
+    pgserver stops PostgreSQL only when the last handle is closed, and never prunes a handle
+    whose process died without closing it (kill -9, a closed terminal): one dead PID there and
+    every later clean stop left PostgreSQL running. Under pgserver's own inter-process lock."""
+    import psutil
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        try:
+            pids = handles.get()
+        except (OSError, ValueError):
+            pids = []
+        live = [pid for pid in pids if psutil.pid_exists(pid)]
+        if live != pids:
+            handles.put(live)
+    return live
+
+
+def stop_orphaned_postgres(pgdata: Path, timeout: float = 30) -> None:
+    """Stop the PostgreSQL of `pgdata` when no live process holds a handle on it (a start cut
+    short by a signal before pgserver recorded ours). Found by its command line, as pgserver
+    itself does: postmaster.pid may not be written yet when the start was cut short."""
+    import psutil
+    from pgserver.postgres_server import PostgresServer
+
+    others = [pid for pid in forget_dead_handles(pgdata) if pid != os.getpid()]
+    if others:
+        return  # another process uses this server: it stops it
+    PostgresServer._instances.pop(pgdata, None)  # a half-made handle must not be reused
+    postmasters = postgres_processes(pgdata)
+    for proc in postmasters:
+        with suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+    _, alive = psutil.wait_procs(postmasters, timeout=timeout)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def postgres_processes(pgdata: Path) -> list[Any]:
+    """The running postmaster(s) of `pgdata` (psutil processes: `postgres -D <pgdata> ...`)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-D" in cmd and str(pgdata) in cmd:
+            found.append(proc)
+    return found
 
 
 @dataclass
@@ -194,6 +217,8 @@ class MlflowServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 90) -> MlflowServer:
+        if self.port and self.proc is None:  # (a restart of ours reuses its own port)
+            check_port_free(self.port, MLFLOW_PORT_SETTING)
         self.port = self.port or free_port()
         env = {
             **os.environ,
@@ -204,12 +229,12 @@ class MlflowServer:
         }
         env.pop("MLFLOW_TRACKING_URI", None)
         cmd = [
-            _bin("mlflow"), "server",
+            executable("mlflow"), "server",
             "--backend-store-uri", self.backend_uri,
             "--artifacts-destination", f"s3://{self.bucket}/mlartifacts",
             "--host", HOST, "--port", str(self.port), "--workers", "1",
         ]
-        self.proc = _spawn(cmd, self.log, env)
+        self.proc = spawn(cmd, self.log, env)
         wait_http(f"{self.url}/health", self.proc, self.log, timeout)
         return self
 
@@ -233,18 +258,29 @@ class TeamServers:
     started: list[Any] = field(default_factory=list)
 
     def start(self) -> TeamServers:
+        """Start what is missing. Each server is registered for stopping *before* it is started
+        and waited for: a time-out, an error or a signal during start-up stops everything
+        started so far, the server being started included."""
+        # Every fixed port first: fail before starting (or writing) anything.
+        if self.s3 is None and self.s3_port:
+            check_port_free(self.s3_port, S3_PORT_SETTING)
+        if self.mlflow_port:
+            check_port_free(self.mlflow_port, MLFLOW_PORT_SETTING)
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             if self.s3 is None:  # else: an S3 server the caller started (and stops)
-                self.s3 = S3Server(self.root / "s3.log", self.s3_port).start()
+                self.s3 = S3Server(self.root / "s3.log", self.s3_port)
                 self.started.append(self.s3)
+                self.s3.start()
                 self.s3.create_bucket(BUCKET)
-            self.postgres = Postgres(self.pgdata or self.root / "pgdata").start()
+            self.postgres = Postgres(self.pgdata or self.root / "pgdata")
             self.started.append(self.postgres)
+            self.postgres.start()
             self.mlflow = MlflowServer(
                 self.postgres.uri, self.s3.url, self.root / "mlflow.log", port=self.mlflow_port
-            ).start()
+            )
             self.started.append(self.mlflow)
+            self.mlflow.start()
         except BaseException:
             self.stop()
             raise
@@ -298,16 +334,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-port", type=int, default=9000)
     args = parser.parse_args(argv)
 
-    def on_term(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        # Once: a second signal must not cut short the stopping it started.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C, `kill`, and a closed terminal (SIGHUP): stop every server, also during start-up.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     servers = TeamServers(args.dir.resolve(), args.s3_port, args.mlflow_port)
     try:
         servers.start()
     except ServerError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted during start-up: stopped what had started", file=sys.stderr)
+        sys.exit(130)
     try:
         path = servers.write()
         info = servers.describe()

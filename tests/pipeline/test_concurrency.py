@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline.test_dvc import TINY, dvc, make_project
+from tests.prockit import kill_session_processes_in
 
 
 @pytest.mark.slow
@@ -20,15 +21,20 @@ def test_two_queued_experiments_both_tracked(tmp_path: Path) -> None:
     dvc(repo, "exp", "run", "--queue", "-n", "q-lr-1e-4", "-S", "lr=1e-4")
     dvc(repo, "exp", "run", "--queue", "-n", "q-lr-3e-4", "-S", "lr=3e-4")
     dvc(repo, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 1200
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(10)
-    else:
-        pytest.fail(f"queue did not finish in time:\n{status}")
-    dvc(repo, "queue", "stop", "--kill", check=False)
+    try:
+        deadline = time.monotonic() + 1200
+        while time.monotonic() < deadline:
+            status = dvc(repo, "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(10)
+        else:
+            pytest.fail(f"queue did not finish in time:\n{status}")
+    finally:
+        # Also on a time-out or failure: the workers (daemons, not our children) and their
+        # running experiments stop; whatever of this session still runs in the repo is killed.
+        dvc(repo, "queue", "stop", "--kill", check=False)
+        kill_session_processes_in(repo, grace=30)
     assert status.count("Success") == 2, status
 
     con = sqlite3.connect(repo / "mlflow.db")  # the repository root's store, not the copies'

@@ -112,8 +112,9 @@ def lock_hash(repo: Path, stage: str, path: str) -> str:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's standalone S3 API on a free 127.0.0.1 port, with the bucket created."""
-    server = S3Server(tmp_path_factory.mktemp("s3") / "s3.log").start()
-    try:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "s3.log")
+    try:  # stopped also when its start-up fails or times out
+        server.start()
         server.create_bucket(BUCKET)
         yield server
     finally:

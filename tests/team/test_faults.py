@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prockit import process_group
 from tests.team.conftest import (
     EXPERIMENT,
     TeamProject,
@@ -37,19 +38,14 @@ def test_server_killed_mid_training_then_repro_resumes(
     split_before = lock_hash(repo, "split", "data/split.csv")
     set_params(repo, {"train.epochs": 6, "lr": 2e-4})  # train (and evaluate) must re-run
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
+    # `dvc repro` and the stage it runs in one process group: killed together if the test fails
+    # (killing only dvc orphaned the training stage).
+    with process_group([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         wait_for_epoch(repo, proc)
         os.killpg(servers.mlflow.proc.pid, signal.SIGKILL)  # the server dies, no goodbye
         servers.mlflow.proc.wait(timeout=30)
         out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
     assert proc.returncode != 0, out
     assert f"ERROR [train]: MLflow tracking server at {servers.mlflow.url} stopped answering" in out
     assert "dvc repro" in out.split("ERROR [train]")[1]  # the fix

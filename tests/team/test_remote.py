@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,12 +70,12 @@ def test_unreachable_remote_names_remote_and_fix(tmp_path: Path) -> None:
 def test_rejected_credentials_name_remote_and_fix(tmp_path: Path) -> None:
     # A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0).
     server = S3Server(tmp_path / "auth.log")
-    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
-    try:
-        server.start()
-    finally:
-        del os.environ["INITIAL_NO_AUTH_ACTION_COUNT"]
-    try:
+    try:  # stopped also when it fails to start (registered before its start-up wait)
+        os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+        try:
+            server.start()
+        finally:
+            del os.environ["INITIAL_NO_AUTH_ACTION_COUNT"]
         repo = _scratch_repo(tmp_path)
         env = configure_remote_to(repo, server.url)
         proc = run([sys.executable, "-m", "pneumonia.team.remote", "push"], repo, check=False,
@@ -85,6 +86,17 @@ def test_rejected_credentials_name_remote_and_fix(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert "DVC remote 'storage'" in last and "credentials" in last, proc.stderr
     assert "dvc remote modify --local storage access_key_id" in last
+
+
+def test_dvc_missing_from_path_is_a_clear_error(tmp_path: Path) -> None:
+    path = "/usr/bin:/bin"
+    if shutil.which("dvc", path=path):
+        pytest.skip(f"dvc is installed in {path}")
+    proc = run([sys.executable, "-m", "pneumonia.team.remote", "pull"], tmp_path, check=False,
+               env={"PATH": path, "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "ERROR: `dvc` is not on PATH" in proc.stderr and "make install" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _scratch_repo(tmp_path: Path) -> Path:
