@@ -1,4 +1,4 @@
-"""The pipeline's file layout and the dataset's vocabulary (labels, classes, backbones)."""
+"""The pipeline's file layout and the dataset's vocabulary (labels, classes)."""
 
 from __future__ import annotations
 
@@ -43,4 +43,3 @@ MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow 
 
 LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
 CLASSES = ("normal", "bacteria", "virus")
-BACKBONES = ("densenet201", "densenet121", "resnet50")
