@@ -222,6 +222,15 @@ class AblationParams:
 
 
 @dataclass(frozen=True)
+class RecipeParams:
+    """`pneumonia recipe`: the CPU recipe search, candidates (pneumonia/experiments/presets.py)
+    x seeds. No stage reads this section."""
+
+    candidates: tuple[str, ...] = ("prev-cpu",)
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
@@ -233,6 +242,7 @@ class Params:
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     ablation: AblationParams = AblationParams()
+    recipe: RecipeParams = RecipeParams()
 
 
 # --------------------------------------------------------------------------------------------

@@ -491,7 +491,7 @@ def _train_and_log(
     (backup_dir / "mlflow_run_id").write_text(mlrun.info.run_id)
     # evaluate.* are logged by the evaluate stage (they may change without retraining).
     flat = {k: v for k, v in flatten(params).items()
-            if not k.startswith(("evaluate.", "ablation."))}
+            if not k.startswith(("evaluate.", "ablation.", "recipe."))}
     tracking.log_params(flat)  # skips params a resumed run already holds
     tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 
