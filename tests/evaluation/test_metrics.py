@@ -16,23 +16,17 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pneumonia.evaluation.evaluate import (
+from pneumonia.evaluation.evaluate import threshold_warning
+from pneumonia.evaluation.metrics import (
     REPORTED,
     calibration_metrics,
     compute_metrics,
     confusion,
     flat_metrics,
     metric_intervals,
-    mlflow_metrics,
-    plot_confusion,
-    pr_frame,
     predict_labels,
-    reliability_frame,
-    report_text,
-    roc_table,
-    table3_report,
-    threshold_warning,
 )
+from pneumonia.evaluation.mlflow_names import mlflow_metrics
 from pneumonia.evaluation.paper import (
     TABLE3_CONFUSION,
     metric_name,
@@ -40,6 +34,8 @@ from pneumonia.evaluation.paper import (
     table3_cells,
     table3_markdown,
 )
+from pneumonia.evaluation.plots import plot_confusion, pr_frame, reliability_frame, roc_table
+from pneumonia.evaluation.reports import report_text, table3_report
 from pneumonia.params import parse_params
 
 # 10 test images: 0 = NORMAL, 1 = PNEUMONIA.

@@ -137,7 +137,7 @@ def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 
 
 def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
-    from pneumonia.evaluation.evaluate import REPORTED
+    from pneumonia.evaluation.metrics import REPORTED
 
     root = pipeline["root"]
     # The first evaluation (threshold 0.5) as saved before re-evaluating.

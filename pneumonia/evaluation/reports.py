@@ -1,0 +1,158 @@
+"""The evaluate stage's text reports from evaluate.json's flat keys: metrics/table3.json (the run
+against the paper's Table III, its baseline, the leak-free subset, the chosen threshold and
+calibration) and the classification report text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pneumonia.evaluation.metrics import (
+    AVERAGES,
+    ECE_BINS,
+    LEVEL,
+    THRESHOLD_METRICS,
+    finite_or_none,
+)
+from pneumonia.evaluation.paper import BASELINE, BASELINE_NAME, TABLE3
+from pneumonia.params import Params
+from pneumonia.paths import LABELS
+
+# Table III cells a verdict compares on the leak-free subset: those that do not depend on the
+# class mix (recall = sensitivity / specificity).
+LEAKFREE_CELLS = ("NORMAL_recall", "PNEUMONIA_recall")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def report_text(metrics: dict[str, Any], prefix: str = "") -> str:
+    """The classification report (layout of sklearn's and of Table III) from evaluate.json's
+    flat keys, with each value's 95 % interval; `n/a` = undefined, by the module's one rule."""
+    g = metrics.get
+    head = f"{'':<14}{'precision':<27}{'recall':<27}{'f1-score':<27}{'support':>8}"
+    lines = [head, ""]
+
+    def cell(key: str) -> str:
+        v, lo, hi = g(f"{prefix}{key}"), g(f"{prefix}{key}_ci_low"), g(f"{prefix}{key}_ci_high")
+        text = "n/a" if v is None else f"{v:.4f} [{_fmt(lo)}, {_fmt(hi)}]"
+        return f"{text:<27}"
+
+    n = g(f"{prefix}n_test")
+    for group in (*LABELS, *AVERAGES):
+        support = g(f"{prefix}{group}_support", n)
+        lines.append(
+            f"{group.replace('_', ' '):<14}"
+            + "".join(cell(f"{group}_{m}") for m in ("precision", "recall", "f1"))
+            + f"{support:>8}"
+        )
+        if group == LABELS[-1]:
+            lines.append("")
+    acc = cell("accuracy").strip()
+    lines += ["", f"{'accuracy':<14}{acc}   (n = {n})"]
+    undefined = g(f"{prefix}undefined")
+    if undefined:
+        lines.append(f"n/a = undefined (zero denominator): {undefined}")
+    return "\n".join(lines) + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN/inf to None, recursively."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return finite_or_none(obj)
+    return obj
+
+
+def _block(metrics: dict[str, Any], prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        m: {
+            "value": metrics[f"{prefix}{m}"],
+            "ci_low": metrics[f"{prefix}{m}_ci_low"],
+            "ci_high": metrics[f"{prefix}{m}_ci_high"],
+        }
+        for m in names
+    }
+
+
+def table3_report(
+    metrics: dict[str, Any],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    leak_counts: dict[str, int],
+    params: Params,
+    n_validation: int | None,
+    warning: str = "",
+) -> dict[str, Any]:
+    """metrics/table3.json: the run against Table III and the Kaggle baseline (official test
+    set, evaluate.threshold), the leak-free subset beside it, the validation-chosen threshold and
+    calibration. `test` = (y, prob, patient id) of the official test images; the leak-free and
+    chosen-threshold numbers come from `metrics` (evaluate.json)."""
+    from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
+    from pneumonia.stats.table3 import CELLS, compare_to_paper, verdict
+
+    e = params.evaluate
+    t = e.threshold
+    y, p, g = test
+    paper = compare_to_paper(y, p, t, g, BASELINE, e.bootstrap_resamples, e.seed, LEVEL)
+    out: dict[str, Any] = {
+        "threshold": t,
+        "n_test": metrics["n_test"],
+        "n_patients": metrics["n_patients"],
+        "bootstrap_resamples": e.bootstrap_resamples,
+        "seed": e.seed,
+        "ci_level": LEVEL,
+        "table3_consistent": paper["n_consistent"],
+        "table3_cells": paper["n_cells"],
+        "baseline_consistent": paper["baseline"]["n_consistent"],
+        "baseline_cells": paper["baseline"]["n_cells"],
+        "threshold_warning": warning,
+        "cells": paper["cells"],
+        "support": {
+            label: {"paper": TABLE3[label]["support"], "run": metrics[f"{label}_support"]}
+            for label in LABELS
+        },
+        "baseline": {"name": BASELINE_NAME, **paper["baseline"]},
+        "test": {"metrics": _block(metrics, "", BOOT_METRICS)},
+    }
+    lf = _block(metrics, "leakfree_", BOOT_METRICS)
+    # The leak-free subset has its own class mix (on the Kermany split mostly NORMAL: the
+    # PNEUMONIA test patients are the ones also seen in training). Accuracy, precision and F1
+    # depend on that mix, so only the recalls are compared with Table III.
+    verdicts = {
+        c: verdict(out["cells"][c]["paper"], *(np.nan if v is None else v for v in
+                                               (lf[c]["ci_low"], lf[c]["ci_high"])))
+        for c in CELLS if c in LEAKFREE_CELLS
+    }
+    out["leakfree"] = {
+        "n_test": metrics["leakfree_n_test"],
+        "n_patients": metrics["leakfree_n_patients"],
+        "support": {label: metrics[f"leakfree_{label}_support"] for label in LABELS},
+        **leak_counts,
+        "table3_consistent": sum(v == "consistent" for v in verdicts.values()),
+        "table3_cells": len(verdicts),
+        "verdicts": verdicts,
+        "metrics": lf,
+    }
+    out["threshold_choice"] = {
+        "rule": e.threshold_rule,
+        "threshold_chosen": metrics["threshold_chosen"],
+        "n_validation": n_validation,
+        "metrics": _block(metrics, "chosen_", THRESHOLD_METRICS),
+        "at_threshold": _block(metrics, "", THRESHOLD_METRICS),
+    }
+    out["calibration"] = {
+        "bins": ECE_BINS,
+        "metrics": {k: {"value": metrics[k], "ci_low": metrics[f"{k}_ci_low"],
+                        "ci_high": metrics[f"{k}_ci_high"]} for k in ("brier", "ece")},
+    }
+    return _clean(out)
