@@ -43,7 +43,7 @@ from pneumonia.model.inputs import (
     subset_rows,
 )
 from pneumonia.model.network import build_model, resolve_weights
-from pneumonia.model.optimization import ema_callbacks, make_loss, make_optimizer
+from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.params import Params, arm_of, flatten
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
@@ -290,9 +290,9 @@ def training_callbacks(
             verbose=1,
         )
     ]
-    ema_swap, ema_restore = ema_callbacks() if t.ema_momentum > 0 else (None, None)
+    average = ema_callbacks(t.ema_momentum, backup_dir) if t.ema_momentum > 0 else ()
     callbacks = [
-        *([ema_swap] if ema_swap else []),
+        *average[:1],
         *schedule,
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
@@ -312,8 +312,9 @@ def training_callbacks(
         # replaces the first attempt's (read_history keeps the last row per epoch).
         history_callback(backup_dir / "history.csv"),
         # The raw weights back before the backup saves them (training resumes from those).
-        *([ema_restore] if ema_restore else []),
+        *average[1:2],
         keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        *average[2:],  # then the average, so a resumed run continues it
     ]
     return callbacks
 
@@ -504,8 +505,8 @@ def _train_and_log(
     if finished:
         model.optimizer.build(model.trainable_variables)  # its state is in the file too
         model.load_weights(backup_dir / "latest.weights.h5")  # BackupAndRestore's last epoch
-        # What fit's end did: with a weight average, the model takes the average.
-        model.optimizer.finalize_variable_values(model.trainable_variables)
+        if params.train.ema_momentum > 0:  # what fit's end did: the model takes the average
+            load_average(model, backup_dir)
     else:
         val_ds = make_dataset(val_rows, size, global_batch, training=False)
         callbacks = training_callbacks(params, backup_dir, best_so_far)

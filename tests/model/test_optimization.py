@@ -85,10 +85,12 @@ def _xy(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_ema_average_is_validated_checkpointed_and_kept(tmp_path: Path) -> None:
     """With train.ema_momentum, fit's validation and the best-epoch checkpoint use the moving
-    average, training continues from the raw weights, and the model ends with the average."""
+    average of every weight (BatchNorm statistics included), training continues from the raw
+    weights, the average is saved for a resume, and the model ends with the average."""
     import keras
 
     from pneumonia.model.network import build_model
+    from pneumonia.model.optimization import AVERAGE_FILE
     from pneumonia.model.train import compile_model, training_callbacks
 
     keras.utils.set_random_seed(0)
@@ -100,17 +102,25 @@ def test_ema_average_is_validated_checkpointed_and_kept(tmp_path: Path) -> None:
     vx, vy = _xy(32, seed=1)
     callbacks = [c for c in training_callbacks(p, tmp_path, None)
                  if type(c).__name__ not in ("EpochMetrics",)]
+    names = [type(c).__name__ for c in callbacks]
+    assert names.index("RawWeightsBack") < names.index("BackupAndRestore") < names.index(
+        "SaveAverage")
     raw_at_epoch_end: list[list[np.ndarray]] = []
 
-    class Spy(keras.callbacks.Callback):  # after EmaRestore: what training continues from
+    class Spy(keras.callbacks.Callback):  # after RawWeightsBack: what training continues from
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            raw_at_epoch_end.append([v.numpy() for v in self.model.trainable_variables])
+            raw_at_epoch_end.append([np.array(v) for v in self.model.weights])
 
     history = model.fit(x, y, batch_size=16, epochs=3, validation_data=(vx, vy),
                         callbacks=[*callbacks, Spy()], verbose=0)
-    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
-    final = [v.numpy() for v in model.trainable_variables]
-    assert all(np.array_equal(a, b) for a, b in zip(averages, final, strict=True))
+    final = [np.array(v) for v in model.weights]
+    with np.load(tmp_path / AVERAGE_FILE) as f:
+        assert int(f["epoch"]) == 3
+        saved = [f[f"w{i}"] for i in range(len(final))]
+    assert all(np.array_equal(a, b) for a, b in zip(saved, final, strict=True))
+    # BatchNorm moving statistics are averaged too (they are not trainable).
+    bn = [i for i, v in enumerate(model.weights) if "moving_mean" in v.path]
+    assert bn and not np.allclose(final[bn[0]], raw_at_epoch_end[-1][bn[0]])
     # The last epoch's val_loss was computed on the average (nothing changed it since) ...
     assert model.evaluate(vx, vy, verbose=0)[0] == pytest.approx(history.history["val_loss"][-1],
                                                                 rel=1e-5)
@@ -118,12 +128,43 @@ def test_ema_average_is_validated_checkpointed_and_kept(tmp_path: Path) -> None:
     assert not all(np.allclose(a, b) for a, b in zip(raw_at_epoch_end[-1], final, strict=True))
     # The best-epoch checkpoint holds an average too, not the raw weights of that epoch.
     best = keras.models.clone_model(model)
+    best.compile(optimizer=keras.optimizers.Adam(), loss=model.loss)
+    best.optimizer.build(best.trainable_variables)  # the checkpoint holds Adam's state too
     best.load_weights(tmp_path / "best.weights.h5")
     best_epoch = int(np.argmin(history.history["val_loss"]))
-    assert not all(np.allclose(a.numpy(), b) for a, b in zip(
-        best.trainable_variables, raw_at_epoch_end[best_epoch], strict=True))
+    assert not all(np.allclose(np.array(a), b) for a, b in zip(
+        best.weights, raw_at_epoch_end[best_epoch], strict=True))
     assert best.evaluate(vx, vy, verbose=0)[0] == pytest.approx(
         min(history.history["val_loss"]), rel=1e-5)
+
+
+def test_ema_average_continues_after_a_resume(tmp_path: Path) -> None:
+    """A run cut after epoch 2 and resumed ends with the same average as an uncut run."""
+    import keras
+
+    from pneumonia.model.network import build_model
+    from pneumonia.model.train import compile_model, training_callbacks
+
+    # No dropout: its random masks are not part of the backup, the average is what is tested.
+    p = _params({"backbone": "small_cnn", "dense_units": 8, "dropout": 0.0}, ema_momentum=0.8,
+                epochs=4, keep_weights="last", early_stopping_patience=50)
+    x, y = _xy(64)
+    vx, vy = _xy(32, seed=1)
+
+    def fit(folder: Path, epochs: int) -> list[np.ndarray]:
+        keras.utils.set_random_seed(0)
+        model = build_model(p.model, 16, None)
+        compile_model(model, p, steps_per_epoch=4)
+        callbacks = [c for c in training_callbacks(p, folder, None)
+                     if type(c).__name__ not in ("EpochMetrics",)]
+        model.fit(x, y, batch_size=16, epochs=epochs, validation_data=(vx, vy),
+                  callbacks=callbacks, verbose=0, shuffle=False)
+        return [np.array(v) for v in model.weights]
+
+    uncut = fit(tmp_path / "uncut", 4)
+    fit(tmp_path / "cut", 2)  # "killed" after epoch 2: the backup stays
+    resumed = fit(tmp_path / "cut", 4)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(uncut, resumed, strict=True))
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "mobilenetv3small", "efficientnetb0"])
