@@ -37,6 +37,12 @@ _nonneg = _ck(lambda v: v >= 0, "must be >= 0")
 _prob = _ck(lambda v: 0 <= v <= 1, "must be between 0 and 1")
 _frac_open = _ck(lambda v: 0 < v < 1, "must be strictly between 0 and 1")
 
+# `model.backbone` values (pneumonia/model/backbones.py builds them). Declared here so that
+# reading params never imports the model package (every stage reads params).
+Backbone = Literal[
+    "densenet201", "densenet121", "resnet50", "efficientnetb0", "mobilenetv3small", "small_cnn"
+]
+
 
 @dataclass(frozen=True)
 class DataParams:
@@ -113,7 +119,9 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: Literal["densenet201", "densenet121", "resnet50"] = "densenet201"
+    # densenet201 (the paper) | densenet121 | resnet50 | efficientnetb0 | mobilenetv3small |
+    # small_cnn (no pretrained weights): pneumonia/model/backbones.py
+    backbone: Backbone = "densenet201"
     weights: str = "imagenet"  # imagenet | none | path to a weights file (.h5 / .weights.h5)
     trainable_layers: int = field(default=30, metadata=_nonneg)  # last N backbone layers
     dense_units: int = field(default=256, metadata=_pos)
@@ -158,7 +166,9 @@ class TrainParams:
     reduce_lr_patience: int = field(default=2, metadata=_nonneg)
     min_lr: float = field(default=1e-9, metadata=_nonneg)
     early_stopping_patience: int = field(default=5, metadata=_nonneg)
-    mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto = on when a GPU is visible
+    # auto = mixed float16 when a GPU is visible; on = mixed float16; bfloat16 = mixed bfloat16
+    # (pays only on CPUs/GPUs with bf16 matrix units: measure, docs/experiments.md); off = float32
+    mixed_precision: Literal["auto", "on", "off", "bfloat16"] = "auto"
     # auto = MirroredStrategy on > 1 GPU (or > 1 logical CPU device); mirrored = always
     distribute: Literal["auto", "none", "mirrored"] = "auto"
     # Split the CPU into N logical devices when no GPU is visible: MirroredStrategy on a CPU
@@ -169,6 +179,21 @@ class TrainParams:
     # the seeds, so the same seeded run repeats exactly on the same machine (slower:
     # docs/reliability.md).
     deterministic: bool = False
+    # plateau: the paper's ReduceLROnPlateau(val_loss, reduce_lr_patience) at a constant `lr`;
+    # cosine: linear warm-up over warmup_epochs, then cosine decay to 0 at train.epochs (per step).
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    warmup_epochs: int = field(default=0, metadata=_nonneg)
+    # Exponential moving average of the weights (Adam's use_ema): validation, the best-epoch
+    # checkpoint and the saved model use the average. 0 = off (the paper); 0.99-0.999 typical.
+    ema_momentum: float = field(
+        default=0.0, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"))
+    # Targets y -> y (1 - s) + s / 2 in the binary cross-entropy (0 = off, the paper).
+    label_smoothing: float = field(
+        default=0.0, metadata=_ck(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"))
+    # best: the weights of the epoch with the lowest val_loss (EarlyStopping restore_best_weights,
+    # the paper's set-up); last: the weights after the last epoch (with a schedule that decays
+    # to 0 and EMA, the usual choice: no selection on the validation set).
+    keep_weights: Literal["best", "last"] = "best"
     augment: AugmentParams = AugmentParams()
 
 
@@ -223,11 +248,20 @@ class AblationParams:
     seed. No stage reads this section; the command turns it into `-S` overrides."""
 
     preset: Literal["cpu", "paper"] = "cpu"  # cpu: 2 cores, from scratch; paper: params.yaml
-    backbones: tuple[Literal["densenet201", "densenet121", "resnet50"], ...] = ("densenet121",)
+    backbones: tuple[Backbone, ...] = ("densenet121",)
     balance_methods: tuple[Literal["augmentor", "class_weight", "none"], ...] = (
         "augmentor", "class_weight", "none")
     freeze_batchnorm: tuple[bool, ...] = (True,)
     seeds: tuple[int, ...] = (1, 2, 3)  # train.seed of each repetition
+
+
+@dataclass(frozen=True)
+class RecipeParams:
+    """`pneumonia recipe`: the CPU recipe search, candidates (pneumonia/experiments/presets.py)
+    x seeds. No stage reads this section."""
+
+    candidates: tuple[str, ...] = ("prev-cpu",)
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -245,6 +279,7 @@ class Params:
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     ablation: AblationParams = AblationParams()
+    recipe: RecipeParams = RecipeParams()
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +415,16 @@ def _check_cross_field(p: Params) -> None:
             f"`balance.zoom_max` ({p.balance.zoom_max}). Make zoom_min <= zoom_max."
         )
     w = p.model.weights
+    if p.model.backbone == "small_cnn" and w != "none":
+        raise ParamsError(
+            f"params.yaml: `model.backbone: small_cnn` has no pretrained weights, but "
+            f"`model.weights` is {w!r}. Set `model.weights: none` (-S model.weights=none)."
+        )
+    if p.train.lr_schedule == "cosine" and p.train.warmup_epochs >= p.train.epochs:
+        raise ParamsError(
+            f"params.yaml: `train.warmup_epochs` ({p.train.warmup_epochs}) must be smaller than "
+            f"`train.epochs` ({p.train.epochs}) with `train.lr_schedule: cosine`."
+        )
     if w not in ("imagenet", "none") and not Path(w).is_file():
         raise ParamsError(
             f"params.yaml: `model.weights` is {w!r}, which is neither `imagenet`, `none` nor an "

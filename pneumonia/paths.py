@@ -1,4 +1,4 @@
-"""The pipeline's file layout and the dataset's vocabulary (labels, classes, backbones)."""
+"""The pipeline's file layout and the dataset's vocabulary (labels, classes)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ MLFLOW_RUN_FILE = MODELS / "mlflow_run.json"  # train -> evaluate: which MLflow 
 LABELS = ("NORMAL", "PNEUMONIA")  # index = model target: 0 = NORMAL, 1 = PNEUMONIA (paper Fig. 4)
 CLASSES = ("normal", "bacteria", "virus")
 UNSPECIFIED = "unspecified"  # `data.layout: folders`: a PNEUMONIA image whose cause is unrecorded
-BACKBONES = ("densenet201", "densenet121", "resnet50")
 # Table I of the paper (= the Mendeley release of Kermany 2018, 5856 images): images per official
 # split (the manifest's `split`: val/ counts as train) and label. validate checks it
 # (validate.table1_counts); pneumonia.provenance calls a dataset with these counts the full one.

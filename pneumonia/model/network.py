@@ -25,33 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumonia.errors import PipelineError
+from pneumonia.model.backbones import PREPROCESSING, WEIGHTS_URL, build_backbone
 from pneumonia.params import ModelParams
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
-
-# keras.applications download location of the include_top=False ImageNet weights.
-_WEIGHTS_URL = {
-    "densenet121": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
-    "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "densenet201": "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
-    "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "resnet50": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-}
-
-# keras.applications preprocess_input, per backbone, as (scale, mean, std) applied after the
-# gray -> RGB copy: y = (x * scale - mean) / std, per channel in the backbone's channel order.
-# DenseNet uses 'torch' mode: x / 255, then ImageNet mean/std in RGB order.
-_TORCH = (1 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# ResNet50 uses 'caffe' mode: RGB -> BGR, then subtract the BGR ImageNet means, no scaling. Our
-# three channels are copies of one gray channel, so the RGB -> BGR flip is a no-op and only the
-# BGR-ordered means remain.
-_CAFFE = (1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
-PREPROCESSING = {"densenet121": _TORCH, "densenet201": _TORCH, "resnet50": _CAFFE}
-
 
 def keras_models_dir() -> Path:
     """Where keras.applications caches downloaded weights ($KERAS_HOME/models, ~/.keras/models)."""
@@ -75,7 +55,13 @@ def resolve_weights(params: ModelParams, timeout: float = 5.0) -> str | None:
                 "Keras weights file, or use `imagenet` or `none`."
             )
         return w
-    url = _WEIGHTS_URL[params.backbone]
+    if params.backbone not in WEIGHTS_URL:
+        raise PipelineError(
+            f"params.yaml: `model.backbone: {params.backbone}` has no ImageNet weights: set "
+            "`model.weights: none` (trained from random weights) or pick a pretrained backbone "
+            f"({', '.join(WEIGHTS_URL)})."
+        )
+    url = WEIGHTS_URL[params.backbone]
     cached = keras_models_dir() / url.rsplit("/", 1)[1]
     if cached.is_file():
         return "imagenet"
@@ -92,17 +78,6 @@ def resolve_weights(params: ModelParams, timeout: float = 5.0) -> str | None:
             "(random initialisation: for smoke tests only, results will not match the paper)."
         ) from None
     return "imagenet"
-
-
-def _backbone(name: str, weights: str | None, image_size: int) -> keras.Model:
-    import keras
-
-    constructor = {
-        "densenet121": keras.applications.DenseNet121,
-        "densenet201": keras.applications.DenseNet201,
-        "resnet50": keras.applications.ResNet50,
-    }[name]
-    return constructor(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
 
 
 def build_model(params: ModelParams, image_size: int, weights: str | None,
@@ -129,7 +104,7 @@ def build_model(params: ModelParams, image_size: int, weights: str | None,
         with warnings.catch_warnings():
             # A file of another network makes Keras warn once per layer before it fails.
             warnings.filterwarnings("ignore", message="Skipping nested container")
-            base = _backbone(params.backbone, weights, image_size)
+            base = build_backbone(params.backbone, weights, image_size)
     except (ValueError, OSError) as exc:
         if weights in (None, "imagenet"):
             raise  # not a user's file: a bug or a broken Keras cache keeps its traceback
@@ -138,7 +113,7 @@ def build_model(params: ModelParams, image_size: int, weights: str | None,
             f"`model.backbone: {params.backbone}` (include_top=False): Keras could not load it "
             f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Give a weights file saved from "
             f"{params.backbone} without its top (e.g. ~/.keras/models/"
-            f"{_WEIGHTS_URL[params.backbone].rsplit('/', 1)[1]}), set `model.backbone` to the "
+            f"{WEIGHTS_URL[params.backbone].rsplit('/', 1)[1]}), set `model.backbone` to the "
             "network the file belongs to, or use `imagenet` or `none`."
         ) from None
     # Pretrained: BatchNormalization stays in inference mode (Keras transfer-learning guide), so

@@ -44,7 +44,7 @@ from pneumonia.model.inputs import (
     subset_rows,
 )
 from pneumonia.model.network import build_model, resolve_weights
-from pneumonia.model.tasks import loss as task_loss
+from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.model.tasks import n_outputs, target_indices, targets
 from pneumonia.params import Params, arm_of, flatten
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
@@ -200,6 +200,8 @@ def select_device(params: Params) -> tuple[Any, str, str, int]:
     if mp == "on" and not gpus:
         log.warning("train.mixed_precision is `on` without a GPU: float16 on CPU is slow")
     precision = "mixed_float16" if use_mp else "float32"
+    if mp == "bfloat16":
+        precision = "mixed_bfloat16"
     keras.mixed_precision.set_global_policy(precision)
 
     if gpus:
@@ -253,14 +255,13 @@ def train_dataset(rows: Any, params: Params, global_batch: int, first_epoch: int
     )
 
 
-def compile_model(model: keras.Model, params: Params) -> None:
-    """Adam at `lr`, binary cross-entropy (the single sigmoid output; categorical for the
-    three-class softmax), accuracy."""
-    import keras
-
+def compile_model(model: keras.Model, params: Params, steps_per_epoch: int = 1) -> None:
+    """Adam at `lr` (constant or scheduled, with or without a weight average), binary
+    cross-entropy (the single sigmoid output; categorical for the three-class softmax),
+    accuracy: pneumonia.model.optimization."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=params.lr),
-        loss=task_loss(params.task),
+        optimizer=make_optimizer(params, steps_per_epoch),
+        loss=make_loss(params),
         metrics=["accuracy"],
         jit_compile=params.train.jit_compile,
     )
@@ -269,22 +270,30 @@ def compile_model(model: keras.Model, params: Params) -> None:
 def training_callbacks(
     params: Params, backup_dir: Path, best_so_far: float | None
 ) -> list[keras.callbacks.Callback]:
-    """The paper's ReduceLROnPlateau and EarlyStopping on val_loss, the best-weights checkpoint
-    (over all epochs, also those before a resume), MLflow and CSV history, and the backup."""
+    """The paper's ReduceLROnPlateau (with `lr_schedule: plateau`) and EarlyStopping on val_loss,
+    the best-weights checkpoint (over all epochs, also those before a resume), MLflow and CSV
+    history, and the backup; with a weight average, the callbacks that validate and checkpoint
+    the average (pneumonia.model.optimization)."""
     import keras
 
-    return [
+    t = params.train
+    schedule = [] if t.lr_schedule != "plateau" else [
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss",
-            factor=params.train.reduce_lr_factor,
-            patience=params.train.reduce_lr_patience,
-            min_lr=params.train.min_lr,
+            factor=t.reduce_lr_factor,
+            patience=t.reduce_lr_patience,
+            min_lr=t.min_lr,
             verbose=1,
-        ),
+        )
+    ]
+    average = ema_callbacks(t.ema_momentum, backup_dir) if t.ema_momentum > 0 else ()
+    callbacks = [
+        *average[:1],
+        *schedule,
         keras.callbacks.EarlyStopping(
             monitor="val_loss",
-            patience=params.train.early_stopping_patience,
-            restore_best_weights=True,
+            patience=t.early_stopping_patience,
+            restore_best_weights=t.keep_weights == "best",
             verbose=1,
         ),
         keras.callbacks.ModelCheckpoint(
@@ -298,8 +307,12 @@ def training_callbacks(
         # History before the backup: a kill in between re-runs the epoch, whose row then
         # replaces the first attempt's (read_history keeps the last row per epoch).
         history_callback(backup_dir / "history.csv"),
+        # The raw weights back before the backup saves them (training resumes from those).
+        *average[1:2],
         backup.backup_callback(backup_dir),  # two copies: a kill mid-save loses one epoch
+        *average[2:],  # then the average, so a resumed run continues it
     ]
+    return callbacks
 
 
 def restore_best(
@@ -419,7 +432,7 @@ def run(params: Params) -> dict[str, Any]:
 
     with strategy.scope() if strategy else nullcontext():
         model = build_model(params.model, size, weights, n_outputs(params.task))
-        compile_model(model, params)
+        compile_model(model, params, steps_per_epoch(len(train_rows), global_batch))
 
     earlier = read_history(history_csv)
     best_so_far = min(
@@ -481,7 +494,7 @@ def _train_and_log(
     (backup_dir / "mlflow_run_id").write_text(mlrun.info.run_id)
     # evaluate.* are logged by the evaluate stage (they may change without retraining).
     flat = {k: v for k, v in flatten(params).items()
-            if not k.startswith(("evaluate.", "ablation."))}
+            if not k.startswith(("evaluate.", "ablation.", "recipe."))}
     tracking.log_params(flat)  # skips params a resumed run already holds
     tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 
@@ -495,6 +508,8 @@ def _train_and_log(
     if finished:
         model.optimizer.build(model.trainable_variables)  # its state is in the file too
         model.load_weights(backup_dir / "latest.weights.h5")  # BackupAndRestore's last epoch
+        if params.train.ema_momentum > 0:  # what fit's end did: the model takes the average
+            load_average(model, backup_dir)
     else:
         val_ds = make_dataset(val_rows, size, global_batch, training=False,
                               targets=targets(val_rows, params.task)
@@ -514,7 +529,11 @@ def _train_and_log(
         tracking.check_still_tracking(
             next(c for c in callbacks if hasattr(c, "lost")), backup_dir)
     history = read_history(history_csv)
-    saved = restore_best(model, backup_dir / "best.weights.h5", history)
+    if params.train.keep_weights == "best":
+        saved = restore_best(model, backup_dir / "best.weights.h5", history)
+    else:  # the weights fit ended with (the average, with train.ema_momentum)
+        saved = {"saved_weights": "last", "saved_epoch": int(history[-1]["epoch"]) if history
+                 else 0}
     scores = score_validation(model, val_rows, size, global_batch, params.task)
     save_model_atomically(model)
     write_history(history, TRAIN_HISTORY)

@@ -14,6 +14,7 @@ import yaml
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import ablation, report
+from pneumonia.experiments.grid import dataset_override
 from pneumonia.params import arm_of, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,12 +246,12 @@ def test_dataset_ignored_by_git_is_passed_to_queued_runs_by_absolute_path(
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "x.png").write_bytes(b"x")
     subprocess.run(["git", "add", ".gitignore", "data/sample"], check=True)
-    assert ablation.dataset_override("data/raw/chest_xray") == {
+    assert dataset_override("data/raw/chest_xray") == {
         "data.raw": str(tmp_path.resolve() / "data/raw/chest_xray")}
-    assert ablation.dataset_override("data/sample/chest_xray") == {}
-    assert ablation.dataset_override(str(tmp_path / "data/raw/chest_xray")) == {}
+    assert dataset_override("data/sample/chest_xray") == {}
+    assert dataset_override(str(tmp_path / "data/raw/chest_xray")) == {}
     with pytest.raises(PipelineError, match="data.raw: data/raw/missing does not exist"):
-        ablation.dataset_override("data/raw/missing")
+        dataset_override("data/raw/missing")
 
 
 def test_report_without_experiments_is_one_clear_message(tmp_path: Path) -> None:

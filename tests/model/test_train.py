@@ -398,7 +398,8 @@ def test_compile_uses_lr_binary_crossentropy() -> None:
     compile_model(model, parse_params(raw))
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(model.optimizer.learning_rate) == pytest.approx(3e-4)
-    assert model.loss == "binary_crossentropy"
+    assert isinstance(model.loss, keras.losses.BinaryCrossentropy)
+    assert model.loss.label_smoothing == 0.0  # train.label_smoothing's default: the plain loss
 
 
 def test_train_dataset_augments_within_the_ranges_and_never_flips(tmp_path: Path,

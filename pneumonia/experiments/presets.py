@@ -1,0 +1,70 @@
+"""Named sets of params overrides: the paper's configuration, the CPU recipe, the demo, and the
+candidate recipes the recipe search compared (metrics/recipe.md).
+
+A preset is a dict of `-S key=value` overrides on top of params.yaml (which stays the paper's
+configuration). `pneumonia preset NAME` prints one as flags, so
+
+    dvc exp run $(pneumonia preset cpu)
+
+trains with it; `pneumonia ablation` and `pneumonia recipe` put them under each queued run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pneumonia.errors import PipelineError
+
+# From random weights (no ImageNet download), every layer trained, BatchNorm statistics that
+# settle within a few epochs (momentum 0.9: see params.py, model.bn_momentum).
+_FROM_SCRATCH = {
+    "model.weights": "none",
+    "model.trainable_layers": "1000",
+    "model.bn_momentum": "0.9",
+}
+
+# The candidates of the recipe search (`pneumonia recipe`; metrics/recipe.md compares them over
+# seeds). `prev-cpu` is the CPU preset before the search (the first ablation grid's).
+CANDIDATES: dict[str, dict[str, str]] = {
+    "prev-cpu": {
+        **_FROM_SCRATCH,
+        "data.image_size": "64",
+        "model.backbone": "densenet121",
+        "model.dense_units": "64",
+        "model.dropout": "0.3",
+        "lr": "1e-3",
+        "train.epochs": "3",
+        "train.batch_size": "32",
+        "train.early_stopping_patience": "5",
+    },
+}
+
+# The recipe for a machine without a GPU: chosen by the recipe search (docs/experiments.md).
+CPU_RECIPE: dict[str, str] = dict(CANDIDATES["prev-cpu"])
+
+PRESETS: dict[str, dict[str, str]] = {
+    "paper": {},  # params.yaml as it is: ImageNet DenseNet201 at 224 px (a GPU run)
+    "cpu": CPU_RECIPE,
+}
+
+
+def preset(name: str) -> dict[str, str]:
+    """The overrides of a preset or candidate, by name; PipelineError naming the known ones."""
+    known = PRESETS | CANDIDATES
+    if name not in known:
+        raise PipelineError(
+            f"unknown preset {name!r}; known: {', '.join(sorted(known))} "
+            "(pneumonia/experiments/presets.py)."
+        )
+    return dict(known[name])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", default="cpu",
+                        help="preset (paper, cpu) or recipe candidate (default cpu)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """`pneumonia preset NAME`: the preset's overrides as `-S key=value` flags, one line."""
+    print(" ".join(f"-S {k}={v}" for k, v in preset(args.name).items()))
+    return 0

@@ -1,0 +1,301 @@
+"""`pneumonia recipe`: the search for a CPU recipe — candidate recipes x seeds as queued DVC
+experiments — and its report, metrics/recipe.md / .json.
+
+Each candidate (pneumonia.experiments.presets.CANDIDATES) runs once per seed of `recipe.seeds` as
+`rcp-<candidate>-s<seed>`. The report reads every finished `rcp-*` experiment from its git commit
+(params.yaml, metrics/evaluate.json, metrics/train.json, metrics/predictions.csv) and gives, per
+candidate: mean, standard deviation, 95 % t-interval over seeds and range of test accuracy, ROC
+AUC and the two recalls; the training time per run; whether it meets the recipe's targets (seed
+SD of accuracy <= 0.015 and of NORMAL recall <= 0.05, mean accuracy >= 0.92, mean ROC AUC >= 0.97,
+<= 15 min of training); and, against the best candidate by mean accuracy, Welch's t-test over
+seeds (scipy.stats.ttest_ind, equal_var=False): the unit that varies between recipes is the
+training run, so candidates are compared over seeds, not over test images. Each run's
+predictions are kept in metrics/recipe/<experiment>.csv: the report recomputes from the
+repository alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pneumonia.errors import PipelineError
+from pneumonia.experiments import revisions
+from pneumonia.experiments.grid import add_queue_arguments, run_grid
+from pneumonia.experiments.presets import CANDIDATES
+from pneumonia.files import write_json
+from pneumonia.params import RecipeParams, load_params, parse_params
+from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
+
+PREFIX = "rcp"
+RECIPE_DIR = METRICS / "recipe"
+RECIPE_JSON = METRICS / "recipe.json"
+RECIPE_MD = METRICS / "recipe.md"
+METRICS_SHOWN = ("accuracy", "roc_auc", "NORMAL_recall", "PNEUMONIA_recall")
+RUN_COLUMNS = ["image_id", "patient_id", "actual", "probability"]
+# The targets of the recipe (issue 21): seed-to-seed spread, level, time per run.
+TARGETS = {"accuracy_sd": 0.015, "NORMAL_recall_sd": 0.05, "accuracy_mean": 0.92,
+           "roc_auc_mean": 0.97, "train_minutes": 15.0}
+
+
+@dataclass(frozen=True)
+class RecipeRun:
+    """One finished experiment of the search."""
+
+    name: str
+    commit: str
+    candidate: str
+    seed: int
+    threshold: float
+    train_seconds: float | None
+    epochs_run: int | None
+    predictions: pd.DataFrame  # RUN_COLUMNS, sorted by image_id
+
+
+def experiment_name(candidate: str, seed: int) -> str:
+    return f"{PREFIX}-{candidate}-s{seed}"
+
+
+def candidate_of(name: str) -> tuple[str, int]:
+    """`rcp-<candidate>-s<seed>` -> (candidate, seed)."""
+    body, _, seed = name[len(PREFIX) + 1:].rpartition("-s")
+    if not body or not seed.isdigit():
+        raise PipelineError(f"experiment {name}: not named {PREFIX}-<candidate>-s<seed>.")
+    return body, int(seed)
+
+
+def grid(p: RecipeParams) -> list[tuple[str, dict[str, str]]]:
+    """(experiment name, overrides) for every candidate x seed."""
+    unknown = [c for c in p.candidates if c not in CANDIDATES]
+    if unknown:
+        raise PipelineError(
+            f"params.yaml: `recipe.candidates` names unknown candidate(s) {', '.join(unknown)}; "
+            f"known: {', '.join(CANDIDATES)} (pneumonia/experiments/presets.py)."
+        )
+    return [(experiment_name(c, s), CANDIDATES[c] | {"train.seed": str(s)})
+            for c in p.candidates for s in p.seeds]
+
+
+def collect(cwd: Path | None = None) -> list[RecipeRun]:
+    """Every finished `rcp-*` experiment, read from its commit."""
+    found = {n: c for n, c in revisions.experiments(cwd).items() if n.startswith(f"{PREFIX}-")}
+    if not found:
+        raise PipelineError(
+            f"no DVC experiment named {PREFIX}-* in this repository: run `pneumonia recipe` "
+            "first (`dvc exp show` lists the experiments)."
+        )
+    runs = []
+    for name, commit in sorted(found.items()):
+        rev = revisions.Revision(name, commit)
+        try:
+            params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
+            evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
+            train = json.loads(revisions.read_text(rev, TRAIN_JSON.as_posix(), cwd))
+            preds = pd.read_csv(io.StringIO(
+                revisions.read_text(rev, PREDICTIONS_CSV.as_posix(), cwd)), dtype={
+                    "patient_id": str, "image_id": str})
+        except PipelineError as exc:
+            raise PipelineError(f"experiment {name}: {exc}") from None
+        candidate, seed = candidate_of(name)
+        if seed != params.train.seed:
+            raise PipelineError(f"experiment {name}: its train.seed is {params.train.seed}.")
+        runs.append(RecipeRun(name, commit, candidate, seed, float(evaluation["threshold"]),
+                              train.get("seconds"), train.get("epochs_run"),
+                              preds[RUN_COLUMNS].sort_values("image_id", ignore_index=True)))
+    return runs
+
+
+def _seed_stats(values: list[float]) -> dict[str, Any]:
+    """Mean, SD, 95 % t-interval of the mean (clipped to [0, 1]), range, over seeds."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    out: dict[str, Any] = {"mean": float(v.mean()), "values": [float(x) for x in v],
+                           "min": float(v.min()), "max": float(v.max()),
+                           "sd": None, "ci_low": None, "ci_high": None}
+    if v.size >= 2:
+        sd = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.975, v.size - 1)) * sd / math.sqrt(v.size)
+        out |= {"sd": sd, "ci_low": max(0.0, out["mean"] - half),
+                "ci_high": min(1.0, out["mean"] + half)}
+    return out
+
+
+def summarize(runs: list[RecipeRun]) -> dict[str, Any]:
+    """metrics/recipe.json: per candidate the seed statistics, targets met, and Welch's test
+    against the candidate with the highest mean accuracy."""
+    from scipy import stats
+
+    from pneumonia.stats.bootstrap import point_metrics
+
+    if not runs:
+        raise PipelineError("no finished recipe runs to report on.")
+    first = runs[0].predictions
+    for run in runs[1:]:
+        if not run.predictions["image_id"].equals(first["image_id"]) or not run.predictions[
+                "actual"].equals(first["actual"]):
+            raise PipelineError(f"experiments {runs[0].name} and {run.name} were evaluated on "
+                                "different test images: re-run them on one dataset.")
+    y = (first["actual"] == "PNEUMONIA").to_numpy(dtype=int)
+    per_run: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        prob = run.predictions["probability"].to_numpy(dtype=float)
+        m = point_metrics(y, prob, run.threshold)
+        per_run[run.name] = {"candidate": run.candidate, "seed": run.seed, "commit": run.commit,
+                             "threshold": run.threshold, "train_seconds": run.train_seconds,
+                             "epochs_run": run.epochs_run,
+                             **{k: float(m[k]) for k in METRICS_SHOWN}}
+    by_candidate: dict[str, list[str]] = {}
+    for name, r in sorted(per_run.items(), key=lambda kv: (kv[1]["candidate"], kv[1]["seed"])):
+        by_candidate.setdefault(r["candidate"], []).append(name)
+    candidates: dict[str, Any] = {}
+    for cand, names in by_candidate.items():
+        entry: dict[str, Any] = {"runs": names, "seeds": [per_run[n]["seed"] for n in names],
+                                 "overrides": CANDIDATES.get(cand)}
+        for metric in METRICS_SHOWN:
+            entry[metric] = _seed_stats([per_run[n][metric] for n in names])
+        secs = [per_run[n]["train_seconds"] for n in names if per_run[n]["train_seconds"]]
+        entry["train_minutes"] = ({"median": float(np.median(secs)) / 60,
+                                   "max": float(max(secs)) / 60} if secs else None)
+        entry["targets"] = _targets(entry)
+        candidates[cand] = entry
+    best = max(candidates, key=lambda c: candidates[c]["accuracy"]["mean"])
+    for cand, entry in candidates.items():
+        if cand == best:
+            continue
+        a = np.asarray(entry["accuracy"]["values"])
+        b = np.asarray(candidates[best]["accuracy"]["values"])
+        if a.size < 2 or b.size < 2:
+            entry["vs_best"] = None
+            continue
+        test = stats.ttest_ind(a, b, equal_var=False)
+        ci = test.confidence_interval(0.95)
+        entry["vs_best"] = {"delta": float(a.mean() - b.mean()), "ci_low": float(ci.low),
+                            "ci_high": float(ci.high), "p_value": float(test.pvalue)}
+    return {"n_test_images": len(y), "targets": TARGETS, "best_by_accuracy": best,
+            "candidates": candidates, "runs": per_run}
+
+
+def _targets(entry: dict[str, Any]) -> dict[str, bool | None]:
+    acc, nrec, auc = entry["accuracy"], entry["NORMAL_recall"], entry["roc_auc"]
+    minutes = entry["train_minutes"]
+    return {
+        "accuracy_sd": None if acc["sd"] is None else acc["sd"] <= TARGETS["accuracy_sd"],
+        "NORMAL_recall_sd": None if nrec["sd"] is None
+        else nrec["sd"] <= TARGETS["NORMAL_recall_sd"],
+        "accuracy_mean": acc["mean"] >= TARGETS["accuracy_mean"],
+        "roc_auc_mean": auc["mean"] >= TARGETS["roc_auc_mean"],
+        "train_minutes": None if minutes is None else minutes["max"] <= TARGETS["train_minutes"],
+    }
+
+
+def _cell(s: dict[str, Any]) -> str:
+    sd = "" if s["sd"] is None else f" ± {s['sd']:.3f}"
+    ci = "" if s["ci_low"] is None else f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+    return f"{s['mean']:.3f}{sd}{ci}"
+
+
+def markdown(summary: dict[str, Any], header: str = "") -> str:
+    """metrics/recipe.md."""
+    cands = summary["candidates"]
+    lines = ["# The CPU recipe search", ""]
+    if header:
+        lines += [header, ""]
+    lines += [
+        (f"Test set: {summary['n_test_images']} images. Per candidate, over its seeds: mean ± "
+        "standard deviation [95 % t-interval of the mean]. Train time: the train stage's wall "
+        "time per run (median / max). `vs best`: accuracy difference from the candidate with "
+        "the highest mean accuracy, Welch's t-test over seeds (95 % interval, p)."), "",
+        ("| candidate | seeds | accuracy | ROC AUC | NORMAL recall | PNEUMONIA recall | "
+        "train min | vs best (accuracy) |"),
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for cand, e in cands.items():
+        t = e["train_minutes"]
+        tm = "n/a" if t is None else f"{t['median']:.1f} / {t['max']:.1f}"
+        vs = e.get("vs_best")
+        vs_txt = ("(best)" if cand == summary["best_by_accuracy"] else "n/a" if vs is None else
+                  f"{vs['delta']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], "
+                  f"p = {vs['p_value']:.2g}")
+        lines.append(f"| {cand} | {len(e['seeds'])} | " + " | ".join(
+            _cell(e[m]) for m in METRICS_SHOWN) + f" | {tm} | {vs_txt} |")
+    lines += ["", ("Targets: seed SD of accuracy ≤ 0.015 and of NORMAL recall ≤ 0.05, mean "
+              "accuracy ≥ 0.92, mean ROC AUC ≥ 0.97, ≤ 15 min of training per run."), "",
+              "| candidate | acc SD | NORMAL recall SD | acc mean | AUC mean | time |",
+              "|---|---|---|---|---|---|"]
+    word = {True: "met", False: "missed", None: "n/a"}
+    for cand, e in cands.items():
+        t = e["targets"]
+        lines.append(f"| {cand} | " + " | ".join(word[t[k]] for k in (
+            "accuracy_sd", "NORMAL_recall_sd", "accuracy_mean", "roc_auc_mean", "train_minutes"))
+            + " |")
+    lines += ["", "## Candidates", ""]
+    for cand, e in cands.items():
+        over = e["overrides"]
+        flags = "(no longer defined)" if over is None else " ".join(
+            f"-S {k}={v}" for k, v in over.items())
+        lines.append(f"- `{cand}`: `{flags}`")
+    lines += ["", "## Runs", "", ("| experiment | seed | accuracy | ROC AUC | NORMAL recall | "
+              "train min | epochs |"), "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in summary["runs"].items():
+        mins = "n/a" if not r["train_seconds"] else f"{r['train_seconds'] / 60:.1f}"
+        lines.append(f"| {name} | {r['seed']} | {r['accuracy']:.3f} | {r['roc_auc']:.3f} | "
+                     f"{r['NORMAL_recall']:.3f} | {mins} | {r['epochs_run']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(header: str = "", runs: list[RecipeRun] | None = None) -> dict[str, Any]:
+    """Collect the finished `rcp-*` experiments; write metrics/recipe{.json,.md,/}."""
+    runs = collect() if runs is None else runs
+    summary = summarize(runs)
+    RECIPE_DIR.mkdir(parents=True, exist_ok=True)
+    for old in RECIPE_DIR.glob("*.csv"):
+        old.unlink()
+    for run in runs:
+        run.predictions.to_csv(RECIPE_DIR / f"{run.name}.csv", index=False, lineterminator="\n")
+    summary["header"] = header
+    write_json(summary, RECIPE_JSON)
+    RECIPE_MD.write_text(markdown(summary, header), encoding="utf-8")
+    print(markdown(summary, header))
+    print(f"wrote {RECIPE_MD}, {RECIPE_JSON} and {RECIPE_DIR}/")
+    return summary
+
+
+def load_committed() -> list[RecipeRun]:
+    """The runs as `write_report` saved them (metrics/recipe/*.csv + recipe.json)."""
+    meta = json.loads(RECIPE_JSON.read_text(encoding="utf-8"))["runs"]
+    return [RecipeRun(name, r["commit"], r["candidate"], r["seed"], r["threshold"],
+                      r["train_seconds"], r["epochs_run"],
+                      pd.read_csv(RECIPE_DIR / f"{name}.csv",
+                                  dtype={"patient_id": str, "image_id": str}))
+            for name, r in sorted(meta.items())]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_queue_arguments(parser)
+    parser.add_argument("--report-only", action="store_true",
+                        help="queue nothing: (re)write the report from the finished rcp-* runs")
+    parser.add_argument("--header", default="",
+                        help="a line under the title: command, machine, date of the runs")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
+    if not args.report_only:
+        counts = run_grid(grid(load_params().recipe), args, "recipe",
+                          "pneumonia recipe --report-only")
+        if counts is None:
+            return 0
+        if counts.get("Failed"):
+            print("some runs failed: `dvc queue status`; the report covers the finished ones")
+    write_report(args.header)
+    return 0
