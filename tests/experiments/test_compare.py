@@ -125,18 +125,20 @@ def test_a_small_change_is_within_noise() -> None:
 
 
 def test_recall_by_cause_shows_which_pneumonias_a_change_loses() -> None:
-    """A head that misses every viral image (and keeps the rest): worse on the viral recall,
-    unchanged on the bacterial one."""
+    """A head that misses every viral image (and keeps the rest): the viral recall's interval lies
+    below 0, the bacterial one is unchanged. Both are descriptive (no word: only accuracy and
+    ROC AUC are tested, with Holm), shown in the report's descriptive table."""
     base = predictions(0.8, 1)
     head = base.copy()
     virus = head["class"] == "virus"
     head.loc[virus, "probability"] = 0.01
     result = compare_predictions(base, head, n_resamples=1000)
     m = result["metrics"]
-    assert m["PNEUMONIA_recall_virus"]["verdict"] == "worse"
-    assert m["PNEUMONIA_recall_virus"]["b"] == 0.0
-    assert m["PNEUMONIA_recall_bacteria"]["delta"] == 0
-    assert m["PNEUMONIA_recall_bacteria"]["verdict"] == "within noise"
+    virus, bacteria = m["PNEUMONIA_recall_virus"], m["PNEUMONIA_recall_bacteria"]
+    assert virus["b"] == 0.0 and virus["ci_high"] < 0
+    assert bacteria["delta"] == 0 and bacteria["ci_low"] <= 0 <= bacteria["ci_high"]
+    assert virus["verdict"] == bacteria["verdict"] == "descriptive"
+    assert not virus["primary"] and virus["pvalue_holm"] is None
     assert "| PNEUMONIA recall, virus images |" in markdown(result)
 
 
