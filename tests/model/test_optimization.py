@@ -167,7 +167,12 @@ def test_ema_average_continues_after_a_resume(tmp_path: Path) -> None:
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(uncut, resumed, strict=True))
 
 
-@pytest.mark.parametrize("backbone", ["small_cnn", "mobilenetv3small", "efficientnetb0"])
+# The two keras.applications networks take about a minute each on 2 cores: slow tests.
+@pytest.mark.parametrize("backbone", [
+    "small_cnn",
+    pytest.param("mobilenetv3small", marks=pytest.mark.slow),
+    pytest.param("efficientnetb0", marks=pytest.mark.slow),
+])
 def test_cpu_backbones_train_and_explain(backbone: str) -> None:
     """Each new backbone builds from random weights, trains a step and gives a Grad-CAM map."""
     from pneumonia.inference.gradcam import CamModel

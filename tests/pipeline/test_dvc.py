@@ -26,6 +26,9 @@ TINY = {
     "data.image_size": 32,
     "validate.table1_counts": False,
     "balance.target_normal": 130,
+    # The small plain CNN: these tests are about DVC and MLflow, not the network, and building
+    # a DenseNet's graph is most of a stage's time at 32 px (tests/model covers the DenseNets).
+    "model.backbone": "small_cnn",
     "model.weights": "none",
     "model.dense_units": 16,
     "lr": 1e-4,
