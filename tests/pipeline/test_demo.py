@@ -53,7 +53,7 @@ def test_demo_twice(tmp_path: Path) -> None:
     # accuracy and ROC AUC above bars that hold on every CPU it was measured on. TensorFlow's
     # float results differ across CPUs (oneDNN's code paths), and this tiny from-scratch run
     # amplifies them: seeds 42 / 1 / 2 gave accuracy 0.86 / 0.83 / 0.86 on an AMD EPYC, 0.76 /
-    # 0.82 / 0.84 on an Intel Xeon (AMX), 0.84 / see docs/experiments.md with oneDNN off there;
+    # 0.82 / 0.84 on an Intel Xeon (AMX), 0.84 / 0.84 / 0.85 there with TF_ENABLE_ONEDNN_OPTS=0;
     # ROC AUC 0.806 at worst. The bars sit below the worst of those (docs/experiments.md).
     predicted = git(repo, "show", f"{ref}:metrics/predictions.csv").splitlines()[1:]
     assert {line.split(",")[4] for line in predicted} == {"NORMAL", "PNEUMONIA"}
