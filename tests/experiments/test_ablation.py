@@ -116,8 +116,9 @@ def test_only_noise_between_arms_says_so(test_set) -> None:
 def test_arms_are_compared_on_the_same_patient_resamples(test_set) -> None:
     """Pairing: two arms that make the same errors, except that one fixes 9 of the reference's
     errors with every seed. On the same resampled patients the shared errors cancel and the
-    test-set term is ~0.01; scored on different resamples (pairing lost) it would be ~0.04, and
-    the gain of 0.03 would drown in it."""
+    test-set term is the spread of those 9 images among 300, ~0.01. Scored on different resamples
+    (pairing lost) the runs share no resampled patients, the shared term comes out 0 (measured),
+    and the interval would rest on the seeds alone, blind to the test set."""
     labels, patients = test_set
     rng = np.random.default_rng(3)
     base = np.clip(labels * 0.3 + 0.35 + rng.normal(0, 0.25, labels.size), 0, 1)
@@ -135,7 +136,7 @@ def test_arms_are_compared_on_the_same_patient_resamples(test_set) -> None:
     s = report.summarize(runs, n_resamples=500)
     acc = s["comparisons"]["x/none/bn-frozen"]["metrics"]["accuracy"]
     assert acc["delta"] == pytest.approx(9 / 300)
-    assert acc["se_test"] < 0.015  # ~ the spread of 9 fixed images among 300: ~0.01
+    assert 0.005 < acc["se_test"] < 0.015  # ~ the spread of 9 fixed images among 300: ~0.01
     assert acc["verdict"] == "better"
 
 

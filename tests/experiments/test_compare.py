@@ -96,6 +96,15 @@ def test_each_model_is_scored_at_its_own_threshold() -> None:
     a_right = (base["probability"].to_numpy() >= 0.5) == y
     b_right = (head["probability"].to_numpy() >= 0.3) == y
     assert result["mcnemar"]["c"] == np.sum(~a_right & b_right)  # right in head only
+    # The interval too: the same patient resamples, each model at its own threshold (recomputed
+    # here from the resample weights; a bootstrap at BASE's threshold for HEAD is caught here).
+    from pneumonia.stats.bootstrap import patient_weights
+
+    w = patient_weights(base["patient_id"].astype(str).to_numpy(), y.size, 200, 0)
+    diff = (w @ b_right - w @ a_right) / w.sum(axis=1)
+    low, high = np.percentile(diff, [2.5, 97.5])
+    acc = result["metrics"]["accuracy"]
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx((low, high), abs=1e-12)
 
 
 def test_a_duplicated_row_is_one_clear_error() -> None:
