@@ -26,13 +26,16 @@ from tests.trainkit import (
 
 EPOCHS = 4
 LR = 5e-4  # not Adam's default (1e-3): a train stage that ignored `lr` would show it
+# The stages' bookkeeping is under test here (resume, outputs, MLflow), not the network: the small
+# CNN trains in seconds where a DenseNet's graph takes minutes (tests/model/test_network.py).
+PIPELINE = {"lr": LR, "train__epochs": EPOCHS, "model__backbone": "small_cnn"}
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("train_evaluate")
     make_split(root)
-    write_params(root, lr=LR, train__epochs=EPOCHS)
+    write_params(root, **PIPELINE)
     env = stage_env(root, MLFLOW_EXPERIMENT_NAME="tiny")
 
     first = subprocess.Popen(
@@ -59,13 +62,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     saved = {p: (root / p).read_bytes() for p in ("metrics/evaluate.json", "metrics/table3.md")}
     # The same threshold, the Youden threshold chosen on the validation images beside it.
-    write_params(root, lr=LR, train__epochs=EPOCHS, evaluate__threshold_rule="youden")
+    write_params(root, **PIPELINE, evaluate__threshold_rule="youden")
     youden = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert youden.returncode == 0, youden.stderr[-3000:]
     saved_youden = {p: (root / p).read_text() for p in ("metrics/evaluate.json",
                                                          "metrics/table3.json")}
     # Another threshold on the test set: allowed, but loudly flagged as tuning on test.
-    write_params(root, lr=LR, train__epochs=EPOCHS, evaluate__threshold=0.3)
+    write_params(root, **PIPELINE, evaluate__threshold=0.3)
     reevaluate = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert reevaluate.returncode == 0, reevaluate.stderr[-3000:]
     return {
@@ -239,7 +242,7 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
     run_id = json.loads((root / "models/mlflow_run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     params = run.data.params
-    assert params["lr"] == str(LR) and params["model.backbone"] == "densenet121"
+    assert params["lr"] == str(LR) and params["model.backbone"] == "small_cnn"
     assert params["train.augment.rotation"] == "10.0" and params["evaluate.threshold"] == "0.5"
     assert run.data.tags["precision"] == "float32" and run.data.tags["device"].startswith("CPU")
 
