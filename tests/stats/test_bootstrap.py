@@ -230,3 +230,15 @@ def test_paired_deltas_share_resamples_and_detect_a_better_model() -> None:
         # the same resample weights for both models: swapping them mirrors the interval exactly
         assert ab[m]["delta"] == pytest.approx(-ba[m]["delta"], abs=1e-12)
         assert ab[m]["ci_low"] == pytest.approx(-ba[m]["ci_high"], abs=1e-12)
+
+
+def test_percentile_interval_is_the_2_5_and_97_5_percentiles_ignoring_undefined() -> None:
+    """The interval the paper's F1 cells, the calibration metrics and the recall-by-cause deltas
+    use: exactly the 2.5th and 97.5th percentiles of the defined values (a 90 % interval, the 5th
+    and 95th, is caught here), and the count of undefined (NaN) ones."""
+    from pneumonia.stats.bootstrap import percentile_interval
+
+    values = np.concatenate([np.linspace(0.0, 1.0, 401), [np.nan] * 7])
+    low, high, undefined = percentile_interval(values, 0.95)
+    assert (low, high) == pytest.approx((0.025, 0.975), abs=1e-12)
+    assert undefined == 7
