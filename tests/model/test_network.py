@@ -158,6 +158,8 @@ def _bn_moving_means_after_one_step(weights: str | None, tmp_path: Path) -> tupl
     return before, after
 
 
+# Slow (about a minute on 2 cores: two DenseNet121 fits).
+@pytest.mark.slow
 def test_batchnorm_statistics_frozen_when_pretrained_updated_from_scratch(tmp_path: Path) -> None:
     """Fine-tuning keeps BN in inference mode (pretrained statistics untouched, even in the
     trainable last layers); from random init BN must learn its statistics."""

@@ -76,6 +76,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Slow (two worker processes, each building and training a network: ~30 s on 2 cores).
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_local_workers(tmp_path: Path) -> None:
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
     procs = []
