@@ -43,21 +43,62 @@ def queue_status() -> dict[str, int]:
     return counts
 
 
-def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0
-                   ) -> dict[str, int]:
-    """Block until nothing is queued or running; PipelineError after `timeout_s`."""
+# Where DVC's queue workers write their pid files (dvc_task's ManagedProcess, one per worker).
+WORKER_DIR = Path(".dvc/tmp/exps/celery")
+MAX_RESTARTS = 3
+
+
+def workers_alive(worker_dir: Path = WORKER_DIR) -> list[int]:
+    """Pids of DVC queue workers still running (from their pid files; a pid reused by another
+    program does not count)."""
+    alive = []
+    for pid_file in sorted(worker_dir.glob("dvc-exp-worker-*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace") if cmdline else ""
+        if b"queue-worker" in cmdline and ") Z " not in stat:  # a zombie has finished
+            alive.append(pid)
+    return alive
+
+
+def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs: int = 1,
+                   worker_dir: Path = WORKER_DIR) -> dict[str, int]:
+    """Block until the queue's workers have finished every queued run; PipelineError after
+    `timeout_s`.
+
+    Never `dvc queue status` while a worker runs: it asks the workers over celery's filesystem
+    broker (a broadcast message file), and a worker that reads such a file half-written dies of
+    a JSONDecodeError ("Unrecoverable error"), leaving the rest of the queue unrun (seen in CI,
+    DVC 3.67 / kombu's filesystem transport). So: wait for the worker processes to exit (DVC's
+    workers stop after 10 s idle), then read the status; runs still queued then (a worker that
+    died) get a fresh worker, at most MAX_RESTARTS times."""
     deadline = time.monotonic() + timeout_s
+    restarts = 0
     while True:
-        counts = queue_status()
-        if not counts.get("Queued") and not counts.get("Running"):
-            return counts
+        time.sleep(poll_s)  # first: a worker just started may not have written its pid file yet
+        if not workers_alive(worker_dir):
+            counts = queue_status()
+            if not counts.get("Queued"):
+                return counts
+            if restarts >= MAX_RESTARTS:
+                raise PipelineError(
+                    f"DVC's queue workers stopped {restarts + 1} times with runs still queued "
+                    f"({counts}): `dvc queue logs NAME` and .dvc/tmp/exps/celery/*.out say why; "
+                    f"`dvc queue start` runs the rest, then `{report_cmd}`."
+                )
+            restarts += 1
+            print(f"a queue worker stopped with {counts['Queued']} run(s) still queued: "
+                  f"starting it again ({restarts} of {MAX_RESTARTS})")
+            _dvc("queue", "start", "-j", str(jobs))
         if time.monotonic() > deadline:
             raise PipelineError(
-                f"the queue is still busy after {timeout_s / 60:.0f} min ({counts}). "
-                "It keeps running in the background: `dvc queue status`, `dvc queue logs NAME`; "
+                f"the queue is still busy after {timeout_s / 60:.0f} min. It keeps running in "
+                "the background: `dvc queue status`, `dvc queue logs NAME`; "
                 f"then `{report_cmd}`."
             )
-        time.sleep(poll_s)
 
 
 def dataset_override(raw: str) -> dict[str, str]:
@@ -129,7 +170,7 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
     print(f"queued {len(runs)} experiments, {args.jobs} worker(s): `dvc queue status` to follow")
     if args.no_wait:
         return None
-    counts = wait_for_queue(args.timeout_min * 60, report_cmd)
+    counts = wait_for_queue(args.timeout_min * 60, report_cmd, jobs=args.jobs)
     print(f"queue finished: {counts}")
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
