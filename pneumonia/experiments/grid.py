@@ -45,6 +45,7 @@ def queue_status() -> dict[str, int]:
 
 # Where DVC's queue workers write their pid files (dvc_task's ManagedProcess, one per worker).
 WORKER_DIR = Path(".dvc/tmp/exps/celery")
+# Worker restarts in a row without a run finishing in between before giving up.
 MAX_RESTARTS = 3
 
 
@@ -69,29 +70,34 @@ def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs
     """Block until the queue's workers have finished every queued run; PipelineError after
     `timeout_s`.
 
-    Never `dvc queue status` while a worker runs: it asks the workers over celery's filesystem
-    broker (a broadcast message file), and a worker that reads such a file half-written dies of
-    a JSONDecodeError ("Unrecoverable error"), leaving the rest of the queue unrun (seen in CI,
-    DVC 3.67 / kombu's filesystem transport). So: wait for the worker processes to exit (DVC's
-    workers stop after 10 s idle), then read the status; runs still queued then (a worker that
-    died) get a fresh worker, at most MAX_RESTARTS times."""
+    DVC's queue worker (celery over kombu's filesystem broker, DVC 3.67) can die mid-grid with
+    "Unrecoverable error: JSONDecodeError" (.dvc/tmp/exps/celery/*.out): it read a broker
+    message file that was still being written. The run it was running finishes; the rest stay
+    queued with no worker. Seen in CI and on the development machine, also with nothing else
+    touching the queue. So: wait for the worker processes to exit (a healthy worker stops after
+    10 s idle), only then read `dvc queue status` (which itself broadcasts to the workers over
+    that broker), and start a fresh worker while runs are still queued — as long as runs keep
+    finishing (MAX_RESTARTS in a row without progress: give up with the logs' location)."""
     deadline = time.monotonic() + timeout_s
-    restarts = 0
+    stalled, finished_before = 0, -1
     while True:
         time.sleep(poll_s)  # first: a worker just started may not have written its pid file yet
         if not workers_alive(worker_dir):
             counts = queue_status()
             if not counts.get("Queued"):
                 return counts
-            if restarts >= MAX_RESTARTS:
+            finished = counts.get("Success", 0) + counts.get("Failed", 0)
+            stalled = 0 if finished > finished_before else stalled + 1
+            finished_before = finished
+            if stalled >= MAX_RESTARTS:
                 raise PipelineError(
-                    f"DVC's queue workers stopped {restarts + 1} times with runs still queued "
-                    f"({counts}): `dvc queue logs NAME` and .dvc/tmp/exps/celery/*.out say why; "
-                    f"`dvc queue start` runs the rest, then `{report_cmd}`."
+                    f"DVC's queue worker stopped {stalled} times in a row without finishing a "
+                    f"run ({counts}): `dvc queue logs NAME` and .dvc/tmp/exps/celery/*.out say "
+                    f"why; `dvc queue start` runs the rest, then `{report_cmd}`."
                 )
-            restarts += 1
-            print(f"a queue worker stopped with {counts['Queued']} run(s) still queued: "
-                  f"starting it again ({restarts} of {MAX_RESTARTS})")
+            print(f"the queue worker stopped with {counts['Queued']} run(s) still queued "
+                  "(DVC's queue: a broker read error, see .dvc/tmp/exps/celery/*.out): "
+                  "starting a new one", flush=True)
             _dvc("queue", "start", "-j", str(jobs))
         if time.monotonic() > deadline:
             raise PipelineError(
