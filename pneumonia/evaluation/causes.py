@@ -24,6 +24,7 @@ import numpy as np
 
 from pneumonia.stats.multiclass import (
     CAUSE_METRICS,
+    CAUSE_RECALLS,
     CLASSES,
     PNEUMONIA_CAUSES,
     cause_metrics,
@@ -51,12 +52,27 @@ def _flat(intervals: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, A
 
 def recall_by_cause(classes: Any, called_pneumonia: Any, groups: Any, n_resamples: int,
                     seed: int) -> dict[str, Any]:
-    """evaluate.json's per-cause keys of a binary evaluation (the module docstring)."""
-    codes = class_codes(classes)
-    out = _flat(cause_recalls(classes, called_pneumonia, groups, n_resamples, seed))
+    """evaluate.json's per-cause keys of a binary evaluation (the module docstring).
+
+    Images of your own data whose cause is unrecorded (`data.layout: folders`, class
+    `unspecified`) belong to no cause: they are left out here (counted in
+    `unspecified_support`); the binary metrics keep them."""
+    from pneumonia.paths import UNSPECIFIED
+
+    classes = np.asarray(classes).astype(str)
+    known = classes != UNSPECIFIED
+    out: dict[str, Any]
+    if known.any():
+        keep_groups = None if groups is None else np.asarray(groups)[known]
+        out = _flat(cause_recalls(classes[known], np.asarray(called_pneumonia)[known],
+                                  keep_groups, n_resamples, seed))
+    else:  # no image with a recorded cause: no recall by cause
+        out = {f"{m}{end}": None for m in CAUSE_RECALLS for end in ("", "_ci_low", "_ci_high")}
+    codes = class_codes(classes[known])
     for i, c in enumerate(CLASSES):
         if c in PNEUMONIA_CAUSES:
             out[f"{c}_support"] = int((codes == i).sum())
+    out["unspecified_support"] = int((~known).sum())
     return out
 
 

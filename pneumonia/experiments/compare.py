@@ -158,12 +158,15 @@ def compare_predictions(
     metrics = {m: {**deltas[m], "primary": m in PRIMARY, "pvalue_holm": None,
                    "verdict": "descriptive"} for m in NAMES if m in deltas}
     if "class" in base.columns and "class" in head.columns:
+        from pneumonia.paths import UNSPECIFIED
         from pneumonia.stats.multiclass import paired_cause_recalls
 
+        classes = base["class"].astype(str).to_numpy()
+        known = classes != UNSPECIFIED  # own data without a recorded cause: in no cause
         try:
-            causes = paired_cause_recalls(base["class"].astype(str).to_numpy(),
-                                          pa >= threshold_base, pb >= threshold_head, groups,
-                                          n_resamples, seed)
+            causes = paired_cause_recalls(classes[known], (pa >= threshold_base)[known],
+                                          (pb >= threshold_head)[known], groups[known],
+                                          n_resamples, seed) if known.any() else {}
         except ValueError as exc:  # a class value outside normal / bacteria / virus
             raise PipelineError(f"{labels[0]} / {labels[1]}: predictions.csv `class`: {exc}. "
                                 "Re-run the evaluate stage there.") from None
