@@ -39,7 +39,7 @@ LEARNS = {
 def test_training_learns_on_the_sample(tmp_path: Path) -> None:
     make_split(tmp_path, size=48)
     write_params(tmp_path, **LEARNS)
-    train = run_stage(tmp_path, "train", timeout=600)
+    train = run_stage(tmp_path, "train", timeout=1200)  # ~2 min idle; 10 min seen contended
     assert train.returncode == 0, train.stderr[-3000:]
     evaluate = run_stage(tmp_path, "evaluate", timeout=300)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
@@ -76,7 +76,7 @@ def test_deterministic_training_repeats_exactly(tmp_path: Path) -> None:
         root.mkdir()
         make_split(root)
         write_params(root, train__epochs=2, train__deterministic=True)
-        proc = run_stage(root, "train", timeout=600)
+        proc = run_stage(root, "train", timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "op determinism on" in proc.stderr
         runs.append(root)
