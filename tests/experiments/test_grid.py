@@ -14,13 +14,18 @@ from pneumonia.experiments.grid import workers_alive
 
 def test_a_worker_is_alive_while_its_process_runs_and_not_after(tmp_path: Path) -> None:
     # A real process whose command line carries `queue-worker`, like DVC's `dvc exp queue-worker`.
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "queue-worker"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+         "queue-worker"], stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # exec'd: its cmdline
         (tmp_path / "dvc-exp-worker-1.pid").write_text(f"{proc.pid}\n")
         assert workers_alive(tmp_path) == [proc.pid]
     finally:
         proc.kill()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert workers_alive(tmp_path) == []  # the pid file stays behind; the process is gone
 
 
