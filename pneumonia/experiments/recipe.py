@@ -87,15 +87,9 @@ def grid(p: RecipeParams) -> list[tuple[str, dict[str, str]]]:
 
 def collect(cwd: Path | None = None) -> list[RecipeRun]:
     """Every finished `rcp-*` experiment, read from its commit."""
-    found = {n: c for n, c in revisions.experiments(cwd).items() if n.startswith(f"{PREFIX}-")}
-    if not found:
-        raise PipelineError(
-            f"no DVC experiment named {PREFIX}-* in this repository: run `pneumonia recipe` "
-            "first (`dvc exp show` lists the experiments)."
-        )
     runs = []
-    for name, commit in sorted(found.items()):
-        rev = revisions.Revision(name, commit)
+    for rev in revisions.named_experiments(PREFIX, "pneumonia recipe", cwd):
+        name, commit = rev.name, rev.commit
         try:
             params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
             evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))

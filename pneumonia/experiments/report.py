@@ -77,15 +77,9 @@ def _labels(predictions: pd.DataFrame) -> np.ndarray:
 
 def collect(prefix: str = "abl", cwd: Path | None = None) -> list[RunResult]:
     """The finished experiments whose name starts with `<prefix>-`, read from their commits."""
-    found = {n: c for n, c in revisions.experiments(cwd).items() if n.startswith(f"{prefix}-")}
-    if not found:
-        raise PipelineError(
-            f"no DVC experiment named {prefix}-* in this repository: run `pneumonia ablation` "
-            "first (`dvc exp show` lists the experiments)."
-        )
     runs = []
-    for name, commit in sorted(found.items()):
-        rev = revisions.Revision(name, commit)
+    for rev in revisions.named_experiments(prefix, "pneumonia ablation", cwd):
+        name, commit = rev.name, rev.commit
         try:
             params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
             evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))

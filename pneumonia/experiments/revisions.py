@@ -83,3 +83,15 @@ def read_text(rev: Revision, path: str, cwd: Path | None = None) -> str:
             f"results (run `dvc repro` there and commit {path}, or pick another revision)."
         )
     return proc.stdout
+
+
+def named_experiments(prefix: str, command: str, cwd: Path | None = None) -> list[Revision]:
+    """The DVC experiments named `<prefix>-*`, sorted by name, as revisions; PipelineError
+    naming `command` (what queues them) when there is none."""
+    found = {n: c for n, c in experiments(cwd).items() if n.startswith(f"{prefix}-")}
+    if not found:
+        raise PipelineError(
+            f"no DVC experiment named {prefix}-* in this repository: run `{command}` "
+            "first (`dvc exp show` lists the experiments)."
+        )
+    return [Revision(name, commit) for name, commit in sorted(found.items())]
