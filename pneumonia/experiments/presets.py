@@ -37,6 +37,39 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "train.batch_size": "32",
         "train.early_stopping_patience": "5",
     },
+    # prev-cpu trained twice as long on a cosine schedule, averaging its weights (EMA of every
+    # weight, BatchNorm statistics included) and keeping the average where training ends.
+    "dn121-ema": {
+        **_FROM_SCRATCH,
+        "data.image_size": "64",
+        "model.backbone": "densenet121",
+        "model.dense_units": "64",
+        "model.dropout": "0.3",
+        "lr": "1e-3",
+        "train.epochs": "6",
+        "train.batch_size": "32",
+        "train.lr_schedule": "cosine",
+        "train.warmup_epochs": "1",
+        "train.ema_momentum": "0.99",
+        "train.keep_weights": "last",
+        "train.early_stopping_patience": "100",
+    },
+    # A plain 0.86 M-parameter CNN (model.backbone small_cnn) with the same schedule and average.
+    "cnn-ema": {
+        **_FROM_SCRATCH,
+        "data.image_size": "64",
+        "model.backbone": "small_cnn",
+        "model.dense_units": "64",
+        "model.dropout": "0.3",
+        "lr": "1e-3",
+        "train.epochs": "12",
+        "train.batch_size": "32",
+        "train.lr_schedule": "cosine",
+        "train.warmup_epochs": "1",
+        "train.ema_momentum": "0.99",
+        "train.keep_weights": "last",
+        "train.early_stopping_patience": "100",
+    },
 }
 
 # The recipe for a machine without a GPU: chosen by the recipe search (docs/experiments.md).
