@@ -161,6 +161,16 @@ def _folder_facts(rel: str, classes: dict[str, str]) -> tuple[set[str], set[str]
             {SPLIT_NAMES[f] for f in folders if f in SPLIT_NAMES})
 
 
+def _reconciled(from_folders: str, from_metadata: str, conflict: str) -> str:
+    """A label or split given by the folders and/or the metadata CSV: the CSV's when set, and
+    PipelineError(conflict) when both are set and disagree."""
+    if not from_metadata:
+        return from_folders
+    if from_folders and from_folders != from_metadata:
+        raise PipelineError(conflict)
+    return from_metadata
+
+
 def scan(raw: Path, data: DataParams) -> Inventory:
     """Place every image file of `raw` (folder or zip) by its folders and the metadata CSV.
 
@@ -235,14 +245,11 @@ def scan(raw: Path, data: DataParams) -> Inventory:
             bad.append(BadEntry(f, "its path has both a train and a test folder"))
             continue
         label = next(iter(labels), "")
-        if row and row.label:
-            if label and row.label != label:
-                raise PipelineError(
-                    f"data.metadata: {raw}/{meta_path} line {row.line} labels {f!r} "
-                    f"{row.label}, but it lies in a {label} class folder. Correct the label "
-                    "column, or move the file to the right class folder."
-                )
-            label = row.label
+        if row:
+            label = _reconciled(label, row.label, (
+                f"data.metadata: {raw}/{meta_path} line {row.line} labels {f!r} "
+                f"{row.label}, but it lies in a {label} class folder. Correct the label "
+                "column, or move the file to the right class folder."))
         if not label:
             names = ", ".join(sorted(classes))
             bad.append(BadEntry(f, f"no class folder on its path (folders named {names}, any "
@@ -250,14 +257,11 @@ def scan(raw: Path, data: DataParams) -> Inventory:
                                    "label in data.metadata"))
             continue
         split = next(iter(splits), "")
-        if row and row.split:
-            if split and row.split != split:
-                raise PipelineError(
-                    f"data.metadata: {raw}/{meta_path} line {row.line} puts {f!r} in "
-                    f"{row.split}, but it lies in a {split} folder. Correct the split column "
-                    "or move the file."
-                )
-            split = row.split
+        if row:
+            split = _reconciled(split, row.split, (
+                f"data.metadata: {raw}/{meta_path} line {row.line} puts {f!r} in "
+                f"{row.split}, but it lies in a {split} folder. Correct the split column "
+                "or move the file."))
         cause = row.cause if row else ""
         if label == "NORMAL":
             if cause and cause != "normal":
