@@ -121,18 +121,25 @@ def _up(folder: Path) -> list[str]:
             "--mlflow-port", "0", "--s3-port", "0"]
 
 
+def _descendants_until(up: subprocess.Popen[str], marker: str, timeout: float, poll: float
+                       ) -> set[psutil.Process]:
+    """Every process `up` started, collected until one's command line contains `marker`."""
+    seen: set[psutil.Process] = set()
+    deadline = time.monotonic() + timeout
+    while not any(marker in cmdline(p) for p in seen):
+        assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
+        seen |= _descendants(up)
+        time.sleep(poll)
+    return seen
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_while_a_server_starts_stops_it(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM / SIGHUP (terminal closed) while moto, the first server, is starting: it was
     registered for stopping only once ready, and was left running."""
     with process_group(_up(tmp_path / "team"), cwd=ROOT, env=servers_env(), text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, grace=60) as up:
-        seen: set[psutil.Process] = set()
-        deadline = time.monotonic() + 60
-        while not any("moto_server" in cmdline(p) for p in seen):
-            assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
-            seen |= _descendants(up)
-            time.sleep(0.02)
+        seen = _descendants_until(up, "moto_server", timeout=60, poll=0.02)
         assert not (tmp_path / "team/pgdata").exists()  # still starting the first server
         up.send_signal(sig)
         out, _ = up.communicate(timeout=60)
@@ -149,12 +156,7 @@ def test_hangup_during_mlflow_start_up_stops_all_three(tmp_path: Path) -> None:
     try:
         with process_group(_up(folder), cwd=ROOT, env=servers_env(), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, grace=60) as up:
-            seen: set[psutil.Process] = set()
-            deadline = time.monotonic() + 300
-            while not any("mlflow" in cmdline(p) for p in seen):
-                assert up.poll() is None and time.monotonic() < deadline, up.stdout.read()
-                seen |= _descendants(up)
-                time.sleep(0.05)
+            seen = _descendants_until(up, "mlflow", timeout=300, poll=0.05)
             postgres = postgres_processes((folder / "pgdata").resolve())
             assert postgres, "PostgreSQL should be up before mlflow starts"
             up.send_signal(signal.SIGHUP)
