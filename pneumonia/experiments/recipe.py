@@ -32,6 +32,7 @@ from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.presets import CANDIDATES
+from pneumonia.experiments.report import ALPHA, POWER, POWER_DIFFERENCE
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
@@ -130,6 +131,7 @@ def summarize(runs: list[RecipeRun]) -> dict[str, Any]:
     from scipy import stats
 
     from pneumonia.stats.bootstrap import point_metrics
+    from pneumonia.stats.seeds import seeds_needed
 
     if not runs:
         raise PipelineError("no finished recipe runs to report on.")
@@ -161,6 +163,11 @@ def summarize(runs: list[RecipeRun]) -> dict[str, Any]:
         entry["train_minutes"] = ({"median": float(np.median(secs)) / 60,
                                    "max": float(max(secs)) / 60} if secs else None)
         entry["targets"] = _targets(entry)
+        # The powered ablation with this recipe (issue 21 item 3): seeds per arm to detect a
+        # 2-point accuracy difference between two arms at this candidate's seed spread.
+        sd = entry["accuracy"]["sd"]
+        entry["seeds_per_arm_2pt"] = (None if sd is None
+                                      else seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER))
         candidates[cand] = entry
     best = max(candidates, key=lambda c: candidates[c]["accuracy"]["mean"])
     for cand, entry in candidates.items():
@@ -208,10 +215,13 @@ def markdown(summary: dict[str, Any], header: str = "") -> str:
         (f"Test set: {summary['n_test_images']} images. Per candidate, over its seeds: mean ± "
         "standard deviation [95 % t-interval of the mean]. Train time: the train stage's wall "
         "time per run (median / max). `vs best`: accuracy difference from the candidate with "
-        "the highest mean accuracy, Welch's t-test over seeds (95 % interval, p)."), "",
+        "the highest mean accuracy, Welch's t-test over seeds (95 % interval, p). Seeds / arm: "
+        "how many seeds each arm of an ablation run with this recipe would need to detect a "
+        "2-point accuracy difference (two-sided 5 %, 80 % power, at this candidate's seed SD; "
+        "statsmodels TTestIndPower; the SD of a few seeds is itself uncertain)."), "",
         ("| candidate | seeds | accuracy | ROC AUC | NORMAL recall | PNEUMONIA recall | "
-        "train min | vs best (accuracy) |"),
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "train min | vs best (accuracy) | seeds / arm |"),
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for cand, e in cands.items():
         t = e["train_minutes"]
@@ -220,8 +230,10 @@ def markdown(summary: dict[str, Any], header: str = "") -> str:
         vs_txt = ("(best)" if cand == summary["best_by_accuracy"] else "n/a" if vs is None else
                   f"{vs['delta']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], "
                   f"p = {vs['p_value']:.2g}")
+        need = e.get("seeds_per_arm_2pt")
         lines.append(f"| {cand} | {len(e['seeds'])} | " + " | ".join(
-            _cell(e[m]) for m in METRICS_SHOWN) + f" | {tm} | {vs_txt} |")
+            _cell(e[m]) for m in METRICS_SHOWN) + f" | {tm} | {vs_txt} | "
+            + ("n/a" if need is None else str(need)) + " |")
     lines += ["", ("Targets: seed SD of accuracy ≤ 0.015 and of NORMAL recall ≤ 0.05, mean "
               "accuracy ≥ 0.92, mean ROC AUC ≥ 0.97, ≤ 15 min of training per run."), "",
               "| candidate | acc SD | NORMAL recall SD | acc mean | AUC mean | time |",

@@ -82,8 +82,16 @@ def test_report_gives_seed_statistics_targets_and_welch() -> None:
     ref = stats.ttest_ind(noisy["accuracy"]["values"], good["accuracy"]["values"],
                           equal_var=False)
     assert vs["p_value"] == pytest.approx(ref.pvalue)
+    from statsmodels.stats.power import TTestIndPower
+
+    # Seeds per arm of a powered ablation with this recipe: 80 % power for 2 points at its SD.
+    n = good["seeds_per_arm_2pt"]
+    power = TTestIndPower().power(0.02 / good["accuracy"]["sd"], n, 0.05)
+    assert power >= 0.8 > TTestIndPower().power(0.02 / good["accuracy"]["sd"], n - 1, 0.05)
+    assert (noisy["seeds_per_arm_2pt"] > n) == (noisy["accuracy"]["sd"] > good["accuracy"]["sd"])
     text = recipe.markdown(summary)
     assert "| good | 5 |" in text and "(best)" in text and "missed" in text
+    assert text.count(f" | {n} |") >= 1
 
 
 def test_report_refuses_runs_on_different_test_images() -> None:
