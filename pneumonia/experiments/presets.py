@@ -23,53 +23,36 @@ _FROM_SCRATCH = {
     "model.bn_momentum": "0.9",
 }
 
+# The CPU preset before the search (the first ablation grid's): DenseNet121 at 64 px, 3 epochs.
+_PREV_CPU = {
+    **_FROM_SCRATCH,
+    "data.image_size": "64",
+    "model.backbone": "densenet121",
+    "model.dense_units": "64",
+    "model.dropout": "0.3",
+    "lr": "1e-3",
+    "train.epochs": "3",
+    "train.batch_size": "32",
+    "train.early_stopping_patience": "5",
+}
+
+# A cosine schedule with one warm-up epoch, an average of every weight (EMA, BatchNorm statistics
+# included) kept where training ends, and no early stop.
+_COSINE_EMA = {
+    "train.lr_schedule": "cosine",
+    "train.warmup_epochs": "1",
+    "train.ema_momentum": "0.99",
+    "train.keep_weights": "last",
+    "train.early_stopping_patience": "100",
+}
+
 # The candidates of the recipe search (`pneumonia recipe`; metrics/recipe.md compares them over
-# seeds). `prev-cpu` is the CPU preset before the search (the first ablation grid's).
+# seeds): prev-cpu, it trained twice as long with _COSINE_EMA, and a plain 0.86 M-parameter CNN
+# (model.backbone small_cnn) with _COSINE_EMA.
 CANDIDATES: dict[str, dict[str, str]] = {
-    "prev-cpu": {
-        **_FROM_SCRATCH,
-        "data.image_size": "64",
-        "model.backbone": "densenet121",
-        "model.dense_units": "64",
-        "model.dropout": "0.3",
-        "lr": "1e-3",
-        "train.epochs": "3",
-        "train.batch_size": "32",
-        "train.early_stopping_patience": "5",
-    },
-    # prev-cpu trained twice as long on a cosine schedule, averaging its weights (EMA of every
-    # weight, BatchNorm statistics included) and keeping the average where training ends.
-    "dn121-ema": {
-        **_FROM_SCRATCH,
-        "data.image_size": "64",
-        "model.backbone": "densenet121",
-        "model.dense_units": "64",
-        "model.dropout": "0.3",
-        "lr": "1e-3",
-        "train.epochs": "6",
-        "train.batch_size": "32",
-        "train.lr_schedule": "cosine",
-        "train.warmup_epochs": "1",
-        "train.ema_momentum": "0.99",
-        "train.keep_weights": "last",
-        "train.early_stopping_patience": "100",
-    },
-    # A plain 0.86 M-parameter CNN (model.backbone small_cnn) with the same schedule and average.
-    "cnn-ema": {
-        **_FROM_SCRATCH,
-        "data.image_size": "64",
-        "model.backbone": "small_cnn",
-        "model.dense_units": "64",
-        "model.dropout": "0.3",
-        "lr": "1e-3",
-        "train.epochs": "12",
-        "train.batch_size": "32",
-        "train.lr_schedule": "cosine",
-        "train.warmup_epochs": "1",
-        "train.ema_momentum": "0.99",
-        "train.keep_weights": "last",
-        "train.early_stopping_patience": "100",
-    },
+    "prev-cpu": _PREV_CPU,
+    "dn121-ema": _PREV_CPU | _COSINE_EMA | {"train.epochs": "6"},
+    "cnn-ema": _PREV_CPU | _COSINE_EMA | {"model.backbone": "small_cnn", "train.epochs": "12"},
 }
 
 # The recipe for a machine without a GPU: chosen by the recipe search (docs/experiments.md).
