@@ -459,6 +459,14 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     return parse_params(raw)
 
 
+def training_params(p: Params) -> dict[str, Any]:
+    """The dotted params a training run logs to MLflow (and the paper's reference run carries):
+    all but evaluate.* (logged by the evaluate stage: they may change without retraining) and
+    the grids' own settings, ablation.* and recipe.*."""
+    return {k: v for k, v in flatten(p).items()
+            if not k.startswith(("evaluate.", "ablation.", "recipe."))}
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten nested params/dicts to dotted keys (for MLflow, reports)."""
     if dataclasses.is_dataclass(obj):

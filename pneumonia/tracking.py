@@ -570,12 +570,11 @@ def reference_params() -> dict[str, dict[str, str]]:
     param added there appears on them too and the MLflow compare view never shows it missing.
     paper: the schema's defaults, i.e. the paper's configuration as params.yaml holds it (where
     the paper is silent, this project's choice: docs/reproducing.md); the Kaggle baseline
-    reports none. The same keys as a training run logs (evaluate.* and ablation.* are not)."""
-    from pneumonia.params import flatten, parse_params
+    reports none. The same keys as a training run logs (params.training_params)."""
+    from pneumonia.params import parse_params, training_params
 
     paper = parse_params({"lr": PAPER_LR, "data": {"raw": PAPER_DATA}})
-    flat = {k: str(v) for k, v in flatten(paper).items()
-            if not k.startswith(("evaluate.", "ablation."))}
+    flat = {k: str(v) for k, v in training_params(paper).items()}
     return {"paper": flat, "kaggle-resnet": dict.fromkeys(flat, NOT_REPORTED)}
 
 

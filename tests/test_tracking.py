@@ -83,7 +83,7 @@ def test_reference_runs_carry_every_training_param_of_the_schema(
     whose reference runs were made by older code gets the missing params added."""
     import mlflow
 
-    from pneumonia.params import flatten, load_params
+    from pneumonia.params import load_params, training_params
 
     clean_env.chdir(tmp_path)
     clean_env.setenv("MLFLOW_EXPERIMENT_NAME", "refs-params")
@@ -98,9 +98,11 @@ def test_reference_runs_carry_every_training_param_of_the_schema(
     ids = tracking.ensure_reference_runs(exp_id)
     assert ids["paper"] == old.info.run_id  # the existing run is kept, not duplicated
     paper = mlflow.get_run(ids["paper"]).data.params
-    committed = flatten(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
-    training = {k for k in committed if not k.startswith(("evaluate.", "ablation."))}
+    committed = training_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    training = set(committed)
     assert training <= set(paper)  # what train logs, the reference run has
+    # ... and no more: not the evaluate stage's params, nor the grids' own settings
+    assert not [k for k in paper if k.startswith(("evaluate.", "ablation.", "recipe."))]
     assert paper["balance.method"] == "augmentor"
     assert paper["model.backbone"] == "densenet201"
     assert paper["lr"] == "2e-06"  # an existing value is never changed

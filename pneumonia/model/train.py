@@ -46,7 +46,7 @@ from pneumonia.model.inputs import (
 from pneumonia.model.network import build_model, resolve_weights
 from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.model.tasks import n_outputs, target_indices, targets
-from pneumonia.params import Params, arm_of, flatten
+from pneumonia.params import Params, arm_of, training_params
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
 if TYPE_CHECKING:
@@ -492,10 +492,7 @@ def _train_and_log(
     global_batch = params.train.batch_size * replicas
     history_csv = backup_dir / "history.csv"
     (backup_dir / "mlflow_run_id").write_text(mlrun.info.run_id)
-    # evaluate.* are logged by the evaluate stage (they may change without retraining).
-    flat = {k: v for k, v in flatten(params).items()
-            if not k.startswith(("evaluate.", "ablation.", "recipe."))}
-    tracking.log_params(flat)  # skips params a resumed run already holds
+    tracking.log_params(training_params(params))  # skips params a resumed run already holds
     tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
 
     mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
