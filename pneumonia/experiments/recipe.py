@@ -290,12 +290,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_queue_arguments(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="queue nothing: (re)write the report from the finished rcp-* runs")
-    parser.add_argument("--header", default="",
+    parser.add_argument("--header", default=None,
                         help="a line under the title: command, machine, date of the runs")
+    parser.add_argument("--from-committed", action="store_true",
+                        help="queue nothing: recompute the report from metrics/recipe/*.csv, "
+                             "keeping the committed header unless --header is given")
 
 
 def command(args: argparse.Namespace) -> int:
     """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
+    if args.from_committed:
+        header = args.header
+        if header is None:
+            header = json.loads(RECIPE_JSON.read_text(encoding="utf-8")).get("header", "")
+        write_report(header, load_committed())
+        return 0
     if not args.report_only:
         counts = run_grid(grid(load_params().recipe), args, "recipe",
                           "pneumonia recipe --report-only")
@@ -303,5 +312,5 @@ def command(args: argparse.Namespace) -> int:
             return 0
         if counts.get("Failed"):
             print("some runs failed: `dvc queue status`; the report covers the finished ones")
-    write_report(args.header)
+    write_report(args.header or "")
     return 0
