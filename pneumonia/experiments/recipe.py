@@ -32,7 +32,7 @@ from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.presets import CANDIDATES
-from pneumonia.experiments.report import ALPHA, POWER, POWER_DIFFERENCE
+from pneumonia.experiments.report import ALPHA, POWER, POWER_DIFFERENCE, add_report_arguments
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
@@ -290,11 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_queue_arguments(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="queue nothing: (re)write the report from the finished rcp-* runs")
-    parser.add_argument("--header", default=None,
-                        help="a line under the title: command, machine, date of the runs")
-    parser.add_argument("--from-committed", action="store_true",
-                        help="queue nothing: recompute the report from metrics/recipe/*.csv, "
-                             "keeping the committed header unless --header is given")
+    add_report_arguments(parser, RECIPE_DIR)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -465,13 +465,18 @@ def rewrite_committed(header: str | None = None) -> dict:
     return summary
 
 
+def add_report_arguments(parser: argparse.ArgumentParser, predictions: Path) -> None:
+    """--header and --from-committed, shared by `pneumonia report` and `pneumonia recipe`."""
+    parser.add_argument("--header", default=None,
+                        help="a line near the top: command, machine, date of the runs")
+    parser.add_argument("--from-committed", action="store_true",
+                        help=f"recompute the report from {predictions}/*.csv (no experiments "
+                             "needed), keeping the committed header unless --header is given")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="abl", help="experiment name prefix (default abl)")
-    parser.add_argument("--header", default=None,
-                        help="a line under the answer: command, machine, date of the runs")
-    parser.add_argument("--from-committed", action="store_true",
-                        help="recompute the report from metrics/ablation/*.csv (no experiments "
-                             "needed), keeping the committed header unless --header is given")
+    add_report_arguments(parser, ABLATION_DIR)
 
 
 def command(args: argparse.Namespace) -> int:
