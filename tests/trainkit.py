@@ -116,6 +116,19 @@ def write_params(root: Path, **overrides: Any) -> dict[str, Any]:
     return params
 
 
+def with_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """A copy of the params dict `raw` with `dvc exp run -S key=value` overrides applied as DVC
+    applies them (dotted keys into existing sections, each value parsed as YAML)."""
+    applied = yaml.safe_load(yaml.safe_dump(raw))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = applied
+        for p in parents:
+            node = node[p]
+        node[leaf] = yaml.safe_load(value)
+    return applied
+
+
 def stage_env(root: Path, **extra: str) -> dict[str, str]:
     """Environment for a stage subprocess: a store in `root`, quiet TF, no DVC vars leaking."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}

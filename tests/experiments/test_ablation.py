@@ -16,6 +16,7 @@ from pneumonia.errors import PipelineError
 from pneumonia.experiments import ablation, report
 from pneumonia.experiments.grid import dataset_override
 from pneumonia.params import arm_of, load_params, parse_params
+from tests.trainkit import with_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,14 +35,7 @@ def test_grid_covers_every_arm_and_seed_with_matching_arm_names() -> None:
         assert over["model.weights"] == "none" and over["train.seed"] == str(run.seed)
         # The arm the command names must be the arm the train stage tags (arm_of of the params
         # the experiment will run with), or the report would group runs wrongly.
-        applied = yaml.safe_load(yaml.safe_dump(raw))
-        for key, value in over.items():
-            node = applied
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = yaml.safe_load(value)
-        assert arm_of(parse_params(applied)) == run.arm
+        assert arm_of(parse_params(with_overrides(raw, over))) == run.arm
     assert ablation.grid(load_params(REPO / "params.yaml").ablation)  # the committed grid parses
 
 

@@ -17,7 +17,7 @@ import yaml
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import presets, recipe
 from pneumonia.params import parse_params
-from tests.trainkit import REPO
+from tests.trainkit import REPO, with_overrides
 
 
 def _run(candidate: str, seed: int, prob: np.ndarray, labels: np.ndarray, minutes: float
@@ -34,14 +34,7 @@ def test_every_candidate_is_a_valid_override_set() -> None:
     """Each candidate and preset, applied to params.yaml, passes the params schema."""
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, overrides in (presets.CANDIDATES | presets.PRESETS).items():
-        raw = json.loads(json.dumps(base))
-        for key, value in overrides.items():
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = yaml.safe_load(value)
-        parse_params(raw)  # raises ParamsError naming the key otherwise
+        parse_params(with_overrides(base, overrides))  # ParamsError naming the key otherwise
         assert "train.seed" not in overrides, name  # the grid sets the seed
 
 
