@@ -15,7 +15,8 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 from pneumonia.experiments import report
 from pneumonia.stats.seeds import pooled_sd, seed_contrast, seeds_needed, t_interval
 
-# The committed CPU grid's accuracies (metrics/ablation.json): augmentor vs class_weight.
+# The first CPU grid's accuracies (prev-cpu preset, 2026-11-29; metrics/ablation.json at commit
+# 43ccb93): augmentor vs class_weight.
 AUGMENTOR = [0.8974358974358975, 0.8429487179487181, 0.8413461538461539]
 CLASS_WEIGHT = [0.8269230769230769, 0.8092948717948718, 0.8237179487179487]
 
