@@ -58,7 +58,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
 
 # The recipe for a machine without a GPU, chosen by the recipe search (metrics/recipe.md; Intel
 # Xeon 2 vCPUs, full development copy, 5 seeds): dn121-ema, test accuracy 0.900 (seed SD 0.005,
-# prev-cpu's 0.063), ROC AUC 0.972, NORMAL recall 0.757 (SD 0.017), 12.4 min of training per run.
+# prev-cpu's 0.052), ROC AUC 0.972, NORMAL recall 0.757 (SD 0.017), 12.4 min of training per run.
 CPU_RECIPE: dict[str, str] = dict(CANDIDATES["dn121-ema"])
 
 PRESETS: dict[str, dict[str, str]] = {
