@@ -32,7 +32,13 @@ from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.presets import CANDIDATES
-from pneumonia.experiments.report import ALPHA, POWER, POWER_DIFFERENCE, add_report_arguments
+from pneumonia.experiments.report import (
+    ALPHA,
+    POWER,
+    POWER_DIFFERENCE,
+    add_report_arguments,
+    committed_header,
+)
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
@@ -296,9 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
     if args.from_committed:
-        header = args.header
-        if header is None:
-            header = json.loads(RECIPE_JSON.read_text(encoding="utf-8")).get("header", "")
+        header = committed_header(RECIPE_JSON) if args.header is None else args.header
         write_report(header, load_committed())
         return 0
     if not args.report_only:

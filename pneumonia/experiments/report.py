@@ -427,11 +427,11 @@ def load_committed(folder: Path = ABLATION_DIR) -> list[RunResult]:
     return runs
 
 
-def committed_header() -> str:
-    """The header line of the committed report (ablation.json's `header`; "" when none)."""
-    if not ABLATION_JSON.is_file():
+def committed_header(report_json: Path = ABLATION_JSON) -> str:
+    """The header line of a committed report (its JSON's `header`; "" when none)."""
+    if not report_json.is_file():
         return ""
-    return str(json.loads(ABLATION_JSON.read_text(encoding="utf-8")).get("header", ""))
+    return str(json.loads(report_json.read_text(encoding="utf-8")).get("header", ""))
 
 
 def _write(summary: dict, runs: list[RunResult] | None) -> None:
