@@ -6,7 +6,8 @@ metrics/predictions.csv (one probability per test image). It writes
 
 - metrics/ablation/<experiment>.csv: each run's per-image test predictions (image, patient,
   label, probability), so the report can be recomputed from the repository alone
-  (`pneumonia report --from-committed`; a test does it);
+  (`pneumonia report --from-committed`; a test does it), or extended with more seeds
+  (`pneumonia report --extend`: the new experiments beside the committed runs);
 - metrics/ablation.json and metrics/ablation.md: per arm, each metric's mean over seeds with a
   95 % t-interval (the seed-to-seed spread); each arm minus the reference arm (the paper's:
   DenseNet201 if the grid has it, Augmentor balancing) and, when two or more factors vary over a
@@ -448,9 +449,26 @@ def _write(summary: dict, runs: list[RunResult] | None) -> None:
     print(f"wrote {ABLATION_MD}, {ABLATION_JSON}" + (f" and {ABLATION_DIR}/" if runs else ""))
 
 
-def write_report(prefix: str = "abl", header: str = "") -> dict:
-    """Collect the finished experiments and write metrics/ablation{.json,.md,/}."""
+def extended(committed: list[RunResult], new: list[RunResult]) -> list[RunResult]:
+    """The committed runs plus the new experiments (`pneumonia report --extend`): more seeds
+    added to a committed grid without re-running it, say after DVC's run cache was lost. A new
+    experiment may not reuse a committed run's name: that would overwrite its predictions."""
+    clash = sorted({r.name for r in committed} & {r.name for r in new})
+    if clash:
+        raise PipelineError(
+            f"--extend: experiment(s) {', '.join(clash)} are already in {ABLATION_DIR}/: the "
+            "committed run would be overwritten. Remove those experiments (`dvc exp remove "
+            "NAME`) or drop --extend to report the experiments alone.")
+    return sorted(committed + new, key=lambda r: r.name)
+
+
+def write_report(prefix: str = "abl", header: str = "", extend: bool = False) -> dict:
+    """Collect the finished experiments and write metrics/ablation{.json,.md,/}; with `extend`,
+    together with the runs the committed report already holds (their predictions are kept)."""
     runs = collect(prefix)
+    if extend:
+        runs = extended(load_committed(), runs)
+        header = header or committed_header()
     summary = summarize(runs, header=header)
     _write(summary, runs)
     return summary
@@ -477,11 +495,17 @@ def add_report_arguments(parser: argparse.ArgumentParser, predictions: Path) -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="abl", help="experiment name prefix (default abl)")
     add_report_arguments(parser, ABLATION_DIR)
+    parser.add_argument("--extend", action="store_true",
+                        help=f"add the finished experiments to the runs already in {ABLATION_DIR}/ "
+                             "(more seeds for a committed grid) instead of replacing them")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.from_committed and args.extend:
+        raise PipelineError("--from-committed and --extend exclude each other: --extend reads "
+                            "the finished experiments too.")
     if args.from_committed:
         rewrite_committed(args.header)
     else:
-        write_report(args.prefix, args.header or "")
+        write_report(args.prefix, args.header or "", extend=args.extend)
     return 0

@@ -198,6 +198,21 @@ def test_runs_on_different_test_sets_are_refused(test_set) -> None:
         report.summarize([a, b], n_resamples=50)
 
 
+def test_extend_adds_new_seeds_to_the_committed_runs_and_refuses_to_overwrite_one(
+        test_set) -> None:
+    labels, patients = test_set
+    prob = np.where(labels == 1, 0.8, 0.3)
+    committed = [_run(f"abl-x-s{s}", "x/augmentor/bn-frozen", s, prob, patients, labels)
+                 for s in (1, 2)]
+    new = [_run("abl-x-s3", "x/augmentor/bn-frozen", 3, prob, patients, labels)]
+    runs = report.extended(committed, new)
+    assert [r.name for r in runs] == ["abl-x-s1", "abl-x-s2", "abl-x-s3"]
+    assert report.summarize(runs, n_resamples=50)["arms"]["x/augmentor/bn-frozen"]["seeds"] == [
+        1, 2, 3]
+    with pytest.raises(PipelineError, match="abl-x-s2 are already in metrics/ablation/"):
+        report.extended(committed, [committed[1]])
+
+
 def test_committed_ablation_report_recomputes_from_its_predictions(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """metrics/ablation.md's numbers come from the committed per-run predictions: recompute."""
