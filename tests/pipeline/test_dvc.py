@@ -39,12 +39,16 @@ TINY = {
 DATA_STAGES = ("ingest", "balance", "split")
 
 
-def _set(raw: dict, dotted: str, value: object) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
+def set_params(repo: Path, overrides: dict[str, object]) -> None:
+    """Write dotted-key overrides (`train.epochs`) into repo/params.yaml."""
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -74,10 +78,7 @@ def make_project(dest: Path, overrides: dict[str, object]) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    for key, value in overrides.items():
-        _set(raw, key, value)
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    set_params(dest, overrides)
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny config")

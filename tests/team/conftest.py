@@ -24,22 +24,10 @@ pytest.importorskip("pgserver", reason="needs the `team` extra: pip install -e '
 pytest.importorskip("dvc_s3", reason="needs the `team` extra: pip install -e '.[team]'")
 
 from pneumonia.team.servers import BUCKET, CREDENTIALS, S3Server, TeamServers
-from tests.pipeline.test_dvc import TINY  # the bundled sample at 32 px, 2 epochs (~1 min)
+from tests.pipeline.test_dvc import TINY, make_project, set_params  # TINY: 32 px, 2 epochs
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "team-test"
-
-
-def set_params(repo: Path, overrides: dict[str, object]) -> None:
-    """Write dotted-key overrides into repo/params.yaml."""
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -73,21 +61,6 @@ def dvc(repo: Path, *args: str, env: dict[str, str] | None = None,
 
 def git(repo: Path, *args: str) -> str:
     return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], repo).stdout
-
-
-def make_project(dest: Path, overrides: dict[str, object]) -> Path:
-    """Copy the project's files (as a clone would have them) into `dest`, a fresh git repo."""
-    files = git(ROOT, "ls-files", "-co", "--exclude-standard").splitlines()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    set_params(dest, overrides)
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-qm", "tiny config")
-    return dest
 
 
 def configure_remote(repo: Path, endpoint: str, path: str = "dvcstore") -> None:
