@@ -299,8 +299,8 @@ def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
             e = entry["metrics"][m]
             if e["verdict"] != "within noise":
                 moved.append(f"{name} is {e['verdict']} on {m} ({e['delta']:+.3f}, 95 % CI "
-                             f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p = "
-                             f"{e['pvalue_holm']:.3f})")
+                             f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
+                             f"{_p_is(e['pvalue_holm'])})")
     if not moved:
         return (f"No arm differs from the paper's arm ({reference}) beyond noise in test "
                 f"accuracy or ROC AUC ({how}): at this scale the data cannot tell these choices "
@@ -319,6 +319,12 @@ def _signed(v: float | None) -> str:
 
 def _p(v: float | None) -> str:
     return "n/a" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def _p_is(v: float | None) -> str:
+    """A p-value in a sentence: "= 0.020", "< 0.001" (never "= 0.000")."""
+    text = _p(v)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _delta_ci(e: dict) -> str:
