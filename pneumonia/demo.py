@@ -16,43 +16,32 @@ from pathlib import Path
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import table3_markdown
+from pneumonia.experiments.presets import CPU_RECIPE
 from pneumonia.paths import TABLE3_JSON
 
-# Small enough for 2 CPU cores and no downloads: random init (weights none), 64-px images, three
-# epochs. The sample is far too small to learn much: the demo proves the pipeline, not the model.
-# A small-data recipe that learns on 2 CPU cores in a few minutes (issue 13): DenseNet121 (the
-# smallest DenseNet; same architecture family as the paper's 201) from random weights, every layer
-# trained at a from-scratch learning rate, BatchNorm moving statistics that settle within the
-# demo's ~100 steps (momentum 0.9: with Keras' 0.99 they still hold their initial values and the
-# model predicts one class in inference mode), op determinism so the same clone on the same
-# machine gives the same numbers. Since issue 21 it also takes the CPU recipe's levers
-# (metrics/recipe.md: `cpu` preset): the smaller head (64 units, dropout 0.3), a cosine schedule
-# after one warm-up epoch, all 15 epochs (no early stop) and an exponential moving average of every
-# weight, kept at the end. Its momentum is 0.95, not the recipe's 0.99: the demo has ~210 steps,
-# the recipe ~1160, and 0.95 keeps the average's window at the same ~10 % of the run. Measured on
-# an Intel Xeon (AMX) over 3 seeds x oneDNN on/off: accuracy 0.81-0.89 (mean 0.847), ROC AUC
-# 0.892-0.919, where the configuration before it gave 0.76-0.85 (0.825) and 0.806-0.908 on the
-# same kind of machine: steadier, not proven better on 100 test images (docs/experiments.md).
+# The CPU recipe (pneumonia.experiments.presets.CPU_RECIPE, the `cpu` preset: metrics/recipe.md)
+# scaled down to the bundled sample, offline, on 2 CPU cores: DenseNet121 (the smallest DenseNet;
+# same family as the paper's 201) from random weights at 64 px, every layer trained at a
+# from-scratch learning rate, BatchNorm momentum 0.9 (with Keras' 0.99 the moving statistics still
+# hold their initial values after the demo's few steps and the model predicts one class), a
+# 64-unit head, a cosine schedule after one warm-up epoch with no early stop, and an exponential
+# moving average of every weight, kept at the end. Scaled to the sample: 15 epochs of batch 16
+# (~210 steps), and EMA momentum 0.95 instead of 0.99 (the recipe has ~1160 steps; 0.95 keeps the
+# average's window at the same ~10 % of the run); op determinism, so the same clone on the same
+# machine gives the same numbers. The sample is far too small to learn much: the demo proves the
+# pipeline, not the model. Measured on an Intel Xeon (AMX) over 3 seeds x oneDNN on/off: accuracy
+# 0.81-0.89 (mean 0.847), ROC AUC 0.892-0.919, where the configuration before issue 21 (the
+# paper's head and callbacks) gave 0.76-0.85 (0.825) and 0.806-0.908 on the same kind of machine:
+# steadier, not proven better on 100 test images (docs/experiments.md).
 DEMO_OVERRIDES: dict[str, str] = {
     "data.raw": "data/sample/chest_xray",
-    "data.image_size": "64",
+    **CPU_RECIPE,
     "validate.table1_counts": "false",  # the sample does not have Table I's counts
     "balance.target_normal": "130",  # ~ the sample's PNEUMONIA training count
-    "model.backbone": "densenet121",
-    "model.weights": "none",
-    "model.trainable_layers": "1000",  # all of them (DenseNet121 has 427)
-    "model.bn_momentum": "0.9",
-    "lr": "1e-3",  # random init needs a far larger step than fine-tuning's 2e-6
     "train.epochs": "15",
     "train.batch_size": "16",
-    "train.deterministic": "true",
-    "model.dense_units": "64",
-    "model.dropout": "0.3",
-    "train.lr_schedule": "cosine",
-    "train.warmup_epochs": "1",
     "train.ema_momentum": "0.95",
-    "train.keep_weights": "last",
-    "train.early_stopping_patience": "100",  # no early stop: the schedule ends at epoch 15
+    "train.deterministic": "true",
     # The demo model may take the registry's `champion` alias at any accuracy, so `pneumonia
     # predict` works next (and warns: the model carries its provenance, trained on the sample).
     # Only in a store without a champion or whose champion is a demo too: the gate never lets a
