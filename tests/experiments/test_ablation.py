@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -214,6 +215,9 @@ def test_extend_adds_new_seeds_to_the_committed_runs_and_refuses_to_overwrite_on
         1, 2, 3]
     with pytest.raises(PipelineError, match="abl-x-s2 are already in metrics/ablation/"):
         report.extended(committed, [committed[1]])
+    both = argparse.Namespace(prefix="abl", header=None, from_committed=True, extend=True)
+    with pytest.raises(PipelineError, match="--from-committed and --extend exclude each other"):
+        report.command(both)
 
 
 def test_committed_ablation_report_recomputes_from_its_predictions(
