@@ -327,11 +327,13 @@ def model_to_register(run_file: dict[str, Any], threshold: float,
     if uri:
         try:
             config = Model.load(uri).flavors.get("python_function", {}).get("config") or {}
-            if abs(float(config.get("threshold", -1)) - threshold) < 1e-12 \
-                    and config.get("conformal") == conformal:
+            same_threshold = abs(float(config.get("threshold", -1)) - threshold) < 1e-12
+            if same_threshold and config.get("conformal") == conformal:
                 return uri
-            log.info("logged model %s has threshold %s, evaluate uses %g: logging a copy",
-                     uri, config.get("threshold"), threshold)
+            why = (f"has threshold {config.get('threshold')}, evaluate uses {threshold:g}"
+                   if not same_threshold else
+                   "has another conformal calibration than evaluate's (or none)")
+            log.info("logged model %s %s: logging a copy", uri, why)
         except (MlflowException, OSError) as exc:
             log.info("model %s not usable from this store (%s): logging it again", uri, exc)
     return log_model(MODEL_FILE, threshold, conformal=conformal, provenance=prov)
