@@ -19,23 +19,26 @@ from pneumonia.evaluation.paper import table3_markdown
 from pneumonia.experiments.presets import CPU_RECIPE
 from pneumonia.paths import TABLE3_JSON
 
-# The CPU recipe (pneumonia.experiments.presets.CPU_RECIPE, the `cpu` preset: metrics/recipe.md)
-# scaled down to the bundled sample, offline, on 2 CPU cores: DenseNet121 (the smallest DenseNet;
-# same family as the paper's 201) from random weights at 64 px, every layer trained at a
-# from-scratch learning rate, BatchNorm momentum 0.9 (with Keras' 0.99 the moving statistics still
-# hold their initial values after the demo's few steps and the model predicts one class), a
-# 64-unit head, a cosine schedule after one warm-up epoch with no early stop, and an exponential
-# moving average of every weight, kept at the end. Scaled to the sample: 15 epochs of batch 16
-# (~210 steps), and EMA momentum 0.95 instead of 0.99 (the recipe has ~1160 steps; 0.95 keeps the
-# average's window at the same ~10 % of the run); op determinism, so the same clone on the same
-# machine gives the same numbers. The sample is far too small to learn much: the demo proves the
-# pipeline, not the model. Measured on an Intel Xeon (AMX) over 3 seeds x oneDNN on/off: accuracy
-# 0.81-0.89 (mean 0.847), ROC AUC 0.892-0.919, where the configuration before issue 21 (the
-# paper's head and callbacks) gave 0.76-0.85 (0.825) and 0.806-0.908 on the same kind of machine:
-# steadier, not proven better on 100 test images (docs/experiments.md).
+# The CPU recipe's levers (pneumonia.experiments.presets.CPU_RECIPE, the `cpu` preset:
+# metrics/recipe.md) on the recipe search's small network, scaled down to the bundled sample,
+# offline, on 2 CPU cores: `small_cnn` (the `cnn-ema` candidate's plain 0.86 M-parameter CNN; on
+# the full data it ranked best, ROC AUC 0.976, at a quarter of DenseNet121's time) from random
+# weights at 64 px, every layer trained at a from-scratch learning rate, BatchNorm momentum 0.9
+# (with Keras' 0.99 the moving statistics still hold their initial values after the demo's few
+# steps and the model predicts one class), a 64-unit head, a cosine schedule after one warm-up
+# epoch with no early stop, and an exponential moving average of every weight, kept at the end.
+# Not DenseNet121 (the recipe's backbone), for time: on a 2-vCPU Intel Xeon, TensorFlow spends
+# ~1 min tracing DenseNet121's training step before the first one runs, and the demo took 5.3 min
+# with it; the small CNN traces in seconds (docs/experiments.md). Scaled to the sample: 15 epochs
+# of batch 16 (~210 steps), and EMA momentum 0.95 instead of 0.99 (the recipe has ~1160 steps;
+# 0.95 keeps the average's window at the same ~10 % of the run); op determinism, so the same
+# clone on the same machine gives the same numbers. The sample is far too small to learn much:
+# the demo proves the pipeline, not the model. Measured: docs/experiments.md, tests/pipeline/
+# test_demo.py.
 DEMO_OVERRIDES: dict[str, str] = {
     "data.raw": "data/sample/chest_xray",
     **CPU_RECIPE,
+    "model.backbone": "small_cnn",
     "validate.table1_counts": "false",  # the sample does not have Table I's counts
     "balance.target_normal": "130",  # ~ the sample's PNEUMONIA training count
     "train.epochs": "15",
@@ -95,7 +98,9 @@ def run() -> None:
     name = ref.rsplit("/", 1)[-1]
     # table3.json is a metric, kept in git (cache: false), so the experiment's commit holds it.
     table = table3_markdown(json.loads(_git("show", f"{ref}:{TABLE3_JSON.as_posix()}")))
-    print(f"\nDemo experiment `{name}` on the bundled sample (64 px, DenseNet121 from random weights, 15 epochs):\n")
+    print(f"\nDemo experiment `{name}` on the bundled sample ({DEMO_OVERRIDES['data.image_size']} px, "
+          f"{DEMO_OVERRIDES['model.backbone']} from random weights, "
+          f"{DEMO_OVERRIDES['train.epochs']} epochs):\n")
     print(table)
     print(
         "\nThe sample is tiny and the model starts from random weights: these numbers show the\n"

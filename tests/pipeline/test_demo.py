@@ -52,12 +52,13 @@ def test_demo_twice(tmp_path: Path) -> None:
     # are PNEUMONIA: a constant model scores 0.60 / AUC 0.5): both classes predicted, and
     # accuracy and ROC AUC above bars that hold on every CPU it was measured on. TensorFlow's
     # float results differ across CPUs (oneDNN's code paths), and this tiny from-scratch run
-    # amplifies them. Today's demo (the CPU recipe's levers, 2026-12-01): seeds 42 / 1 / 2 gave
-    # accuracy 0.82 / 0.84 / 0.87 on an Intel Xeon (AMX), 0.85 / 0.89 / 0.81 there with
-    # TF_ENABLE_ONEDNN_OPTS=0, ROC AUC 0.892 at worst; not measured on AMD. The configuration
-    # before it gave 0.86 / 0.83 / 0.86 on an AMD EPYC, 0.76 / 0.82 / 0.84 on the Intel, 0.84 /
-    # 0.84 / 0.85 with oneDNN off, ROC AUC 0.806 at worst. The bars sit below the worst of all
-    # of those, with room for the CPUs not measured (docs/experiments.md).
+    # amplifies them. Today's demo (small_cnn with the CPU recipe's levers, 2026-12-01): seeds
+    # 42 / 1 / 2 gave accuracy 0.87 / 0.86 / 0.88 on an Intel Xeon (AMX), 0.87 / 0.86 / 0.86
+    # there with TF_ENABLE_ONEDNN_OPTS=0, ROC AUC 0.917 at worst; not measured on AMD. DenseNet121
+    # with the same levers gave 0.81-0.89 / 0.892 at worst there; the configuration before both
+    # gave 0.86 / 0.83 / 0.86 on an AMD EPYC, 0.76 / 0.82 / 0.84 on the Intel, 0.84 / 0.84 / 0.85
+    # with oneDNN off, ROC AUC 0.806 at worst. The bars sit below the worst of all of those, with
+    # room for the CPUs not measured (docs/experiments.md).
     predicted = git(repo, "show", f"{ref}:metrics/predictions.csv").splitlines()[1:]
     assert {line.split(",")[4] for line in predicted} == {"NORMAL", "PNEUMONIA"}
     assert accuracy >= DEMO_MIN_ACCURACY and evaluation["roc_auc"] >= DEMO_MIN_AUC, evaluation
