@@ -267,10 +267,19 @@ def power(arms: dict, comparisons: dict, metric: str = "accuracy") -> dict[str, 
     se_tests = [c["metrics"][metric]["se_test"] for c in comparisons.values()
                 if not c["main_effect"] and c["metrics"][metric]["se_test"] is not None]
     se_test = float(np.median(se_tests)) if se_tests else None
+    pair = seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER) if sd is not None else None
+    # A main effect compares two levels that each average k arms (k = the other factors' level
+    # combinations): its seed part is that of two arms of k x n seeds each, so it needs about
+    # 1/k of a pair's seeds per arm (at least 2; the fewest arms per level decides).
+    per_level = [sum(1 for w in c["arms"].values() if w > 0)
+                 for c in comparisons.values() if c["main_effect"]]
+    k = min(per_level) if per_level else None
+    main = (None if k is None or sd is None
+            else max(2, math.ceil((pair or 2) / k)))
     return {"metric": metric, "difference": POWER_DIFFERENCE, "alpha": ALPHA, "power": POWER,
             "pooled_seed_sd": sd, "n_runs": sum(len(a["seeds"]) for a in arms.values()),
-            "seeds_per_arm": seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER)
-            if sd is not None else None,
+            "seeds_per_arm": pair,
+            "main_effect_arms_per_level": k, "main_effect_seeds_per_arm": main,
             "se_test": se_test,
             "floor": detectable_floor(se_test, ALPHA, POWER) if se_test is not None else None}
 
@@ -347,6 +356,10 @@ def power_text(p: dict) -> str:
             f"uncertain). Detecting a {p['difference'] * 100:g}-point {p['metric']} difference "
             f"between two arms (two-sided {p['alpha'] * 100:g} %, {p['power'] * 100:g} % power) "
             f"takes {need} (statsmodels TTestIndPower).")
+    if p.get("main_effect_seeds_per_arm") is not None:
+        text += (f" A main effect (one factor's level against another, each the average of "
+                 f"{p['main_effect_arms_per_level']} arms: the question the grid asks) takes "
+                 f"about **{p['main_effect_seeds_per_arm']} seeds per arm**.")
     if p["se_test"] is not None:
         text += (f" The test set's patient sampling adds se {p['se_test']:.3f} to a difference "
                  "(measured at this report's seeds); if none of it shrank with more seeds, no "

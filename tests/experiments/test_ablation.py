@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,17 @@ def test_two_factor_grid_compares_with_the_papers_arm_and_reports_main_effects(t
     assert s["n_tests"] == 2 * (5 + 3)  # Holm over every primary comparison
     md = report.markdown(s)
     assert "balance: none - augmentor (main effect)" in md and "averaged over" in md
+    # Power of a main effect: each balancing level averages the 2 backbones' arms (the backbone
+    # levels average 3: the fewer decides), so 2 x n seeds stand on each side of the difference.
+    from statsmodels.stats.power import TTestIndPower
+
+    pw = s["power"]
+    n, effect = pw["main_effect_seeds_per_arm"], 0.02 / pw["pooled_seed_sd"]
+    assert pw["main_effect_arms_per_level"] == 2
+    assert n == max(2, math.ceil(pw["seeds_per_arm"] / 2)) < pw["seeds_per_arm"]
+    assert TTestIndPower().power(effect, 2 * n, 0.05) >= 0.8
+    assert n == 2 or TTestIndPower().power(effect, 2 * (n - 1), 0.05) < 0.8
+    assert f"each the average of 2 arms: the question the grid asks) takes about **{n} seeds" in md
     # an incomplete grid gets no main effects, and says why
     partial = report.summarize([r for r in runs if r.arm != "resnet50/none/bn-frozen"],
                                n_resamples=200)
