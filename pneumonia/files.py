@@ -16,6 +16,32 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``doc`` at the dotted ``keys``, nested as in ``doc``, in the keys' order;
+    a key the record lacks is left out (e.g. train's `seconds` before training finished)."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        src, dst = doc, out
+        for part in parents:
+            src = src.get(part) if isinstance(src, dict) else None
+            dst = dst.setdefault(part, {})
+        if isinstance(src, dict) and leaf in src:
+            dst[leaf] = src[leaf]
+    return out
+
+
+def write_metrics(doc: dict[str, Any], path: Path) -> Path:
+    """A stage's metrics: the complete record to metrics/details/<name>, its headline
+    (paths.HEADLINE) to ``path``, the file DVC shows. Returns the details file."""
+    from pneumonia.paths import DETAILS, HEADLINE
+
+    details = DETAILS / path.name
+    write_json(doc, details)
+    write_json(headline(doc, HEADLINE[path.name]), path)
+    return details
+
+
 def workers(n: int) -> int:
     """Resolve a `workers` param: 0 means one worker per available CPU core."""
     if n > 0:

@@ -37,6 +37,35 @@ PREDICTIONS_CSV = METRICS / "predictions.csv"  # one row per test image, in git
 RISK_COVERAGE_CSV = METRICS / "risk_coverage.csv"  # conformal sets' selective risk, a DVC plot
 REGISTRY_JSON = METRICS / "registry.json"  # evaluate: registered version, champion gate decision
 GRADCAM_DIR = METRICS / "gradcam"  # evaluate: Grad-CAM overlays of test errors and correct cases
+PREDICTIONS_VAL_CSV = METRICS / "predictions_val.csv"  # evaluate: the validation originals, in git
+
+# What DVC shows (`dvc exp show`, `dvc metrics diff`): each stage's `metrics:` file holds only its
+# HEADLINE, the values a person compares across runs (about 40 in all). The stage's complete
+# record, every value it held before, is metrics/details/<same name> (in git: a DVC plot entry
+# with cache: false; validate's, whose lists DVC's plot renderer cannot read, a cached out).
+# pneumonia.files.write_metrics writes both. Keys are dotted paths into the record.
+DETAILS = METRICS / "details"
+EVALUATE_DETAILS = DETAILS / "evaluate.json"
+SPLIT_DETAILS = DETAILS / "split.json"
+TRAIN_DETAILS = DETAILS / "train.json"
+VALIDATION_DETAILS = DETAILS / "validation.json"
+HEADLINE: dict[str, tuple[str, ...]] = {
+    # evaluate first in dvc.yaml, so `dvc exp show` starts here (pneumonia.evaluation.evaluate)
+    "evaluate.json": (
+        "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+        "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
+        "NORMAL_precision", "NORMAL_recall", "NORMAL_f1",
+        "PNEUMONIA_precision", "PNEUMONIA_recall", "PNEUMONIA_f1",
+        "table3_consistent", "gate_decision",
+        "val_accuracy", "val_roc_auc", "val_loss", "threshold", "n_test",
+    ),
+    "train.json": ("best_val_loss", "best_val_accuracy", "epochs_run", "seconds"),
+    "validation.json": ("success", "rows", "expectations_evaluated", "expectations_failed",
+                        "duplicate_groups_within_split", "duplicate_groups_across_splits",
+                        "patients_in_train_and_test"),
+    "split.json": ("counts.train.total", "counts.val.total", "counts.test.total",
+                   "patients_in_train_and_val"),
+}
 
 MODELS = Path("models")
 MODEL_FILE = MODELS / "model.keras"

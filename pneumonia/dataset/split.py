@@ -31,7 +31,7 @@ from collections import Counter
 import pandas as pd
 
 from pneumonia.errors import PipelineError
-from pneumonia.files import write_json
+from pneumonia.files import write_metrics
 from pneumonia.params import Params
 from pneumonia.paths import (
     BALANCED_MANIFEST,
@@ -179,7 +179,7 @@ def run(params: Params) -> dict:
     if metrics["patients_in_train_and_val"] or metrics["identical_images_in_train_and_val"]:
         raise PipelineError("internal error: a patient or an image ended up in both train and "
                             "val.")
-    write_json(metrics, SPLIT_JSON)
+    write_metrics(metrics, SPLIT_JSON)  # headline; details/split.json: all
     log.info("split: train %d, val %d (%.1f %%), test %d", metrics["counts"]["train"]["total"],
              metrics["counts"]["val"]["total"], 100 * metrics["val_fraction"],
              metrics["counts"]["test"]["total"])

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.errors import PipelineError
-from pneumonia.files import write_json
+from pneumonia.files import write_metrics
 from pneumonia.params import Params
 from pneumonia.paths import (
     CLASSES,
@@ -322,7 +322,7 @@ def run(params: Params) -> dict[str, Any]:
             "warnings": unchecked + ([] if leak_is_error else leak_msgs),
         },
     }
-    write_json(report, VALIDATION_JSON)
+    write_metrics(report, VALIDATION_JSON)  # headline; details/validation.json: all
     VALIDATION_MD.write_text(_markdown(report, failed, unchecked + leak_msgs), encoding="utf-8")
 
     for msg in unchecked:

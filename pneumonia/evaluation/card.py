@@ -68,6 +68,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _record(metrics: Path, name: str) -> dict[str, Any] | None:
+    """A stage's complete record: metrics/details/<name> (pneumonia.files.write_metrics), or
+    metrics/<name> itself in a revision written before the headline split."""
+    return _read_json(metrics / "details" / name) or _read_json(metrics / name)
+
+
 def _train_params(lock: Path) -> dict[str, Any]:
     """The train stage's params as dvc.lock records them (flattened), or {} without a lock."""
     if not lock.is_file():
@@ -83,8 +89,8 @@ def _train_params(lock: Path) -> dict[str, Any]:
 
 def data_lines(metrics: Path) -> list[str]:
     """The data facts the validate and split stages measured."""
-    val = _read_json(metrics / "validation.json")
-    split = _read_json(metrics / "split.json")
+    val = _record(metrics, "validation.json")
+    split = _record(metrics, "split.json")
     lines = ["### Data, as the pipeline measured it", ""]
     if val is None or split is None:
         return [*lines, ("metrics/validation.json or metrics/split.json is missing: run "
@@ -111,7 +117,7 @@ def evaluate_lines(metrics: Path, lock: Path) -> list[str]:
     """The evaluated model's test metrics with intervals, or the honest statement that there
     is none."""
     lines = ["### The evaluated model (metrics/evaluate.json)", ""]
-    ev = _read_json(metrics / "evaluate.json")
+    ev = _record(metrics, "evaluate.json")
     if ev is None:
         return [*lines,
                 ("**None yet.** metrics/evaluate.json does not exist in this revision: the paper "

@@ -73,12 +73,13 @@ from pneumonia.evaluation.plots import (
     roc_table,
 )
 from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
-from pneumonia.files import sha256_file, write_json
+from pneumonia.files import sha256_file, write_json, write_metrics
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
 from pneumonia.params import Params, flatten
 from pneumonia.paths import (
     CONFUSION_PNG,
+    EVALUATE_DETAILS,
     EVALUATE_JSON,
     GRADCAM_DIR,
     LABELS,
@@ -86,11 +87,13 @@ from pneumonia.paths import (
     MODEL_FILE,
     PR_CSV,
     PREDICTIONS_CSV,
+    PREDICTIONS_VAL_CSV,
     RELIABILITY_CSV,
     ROC_CSV,
     SPLIT_CSV,
     TABLE3_JSON,
     TABLE3_MD,
+    VALIDATION_DETAILS,
     VALIDATION_JSON,
 )
 
@@ -171,6 +174,26 @@ def leakage_of(rows: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
             "Run `dvc repro` to rebuild them together."
         )
     return leaks.loc[rows["image_id"]].reset_index()
+
+
+def validation_metrics(y_val: np.ndarray, prob_val: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The validation originals at the decision threshold: `val_accuracy`, `val_roc_auc` (None
+    with one class) and `val_loss` (binary cross-entropy of P(PNEUMONIA), clipped as Keras does).
+    What a recipe is chosen on; the test set never is."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_val, dtype=int)
+    p = np.asarray(prob_val, dtype=float)
+    if y.size == 0:
+        return {"val_accuracy": None, "val_roc_auc": None, "val_loss": None}
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    loss = -np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
+    return {
+        "val_accuracy": round(float(np.mean(predict_labels(p, threshold) == y)), 6),
+        "val_roc_auc": round(float(roc_auc_score(y, p)), 6) if len(set(y.tolist())) == 2
+        else None,
+        "val_loss": round(float(loss), 6),
+    }
 
 
 def threshold_warning(earlier: list[float], threshold: float) -> str:
@@ -262,11 +285,16 @@ def run(params: Params) -> dict[str, Any]:
         (np.asarray(labels_of(val)), val_prob, val["patient_id"].astype(str).to_numpy()),
         e.conformal_alpha, **boot)
     metrics.update(extra.metrics)
-    write_json(metrics, EVALUATE_JSON)
+    y_val = np.asarray(labels_of(val))
+    metrics.update(validation_metrics(y_val, val_prob, t))
 
     table3 = table3_report(metrics, (y_true, prob, groups), subsets[0], params, n_validation,
                            warning, leakfree_alt=subsets[1])
     write_json(table3, TABLE3_JSON)
+    metrics["table3_consistent"] = table3["table3_consistent"]
+    # The headline for DVC (metrics/evaluate.json) and every key (metrics/details/evaluate.json);
+    # written again with the gate's decision once the model is registered.
+    write_metrics(metrics, EVALUATE_JSON)
     markdown = table3_markdown(table3) + "\n" + extra.markdown
     TABLE3_MD.write_text(markdown, encoding="utf-8")
 
@@ -285,6 +313,11 @@ def run(params: Params) -> dict[str, Any]:
         }
     ).sort_values("image_id")
     predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
+    # The validation originals the same way (what a recipe or threshold is chosen on).
+    pd.DataFrame({"image_id": val["image_id"], "patient_id": val["patient_id"],
+                  "actual": val["label"], "probability": np.round(val_prob, 6)}
+                 ).sort_values("image_id").to_csv(PREDICTIONS_VAL_CSV, index=False,
+                                                  lineterminator="\n")
     roc_table(y_true, prob).to_csv(ROC_CSV, index=False)
     reliability = reliability_frame(y_true, prob)
     reliability.to_csv(RELIABILITY_CSV, index=False, lineterminator="\n")
@@ -315,7 +348,7 @@ def run(params: Params) -> dict[str, Any]:
         mlflow.log_text((warning + "\n\n" if warning else "") + report,
                         "evaluate/classification_report.txt")
         for path in (CONFUSION_PNG, TABLE3_MD, TABLE3_JSON, PREDICTIONS_CSV, ROC_CSV,
-                     RELIABILITY_CSV, PR_CSV):
+                     RELIABILITY_CSV, PR_CSV, PREDICTIONS_VAL_CSV):
             mlflow.log_artifact(str(path), artifact_path="evaluate")
         if len(reliability) and len(pr):
             with tempfile.TemporaryDirectory() as tmp:
@@ -323,8 +356,9 @@ def run(params: Params) -> dict[str, Any]:
                 plot_calibration(reliability, pr, png, f"n = {len(rows)} test images")
                 mlflow.log_artifact(str(png), artifact_path="evaluate")
         further.log_artifacts(extra, len(rows))
-        if VALIDATION_JSON.is_file():
-            mlflow.log_artifact(str(VALIDATION_JSON), artifact_path="validate")
+        for path in (VALIDATION_JSON, VALIDATION_DETAILS):
+            if path.is_file():
+                mlflow.log_artifact(str(path), artifact_path="validate")
         mlflow.set_tag("evaluate.threshold", f"{t:g}")
         mlflow.set_tag("evaluate.threshold_chosen", f"{chosen:.4g} ({e.threshold_rule})")
         if warning:
@@ -333,7 +367,11 @@ def run(params: Params) -> dict[str, Any]:
         log.info("logged test metrics to MLflow run %s", mlrun.info.run_id)
         # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
         e = params.evaluate
-        registry.register_and_gate(params, run_info, metrics, predictions, mlrun.info.run_id)
+        decision, _ = registry.register_and_gate(params, run_info, metrics, predictions,
+                                                 mlrun.info.run_id)
+        metrics["gate_decision"] = decision.alias  # champion | challenger (metrics/registry.json)
+        write_metrics(metrics, EVALUATE_JSON)
+        mlflow.log_artifact(str(EVALUATE_DETAILS), artifact_path="evaluate")
         from pneumonia.inference.gradcam import explain_test_cases
 
         explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,

@@ -13,7 +13,11 @@ SETTINGS = ("threshold", "threshold_rule", "bootstrap_resamples", "seed", "ci_le
             "undefined", "leakfree_undefined", "leakfree_alt_undefined", "chosen_undefined",
             "threshold_warning", "leakfree_patient_rule", "leakfree_alt_patient_rule",
             # pneumonia.evaluation.further: the task, words, and the conformal alpha (a param)
-            "task", "cause_undefined", "conformal_alpha", "conformal_coverage_verdict")
+            "task", "cause_undefined", "conformal_alpha", "conformal_coverage_verdict",
+            # the headline's copies: Table III's count is logged below, the gate's word is a tag
+            "table3_consistent", "gate_decision")
+# Validation-originals metrics (not test metrics): MLflow names `evaluate_val_accuracy`, ...
+VALIDATION = ("val_accuracy", "val_roc_auc", "val_loss")
 
 
 def mlflow_metrics(metrics: dict[str, Any], table3: dict[str, Any]) -> dict[str, float]:
@@ -24,8 +28,11 @@ def mlflow_metrics(metrics: dict[str, Any], table3: dict[str, Any]) -> dict[str,
     out = {
         metric_name(k): float(v)
         for k, v in metrics.items()
-        if k not in SETTINGS and isinstance(v, (int, float)) and v is not None
+        if k not in SETTINGS and k not in VALIDATION and isinstance(v, (int, float))
+        and v is not None
     }
+    out |= {f"evaluate_{k}": float(metrics[k]) for k in VALIDATION
+            if isinstance(metrics.get(k), (int, float))}
     out["threshold_chosen"] = float(metrics["threshold_chosen"])
     for key in ("table3_consistent", "table3_cells", "baseline_consistent", "baseline_cells"):
         out[key] = float(table3[key])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia.errors import PipelineError
-from pneumonia.paths import EVALUATE_JSON, MODEL_FILE
+from pneumonia.paths import EVALUATE_DETAILS, EVALUATE_JSON, MODEL_FILE
 
 if TYPE_CHECKING:
     import keras
@@ -236,21 +236,21 @@ def chosen_threshold(spec: str) -> tuple[float, str]:
         return _chosen_from_run(run_id, spec)
     if Path(spec).resolve() != MODEL_FILE.resolve():
         raise PipelineError(f"--threshold {CHOSEN}: nothing records a threshold chosen for {spec} "
-                            f"(only {MODEL_FILE}, via {EVALUATE_JSON}, and registered models do); "
+                            f"(only {MODEL_FILE}, via {EVALUATE_DETAILS}, and registered models do); "
                             "give --threshold a number.")
     try:
-        doc = json.loads(EVALUATE_JSON.read_text(encoding="utf-8"))
+        doc = json.loads(EVALUATE_DETAILS.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise PipelineError(f"--threshold {CHOSEN}: {EVALUATE_JSON} is missing or unreadable; run "
+        raise PipelineError(f"--threshold {CHOSEN}: {EVALUATE_DETAILS} is missing or unreadable; run "
                             "`dvc repro evaluate` first, or give --threshold a number.") from None
     rule = doc.get("threshold_rule") if isinstance(doc, dict) else None
     value = doc.get("threshold_chosen") if isinstance(doc, dict) else None
     if rule != "youden" or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise PipelineError(
-            f"--threshold {CHOSEN}: {EVALUATE_JSON} has threshold_rule {rule or 'unknown'}, so no "
+            f"--threshold {CHOSEN}: {EVALUATE_DETAILS} has threshold_rule {rule or 'unknown'}, so no "
             "threshold was chosen on the validation images. Set evaluate.threshold_rule: youden in "
             "params.yaml and run `dvc repro evaluate`, or give --threshold a number.")
-    return float(value), f"{EVALUATE_JSON} threshold_chosen (youden, validation)"
+    return float(value), f"{EVALUATE_DETAILS} threshold_chosen (youden, validation)"
 
 
 def _describe_aliases(name: str) -> str:
@@ -267,13 +267,13 @@ def _describe_aliases(name: str) -> str:
 
 
 def workspace_qhat() -> tuple[float, str] | None:
-    """metrics/evaluate.json `conformal_qhat` (evaluate's calibration of models/model.keras)."""
+    """metrics/details/evaluate.json `conformal_qhat` (evaluate's calibration of models/model.keras)."""
     try:
-        value = json.loads(EVALUATE_JSON.read_text(encoding="utf-8")).get("conformal_qhat")
+        value = json.loads(EVALUATE_DETAILS.read_text(encoding="utf-8")).get("conformal_qhat")
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(value, (int, float)) and 0 <= value <= 1:
-        return float(value), f"{EVALUATE_JSON} conformal_qhat"
+        return float(value), f"{EVALUATE_DETAILS} conformal_qhat"
     return None
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumonia import provenance, tracking
 from pneumonia.errors import PipelineError
-from pneumonia.files import sha256_file, write_json
+from pneumonia.files import sha256_file, write_json, write_metrics
 from pneumonia.model import backup
 from pneumonia.model.inputs import (
     check_images,
@@ -47,7 +47,14 @@ from pneumonia.model.network import build_model, resolve_weights
 from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.model.tasks import n_outputs, target_indices, targets
 from pneumonia.params import Params, arm_of, training_params
-from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
+from pneumonia.paths import (
+    MODEL_FILE,
+    MODELS,
+    SPLIT_CSV,
+    TRAIN_DETAILS,
+    TRAIN_HISTORY,
+    TRAIN_JSON,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -465,7 +472,7 @@ def run(params: Params) -> dict[str, Any]:
 
     # Finished: the resume state is no longer needed (a re-run starts fresh).
     shutil.rmtree(backup_dir, ignore_errors=True)
-    return json.loads(TRAIN_JSON.read_text())
+    return json.loads(TRAIN_DETAILS.read_text())
 
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
@@ -539,7 +546,7 @@ def _train_and_log(
     summary["seconds"] = round(time.monotonic() - started, 1)
     # Keras 3 wraps the optimizer in a LossScaleOptimizer under mixed_float16 (compile).
     summary["loss_scaling"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    write_json(summary, TRAIN_JSON)
+    write_metrics(summary, TRAIN_JSON)  # headline; details/train.json: the summary
     write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
     progress["saved"] = True
     # What the model was trained on (the bundled sample, the full dataset, other): travels
@@ -562,7 +569,7 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     final = {k: summary[k] for k in FINAL_METRICS} | {"train_seconds": summary["seconds"]}
     mlflow.log_metrics({k: float(v) for k, v in final.items() if v is not None})
     mlflow.set_tag("saved_weights", summary["saved_weights"])
-    mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
+    mlflow.log_artifact(str(TRAIN_DETAILS), artifact_path="train")
     mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
     # The served model: a pyfunc taking image bytes (pneumonia.inference.pyfunc), with the
     # default threshold 0.5 (evaluate re-logs it if it applies another one: train does not
