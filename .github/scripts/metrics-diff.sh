@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The pull-request report: `dvc metrics diff` and `dvc params diff` against the base revision as
-# markdown ($REPORT) with `pneumonia compare`'s paired report, and `dvc plots diff` rendered to
-# $PLOTS. Called by
+# The pull-request report (markdown, $REPORT), the answer first: `pneumonia compare`'s paired
+# comparison of the two revisions' test predictions (deltas with intervals and verdicts), then the
+# headline `dvc metrics diff` (the stages' metrics files: pneumonia/paths.py HEADLINE), `dvc params
+# diff`, and every other value's diff (metrics/details/, table3.json, registry.json) folded in a
+# <details> block; `dvc plots diff` rendered to $PLOTS. Called by
 # .github/workflows/metrics-diff.yml; runs the same on any machine with DVC and the remote's
-# credentials (tests/team/test_metrics_diff.py runs it against a local S3 server).
+# credentials (tests/team/test_metrics_diff.py runs it against a local S3 server,
+# tests/experiments/test_metrics_report.py against a local remote).
 #
 # Environment:
 #   BASE                    base revision, e.g. origin/main (required)
@@ -41,22 +44,36 @@ fi
 {
   echo "## Model changes vs \`$BASE\`"
   echo
-  echo "### Metrics"
-  dvc metrics diff "$BASE" --md --precision 4
-  echo
-  echo "### Params"
-  dvc params diff "$BASE" --md
-  echo
-  echo "Plots (confusion matrix, ROC, training curves): see the \`dvc-plots\` artifact of this run."
-  echo
 } > "$REPORT"
 # Is the change real or noise? The paired comparison of both revisions' test predictions
 # (metrics/predictions.csv, in git): deltas with patient-bootstrap intervals, McNemar, DeLong.
 # It needs only numpy/pandas/scipy/statsmodels (no TensorFlow); a revision without predictions
 # gets one line saying so instead of failing the report.
 if ! "$PYTHON" -m pneumonia compare "$BASE" HEAD >> "$REPORT" 2> compare.err; then
-  { echo; echo "_pneumonia compare could not run:_ $(tail -n 1 compare.err)"; } >> "$REPORT"
+  { echo "_pneumonia compare could not run:_ $(tail -n 1 compare.err)"; echo; } >> "$REPORT"
 fi
 rm -f compare.err
+# Every other value DVC can diff, from git: the stages' complete records and Table III's cells
+# (not validate's: a cached out, outside git).
+mapfile -t full < <(git ls-files -- metrics/details metrics/table3.json metrics/registry.json \
+  | grep '\.json$' || true)
+{
+  echo
+  echo "### Headline metrics"
+  dvc metrics diff "$BASE" --md --precision 4
+  echo
+  echo "### Params"
+  dvc params diff "$BASE" --md
+  echo
+  if (( ${#full[@]} )); then
+    echo "<details><summary>Every other value (${full[*]})</summary>"
+    echo
+    dvc metrics diff "$BASE" --md --precision 4 --targets "${full[@]}"
+    echo
+    echo "</details>"
+    echo
+  fi
+  echo "Plots (confusion matrix, ROC, training curves): see the \`dvc-plots\` artifact of this run."
+} >> "$REPORT"
 dvc plots diff "$BASE" --out "$PLOTS" > /dev/null
 echo "wrote $REPORT and $PLOTS/"
