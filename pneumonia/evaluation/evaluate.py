@@ -356,9 +356,11 @@ def run(params: Params) -> dict[str, Any]:
                 plot_calibration(reliability, pr, png, f"n = {len(rows)} test images")
                 mlflow.log_artifact(str(png), artifact_path="evaluate")
         further.log_artifacts(extra, len(rows))
-        for path in (VALIDATION_JSON, VALIDATION_DETAILS):
+        # validate's complete record (its headline is a subset of it)
+        for path in (VALIDATION_DETAILS, VALIDATION_JSON):
             if path.is_file():
                 mlflow.log_artifact(str(path), artifact_path="validate")
+                break
         mlflow.set_tag("evaluate.threshold", f"{t:g}")
         mlflow.set_tag("evaluate.threshold_chosen", f"{chosen:.4g} ({e.threshold_rule})")
         if warning:

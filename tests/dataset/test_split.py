@@ -10,7 +10,7 @@ import pytest
 
 from pneumonia.dataset import balance, ingest, split
 from pneumonia.errors import PipelineError
-from pneumonia.paths import BALANCED_MANIFEST, SPLIT_CSV, SPLIT_JSON
+from pneumonia.paths import BALANCED_MANIFEST, SPLIT_CSV, SPLIT_DETAILS, SPLIT_JSON
 from tests.conftest import make_params, tree_hashes
 
 
@@ -40,7 +40,11 @@ def test_sample_split(workdir: Path, mini_raw: Path) -> None:
     assert len(s) == len(manifest) + len(pd.read_csv(BALANCED_MANIFEST))
     assert metrics["patients_in_train_and_val"] == 0
     assert metrics["counts"]["val"]["total"] > 0
-    assert json.loads(SPLIT_JSON.read_text()) == metrics
+    assert json.loads(SPLIT_DETAILS.read_text()) == metrics  # the complete record
+    headline = json.loads(SPLIT_JSON.read_text())  # what DVC shows: the counts per subset
+    assert headline == {"counts": {s: {"total": metrics["counts"][s]["total"]}
+                                   for s in ("train", "val", "test")},
+                        "patients_in_train_and_val": 0}
     order = {"train": 0, "val": 1, "test": 2}
     keys = list(zip(s.subset.map(order), s.label, s.image_id, strict=True))
     assert keys == sorted(keys)
@@ -77,7 +81,7 @@ def test_balanced_csv_from_elsewhere_is_refused(workdir: Path, mini_raw: Path) -
 
 def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(full_project)
-    metrics = json.loads(SPLIT_JSON.read_text())
+    metrics = json.loads(SPLIT_DETAILS.read_text())
     s = pd.read_csv(SPLIT_CSV, keep_default_na=False)
     _check_contract(s, pd.read_csv("data/manifest.csv", keep_default_na=False))
     c = metrics["counts"]

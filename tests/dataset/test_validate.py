@@ -12,7 +12,7 @@ from PIL import Image
 
 from pneumonia.dataset import ingest, validate
 from pneumonia.errors import PipelineError
-from pneumonia.paths import MANIFEST, VALIDATION_JSON, VALIDATION_MD
+from pneumonia.paths import MANIFEST, VALIDATION_DETAILS, VALIDATION_JSON, VALIDATION_MD
 from tests.conftest import make_params, tree_hashes
 
 
@@ -53,7 +53,7 @@ def test_tiny_image_fails_size_bounds_naming_it(workdir: Path, mini_raw: Path) -
             "from train/NORMAL/IM-9201-0001.jpeg") in message
     assert "validate.min_side" in message
     # The reports are written before failing, so the user can read them.
-    saved = json.loads(VALIDATION_JSON.read_text())
+    saved = json.loads(VALIDATION_DETAILS.read_text())  # the complete record
     failed = {e["name"]: e for e in saved["details"]["expectations"] if not e["success"]}
     assert set(failed) == {"width_within_bounds", "height_within_bounds"}
     assert failed["width_within_bounds"]["examples"][0]["image_id"] == "IM-9201-0001"
@@ -166,7 +166,7 @@ def test_missing_column_fails_cleanly(workdir: Path, mini_raw: Path) -> None:
 
 def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(full_project)
-    report = json.loads(VALIDATION_JSON.read_text())
+    report = json.loads(VALIDATION_DETAILS.read_text())
     assert report["success"] and report["rows"] == 5856
     t1 = next(e for e in report["details"]["expectations"] if e["name"] == "table1_counts")
     assert t1["success"]

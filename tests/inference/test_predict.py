@@ -172,13 +172,14 @@ def test_threshold_chosen_is_the_validation_chosen_one_of_evaluate_json(
     not `threshold`; with rule `fixed` there is none and the command says so (exit 2)."""
     (no_store / "models").mkdir()
     shutil.copy(model_file, no_store / "models" / "model.keras")
-    (no_store / "metrics").mkdir()
-    evaluate_json = no_store / "metrics" / "evaluate.json"
+    (no_store / "metrics" / "details").mkdir(parents=True)
+    (no_store / "metrics" / "evaluate.json").write_text(json.dumps({"threshold": 0.5}))
+    evaluate_json = no_store / "metrics" / "details" / "evaluate.json"  # the complete record
     evaluate_json.write_text(json.dumps(
         {"threshold": 0.5, "threshold_rule": "youden", "threshold_chosen": 0.4213}))
     code, out, err = run([str(NORMAL[0]), "--threshold", "chosen"], capsys)
     assert code == 0, err
-    assert "threshold 0.4213 (metrics/evaluate.json threshold_chosen" in err
+    assert "threshold 0.4213 (metrics/details/evaluate.json threshold_chosen" in err
     assert next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.4213"
     code, out, _ = run([str(NORMAL[0])], capsys)  # the default stays evaluate's `threshold`
     assert code == 0 and next(iter(csv.DictReader(out.splitlines())))["threshold"] == "0.5"

@@ -48,7 +48,7 @@ def test_training_learns_on_the_sample(tmp_path: Path) -> None:
     assert len(history) == 15
     first, best = history["val_loss"].iloc[0], history["val_loss"].min()
     assert best < 0.7 * first, history.to_string()  # validation loss falls
-    ev = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    ev = json.loads((tmp_path / "metrics/details/evaluate.json").read_text())
     majority = max(ev["NORMAL_support"], ev["PNEUMONIA_support"]) / ev["n_test"]
     assert ev["accuracy"] >= majority + 0.05, (ev["accuracy"], majority)
     assert ev["roc_auc"] > 0.7

@@ -157,12 +157,13 @@ def test_served_answer_and_predict_columns(tmp_path: Path, capsys, monkeypatch) 
             pytest.approx(1, abs=1e-5)
         assert "prediction_set" not in row  # no calibration for a model file from elsewhere
 
-    # The workspace's model: evaluate's calibration (metrics/evaluate.json) gives each image a set
+    # The workspace's model: evaluate's calibration (metrics/details/evaluate.json) gives each
+    # image a set
     workspace = tmp_path / "ws"
     (workspace / "models").mkdir(parents=True)
-    (workspace / "metrics").mkdir()
+    (workspace / "metrics/details").mkdir(parents=True)
     model_file.rename(workspace / "models/model.keras")
-    (workspace / "metrics/evaluate.json").write_text(json.dumps(
+    (workspace / "metrics/details/evaluate.json").write_text(json.dumps(
         {"threshold": 0.5, "conformal_qhat": 0.4}))
     monkeypatch.chdir(workspace)
     with pytest.raises(SystemExit) as done:

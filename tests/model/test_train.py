@@ -60,12 +60,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert second.returncode == 0, second.stderr[-3000:]
     evaluate = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    saved = {p: (root / p).read_bytes() for p in ("metrics/evaluate.json", "metrics/table3.md")}
+    saved = {p: (root / p).read_bytes() for p in ("metrics/details/evaluate.json", "metrics/table3.md")}
     # The same threshold, the Youden threshold chosen on the validation images beside it.
     write_params(root, **PIPELINE, evaluate__threshold_rule="youden")
     youden = run_stage(root, "evaluate", MLFLOW_EXPERIMENT_NAME="tiny")
     assert youden.returncode == 0, youden.stderr[-3000:]
-    saved_youden = {p: (root / p).read_text() for p in ("metrics/evaluate.json",
+    saved_youden = {p: (root / p).read_text() for p in ("metrics/details/evaluate.json",
                                                          "metrics/table3.json")}
     # Another threshold on the test set: allowed, but loudly flagged as tuning on test.
     write_params(root, **PIPELINE, evaluate__threshold=0.3)
@@ -102,7 +102,7 @@ def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     import numpy as np
 
     root = pipeline["root"]
-    summary = json.loads((root / "metrics/train.json").read_text())
+    summary = json.loads((root / "metrics/details/train.json").read_text())
     assert summary["epochs_run"] == EPOCHS and summary["stopped_early"] is False
     assert 1 <= summary["best_epoch"] <= EPOCHS
     history = pd.read_csv(root / "metrics/train_history.csv")
@@ -142,7 +142,7 @@ def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
 
     root = pipeline["root"]
     # The first evaluation (threshold 0.5) as saved before re-evaluating.
-    ev = json.loads(pipeline["first_evaluation"]["metrics/evaluate.json"])
+    ev = json.loads(pipeline["first_evaluation"]["metrics/details/evaluate.json"])
     assert ev["n_test"] == 104 and ev["threshold"] == 0.5
     assert ev["NORMAL_support"] == 42 and ev["PNEUMONIA_support"] == 62
     assert ev["threshold_rule"] == "fixed" and ev["threshold_chosen"] == 0.5
@@ -168,6 +168,18 @@ def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
     assert ev["bacteria_support"] + ev["virus_support"] == ev["PNEUMONIA_support"]
     # conformal sets, calibrated on the 36 validation originals (pneumonia.evaluation.confidence)
     assert ev["conformal_n_calibration"] == 36 and ev["conformal_target"] == 0.95
+    # the same 36 validation originals, for choosing a recipe on validation: predictions and
+    # the headline's val_* keys computed from them (accuracy at the threshold, BCE)
+    val = pd.read_csv(root / "metrics/predictions_val.csv")
+    assert list(val.columns) == ["image_id", "patient_id", "actual", "probability"]
+    assert len(val) == 36 and val["image_id"].is_monotonic_increasing
+    y, p = (val["actual"] == "PNEUMONIA").to_numpy(int), val["probability"].to_numpy(float)
+    head = json.loads((root / "metrics/evaluate.json").read_text())
+    assert head["val_accuracy"] == pytest.approx(((p >= head["threshold"]) == y).mean(), abs=1e-6)
+    assert head["val_loss"] == pytest.approx(
+        -np.mean(y * np.log(np.clip(p, 1e-7, 1)) + (1 - y) * np.log(np.clip(1 - p, 1e-7, 1))),
+        abs=1e-4)
+    assert 0 <= head["val_roc_auc"] <= 1
     assert ev["conformal_coverage_verdict"] in ("holds", "below", "consistent")
     for key in ("coverage", "val_coverage", "referral_rate"):
         k = f"conformal_{key}"
@@ -205,7 +217,7 @@ def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
 
 
 def test_youden_threshold_is_chosen_on_validation_images(pipeline: dict[str, Any]) -> None:
-    ev = json.loads(pipeline["youden_evaluation"]["metrics/evaluate.json"])
+    ev = json.loads(pipeline["youden_evaluation"]["metrics/details/evaluate.json"])
     assert ev["threshold_rule"] == "youden" and 0 < ev["threshold_chosen"] < 1
     assert ev["threshold"] == 0.5  # the reported metrics stay at the fixed threshold
     assert "predicting 36 validation images" in pipeline["youden"].stderr
@@ -223,7 +235,7 @@ def test_test_reevaluation_at_another_threshold_is_flagged(pipeline: dict[str, A
     assert text in re.stdout  # the printed report
     root = pipeline["root"]
     assert text in (root / "metrics/table3.md").read_text()
-    assert json.loads((root / "metrics/evaluate.json").read_text())["threshold_warning"].startswith(
+    assert json.loads((root / "metrics/details/evaluate.json").read_text())["threshold_warning"].startswith(
         text)
 
 
@@ -292,7 +304,7 @@ def test_mlflow_run_holds_params_history_test_metrics_model_and_data(
 
     latest = max(versions, key=lambda v: int(v.version))
     config = Model.load(latest.source).flavors["python_function"]["config"]
-    final = json.loads((root / "metrics/evaluate.json").read_text())
+    final = json.loads((root / "metrics/details/evaluate.json").read_text())
     assert config["conformal"]["qhat"] == final["conformal_qhat"]  # the served set's calibration
     # test accuracy of a 2-epoch model is below the default floor 0.9: never the champion
     assert {v.tags["gate.decision"] for v in versions} == {"challenger"}
@@ -343,7 +355,7 @@ def test_evaluate_rerun_opens_a_child_run_instead_of_overwriting(pipeline: dict[
     assert "already evaluated on the test set" in child.data.tags["evaluate.warning"]
     assert child.data.params["lr"] == str(LR)  # training params copied
     assert "test_accuracy" in child.data.metrics
-    assert json.loads((root / "metrics/evaluate.json").read_text())["threshold"] == 0.3
+    assert json.loads((root / "metrics/details/evaluate.json").read_text())["threshold"] == 0.3
     # Still exactly one pair of reference runs.
     assert len(client.search_runs([exp_id], filter_string="tags.`pipeline.reference` != ''")) == 2
 
@@ -542,7 +554,7 @@ def test_mlflow_failure_after_training_keeps_the_model_and_a_rerun_only_logs(
     assert "the model is saved (models/model.keras" in msg and "the store went away" in msg
     assert "dvc repro" in msg and "without training again" in msg
     assert keras.saving.load_model(tmp_path / "models/model.keras").input_shape[1:] == (32, 32, 1)
-    assert json.loads((tmp_path / "metrics/train.json").read_text())["epochs_run"] == 1
+    assert json.loads((tmp_path / "metrics/details/train.json").read_text())["epochs_run"] == 1
 
     (fit,) = fits
     assert fit["lr"] == pytest.approx(LR) and fit["steps"] == 3

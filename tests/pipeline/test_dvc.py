@@ -119,7 +119,7 @@ def test_outputs_and_metrics(project: Path) -> None:
     for row in split.itertuples():
         assert hashlib.sha256((project / row.path).read_bytes()).hexdigest() == row.png_sha256
 
-    ev = json.loads((project / "metrics/evaluate.json").read_text())
+    ev = json.loads((project / "metrics/details/evaluate.json").read_text())  # every key
     assert ev["accuracy_ci_low"] <= ev["accuracy"] <= ev["accuracy_ci_high"]
     assert ev["NORMAL_support"] == 40 and ev["PNEUMONIA_support"] == 60
     for label in ("NORMAL", "PNEUMONIA"):
@@ -146,6 +146,77 @@ def test_outputs_and_metrics(project: Path) -> None:
     assert table3["cells"]["accuracy"]["run"] == pytest.approx(ev["accuracy"])
     history = pd.read_csv(project / "metrics/train_history.csv")
     assert len(history) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
+
+
+def _leaves(doc: object, prefix: str = "") -> dict[str, object]:
+    """Every value DVC would show of a JSON document: dotted key -> scalar (lists: not shown)."""
+    if isinstance(doc, dict):
+        return {k: v for key, value in doc.items() for k, v in _leaves(value, f"{prefix}{key}.")
+                .items()}
+    return {} if isinstance(doc, list) else {prefix[:-1]: doc}
+
+
+# Where each metrics file of the pipeline before the headline split went (issue 36): its
+# complete record, by path. table3.json, registry.json and balance.json kept their paths.
+MOVED = {f"metrics/{name}": f"metrics/details/{name}"
+         for name in ("evaluate.json", "validation.json", "split.json", "train.json")}
+KEPT = ("metrics/table3.json", "metrics/registry.json", "metrics/balance.json")
+
+
+def test_dvc_shows_the_headline_and_nothing_is_lost(project: Path) -> None:
+    from pneumonia.evaluation.mlflow_names import SETTINGS, VALIDATION
+    from pneumonia.evaluation.paper import metric_name
+    from pneumonia.files import headline
+    from pneumonia.paths import HEADLINE
+
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    shown = {path: entry["data"] for path, entry in shown[""]["data"].items()}
+    # What a person reads: about 40 values in all, evaluate's first (dvc.yaml's stage order).
+    assert 25 <= sum(len(_leaves(doc)) for doc in shown.values()) <= 42, shown
+    assert next(iter(shown)) == "metrics/evaluate.json"
+    assert list(shown["metrics/evaluate.json"])[:3] == ["accuracy", "accuracy_ci_low",
+                                                        "accuracy_ci_high"]
+    for gone in ("metrics/table3.json", "metrics/registry.json"):
+        assert gone not in shown
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    outs = {o["path"]: o for stage in lock.values() for o in stage.get("outs", [])}
+    tracked = git(project, "ls-files", "metrics").split()
+    for path, details in MOVED.items():
+        full = json.loads((project / details).read_text())
+        # the headline is the record's own values, and the record holds every old key
+        assert shown[path] == headline(full, HEADLINE[Path(path).name])
+        assert _leaves(shown[path]).items() <= _leaves(full).items()
+        assert details in outs  # restored from DVC's run cache with the stage
+        # in git, readable from any revision, except validate's (a cached out: in DVC's cache)
+        assert (details in tracked) == (path != "metrics/validation.json"), details
+    for path in KEPT:
+        assert path in outs and path in tracked and _leaves(json.loads((project / path)
+                                                                        .read_text()))
+    # evaluate's complete record: every old key family is still written...
+    full = json.loads((project / MOVED["metrics/evaluate.json"]).read_text())
+    for key in ("accuracy", "leakfree_accuracy", "leakfree_alt_accuracy", "chosen_accuracy",
+                "roc_auc_ci_low", "brier", "ece", "conformal_qhat", "threshold_chosen",
+                "PNEUMONIA_recall_bacteria", "NORMAL_support", "leakfree_n_test"):
+        assert key in full, key
+    # ...and each of its numbers is an MLflow metric of the evaluate run too
+    con = sqlite3.connect(project / "mlflow.db")
+    logged = {k for (k,) in con.execute("SELECT DISTINCT key FROM metrics")}
+    numbers = [k for k, v in full.items() if isinstance(v, (int, float)) and not isinstance(
+        v, bool) and k not in SETTINGS]
+    missing = [k for k in numbers if (f"evaluate_{k}" if k in VALIDATION else metric_name(k))
+               not in logged and k != "threshold_chosen"]
+    assert not missing, missing
+    assert "threshold_chosen" in logged
+    # the complete records are MLflow artifacts of the run as well
+    import mlflow
+
+    run_id = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    names = {a.path for folder in ("evaluate", "validate", "train")
+             for a in client.list_artifacts(run_id, folder)}
+    for name in ("evaluate/evaluate.json", "evaluate/table3.json", "evaluate/champion_gate.json",
+                 "evaluate/predictions_val.csv", "validate/validation.json", "train/train.json"):
+        assert name in names, (name, sorted(names))
 
 
 def test_model_file_loads_and_predicts(project: Path) -> None:

@@ -40,7 +40,7 @@ def test_own_hospital_tree_runs_all_six_stages(tmp_path: Path) -> None:
     assert set(split.label[split.patient_id == SPANNING]) == {"NORMAL", "PNEUMONIA"}
     assert set(split.label[split.subset == "test"]) == {"NORMAL", "PNEUMONIA"}
 
-    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((repo / "metrics/details/evaluate.json").read_text())
     test_images = int((split.subset == "test").sum())
     assert evaluation["NORMAL_support"] + evaluation["PNEUMONIA_support"] == test_images
     assert 0 <= evaluation["accuracy_ci_low"] <= evaluation["accuracy"] <= 1

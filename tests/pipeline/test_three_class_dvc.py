@@ -31,7 +31,7 @@ def test_three_class_experiment_runs_all_stages_and_serves_three_probabilities(
     balance = json.loads((repo / "metrics/balance.json").read_text())
     assert balance["task"] == "three_class"
     assert set(balance["class_after"].values()) == {max(balance["class_before"].values())}
-    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    ev = json.loads((repo / "metrics/details/evaluate.json").read_text())
     assert ev["task"] == "three_class"
     assert sum(ev[f"cause_{c}_support"] for c in CLASSES) == ev["n_test"]
     value = ev["cause_bacteria_vs_virus_accuracy"]

@@ -38,7 +38,7 @@ def test_train_stage_mirrored_over_two_cpu_devices(tmp_path: Path) -> None:
     )
     proc = run_stage(tmp_path, "train", timeout=600, MLFLOW_EXPERIMENT_NAME="mirrored")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads((tmp_path / "metrics/train.json").read_text())
+    summary = json.loads((tmp_path / "metrics/details/train.json").read_text())
     assert summary["replicas"] == 2
     assert summary["global_batch_size"] == 48  # batch_size x replicas
     assert "2 logical devices" in summary["device"]
