@@ -7,7 +7,11 @@ Every reported test metric carries a 95 % interval from a patient-grouped bootst
 (`evaluate.bootstrap_resamples` resamples of the test patients, seeded by `evaluate.seed`; see
 pneumonia.evaluation.metrics). Outputs:
 
-- metrics/evaluate.json: flat keys, the contract for `dvc metrics diff`, MLflow and `pneumonia
+- metrics/evaluate.json: the headline DVC shows (`dvc exp show`, `dvc metrics diff`; keys in
+  pneumonia.paths.HEADLINE): accuracy and ROC AUC with their intervals, per-class precision /
+  recall / F1, `table3_consistent`, `gate_decision`, and `val_accuracy`, `val_roc_auc`, `val_loss`
+  on the validation originals (metrics/predictions_val.csv: what a recipe is chosen on).
+- metrics/details/evaluate.json: every key, flat, the contract for MLflow and `pneumonia
   predict`: `accuracy`, `accuracy_ci_low`, `accuracy_ci_high`, `NORMAL_recall`, ... for the
   official test set; the same with `leakfree_` for the leakage-free test subset (test images whose
   patient is not in train/validation and that are no byte-duplicate of a training image: the two
