@@ -289,3 +289,26 @@ def test_citation_cff_is_valid_cff_1_2_0() -> None:
 def test_license_is_the_mit_license_pyproject_names() -> None:
     assert text_of(ROOT / "LICENSE").startswith("MIT License")
     assert re.search(r'^license = "MIT"', text_of(ROOT / "pyproject.toml"), re.MULTILINE)
+
+
+def test_headline_table_lists_what_dvc_shows() -> None:
+    """docs/experiments.md's table of the headline keys is pneumonia.paths.HEADLINE (and
+    balance.json's keys, written whole), file by file: no key missing, none extra."""
+    from pneumonia.paths import HEADLINE
+
+    section = text_of(ROOT / "docs/experiments.md").split("## Reading runs in DVC")[1]
+    rows = {m.group(1): m.group(2) for m in
+            re.finditer(r"^\| `metrics/([a-z0-9_]+\.json)` \| (.*) \|$", section, re.MULTILINE)}
+    expected = {**HEADLINE, "balance.json": ("normal_before", "pneumonia", "generated",
+                                             "normal_after", "target", "method")}
+    assert set(rows) == set(expected)
+    for name, keys in expected.items():
+        shown = {k for k in INLINE_CODE.findall(rows[name]) if not k.startswith("_")}
+        listed = {k for k in keys if not k.endswith(("_ci_low", "_ci_high"))}
+        assert shown == listed, name
+        for key in set(keys) - listed:  # an interval's bounds: its metric's row names the suffix
+            assert "`_ci_low`, `_ci_high`" in rows[name] and key.rsplit("_ci_", 1)[0] in shown
+    # balance.json is written whole (pneumonia.dataset.balance): the keys above are its keys
+    doc = json.loads((ROOT / "metrics/balance.json").read_text())
+    assert set(doc) == set(expected["balance.json"])
+    assert sum(len(k) for k in expected.values()) == 40  # the view a person reads
