@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: The trained model on the official test set, beside the paper's Table III.
 
-Reads models/model.keras, data/split.csv; writes metrics/evaluate.json, metrics/table3.*,
-metrics/predictions.csv, confusion/ROC plots.
+Reads models/model.keras, data/split.csv; writes metrics/evaluate.json (the headline),
+metrics/details/evaluate.json, metrics/table3.*, metrics/predictions.csv,
+metrics/predictions_val.csv, confusion/ROC plots.
 The work is done by `pneumonia.evaluation.evaluate`; this entry point reads params.yaml and runs it.
 """
 

@@ -1,7 +1,7 @@
 """Stage `validate`: check data/manifest.csv with a great-expectations suite and look for leakage.
 
-Writes metrics/validation.json (DVC metric: numeric summary on top, details below) and
-metrics/validation.md, then fails (exit 2) when an expectation fails, or when leakage is found and
+Writes metrics/validation.json (the DVC metric: the counts), metrics/details/validation.json (the
+complete record: every expectation, the leakage examples) and metrics/validation.md, then fails (exit 2) when an expectation fails, or when leakage is found and
 `validate.leakage: error`. Reports are written before failing so they can be read.
 """
 

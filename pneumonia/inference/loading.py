@@ -12,8 +12,8 @@ params.yaml `evaluate.threshold`. `--threshold chosen` asks for the one evaluate
 validation images instead (`threshold_chosen` with `evaluate.threshold_rule: youden`).
 
 The conformal calibration (`qhat`, pneumonia.stats.conformal), when there is one: the logged
-model's config (`conformal`, set by evaluate), or for the workspace's model metrics/evaluate.json
-`conformal_qhat`. Without one, predictions carry no prediction set.
+model's config (`conformal`, set by evaluate), or for the workspace's model
+metrics/details/evaluate.json `conformal_qhat`. Without one, predictions carry no prediction set.
 
 The provenance (pneumonia.provenance: trained on the bundled sample, the full dataset or other
 data): the logged model's MLmodel metadata, else the registered version's `provenance.*` tags; for
