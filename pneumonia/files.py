@@ -22,12 +22,15 @@ def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in keys:
         *parents, leaf = key.split(".")
-        src, dst = doc, out
+        src: Any = doc
         for part in parents:
             src = src.get(part) if isinstance(src, dict) else None
+        if not (isinstance(src, dict) and leaf in src):
+            continue
+        dst = out
+        for part in parents:
             dst = dst.setdefault(part, {})
-        if isinstance(src, dict) and leaf in src:
-            dst[leaf] = src[leaf]
+        dst[leaf] = src[leaf]
     return out
 
 
