@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from pneumonia.dataset import balance, ingest
@@ -26,9 +27,14 @@ from pneumonia.demo import DEMO_OVERRIDES
 from pneumonia.params import parse_params
 from tests.conftest import REPO
 
-# sha256 over (posix path, sha256 of the file) of every output file, sorted by path.
-SAMPLE_INGEST_SHA256 = "9584ef9643a9da4ca20b9987b299928eed67d7e6ab4734a472e8c24eac329888"
-SAMPLE_BALANCE_SHA256 = "0d7d55afc1b97700ea9631ce60892e52c51f4c64c692e8a8738022540d39b9fc"
+# sha256 over (posix path, sha256 of the file) of every output file, sorted by path, per image
+# size: 224 (params.yaml) and 64 (the demo's). (ingest, balance, images generated)
+PINNED = {
+    224: ("9584ef9643a9da4ca20b9987b299928eed67d7e6ab4734a472e8c24eac329888",
+          "0d7d55afc1b97700ea9631ce60892e52c51f4c64c692e8a8738022540d39b9fc", 78),
+    64: ("9d01554a20b962bafb17ac61b91e60941bbe18f6736a3ea733661af1bf3fd109",
+         "840c1fa6e00fa81c3b28f63bc4d5673ba2539983e8cf5d68e202ba3617d295db", 78),
+}
 
 
 def _digest(*paths: str) -> str:
@@ -40,32 +46,33 @@ def _digest(*paths: str) -> str:
     return h.hexdigest()
 
 
-def _sample_params() -> object:
-    """params.yaml's data-stage settings (224 px) on the bundled sample, with the demo's data
-    overrides (its sample path, no Table I check, 130 NORMAL training images) but not its
-    64 px: at 224 px the skew's coefficients decide more pixels."""
+def _sample_params(image_size: int) -> object:
+    """params.yaml's data-stage settings on the bundled sample, with the demo's data overrides
+    (its sample path, no Table I check, 130 NORMAL training images) at `image_size`: 224 px
+    (params.yaml; the skew's coefficients decide more pixels there) or the demo's 64 px."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for key, value in DEMO_OVERRIDES.items():
         section, _, name = key.partition(".")
-        if section in ("data", "validate", "balance") and key != "data.image_size":
+        if section in ("data", "validate", "balance"):
             raw[section][name] = yaml.safe_load(value)
+    raw["data"]["image_size"] = image_size
     raw["ingest"]["workers"] = 1
     raw["balance"]["workers"] = 1
     return parse_params(raw)
 
 
-def test_sample_ingest_and_balance_outputs_are_pinned(workdir: Path) -> None:
-    params = _sample_params()
-    assert params.data.raw == "data/sample/chest_xray" and params.data.image_size == 224
+@pytest.mark.parametrize("image_size", sorted(PINNED))
+def test_sample_ingest_and_balance_outputs_are_pinned(workdir: Path, image_size: int) -> None:
+    ingest_sha256, balance_sha256, generated = PINNED[image_size]
+    params = _sample_params(image_size)
+    assert params.data.raw == "data/sample/chest_xray"
     Path("data/sample").mkdir(parents=True)
     os.symlink(REPO / "data/sample/chest_xray", "data/sample/chest_xray")
     ingest.run(params)
     balance.run(params)
-    assert json.loads(Path("metrics/balance.json").read_text())["generated"] == 78
-    assert _digest("data/images", "data/manifest.csv", "data/ingest_report.json") == \
-        SAMPLE_INGEST_SHA256
-    assert _digest("data/balanced", "data/balanced.csv", "metrics/balance.json") == \
-        SAMPLE_BALANCE_SHA256
+    assert json.loads(Path("metrics/balance.json").read_text())["generated"] == generated
+    assert _digest("data/images", "data/manifest.csv", "data/ingest_report.json") == ingest_sha256
+    assert _digest("data/balanced", "data/balanced.csv", "metrics/balance.json") == balance_sha256
 
 
 _COEFFICIENTS = """
