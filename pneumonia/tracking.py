@@ -1,4 +1,4 @@
-"""MLflow tracking: where the store is, one run per pipeline run, reference runs.
+"""MLflow tracking: where the store is, one run per pipeline run.
 
 Store: ``MLFLOW_TRACKING_URI`` when set (a team server), else a real sqlite store at the
 *repository root* (``sqlite:///<root>/mlflow.db``, artifacts in ``<root>/mlruns``), never in the
@@ -7,8 +7,8 @@ files are deleted afterwards.
 
 One MLflow run spans train and evaluate: train opens it and writes its id to
 models/mlflow_run.json; evaluate continues it (or, when that run already holds test metrics, opens
-a child run instead of overwriting them). The paper's Table III and the Kaggle baseline are logged
-once per experiment as reference runs with the same metric names (see pneumonia/evaluation/paper.py).
+a child run instead of overwriting them). The reference runs (the paper's Table III, the Kaggle
+baseline) are the evaluation's: pneumonia.evaluation.reference_runs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia.errors import PipelineError, mask_credentials
-from pneumonia.evaluation.paper import REFERENCE_TAG, reference_metrics
 from pneumonia.files import write_json
 from pneumonia.paths import MLFLOW_RUN_FILE
 
@@ -440,10 +439,8 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
     return EpochMetrics()
 
 
-def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
-                   model_uri: str | None = None) -> dict[str, str]:
-    """models/mlflow_run.json: which run evaluate continues, and the logged model it registers
-    (the pyfunc of pneumonia.inference.pyfunc, `models:/m-<id>`)."""
+def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
+    """models/mlflow_run.json: which run evaluate continues (and logs the served model to)."""
     import mlflow
 
     info = {
@@ -452,8 +449,6 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
-    if model_uri:
-        info["model_uri"] = model_uri
     write_json(info, path)
     return info
 
@@ -549,70 +544,3 @@ def evaluated_thresholds(train_run_id: str, test_metric_key: str) -> list[float]
         if test_metric_key in run.data.metrics and value is not None:
             found.append(float(value))
     return found
-
-
-def ensure_reference_runs(experiment_id: str) -> dict[str, str]:
-    """Log Table III and the Kaggle baseline as reference runs, once (found again by tag)."""
-    import mlflow
-
-    with store_lock(mlflow.get_tracking_uri()):
-        return _ensure_reference_runs(experiment_id)
-
-
-# The paper's learning rate and dataset: the two params without a default in the schema.
-PAPER_LR = 2e-6
-PAPER_DATA = "Kermany 2018 ChestXRay2017 (Mendeley Data v2)"
-NOT_REPORTED = "not reported"
-
-
-def reference_params() -> dict[str, dict[str, str]]:
-    """The reference runs' params, derived from the params schema (pneumonia/params.py), so a
-    param added there appears on them too and the MLflow compare view never shows it missing.
-    paper: the schema's defaults, i.e. the paper's configuration as params.yaml holds it (where
-    the paper is silent, this project's choice: docs/reproducing.md); the Kaggle baseline
-    reports none. The same keys as a training run logs (params.training_params)."""
-    from pneumonia.params import parse_params, training_params
-
-    paper = parse_params({"lr": PAPER_LR, "data": {"raw": PAPER_DATA}})
-    flat = {k: str(v) for k, v in training_params(paper).items()}
-    return {"paper": flat, "kaggle-resnet": dict.fromkeys(flat, NOT_REPORTED)}
-
-
-def _ensure_reference_runs(experiment_id: str) -> dict[str, str]:
-    import mlflow
-    from mlflow.entities import Param
-
-    ids: dict[str, str] = {}
-    client = mlflow.MlflowClient()
-    all_params = reference_params()
-    for ref, metrics in reference_metrics().items():
-        found = mlflow.search_runs(
-            experiment_ids=[experiment_id],
-            filter_string=f"tags.`{REFERENCE_TAG}` = '{ref}'",
-            output_format="list",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            held = found[0].data.params
-        else:
-            run_id = client.create_run(
-                experiment_id,
-                run_name=f"reference-{ref}",
-                tags={
-                    REFERENCE_TAG: ref,
-                    "mlflow.note.content": "Numbers reported in the paper (not computed here). "
-                    "Params: the paper's configuration in this pipeline's terms (where the paper "
-                    "is silent, this project's choice; docs/reproducing.md).",
-                },
-            ).info.run_id
-            held = {}
-            for key, value in metrics.items():
-                client.log_metric(run_id, key, value)
-            client.set_terminated(run_id)
-        # A store made by older code lacks the params added since: add them (never change one).
-        missing = [Param(k, v) for k, v in all_params[ref].items() if k not in held]
-        for start in range(0, len(missing), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=missing[start:start + 100])
-        ids[ref] = run_id
-    return ids

@@ -11,6 +11,7 @@ import pytest
 
 from pneumonia import tracking
 from pneumonia.errors import PipelineError
+from pneumonia.evaluation import reference_runs
 from tests.trainkit import make_split, run_stage, write_params
 
 
@@ -60,8 +61,8 @@ def test_store_and_artifacts_at_repo_root_and_reference_runs_logged_once(
     exp = mlflow.get_experiment(exp_id)
     assert exp.artifact_location == (tmp_path.resolve() / "mlruns").as_uri()
 
-    first = tracking.ensure_reference_runs(exp_id)
-    second = tracking.ensure_reference_runs(exp_id)
+    first = reference_runs.ensure_reference_runs(exp_id)
+    second = reference_runs.ensure_reference_runs(exp_id)
     assert first == second and set(first) == {"paper", "kaggle-resnet"}
     runs = mlflow.search_runs([exp_id], output_format="list")
     assert len(runs) == 2
@@ -95,7 +96,7 @@ def test_reference_runs_carry_every_training_param_of_the_schema(
     client.log_param(old.info.run_id, "lr", "2e-06")  # one param, logged by hand back then
     client.set_terminated(old.info.run_id)
 
-    ids = tracking.ensure_reference_runs(exp_id)
+    ids = reference_runs.ensure_reference_runs(exp_id)
     assert ids["paper"] == old.info.run_id  # the existing run is kept, not duplicated
     paper = mlflow.get_run(ids["paper"]).data.params
     committed = training_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))

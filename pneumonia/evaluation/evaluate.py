@@ -52,7 +52,7 @@ import pandas as pd
 from pneumonia import registry, tracking
 from pneumonia.dataset.validate import PATIENT_RULES
 from pneumonia.errors import PipelineError
-from pneumonia.evaluation import further
+from pneumonia.evaluation import further, reference_runs
 from pneumonia.evaluation.metrics import (
     LEVEL,
     THRESHOLD_METRICS,
@@ -60,8 +60,8 @@ from pneumonia.evaluation.metrics import (
     compute_metrics,
     confusion,
     flat_metrics,
-    metric_intervals,
     predict_labels,
+    reported_intervals,
 )
 from pneumonia.evaluation.mlflow_names import mlflow_metrics
 from pneumonia.evaluation.paper import metric_name, table3_markdown
@@ -254,7 +254,7 @@ def run(params: Params) -> dict[str, Any]:
         metrics[f"{prefix}patient_rule"] = rule
         metrics[f"{prefix}excluded_patient_in_train"] = subset.excluded_patient_in_train
         metrics[f"{prefix}excluded_duplicate_of_train"] = subset.excluded_duplicate_of_train
-    chosen_iv = metric_intervals(y_true, prob, chosen, groups, **boot)
+    chosen_iv = reported_intervals(y_true, prob, threshold=chosen, groups=groups, **boot)
     metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
     metrics["threshold_warning"] = warning
     extra = further.evaluate_further(
@@ -339,7 +339,7 @@ def run(params: Params) -> dict[str, Any]:
         explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
                            e.explain_correct_per_class, GRADCAM_DIR)
         mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")
-    tracking.ensure_reference_runs(experiment_id)
+    reference_runs.ensure_reference_runs(experiment_id)
 
     print("\n" + markdown)
     print(report)

@@ -18,9 +18,9 @@ from pneumonia.evaluation.metrics import (
     THRESHOLD_METRICS,
     finite_or_none,
 )
-from pneumonia.evaluation.paper import BASELINE, BASELINE_NAME, TABLE3
 from pneumonia.params import Params
 from pneumonia.paths import LABELS
+from pneumonia.published import BASELINE, BASELINE_NAME, TABLE3
 from pneumonia.stats.bootstrap import WITHHOLD_SHARE
 
 # Table III cells a verdict compares on the leak-free subset: those that do not depend on the

@@ -196,7 +196,8 @@ def score_shifts(model: Any, files: list[bytes], ids: list[str], y: np.ndarray,
     y = np.asarray(y, dtype=int)
     clean_prob = model_probability(model, shifted_inputs(files, ids, None, size, seed, workers),
                                    batch_size)
-    clean = metric_intervals(y, clean_prob, groups, threshold, n_resamples, seed, LEVEL)
+    clean = metric_intervals(y, clean_prob, threshold=threshold, groups=groups,
+                             n_resamples=n_resamples, seed=seed, level=LEVEL)
     report: dict[str, Any] = {
         "n_images": int(y.size), "n_patients": len(set(groups.tolist())),
         "threshold": threshold, "image_size": size, "bootstrap_resamples": n_resamples,
@@ -208,7 +209,8 @@ def score_shifts(model: Any, files: list[bytes], ids: list[str], y: np.ndarray,
     for shift in shifts:
         prob = model_probability(
             model, shifted_inputs(files, ids, shift, size, seed, workers), batch_size)
-        own = metric_intervals(y, prob, groups, threshold, n_resamples, seed, LEVEL)
+        own = metric_intervals(y, prob, threshold=threshold, groups=groups,
+                               n_resamples=n_resamples, seed=seed, level=LEVEL)
         paired = paired_deltas(y, clean_prob, prob, groups, threshold, threshold, n_resamples,
                                seed, LEVEL)
         entry: dict[str, Any] = {"name": shift.name, "description": shift.description}

@@ -112,6 +112,31 @@ def store_uri() -> str | None:
     return uri
 
 
+# Reading the registry's aliases, failing closed (also the evaluate stage's gate: pneumonia.registry)
+def not_found(exc: Exception) -> bool:
+    """An MLflow error that says the registered model (or alias) does not exist."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def aliases(client: Any, name: str) -> dict[str, str] | None:
+    """The registered model's aliases ({alias: version}); None when there is no such registered
+    model. Any other error of the store propagates: it never reads as "no champion"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
+
+
+def champion_version(client: Any, name: str) -> str | None:
+    """The version holding `champion`; None only when the model or the alias does not exist."""
+    return (aliases(client, name) or {}).get(CHAMPION)
+
+
 def champion_uri(name: str) -> str | None:
     """`models:/NAME@champion` when the store has that alias, None when it has no such model or
     alias. Any other error of the store (locked, unreachable) is a PipelineError: predicting with
@@ -121,8 +146,6 @@ def champion_uri(name: str) -> str | None:
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pneumonia.registry import champion_version
 
     mlflow.set_tracking_uri(uri)
     try:

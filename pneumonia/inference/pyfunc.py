@@ -39,7 +39,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS
+from pneumonia.dataset.pixel_cap import DEFAULT_MAX_MEGAPIXELS
 
 IMAGE_COLUMN = "image"
 ARTIFACT = "keras_model"

@@ -542,11 +542,11 @@ def _train_and_log(
     write_json(summary, TRAIN_JSON)
     write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
     progress["saved"] = True
-    # What the model was trained on (the bundled sample, the full dataset, other): travels
-    # with the logged model and as run tags (pneumonia.provenance).
+    # What the model was trained on (the bundled sample, the full dataset, other): run tags here,
+    # and the served model's metadata when evaluate logs it (pneumonia.provenance).
     prov = provenance.describe(params.data.raw, size, mlrun.info.run_id)
     mlflow.set_tags(provenance.as_tags(prov))
-    return _log_results(mlrun, model, summary, size, prov)
+    return _log_results(mlrun, model, summary, size)
 
 
 FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
@@ -555,8 +555,8 @@ FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run
 
 
 def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
-                 size: int, prov: dict[str, str] | None = None) -> dict[str, str]:
-    """Log the finished training's metrics, files and model to the open MLflow run."""
+                 size: int) -> dict[str, str]:
+    """Log the finished training's metrics and files to the open MLflow run."""
     import mlflow
 
     final = {k: summary[k] for k in FINAL_METRICS} | {"train_seconds": summary["seconds"]}
@@ -564,13 +564,10 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     mlflow.set_tag("saved_weights", summary["saved_weights"])
     mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
     mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
-    # The served model: a pyfunc taking image bytes (pneumonia.inference.pyfunc), with the
-    # default threshold 0.5 (evaluate re-logs it if it applies another one: train does not
-    # depend on evaluate.* params).
-    from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
-
-    model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD, provenance=prov)
-    return tracking.write_run_file(mlrun, model_uri=model_uri)
+    # The served model (pneumonia.inference.pyfunc) is logged where it is evaluated, with
+    # evaluate's threshold and conformal calibration (pneumonia.registry.model_to_register):
+    # train depends on no inference, evaluation or statistics code (dvc.yaml deps).
+    return tracking.write_run_file(mlrun)
 
 
 def class_weights(rows: Any, task: str = "binary") -> dict[int, float]:
