@@ -55,6 +55,7 @@ from pneumonia.errors import PipelineError
 from pneumonia.files import write_json
 from pneumonia.gate import CHALLENGER, CHAMPION, Anchor, Decision, Entry, decide, test_set_id
 from pneumonia.inference.loading import aliases, champion_version, not_found
+from pneumonia.inference.pyfunc import conformal_config, log_model
 from pneumonia.paths import MODEL_FILE, PREDICTIONS_CSV, REGISTRY_JSON
 
 if TYPE_CHECKING:
@@ -299,8 +300,6 @@ def model_to_register(run_file: dict[str, Any], threshold: float,
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from pneumonia.inference.pyfunc import log_model
-
     uri = run_file.get("model_uri")
     if uri:
         try:
@@ -357,8 +356,6 @@ def register_and_gate(params: Params, run_file: dict[str, Any], metrics: dict[st
     training data's provenance (default: from data/manifest.csv and params.data)."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pneumonia.inference.pyfunc import conformal_config
 
     e = params.evaluate
     name = e.registry_name

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from pneumonia import registry, tracking
-from pneumonia.dataset.validate import PATIENT_RULES
+from pneumonia.dataset.validate import PATIENT_RULES, leaking_test_images
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation import further, reference_runs
 from pneumonia.evaluation.metrics import (
@@ -74,6 +74,7 @@ from pneumonia.evaluation.plots import (
 )
 from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
 from pneumonia.files import sha256_file, write_json
+from pneumonia.inference.gradcam import explain_test_cases
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
 from pneumonia.params import Params, flatten
@@ -93,6 +94,7 @@ from pneumonia.paths import (
     TABLE3_MD,
     VALIDATION_JSON,
 )
+from pneumonia.stats.calibration import choose_threshold as choose
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,6 @@ def validation_originals(df: pd.DataFrame) -> pd.DataFrame:
 
 def choose_threshold(params: Params, y_val: np.ndarray, prob_val: np.ndarray) -> float:
     """threshold_chosen: evaluate.threshold (rule fixed) or Youden's J on validation images."""
-    from pneumonia.stats.calibration import choose_threshold as choose
-
     if params.evaluate.threshold_rule == "fixed":
         return params.evaluate.threshold
     if len(set(np.asarray(y_val).tolist())) < 2:
@@ -150,8 +150,6 @@ def leakage_of(rows: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
     """validate's two kinds of leakage for each test row (in the rows' order), from
     data/manifest.csv, the patients read by ``rule`` (validate.PATIENT_RULES): `patient`,
     `patient_in_train`, `duplicate_of_train`, `leakfree`."""
-    from pneumonia.dataset.validate import leaking_test_images
-
     if not MANIFEST.is_file():
         raise PipelineError(f"{MANIFEST} not found: run the ingest stage first (`dvc repro`).")
     manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False, na_values=[""])
@@ -334,8 +332,6 @@ def run(params: Params) -> dict[str, Any]:
         # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
         e = params.evaluate
         registry.register_and_gate(params, run_info, metrics, predictions, mlrun.info.run_id)
-        from pneumonia.inference.gradcam import explain_test_cases
-
         explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
                            e.explain_correct_per_class, GRADCAM_DIR)
         mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")

@@ -27,9 +27,11 @@ from pneumonia.stats.bootstrap import (
     METRICS,
     intervals_from_distributions,
     patient_weights,
+    percentile_interval,
     weighted_confusion,
     weighted_metrics,
 )
+from pneumonia.stats.calibration import weighted_calibration
 
 LEVEL = 0.95
 ECE_BINS = 10
@@ -156,9 +158,6 @@ def calibration_metrics(
     y_true: Any, prob: Any, groups: Any, n_resamples: int, seed: int, prefix: str = ""
 ) -> dict[str, float | None]:
     """Brier score and ECE (10 equal-width bins) with patient-bootstrap intervals."""
-    from pneumonia.stats.bootstrap import percentile_interval
-    from pneumonia.stats.calibration import weighted_calibration
-
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
     if y.size == 0:

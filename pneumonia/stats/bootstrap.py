@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pneumonia.stats.significance import paired_verdict
+
 LABELS = ("NORMAL", "PNEUMONIA")
 # Above this share of undefined resamples an interval is withheld: the widened interval would
 # rest on a guess about too many resamples (with 95 % it already reaches the metric's bounds once
@@ -366,8 +368,6 @@ def paired_deltas(
     ``pneumonia compare`` applies Holm over its primary metrics), and ``pvalue`` the two-sided
     bootstrap p-value of delta = 0 (``bootstrap_pvalue``).
     """
-    from pneumonia.stats.significance import paired_verdict
-
     _check_resampling(n_resamples, level)
     y, pa = _check_inputs(y_true, prob_a)
     _, pb = _check_inputs(y_true, prob_b)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pneumonia.stats.bootstrap import as_weights, ratio_or_nan
+from pneumonia.stats.bootstrap import as_weights, group_codes, ratio_or_nan
 
 SEPARATOR = "|"  # between the labels of a set when written as text: "NORMAL|PNEUMONIA"
 # Per-image set statistics (conformal_distributions), in report order.
@@ -134,7 +134,6 @@ def cross_fit_sets(probs: ArrayLike, y: ArrayLike, groups: ArrayLike | None, alp
     the other folds. The coverage of these sets estimates the coverage on new images
     exchangeable with the calibration images (with (folds - 1) / folds of them calibrating)."""
     p, labels = _check(probs, y)
-    from pneumonia.stats.bootstrap import group_codes
 
     codes = group_codes(groups, labels.size)
     n_groups = int(codes.max()) + 1 if codes.size else 0

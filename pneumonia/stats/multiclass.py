@@ -30,9 +30,11 @@ from pneumonia.stats.bootstrap import (
     as_weights,
     intervals_from_distributions,
     patient_weights,
+    percentile_interval,
     ratio_or_nan,
     weighted_roc_auc,
 )
+from pneumonia.stats.significance import paired_verdict
 
 CLASSES = ("normal", "bacteria", "virus")  # column order of a three-class model's output
 PNEUMONIA_CAUSES = ("bacteria", "virus")
@@ -154,9 +156,6 @@ def paired_cause_recalls(classes: ArrayLike, called_a: ArrayLike, called_b: Arra
     """Two models on the same images: each cause's PNEUMONIA recall, delta = b - a, with the
     interval from one patient-grouped bootstrap for both (the weights ``paired_deltas`` draws
     with the same seed). Same row layout as ``bootstrap.paired_deltas``."""
-    from pneumonia.stats.bootstrap import percentile_interval
-    from pneumonia.stats.significance import paired_verdict
-
     n = np.asarray(classes).size
     w = patient_weights(groups, n, n_resamples, seed)
     point_a = cause_recall_distributions(np.ones((1, n)), classes, called_a)
