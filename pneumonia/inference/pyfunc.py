@@ -23,7 +23,8 @@ the whole request body before the model sees it: cap the body size in front of i
 proxy), see docs/security.md.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
-with the code it was trained with. `log_model` is what the train stage calls.
+with the code it was trained with. `log_model` is what the evaluate stage calls
+(pneumonia.registry.model_to_register).
 """
 
 from __future__ import annotations
