@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumonia import registry, tracking
+from pneumonia import pipeline_run, registry, tracking
 from pneumonia.dataset.validate import PATIENT_RULES, leaking_test_images
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation import further, reference_runs
@@ -196,10 +196,10 @@ def run(params: Params) -> dict[str, Any]:
     rules = (e.leakfree_patient_rule,
              *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
     leaks = {rule: leakage_of(rows, rule) for rule in rules}
-    run_info = tracking.read_run_file()
+    run_info = pipeline_run.read_run_file()
     experiment_id = tracking.setup()
     t = e.threshold
-    earlier = tracking.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))
+    earlier = pipeline_run.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))
     warning = threshold_warning(earlier, t)
     if warning:
         log.warning(warning)
@@ -295,11 +295,11 @@ def run(params: Params) -> dict[str, Any]:
 
     import mlflow
 
-    with tracking.evaluate_run(run_info["run_id"], metric_name("accuracy")) as mlrun:
-        tracking.log_params(flatten(params.evaluate, "evaluate"))
+    with pipeline_run.evaluate_run(run_info["run_id"], metric_name("accuracy")) as mlrun:
+        pipeline_run.log_params(flatten(params.evaluate, "evaluate"))
         mlflow.log_metrics(mlflow_metrics(metrics, table3))
         test_sha = sha256_file(SPLIT_CSV)
-        tracking.log_split(rows, SPLIT_CSV, test_sha, context="testing", name="split-test")
+        pipeline_run.log_split(rows, SPLIT_CSV, test_sha, context="testing", name="split-test")
         mlflow.log_dict(
             {
                 "labels": list(LABELS),

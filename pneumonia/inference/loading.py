@@ -34,8 +34,9 @@ from pneumonia import provenance
 from pneumonia.errors import PipelineError
 from pneumonia.params import load_params
 from pneumonia.paths import EVALUATE_JSON, MODEL_FILE
+from pneumonia.pipeline_run import read_run_file
 from pneumonia.provenance import warning
-from pneumonia.tracking import read_run_file, tracking_uri
+from pneumonia.tracking import tracking_uri
 
 if TYPE_CHECKING:
     import keras

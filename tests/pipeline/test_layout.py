@@ -96,7 +96,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("pneumonia", "pneumonia.errors", "pneumonia.paths", "pneumonia.files",
                 "pneumonia.params", "pneumonia.published", "pneumonia.provenance",
                 "pneumonia.stage")),
-    ("tracking", ("pneumonia.tracking",)),
+    ("tracking", ("pneumonia.tracking", "pneumonia.pipeline_run")),
     ("stats", ("pneumonia.stats",)),
     ("dataset", ("pneumonia.dataset",)),
     ("model", ("pneumonia.model",)),
