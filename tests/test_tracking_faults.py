@@ -18,7 +18,7 @@ import pytest
 
 from pneumonia import pipeline_run, tracking
 from pneumonia.errors import PipelineError, mask_credentials
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 from pneumonia.team.processes import free_port, stop_process, wait_http
 from tests.prockit import process_group
 
@@ -68,7 +68,7 @@ def store_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 def stage_exit(fn: object, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run `fn` as a stage does (pneumonia.stage.run_stage); its exit code and stderr."""
+    """Run `fn` as a stage does (pneumonia.stage_runner.run_stage); its exit code and stderr."""
     original = logging.getLogRecordFactory()
     try:
         with pytest.raises(SystemExit) as exc:
