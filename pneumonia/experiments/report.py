@@ -40,6 +40,15 @@ from pneumonia.experiments import revisions
 from pneumonia.files import write_json
 from pneumonia.params import arm_of, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV
+from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
+from pneumonia.stats.seeds import (
+    detectable_floor,
+    pooled_sd,
+    seed_contrast,
+    seeds_needed,
+    t_interval,
+)
+from pneumonia.stats.significance import holm
 
 ABLATION_DIR = METRICS / "ablation"
 ABLATION_JSON = METRICS / "ablation.json"
@@ -122,8 +131,6 @@ def _t_interval(values: list[float | None]) -> tuple[float | None, float | None]
     seeds t(0.975, 2) = 4.30, so a widely spread metric gives an unclipped bound such as a recall
     of 1.35 (seen in the committed CPU grid), which no run can reach.
     """
-    from pneumonia.stats.seeds import t_interval
-
     return t_interval(values, LEVEL, (0.0, 1.0))
 
 
@@ -181,10 +188,6 @@ def _contrasts(arms: list[str], reference: str) -> tuple[dict[str, dict[str, flo
 def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES,
               header: str = "") -> dict:
     """The report's numbers (metrics/ablation.json) from the runs' predictions alone."""
-    from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
-    from pneumonia.stats.seeds import seed_contrast
-    from pneumonia.stats.significance import holm
-
     if not runs:
         raise PipelineError("no finished ablation runs to report on.")
     _check_same_images(runs)
@@ -264,8 +267,6 @@ def power(arms: dict, comparisons: dict, metric: str = "accuracy") -> dict[str, 
     power) at the seed spread pooled over the arms; and the test set's own part of a
     difference (the median se_test of the arm-vs-reference comparisons), which seeds do not
     shrink: the smallest detectable difference if none of it did."""
-    from pneumonia.stats.seeds import detectable_floor, pooled_sd, seeds_needed
-
     sd = pooled_sd([[v for v in a[metric]["values"] if v is not None] for a in arms.values()])
     se_tests = [c["metrics"][metric]["se_test"] for c in comparisons.values()
                 if not c["main_effect"] and c["metrics"][metric]["se_test"] is not None]
