@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pneumonia.paths import DETAILS, HEADLINE
+
 
 def write_json(obj: Any, path: Path) -> None:
     """Write a stage's JSON report/metric: indented, newline-terminated, parent folder created.
@@ -37,8 +39,6 @@ def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def write_metrics(doc: dict[str, Any], path: Path) -> Path:
     """A stage's metrics: the complete record to metrics/details/<name>, its headline
     (paths.HEADLINE) to ``path``, the file DVC shows. Returns the details file."""
-    from pneumonia.paths import DETAILS, HEADLINE
-
     details = DETAILS / path.name
     write_json(doc, details)
     write_json(headline(doc, HEADLINE[path.name]), path)
