@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -401,8 +402,10 @@ def parse_params(raw: dict[str, Any]) -> Params:
 
 
 def _check_cross_field(p: Params) -> None:
-    normal = {n.strip().lower() for n in p.data.normal_folders}
-    pneumonia = {n.strip().lower() for n in p.data.pneumonia_folders}
+    # Matched as pneumonia/dataset/folders.fold matches them: NFKC, then case-folded.
+    normal = {unicodedata.normalize("NFKC", n).strip().casefold() for n in p.data.normal_folders}
+    pneumonia = {unicodedata.normalize("NFKC", n).strip().casefold()
+                 for n in p.data.pneumonia_folders}
     if "" in normal | pneumonia or normal & pneumonia:
         raise ParamsError(
             "params.yaml: `data.normal_folders` and `data.pneumonia_folders` must be non-empty "

@@ -31,7 +31,7 @@ from collections import Counter
 import pandas as pd
 
 from pneumonia.errors import PipelineError
-from pneumonia.files import write_json
+from pneumonia.files import spreadsheet_safe_frame, write_json
 from pneumonia.params import Params
 from pneumonia.paths import (
     BALANCED_MANIFEST,
@@ -167,7 +167,7 @@ def run(params: Params) -> dict:
     split = split.sort_values(["subset", "label", "image_id"], key=lambda c: c.map(order)
                               if c.name == "subset" else c, ignore_index=True)
     SPLIT_CSV.parent.mkdir(parents=True, exist_ok=True)
-    split.to_csv(SPLIT_CSV, index=False, lineterminator="\n")
+    spreadsheet_safe_frame(split).to_csv(SPLIT_CSV, index=False, lineterminator="\n")
 
     metrics = _metrics(split) | facts | {"generated_in_val": params.split.generated_in_val}
     if params.task == "three_class":  # binary runs keep split.json as it was
