@@ -309,6 +309,7 @@ def training_callbacks(
         history_callback(backup_dir / "history.csv"),
         # The raw weights back before the backup saves them (training resumes from those).
         *average[1:2],
+        backup.rng_callback(backup_dir),  # dropout's generator state, before the backup too
         backup.backup_callback(backup_dir),  # two copies: a kill mid-save loses one epoch
         *average[2:],  # then the average, so a resumed run continues it
     ]
@@ -413,7 +414,15 @@ def run(params: Params) -> dict[str, Any]:
     backup_dir.mkdir(parents=True, exist_ok=True)
     history_csv = backup_dir / "history.csv"
     run_id_file = backup_dir / "mlflow_run_id"  # written by _train_and_log
-    done = backup.recover(backup_dir)  # epochs finished earlier; a cut-short backup is repaired
+
+    configure_determinism(params)
+    strategy, device, precision, replicas = select_device(params)
+    log.info("training on %s, precision %s, %d replica(s)", device, precision, replicas)
+    global_batch = params.train.batch_size * replicas
+
+    # Epochs finished earlier; a cut-short or inconsistent backup (weights one epoch ahead of
+    # the metadata: a kill between Keras' two writes) is repaired from its previous copy.
+    done = backup.recover(backup_dir, steps_per_epoch(len(train_rows), global_batch))
     finished = (backup_dir / FINISHED).is_file()
     if finished:
         log.info("training finished in an earlier attempt (backup %s): not training again, "
@@ -422,11 +431,6 @@ def run(params: Params) -> dict[str, Any]:
         log.info("resuming from epoch %d (backup %s)", done, backup_dir)
     # Also after a kill within epoch 1: continue that MLflow run rather than leave it dangling.
     resume_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
-
-    configure_determinism(params)
-    strategy, device, precision, replicas = select_device(params)
-    log.info("training on %s, precision %s, %d replica(s)", device, precision, replicas)
-    global_batch = params.train.batch_size * replicas
 
     train_ds = train_dataset(train_rows, params, global_batch, first_epoch=done)
 
