@@ -266,6 +266,19 @@ class RecipeParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """The served model's memory bounds (pneumonia/inference/pyfunc.py), recorded in its config
+    when it is logged. No stage reads them otherwise."""
+
+    # Requests decoding images at once in one server process (the others wait): a 49-megapixel
+    # PNG takes ~0.2-0.3 GB while decoded, so this bounds the decoding memory.
+    max_concurrent_decodes: int = field(default=2, metadata=_pos)
+    # Pixels of all the images of one request together (from their headers, before decoding).
+    max_request_megapixels: float = field(
+        default=200.0, metadata=_ck(lambda v: v > 0, "must be > 0"))
+
+
+@dataclass(frozen=True)
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
@@ -281,6 +294,7 @@ class Params:
     evaluate: EvaluateParams = EvaluateParams()
     ablation: AblationParams = AblationParams()
     recipe: RecipeParams = RecipeParams()
+    serve: ServeParams = ServeParams()
 
 
 # --------------------------------------------------------------------------------------------
