@@ -38,3 +38,45 @@ def test_a_pid_reused_by_another_program_is_no_worker(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+# ---- issue 35: --no-wait must not wait; a re-run grid queues no duplicates ---------------
+_FORKS_A_WORKER = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:            # like `dvc queue start`: a worker that outlives the command,
+    time.sleep(30)      # holding the stdout/stderr it inherited
+    os._exit(0)
+print("started", pid)
+"""
+
+
+def test_starting_a_queue_that_forks_a_worker_returns_at_once(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from pneumonia.experiments.grid import run_logged
+
+    cmd = [sys.executable, "-c", _FORKS_A_WORKER]
+    t0 = time.monotonic()
+    assert run_logged(cmd, tmp_path / "start.log") == 0
+    elapsed = time.monotonic() - t0
+    worker = int((tmp_path / "start.log").read_text().split()[1])
+    os.kill(worker, signal.SIGKILL)  # the test leaves no process behind
+    assert elapsed < 10  # capture_output waited the worker's 30 s
+    # The fault it replaces, shown with a shorter worker: reading the pipes waits for it.
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", _FORKS_A_WORKER.replace("30", "3")],
+                   capture_output=True, check=True)
+    assert time.monotonic() - t0 >= 3
+
+
+def test_a_rerun_grid_queues_only_what_is_neither_finished_nor_pending() -> None:
+    from pneumonia.experiments.grid import to_queue
+
+    runs = [(f"abl-{i}", {"train.seed": str(i)}) for i in range(1, 5)]
+    todo, skipped = to_queue(runs, finished={"abl-1"}, pending={"abl-2", "other"})
+    assert [n for n, _ in todo] == ["abl-3", "abl-4"]
+    assert skipped == ["abl-1: finished earlier (dvc exp list), not queued again",
+                       "abl-2: already queued or running, not queued again"]
