@@ -484,6 +484,26 @@ def training_params(p: Params) -> dict[str, Any]:
             if not k.startswith(("evaluate.", "ablation.", "recipe."))}
 
 
+# The params the train stage depends on (dvc.yaml's train `params:`; tests/test_params.py
+# checks the two agree): DVC re-runs training when one of them changes, so evaluate may expect
+# them unchanged since the train stage read them.
+TRAIN_STAGE_PARAMS = ("lr", "data.raw", "data.image_size", "data.max_megapixels", "serve",
+                      "balance.method", "model", "task", "train")
+
+
+def params_digest(p: Params) -> str:
+    """sha256 of the train stage's params (TRAIN_STAGE_PARAMS): what the train stage records in
+    models/mlflow_run.json and evaluate checks against the params.yaml it reads, so a
+    params.yaml changed mid-pipeline (a second `dvc exp run` in the same workspace) is caught
+    before a model is registered under the wrong experiment."""
+    import hashlib
+
+    read = {k: v for k, v in flatten(p).items()
+            if any(k == s or k.startswith(s + ".") for s in TRAIN_STAGE_PARAMS)}
+    text = json.dumps(read, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten nested params/dicts to dotted keys (for MLflow, reports)."""
     if dataclasses.is_dataclass(obj):

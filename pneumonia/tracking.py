@@ -441,7 +441,7 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
 
 
 def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
-                   model_uri: str | None = None) -> dict[str, str]:
+                   model_uri: str | None = None, params_sha256: str = "") -> dict[str, str]:
     """models/mlflow_run.json: which run evaluate continues, and the logged model it registers
     (the pyfunc of pneumonia.inference.pyfunc, `models:/m-<id>`)."""
     import mlflow
@@ -454,6 +454,8 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
     }
     if model_uri:
         info["model_uri"] = model_uri
+    if params_sha256:  # the training params the train stage read (params.params_digest)
+        info["params_sha256"] = params_sha256
     write_json(info, path)
     return info
 
@@ -481,6 +483,20 @@ def read_run_file(path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
         f"{', '.join(RUN_FILE_KEYS)}. Restore it with `dvc checkout {path}` (or `git checkout`), "
         "or re-run training: `dvc repro --force train`."
     )
+
+
+def check_params_unchanged(info: dict[str, str], digest: str, path: Path = MLFLOW_RUN_FILE
+                           ) -> None:
+    """PipelineError when the training params evaluate reads are not those the train stage read
+    (recorded in models/mlflow_run.json): params.yaml changed while the pipeline ran."""
+    recorded = info.get("params_sha256")
+    if recorded and recorded != digest:
+        raise PipelineError(
+            f"params.yaml changed after the train stage read it ({path} records other training "
+            "params than params.yaml holds now): another `dvc exp run` or `dvc repro` in this "
+            "workspace? Nothing is registered. Run experiments side by side with "
+            "`dvc exp run --queue` (then `dvc queue start`) or `dvc exp run --temp`, one "
+            "workspace run at a time; then `dvc repro` again.")
 
 
 @contextmanager

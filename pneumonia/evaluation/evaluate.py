@@ -76,7 +76,7 @@ from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_rep
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
-from pneumonia.params import Params, flatten
+from pneumonia.params import Params, flatten, params_digest
 from pneumonia.paths import (
     CONFUSION_PNG,
     EVALUATE_JSON,
@@ -199,6 +199,7 @@ def run(params: Params) -> dict[str, Any]:
              *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
     leaks = {rule: leakage_of(rows, rule) for rule in rules}
     run_info = tracking.read_run_file()
+    tracking.check_params_unchanged(run_info, params_digest(params))  # before any registration
     experiment_id = tracking.setup()
     t = e.threshold
     earlier = tracking.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))

@@ -380,7 +380,8 @@ def serve_params() -> ServeParams:
 def log_model(keras_file: Path, threshold: float, name: str = "model",
               conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
               max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
-              provenance: dict[str, str] | None = None) -> str:
+              provenance: dict[str, str] | None = None,
+              serve: ServeParams | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
     model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
     is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
@@ -391,7 +392,7 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
 
     if max_megapixels is None:
         max_megapixels, _ = params_max_megapixels()
-    serve = serve_params()
+    serve = serve or serve_params()
     config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
               "max_rows": int(max_rows), "max_request_mb": float(max_request_mb),
               "max_request_megapixels": float(serve.max_request_megapixels),

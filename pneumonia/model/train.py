@@ -46,7 +46,7 @@ from pneumonia.model.inputs import (
 from pneumonia.model.network import build_model, resolve_weights
 from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.model.tasks import n_outputs, target_indices, targets
-from pneumonia.params import Params, arm_of, training_params
+from pneumonia.params import Params, arm_of, params_digest, training_params
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
 if TYPE_CHECKING:
@@ -550,7 +550,7 @@ def _train_and_log(
     # with the logged model and as run tags (pneumonia.provenance).
     prov = provenance.describe(params.data.raw, size, mlrun.info.run_id)
     mlflow.set_tags(provenance.as_tags(prov))
-    return _log_results(mlrun, model, summary, size, prov)
+    return _log_results(mlrun, model, summary, size, prov, params_digest(params))
 
 
 FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
@@ -559,7 +559,8 @@ FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run
 
 
 def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
-                 size: int, prov: dict[str, str] | None = None) -> dict[str, str]:
+                 size: int, prov: dict[str, str] | None = None,
+                 params_sha256: str = "") -> dict[str, str]:
     """Log the finished training's metrics, files and model to the open MLflow run."""
     import mlflow
 
@@ -574,7 +575,7 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
 
     model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD, provenance=prov)
-    return tracking.write_run_file(mlrun, model_uri=model_uri)
+    return tracking.write_run_file(mlrun, model_uri=model_uri, params_sha256=params_sha256)
 
 
 def class_weights(rows: Any, task: str = "binary") -> dict[int, float]:
