@@ -128,6 +128,49 @@ def workers_alive(worker_dir: Path = WORKER_DIR) -> list[int]:
     return alive
 
 
+def clean_dead_runs() -> list[str]:
+    """With no queue worker alive: the runs DVC still lists as "Running" (their worker died:
+    kill -9, a lost machine), their queue rows and temporary copies removed; their names.
+
+    DVC never learns that the worker is gone: the row stays "Running" forever and the run's
+    copy of the repository (`.dvc/tmp/exps/tmp*`, 27 MB for this project) stays on disk. This
+    is what `dvc queue remove` does for a finished task (forget the celery result, purge its
+    message: dvc/repo/experiments/queue/remove.py, DVC 3.67), done for an orphaned one, whose
+    name `dvc queue remove` does not resolve; the copy's path is in the run's info file."""
+    import json
+    import shutil
+
+    if workers_alive():
+        return []
+    from celery.result import AsyncResult
+    from dvc.repo import Repo
+
+    names = []
+    with Repo(".") as repo:
+        queue = repo.experiments.celery_queue
+        for msg, entry in list(queue._iter_processed()):
+            result = AsyncResult(msg.headers["id"], app=queue.celery)
+            if result.ready():
+                continue
+            names.append(entry.name or entry.stash_rev[:7])
+            info = Path(queue.get_infofile_path(entry.stash_rev))
+            try:
+                root = Path(json.loads(info.read_text())["root_dir"]).resolve()
+            except (OSError, ValueError, KeyError, TypeError):
+                root = None
+            exps = Path(repo.tmp_dir, "exps").resolve()
+            if root is not None and root != exps and exps in root.parents:
+                shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(info.parent, ignore_errors=True)
+            try:
+                result.forget()
+            except FileNotFoundError:  # no result stored yet: the worker died before that
+                pass
+            if msg.delivery_tag:
+                queue.celery.purge(msg.delivery_tag)
+    return names
+
+
 def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs: int = 1,
                    worker_dir: Path = WORKER_DIR) -> dict[str, int]:
     """Block until the queue's workers have finished every queued run; PipelineError after
@@ -146,9 +189,13 @@ def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs
     while True:
         time.sleep(poll_s)  # first: a worker just started may not have written its pid file yet
         if not workers_alive(worker_dir):
+            dead = clean_dead_runs() if worker_dir == WORKER_DIR else []
+            if dead:
+                print(f"the queue worker died during {', '.join(dead)}: its \"Running\" "
+                      "entry and temporary copy removed", flush=True)
             counts = queue_status()
             if not counts.get("Queued"):
-                return counts
+                return counts | ({"Died": len(dead)} if dead else {})
             finished = counts.get("Success", 0) + counts.get("Failed", 0)
             stalled = 0 if finished > finished_before else stalled + 1
             finished_before = finished
@@ -230,29 +277,42 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         return None
     if not Path("dvc.yaml").is_file():
         raise PipelineError(f"run `pneumonia {what}` from the repository root (where dvc.yaml is).")
+    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
+    if dead:
+        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
     queued = queue_rows()
     todo, skipped = to_queue(runs, finished_experiments(),
                              {n for _, n, s in queued if s in ("Queued", "Running")})
     for line in skipped:
         print(line)
     for name, overrides in todo:
-        cmd = ["exp", "run", "--queue", "-n", name]
-        for key, value in (overrides | data).items():
-            cmd += ["-S", f"{key}={value}"]
-        _dvc(*cmd)
+        _queue(name, overrides | data)
     start_queue(args.jobs)
     print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {args.jobs} "
           "worker(s): `dvc queue status` to follow", flush=True)
     if args.no_wait:
         return None
-    try:
-        counts = wait_for_queue(args.timeout_min * 60, report_cmd, jobs=args.jobs)
-    except KeyboardInterrupt:
-        print(interrupted_message(), file=sys.stderr, flush=True)
-        raise
-    print(f"queue finished: {counts}")
-    missing = sorted({name for name, _ in runs} - finished_experiments())
-    failed = {n for _, n, s in queue_rows() if s == "Failed"}
+    deadline = time.monotonic() + args.timeout_min * 60
+    for attempt in (1, 2):
+        try:
+            counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
+                                    jobs=args.jobs)
+        except KeyboardInterrupt:
+            print(interrupted_message(), file=sys.stderr, flush=True)
+            raise
+        print(f"queue finished: {counts}")
+        missing = sorted({name for name, _ in runs} - finished_experiments())
+        failed = {n for _, n, s in queue_rows() if s == "Failed"}
+        lost = [n for n in missing if n not in failed]
+        if not lost or attempt == 2:
+            break
+        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
+        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
+              f"{', '.join(lost)}", flush=True)
+        for name, overrides in runs:
+            if name in lost:
+                _queue(name, overrides | data)
+        start_queue(args.jobs)
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
             f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"
@@ -267,10 +327,16 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         raise PipelineError(
             f"{len(missing)} of the {len(runs)} requested runs are missing: {why}. Run "
             f"`pneumonia {what}` again: it queues only the missing ones (finished runs are kept)"
-            f"; `dvc queue logs NAME` says why a run failed, and `dvc exp clean` removes what a "
-            "dead worker left in .dvc/tmp/exps."
+            "; `dvc queue logs NAME` says why a run failed."
         )
     return counts
+
+
+def _queue(name: str, overrides: dict[str, str]) -> None:
+    cmd = ["exp", "run", "--queue", "-n", name]
+    for key, value in overrides.items():
+        cmd += ["-S", f"{key}={value}"]
+    _dvc(*cmd)
 
 
 def interrupted_message() -> str:
