@@ -87,7 +87,8 @@ def to_queue(runs: list[tuple[str, dict[str, str]]], finished: set[str],
     todo, skipped = [], []
     for name, overrides in runs:
         if name in finished:
-            skipped.append(f"{name}: finished earlier (dvc exp list), not queued again")
+            skipped.append(f"{name}: finished earlier (dvc exp list), not queued again "
+                           f"(`dvc exp remove {name}` to run it anew)")
         elif name in pending:
             skipped.append(f"{name}: already queued or running, not queued again")
         else:
