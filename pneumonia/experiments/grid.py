@@ -143,14 +143,13 @@ def clean_dead_runs() -> list[str]:
 
     if workers_alive():
         return []
-    from celery.result import AsyncResult
     from dvc.repo import Repo
 
     names = []
     with Repo(".") as repo:
         queue = repo.experiments.celery_queue
         for msg, entry in list(queue._iter_processed()):
-            result = AsyncResult(msg.headers["id"], app=queue.celery)
+            result = queue.celery.AsyncResult(msg.headers["id"])  # DVC's celery app
             if result.ready():
                 continue
             names.append(entry.name or entry.stash_rev[:7])
