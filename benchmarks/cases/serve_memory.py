@@ -85,7 +85,7 @@ def measure(limit: int, clients: int, png: bytes, work: Path) -> dict[str, Any]:
         model_uri = log_model(model_file, 0.5, max_request_mb=64.0,
                               serve=ServeParams(max_concurrent_decodes=limit))
     body = payload([png])
-    with served(model_uri, uri, store / "serve.log") as url:
+    with served(model_uri, uri, store / "serve.log", timeout=600) as url:  # a loaded machine
         port = int(url.rsplit(":", 1)[1])
         pid = _server_pid(port)
         post(url, payload([_small_png()]))  # warm-up: model loaded, graph traced
