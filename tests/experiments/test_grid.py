@@ -80,8 +80,8 @@ def test_a_rerun_grid_queues_only_what_is_neither_finished_nor_pending() -> None
     runs = [(f"abl-{i}", {"train.seed": str(i)}) for i in range(1, 5)]
     todo, skipped = to_queue(runs, finished={"abl-1"}, pending={"abl-2", "other"})
     assert [n for n, _ in todo] == ["abl-3", "abl-4"]
-    assert skipped == ["abl-1: finished earlier (dvc exp list), not queued again "
-                       "(`dvc exp remove abl-1` to run it anew)",
+    assert skipped == [("abl-1: finished earlier (dvc exp list), not queued again "
+                        "(`dvc exp remove abl-1` to run it anew)"),
                        "abl-2: already queued or running, not queued again"]
 
 
