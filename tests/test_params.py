@@ -135,7 +135,7 @@ def test_the_train_stage_params_digest_covers_what_dvc_yaml_lists() -> None:
 def test_evaluate_refuses_params_changed_since_training() -> None:
     from pneumonia.errors import PipelineError
     from pneumonia.params import params_digest
-    from pneumonia.tracking import check_params_unchanged
+    from pneumonia.pipeline_run import check_params_unchanged
 
     read = params_digest(parse_params(_with("train.seed", 31)))
     now = params_digest(parse_params(_with("train.seed", 32)))

@@ -189,7 +189,7 @@ def test_requests_decode_one_at_a_time_under_a_limit_of_one(
 
     import mlflow
 
-    from pneumonia.inference import sources
+    from pneumonia.inference import pyfunc
     from tests.conftest import zeros_png
 
     monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG",
@@ -197,7 +197,7 @@ def test_requests_decode_one_at_a_time_under_a_limit_of_one(
     model = mlflow.pyfunc.load_model(half_uri)
     state = {"now": 0, "most": 0}
     lock = threading.Lock()
-    decode = sources.to_input
+    decode = pyfunc.to_input
 
     def counting(*args: Any, **kwargs: Any) -> Any:  # the real decoder, its overlap counted
         with lock:
@@ -209,7 +209,7 @@ def test_requests_decode_one_at_a_time_under_a_limit_of_one(
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(sources, "to_input", counting)
+    monkeypatch.setattr(pyfunc, "to_input", counting)
     big = frame(zeros_png(4000, 4000, 8))  # 16 MP: ~0.1 s to decode, long enough to overlap
     threads = [threading.Thread(target=model.predict, args=(big,)) for _ in range(4)]
     for t in threads:
