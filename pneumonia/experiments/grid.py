@@ -144,10 +144,15 @@ def clean_dead_runs() -> list[str]:
 
     if workers_alive():
         return []
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    names = []
-    with Repo(".") as repo:
+    names: list[str] = []
+    try:
+        repo = Repo(".")
+    except DvcException:  # not a DVC repository: the `dvc exp run --queue` after says so
+        return names
+    with repo:
         queue = repo.experiments.celery_queue
         for msg, entry in list(queue._iter_processed()):
             result = queue.celery.AsyncResult(msg.headers["id"])  # DVC's celery app
