@@ -199,7 +199,7 @@ def test_a_split_without_a_class_stops_validate_naming_both(
     message = str(err.value)
     assert f"{split_name}_has_every_label" in message
     assert f"the {split_name} split has no {label} image" in message
-    saved = json.loads(VALIDATION_JSON.read_text())
+    saved = json.loads(VALIDATION_DETAILS.read_text())  # the complete record
     failed = [e["name"] for e in saved["details"]["expectations"] if not e["success"]]
     assert failed == [f"{split_name}_has_every_label"]
 
