@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
-from pneumonia.experiments.predictions import parse_predictions
+from pneumonia.experiments.predictions import read_results
 from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.experiments.report import (
     ALPHA,
@@ -39,8 +38,8 @@ from pneumonia.experiments.report import (
     committed_header,
 )
 from pneumonia.files import write_json
-from pneumonia.params import RecipeParams, load_params, parse_params
-from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
+from pneumonia.params import RecipeParams, load_params
+from pneumonia.paths import METRICS, TRAIN_JSON
 from pneumonia.stats.bootstrap import point_metrics
 from pneumonia.stats.seeds import seeds_needed, t_interval
 
@@ -97,21 +96,15 @@ def collect(cwd: Path | None = None) -> list[RecipeRun]:
     """Every finished `rcp-*` experiment, read from its commit."""
     runs = []
     for rev in revisions.named_experiments(PREFIX, "pneumonia recipe", cwd):
-        name, commit = rev.name, rev.commit
-        try:
-            params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
-            evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
-            train = json.loads(revisions.read_text(rev, TRAIN_JSON.as_posix(), cwd))
-            preds = parse_predictions(revisions.read_text(rev, PREDICTIONS_CSV.as_posix(), cwd),
-                                      f"{PREDICTIONS_CSV} of experiment {name}")
-        except PipelineError as exc:
-            raise PipelineError(f"experiment {name}: {exc}") from None
-        candidate, seed = candidate_of(name)
-        if seed != params.train.seed:
-            raise PipelineError(f"experiment {name}: its train.seed is {params.train.seed}.")
-        runs.append(RecipeRun(name, commit, candidate, seed, float(evaluation["threshold"]),
-                              train.get("seconds"), train.get("epochs_run"),
-                              preds[RUN_COLUMNS].sort_values("image_id", ignore_index=True)))
+        res, more = read_results(rev, cwd, extra=(TRAIN_JSON.as_posix(),))
+        train = more[TRAIN_JSON.as_posix()]
+        candidate, seed = candidate_of(rev.name)
+        if seed != res.params.train.seed:
+            raise PipelineError(f"experiment {rev.name}: its train.seed is "
+                                f"{res.params.train.seed}.")
+        runs.append(RecipeRun(rev.name, rev.commit, candidate, seed,
+                              float(res.evaluation["threshold"]), train.get("seconds"),
+                              train.get("epochs_run"), res.predictions[RUN_COLUMNS]))
     return runs
 
 

@@ -32,15 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.predictions import COLUMNS, parse_predictions
+from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
 from pneumonia.files import write_json
 from pneumonia.formatting import number, p_value, p_value_phrase
-from pneumonia.params import arm_of, parse_params
-from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV
+from pneumonia.params import arm_of
+from pneumonia.paths import METRICS
 from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
 from pneumonia.stats.seeds import (
     detectable_floor,
@@ -90,16 +89,9 @@ def collect(prefix: str = "abl", cwd: Path | None = None) -> list[RunResult]:
     """The finished experiments whose name starts with `<prefix>-`, read from their commits."""
     runs = []
     for rev in revisions.named_experiments(prefix, "pneumonia ablation", cwd):
-        name, commit = rev.name, rev.commit
-        try:
-            params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
-            evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
-            preds = parse_predictions(revisions.read_text(rev, PREDICTIONS_CSV.as_posix(), cwd),
-                                      f"{PREDICTIONS_CSV} of experiment {name}")
-        except PipelineError as exc:
-            raise PipelineError(f"experiment {name}: {exc}") from None
-        runs.append(RunResult(name, commit, arm_of(params), params.train.seed,
-                              float(evaluation["threshold"]), preds[RUN_COLUMNS]))
+        res, _ = read_results(rev, cwd)
+        runs.append(RunResult(rev.name, rev.commit, arm_of(res.params), res.params.train.seed,
+                              float(res.evaluation["threshold"]), res.predictions[RUN_COLUMNS]))
     return runs
 
 
