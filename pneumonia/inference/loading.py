@@ -53,9 +53,11 @@ class Loaded:
     source: str  # what was loaded: a file path or a resolved MLflow URI
     threshold: float
     threshold_from: str  # where the threshold came from (shown to the user)
-    qhat: float | None = None  # conformal calibration of this model, if evaluate made one
+    # conformal calibration of this model, if evaluate made one (a pair, per label: a site's)
+    qhat: float | tuple[float, float] | None = None
     qhat_from: str = ""
     provenance: dict[str, str] = field(default_factory=dict)  # what it was trained on
+    site: dict[str, Any] | None = None  # a site calibration's record (pneumonia.site), if any
 
     @property
     def warning(self) -> str | None:
@@ -283,11 +285,27 @@ def _logged_qhat(local: Path, uri: str) -> tuple[float, str] | None:
 
     try:
         mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
-        value = mlmodel["flavors"]["python_function"]["config"]["conformal"]["qhat"]
+        conformal = mlmodel["flavors"]["python_function"]["config"]["conformal"]
+        value = conformal["qhat"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
+    per_class = conformal.get("qhat_per_class") if isinstance(conformal, dict) else None
+    if isinstance(per_class, list) and len(per_class) == 2:  # a site calibration, per label
+        return tuple(float(q) for q in per_class), f"{uri} (model config `conformal`, per class)"
     return (float(value), f"{uri} (model config `conformal`)") \
         if isinstance(value, (int, float)) else None
+
+
+def _logged_site(local: Path) -> dict[str, Any] | None:
+    """The site calibration record in a downloaded model's config (pneumonia.site), if any."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+        site = mlmodel["flavors"]["python_function"]["config"].get("site")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return site if isinstance(site, dict) else None
 
 
 def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
@@ -338,11 +356,13 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
             f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
             "models:/NAME@ALIAS.")
     chosen_first = chosen_threshold(spec) if threshold == CHOSEN else None
-    qhat: tuple[float, str] | None = None
+    qhat: tuple[Any, str] | None = None
+    site = None
     if not is_file_spec:
         model, source, local = _load_mlflow(spec)
         recorded = _mlflow_threshold(spec)
         qhat = _logged_qhat(local, spec)
+        site = _logged_site(local)
     else:
         path = Path(spec)
         model, source = _load_keras_file(path), str(path)
@@ -361,7 +381,7 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
-                  provenance=provenance_of(spec))
+                  provenance=provenance_of(spec), site=site)
 
 
 def _version_tags(uri: str) -> dict[str, str]:

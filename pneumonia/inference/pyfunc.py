@@ -12,8 +12,11 @@ trained on the bundled sample). A three-class model (`task: three_class`) adds `
 P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged with a conformal
 calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
 NORMAL|PNEUMONIA or empty) and `refer` (true unless the set is one label: refer the image to a
-radiologist). A bad image fails the request with HTTP 400 and a message naming the row and the
-problem (never a stack trace).
+radiologist). A site version (`pneumonia site calibrate`, alias `site-NAME`) decides with the
+site's threshold and quantiles (one per label when class-conditional) and adds
+`probability_calibrated` (temperature-scaled, or equal to `probability`) and `calibration` (the
+site calibration that decided the row). A bad image fails the request with HTTP 400 and a
+message naming the row and the problem (never a stack trace).
 
 Limits, recorded in the model's config when it is logged (`model_config`) and checked before
 anything is decoded, each a 400 with its name: `max_rows` images per request, `max_request_mb`
@@ -96,6 +99,9 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
         conformal = config.get("conformal") or {}
         self.qhat = float(conformal["qhat"]) if "qhat" in conformal else None
+        if "qhat_per_class" in conformal:  # a site calibration (pneumonia.site): per label
+            self.qhat = np.asarray(conformal["qhat_per_class"], dtype=np.float64)
+        self.site = config.get("site") or None
         self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
         self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
         self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
@@ -146,14 +152,23 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
         frame = answer(predict_outputs(self.model, arrays), threshold, self.qhat)
+        site = getattr(self, "site", None)
+        if site:  # a site version: the calibrated probability and which calibration decided
+            from pneumonia.site.temperature import apply
+
+            frame["probability_calibrated"] = apply(frame["probability"].to_numpy(),
+                                                    site.get("temperature"))
+            frame["calibration"] = site["calibration"]
         frame["trained_on"] = getattr(self, "trained_on", "unknown")
         frame["warning"] = getattr(self, "warning", "")
         return frame
 
 
-def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
+def answer(outputs: np.ndarray, threshold: float, qhat: float | np.ndarray | None = None
+           ) -> pd.DataFrame:
     """The served table from the model's raw outputs (N, 1) or (N, 3): see the module
-    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal)."""
+    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal), one
+    number or one per label (NORMAL, PNEUMONIA: a site's class-conditional calibration)."""
     from pneumonia.model.tasks import pneumonia_probability
     from pneumonia.paths import CLASSES, LABELS
 
@@ -211,7 +226,8 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
-def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> Any:
+def signature(threshold: float, outputs: int = 1, conformal: bool = False,
+              site: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -223,6 +239,8 @@ def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> An
         columns += [ColSpec("double", f"p_{c}") for c in CLASSES] + [ColSpec("string", "class")]
     if conformal:
         columns += [ColSpec("string", "prediction_set"), ColSpec("boolean", "refer")]
+    if site:  # pneumonia.site: the temperature-scaled probability and the calibration's name
+        columns += [ColSpec("double", "probability_calibrated"), ColSpec("string", "calibration")]
     columns += [ColSpec("string", "trained_on"), ColSpec("string", "warning")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
@@ -260,13 +278,16 @@ def output_width(keras_file: Path) -> int:
 def log_model(keras_file: Path, threshold: float, name: str = "model",
               conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
               max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
-              provenance: dict[str, str] | None = None) -> str:
+              provenance: dict[str, str] | None = None,
+              site: dict[str, Any] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
     model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
     is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
     params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
     calibration (the served answer then carries each image's prediction set). `provenance`
-    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config."""
+    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config.
+    `site`: a site calibration's record (pneumonia.site.fit; `site calibrate`): the answer then
+    adds `probability_calibrated` and `calibration`."""
     from pneumonia.inference.sources import params_max_megapixels
 
     if max_megapixels is None:
@@ -274,7 +295,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
     config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
               "max_rows": int(max_rows), "max_request_mb": float(max_request_mb),
               **({"conformal": conformal} if conformal else {}),
-              **({"provenance": dict(provenance)} if provenance else {})}
+              **({"provenance": dict(provenance)} if provenance else {}),
+              **({"site": dict(site)} if site else {})}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -286,7 +308,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
             code_paths=[str(code)],
             model_config=config,
             metadata={"provenance": dict(provenance)} if provenance else None,
-            signature=signature(threshold, output_width(keras_file), bool(conformal)),
+            signature=signature(threshold, output_width(keras_file), bool(conformal),
+                                bool(site)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
         )

@@ -73,8 +73,14 @@ def min_images(alpha: float, delta: float | None = None) -> int:
     """The smallest calibration set (per class for mondrian) whose quantile is not 1.0 (a set
     that holds every label): (1 - alpha) / alpha images marginally (19 at alpha 0.05); with
     delta, the smallest n with (1 - alpha)^n <= delta (45 at alpha 0.05, delta 0.1)."""
+    if delta is not None:  # rank n is reached when P(Binomial(n, 1 - alpha) >= n) <= delta
+        rank(1, alpha, delta)  # checks alpha and delta
+        n = max(1, math.floor(math.log(delta) / math.log(1 - alpha)))
+        while (1 - alpha) ** n > delta:
+            n += 1
+        return n
     n = 1
-    while rank(n, alpha, delta) > n:
+    while rank(n, alpha) > n:
         n += 1
     return n
 

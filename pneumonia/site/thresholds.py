@@ -63,7 +63,7 @@ def fit_threshold(y: ArrayLike, prob: ArrayLike, rule: Rule | str) -> float:
     rule = parse_rule(rule) if isinstance(rule, str) else rule
     if rule.name == "youden":
         return choose_threshold(y, prob, "youden")
-    cand, j = youden_table(y, prob)  # checks inputs, both classes
+    cand, _ = youden_table(y, prob)  # checks inputs, both classes
     yy = np.asarray(y, dtype=np.int64)
     p = np.asarray(prob, dtype=np.float64)
     pos, neg = np.sort(p[yy == 1]), np.sort(p[yy == 0])

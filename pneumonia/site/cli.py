@@ -1,0 +1,35 @@
+"""`pneumonia site ...`: the site commands (docs/new-site.md). Each subcommand is a module with
+`add_arguments(parser)` and `command(args)`, imported only when it runs or builds --help."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "calibrate": ("pneumonia.site.calibrate",
+                  ("fit the threshold and conformal sets on a site's labelled images; register "
+                  "the same weights as alias site-NAME")),
+    "study": ("pneumonia.site.study",
+              ("the official test set as a new site: k labelled images calibrate, the rest are "
+              "scored, repeated patient-grouped splits (metrics/site.md)")),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="site_command", required=True, metavar="COMMAND")
+    for name, (module, text) in SUBCOMMANDS.items():
+        cmd = sub.add_parser(name, help=text, description=text)
+        importlib.import_module(module).add_arguments(cmd)
+
+
+def command(args: argparse.Namespace) -> int:
+    return importlib.import_module(SUBCOMMANDS[args.site_command][0]).command(args)
+
+
+def site_model(site: str) -> str:
+    """`--site NAME` as a model URI: models:/<registry name>@site-NAME."""
+    from pneumonia.inference.loading import registry_name
+    from pneumonia.site import names
+
+    return f"models:/{registry_name()}@{names.alias(site)}"
