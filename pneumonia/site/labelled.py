@@ -82,7 +82,19 @@ def _inventory(raw: Path, layout: str, metadata: str):  # -> (Inventory, layout 
             if layout == "kermany":
                 raise
     data = DataParams(raw=str(raw), layout="folders", metadata=metadata)
-    return folders.scan(raw, data), "folders"
+    try:
+        return folders.scan(raw, data), "folders"
+    except PipelineError as exc:
+        for label in LABELS:  # folders' own wording speaks of data.raw and params.yaml keys
+            if f"no {label} images found" in str(exc):
+                raise PipelineError(one_class(raw, label)) from None
+        raise
+
+
+def one_class(raw: Path, label: str, counts: str = "") -> str:
+    return (f"{raw}: no {label} image in the labelled set{counts}. A threshold and a conformal "
+            "quantile need labelled images of both classes: add images of the missing class in "
+            f"a folder named {label}/. Nothing was calibrated or registered.")
 
 
 def _patient(image_id: str, label: str, given: str, from_metadata: bool) -> tuple[str, bool]:
@@ -148,11 +160,8 @@ def read(raw: Path | str, size: int, layout: str = "auto", metadata: str = "",
                       for i in out.images]
     missing = [label for label, n in out.counts().items() if n == 0]
     if missing:
-        raise PipelineError(
-            f"{raw}: no {' or '.join(missing)} image in the labelled set "
-            f"({', '.join(f'{n} {k}' for k, n in out.counts().items())}). A threshold and a "
-            "conformal quantile need labelled images of both classes: add images of the missing "
-            "class (folder NORMAL/ or PNEUMONIA/).")
+        counts = ", ".join(f"{n} {k}" for k, n in out.counts().items())
+        raise PipelineError(one_class(raw, missing[0], f" ({counts})"))
     return out
 
 
