@@ -48,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "one CSV per seed (default: the recipe's committed cnn-ema and "
                         "dn121-ema runs)")
     parser.add_argument("--validation", action="append", default=[], metavar="NAME=GLOB",
-                        help="the same runs' validation predictions (file names carry -sN, "
-                        "matched to the arm's by seed)")
+                        help="the same runs' validation calibration, matched to the arm's CSVs "
+                        "by the -sN in the path: their evaluate.json (`conformal_qhat`, "
+                        "evaluate's quantile on the validation originals) or their validation "
+                        "predictions as CSV")
     parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_K),
                         help="labelled site images (default 25 50 100 200)")
     parser.add_argument("--splits", type=int, default=50, help="splits per k and seed")
@@ -63,8 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _seed(path: str) -> str:
-    m = re.search(r"-s(\d+)", Path(path).stem)
-    return m.group(1) if m else Path(path).stem
+    """The training seed a file belongs to: the last `-sN` in its path (rcp-cnn-ema-s3.csv,
+    cnn-ema-s3/metrics/predictions.csv)."""
+    found = re.findall(r"-s(\d+)(?=[-_./]|$)", str(path))
+    return found[-1] if found else Path(path).stem
 
 
 def _pairs(specs: list[str], what: str) -> dict[str, list[str]]:
@@ -175,6 +179,10 @@ def command(args: argparse.Namespace) -> int:
     for name, files in arms.items():
         frames = {_seed(f): read_predictions(f) for f in files}
         val_qhat = _validation_qhats(vals.get(name, []), args.alpha)
+        missing = [s for s in frames if s not in val_qhat]
+        if val_qhat and missing:
+            raise PipelineError(f"--validation {name}: no validation quantile for seed(s) "
+                                f"{', '.join(missing)} of the arm")
         entries = [(name, frames, val_qhat, False)]
         if len(frames) > 1:
             first = next(iter(frames.values()))
@@ -189,8 +197,10 @@ def command(args: argparse.Namespace) -> int:
                           args.validation_threshold, args.seed)
             result["arms"][arm] = {
                 "seeds": list(fr), "validation_quantile": bool(vq),
-                "awaits": [] if vq else [f"{name} validation predictions ("
-                                         + ", ".join(f"seed {s}" for s in frames) + ")"],
+                "awaits": [] if vq else [f"{name}: the validation predictions of seed(s) "
+                                         + ", ".join(frames)
+                                         + (" (the averaged model's validation quantile needs "
+                                            "all of them)" if one else "")],
                 "k": {str(k): {key: summarise(v, one) for key, v in d.items()}
                       for k, d in res.items()}}
     out = Path(args.out)
@@ -209,6 +219,15 @@ def _validation_qhats(files: list[str], alpha: float, average: bool = False
 
     if not files:
         return {}
+    if all(f.endswith(".json") for f in files):  # evaluate.json: its own validation quantile
+        if average:
+            return {}  # the averaged model's quantile needs the seeds' validation predictions
+        out = {}
+        for f in files:
+            q = json.loads(Path(f).read_text(encoding="utf-8")).get("conformal_qhat")
+            if isinstance(q, (int, float)):
+                out[_seed(f)] = float(q)
+        return out
     frames = {_seed(f): read_predictions(f) for f in files}
     if average:
         first = next(iter(frames.values()))
@@ -250,8 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"of {p['splits']} random patient-grouped splits per k and seed, k labelled test images "
         f"fit the threshold (rule `{p['rule']}`) and the conformal quantile (alpha "
         f"{p['alpha']:g}; LAC, and class-conditional), and the other test images are scored. "
-        "Inputs: the committed test predictions of the CPU recipe's runs "
-        "(metrics/recipe/*.csv); no model is run."),
+        "Inputs: committed test predictions (each arm names its files); no model is run."),
         "",
         ("Cells: mean over seeds x splits [95 % t-interval over seeds, each seed the mean of its "
         "splits; for the averaged-seeds arm, one model: the 2.5-97.5 % range over splits] "
@@ -262,7 +280,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for arm, a in result["arms"].items():
-        lines += [f"## {arm}", ""]
+        files = p["arms"].get(arm)
+        vals = p["validation"].get(arm)
+        lines += [f"## {arm}", "",
+                  ("Test predictions: " + ", ".join(f"`{f}`" for f in files)
+                   + ("; validation quantiles: " + ", ".join(f"`{f}`" for f in vals)
+                      if vals else "") + ".") if files else
+                  "The seeds' probabilities averaged image by image: one model.", ""]
         if a["awaits"]:
             lines += ["`validation` conformal rows await: " + "; ".join(a["awaits"]) + ".", ""]
         for k, d in a["k"].items():
