@@ -13,6 +13,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("pneumonia.site.study",
               ("the official test set as a new site: k labelled images calibrate, the rest are "
               "scored, repeated patient-grouped splits (metrics/site.md)")),
+    "adapt": ("pneumonia.site.adapt",
+              ("AdaBN: re-estimate BatchNorm statistics on a site's unlabelled images; register "
+              "the adapted weights as alias site-NAME")),
+    "adapt-study": ("pneumonia.site.adapt_study",
+                    ("measure AdaBN on trained runs: adapt on half of the test set, score the "
+                    "rest; control on validation images (metrics/site-adapt.md)")),
 }
 
 
