@@ -166,15 +166,18 @@ def read(raw: Path | str, size: int, layout: str = "auto", metadata: str = "",
 
 
 def training_overlap(labelled: LabelledSet, manifest: Path) -> list[str]:
-    """Labelled files whose bytes are in the training manifest (its `sha256` of each source
-    file; the train split, which holds the validation originals too)."""
+    """Labelled files whose bytes are in the training manifest (`sha256` of each source file,
+    `png_sha256` of its decoded PNG; the train split, which holds the validation originals)."""
     import pandas as pd
 
-    frame = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split"), dtype=str)
+    frame = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "png_sha256", "split"),
+                        dtype=str)
     if "sha256" not in frame.columns:
         raise PipelineError(f"{manifest}: no `sha256` column; give the ingest stage's "
                             "data/manifest.csv of the model's training data (--training-manifest)")
     if "split" in frame.columns:
         frame = frame[frame["split"] != "test"]
-    seen = set(frame["sha256"])
+    # the source files' hashes, and those of ingest's decoded PNGs (data/images/...): a site
+    # set assembled from a workspace's decoded training images is caught too
+    seen = set(frame["sha256"]) | set(frame.get("png_sha256", pd.Series(dtype=str)).dropna())
     return [i.source_file for i in labelled.images if i.sha256 in seen]
