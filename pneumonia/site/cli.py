@@ -7,6 +7,12 @@ import argparse
 import importlib
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("pneumonia.site.check",
+              ("no labels: do these images differ from the model's validation images (MMD on "
+              "embeddings, permutation p), and their pneumonia prevalence (Saerens EM)")),
+    "check-study": ("pneumonia.site.check_study",
+                    ("measure site check: false alarms on held-out validation images, power on "
+                    "the test set (metrics/site-check.md)")),
     "calibrate": ("pneumonia.site.calibrate",
                   ("fit the threshold and conformal sets on a site's labelled images; register "
                   "the same weights as alias site-NAME")),
