@@ -83,16 +83,27 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     sites = {"test": split[split["subset"] == "test"],
              "validation (control)": split[(split["subset"] == "val")
                                            & split["source_image_id"].isna()]}
+    from pneumonia.site.check import embed, mmd_test
+
     out: dict[str, list[dict[str, float]]] = {}
+    xs = {site: _images(data, frame.reset_index(drop=True), size)
+          for site, frame in sites.items()}
+    emb_val = embed(model, xs["validation (control)"])
     for site, frame in sites.items():
         frame = frame.reset_index(drop=True)
-        x = _images(data, frame, size)
+        x = xs[site]
         y = (frame["label"] == "PNEUMONIA").to_numpy()
         base = _scores(model, x)
+        emb = embed(model, x)
         rng = np.random.default_rng([seed, len(frame)])
         for _ in range(splits):
             half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
             pool = np.flatnonzero(half)
+            # the gated rule: adapt only when `site check` finds the adaptation half differs
+            # from validation originals it does not contain (control: the other half)
+            ref = emb_val[~half] if site.startswith("validation") else \
+                emb_val[rng.permutation(len(emb_val))[:len(emb_val) // 2]]
+            _, p_check = mmd_test(emb[pool], ref, 200, int(rng.integers(1 << 30)))
             for n in [*[s for s in sizes if s < pool.size], pool.size]:
                 use = rng.choice(pool, n, replace=False)
                 adapt_batchnorm(model, x[use])
@@ -103,6 +114,14 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
                         _metrics(y[~half], base[~half], threshold).items()}
                 key = f"{site}, adapted on {'the whole half' if n == pool.size else n}"
                 out.setdefault(key, []).append(row)
+                if n == pool.size:  # the gated rule on the same split
+                    gated = adapted if p_check < 0.01 else base[~half]
+                    grow = _metrics(y[~half], gated, threshold)
+                    grow |= {f"base_{k}": v for k, v in
+                             _metrics(y[~half], base[~half], threshold).items()}
+                    grow["adapted"] = float(p_check < 0.01)
+                    out.setdefault(f"{site}, adapted on the whole half only when site check "
+                                   "finds a shift (p < 0.01)", []).append(grow)
     return out
 
 
@@ -183,8 +202,13 @@ def markdown(doc: dict[str, Any]) -> str:
              "mean over seeds x splits [95 % t-interval over seeds; one seed: the 2.5-97.5 % "
              "range over splits]."), ""]
     for cond, metrics in doc["conditions"].items():
-        lines += [f"## {cond}", "", "| metric | unadapted | AdaBN | difference |",
-                  "|---|---|---|---|"]
+        lines += [f"## {cond}", ""]
+        shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
+                  if "adapted" in row]
+        if shares:
+            lines += [(f"`site check` found a shift (and AdaBN was applied) in "
+                      f"{sum(shares):.0f} of {len(shares)} splits."), ""]
+        lines += ["| metric | unadapted | AdaBN | difference |", "|---|---|---|---|"]
         for m, s in metrics.items():
             lines.append(f"| {m} | {_cell(s['base'])} | {_cell(s['adapted'])} | "
                          f"{_cell(s['difference'], True)} |")
