@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="metrics/site-adapt")
+    parser.add_argument("--reuse", metavar="FILE.json", default=None,
+                        help="a previous output with the same settings: its runs are not "
+                        "measured again (add seeds as they finish)")
 
 
 def _images(data: Path, frame: pd.DataFrame, size: int) -> np.ndarray:
@@ -149,7 +153,17 @@ def command(args: argparse.Namespace) -> int:
         if not (r / "models" / "model.keras").is_file():
             raise PipelineError(f"{r}: no models/model.keras")
     t0 = time.perf_counter()
-    results = {r.name: measure_run(r, data, args.splits, args.sizes, args.threshold, args.seed)
+    settings = {"splits": args.splits, "sizes": args.sizes, "threshold": args.threshold,
+                "seed": args.seed, "data": str(data)}
+    previous: dict[str, Any] = {}
+    if args.reuse and Path(args.reuse).is_file():
+        old = json.loads(Path(args.reuse).read_text(encoding="utf-8"))
+        if {k: old.get(k) for k in settings} == settings:
+            previous = old.get("per_run", {})
+        else:
+            print(f"--reuse {args.reuse}: other settings, measuring every run", file=sys.stderr)
+    results = {r.name: previous[r.name] if r.name in previous else
+               measure_run(r, data, args.splits, args.sizes, args.threshold, args.seed)
                for r in runs}
     conditions = list(next(iter(results.values())))
     table: dict[str, dict[str, Any]] = {}
@@ -161,8 +175,8 @@ def command(args: argparse.Namespace) -> int:
             table[cond][m] = {"adapted": summarise(adapted), "base": summarise(base),
                               "difference": summarise([a - b for a, b in
                                                        zip(adapted, base, strict=True)])}
-    doc = {"runs": [str(r) for r in runs], "data": str(data), "splits": args.splits,
-           "threshold": args.threshold, "seed": args.seed,
+    doc = {"runs": [str(r) for r in runs], **settings,
+           "reused": sorted(set(previous) & set(results)),
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
