@@ -214,7 +214,10 @@ def markdown(doc: dict[str, Any]) -> str:
              "half of the site's images adapts the BatchNorm statistics (unlabelled), the "
              f"other half is scored at threshold {doc['threshold']:g}, adapted and not. Cells: "
              "mean over seeds x splits [95 % t-interval over seeds; one seed: the 2.5-97.5 % "
-             "range over splits]."), ""]
+             "range over splits].")
+             + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
+                "with the same settings (`--reuse`); the time above is the others'."
+                if doc.get("reused") else ""), ""]
     for cond, metrics in doc["conditions"].items():
         lines += [f"## {cond}", ""]
         shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
