@@ -83,6 +83,21 @@ def test_calibrate_registers_the_site_and_predict_uses_it(
         assert ("PNEUMONIA" in r["prediction_set"]) == in_set[0]
         assert ("NORMAL" in r["prediction_set"]) == in_set[1]
 
+    # the served site version: the same decisions, the calibration named in every row
+    import base64
+
+    import pandas as pd
+
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@site-st-marys")
+    files = sorted(labelled.rglob("*.png"))[:5]
+    answer = served.predict(pd.DataFrame({"image": [base64.b64encode(f.read_bytes()).decode()
+                                                    for f in files]}))
+    assert (answer["calibration"] == rows[0]["calibration"]).all()
+    assert np.allclose(answer["threshold"], want_t, atol=1e-6)
+    assert list(answer["label"]) == ["PNEUMONIA" if q >= want_t else "NORMAL"
+                                     for q in answer["probability"]]
+    assert list(answer["probability_calibrated"]) == list(answer["probability"])  # no T
+
     # the same name again: refused without --replace, nothing registered; with it, moved
     code, err = run(argv, capsys)
     assert code == 2 and "site 'st-marys' exists" in err and "--replace" in err
