@@ -241,7 +241,7 @@ def _validation_qhats(files: list[str], alpha: float, average: bool = False
 
 def _cell(s: dict[str, Any] | None) -> str:
     if not s or s.get("mean") is None:
-        return "awaits runs"
+        return "not recorded (above)"
     return f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] (±{s['split_sd']:.3f})"
 
 
@@ -288,7 +288,8 @@ def markdown(result: dict[str, Any]) -> str:
                       if vals else "") + ".") if files else
                   "The seeds' probabilities averaged image by image: one model.", ""]
         if a["awaits"]:
-            lines += ["`validation` conformal rows await: " + "; ".join(a["awaits"]) + ".", ""]
+            lines += ["The `validation` conformal rows need the runs' own validation quantile, "
+                      "which these inputs do not hold: " + "; ".join(a["awaits"]) + ".", ""]
         for k, d in a["k"].items():
             n = d.get("labelled", {}).get("mean")
             lines += [(f"### k = {k} labelled images (mean drawn {n:.1f}; "
