@@ -172,10 +172,10 @@ def _rows(results: list[Result], threshold: float, three_class: bool = False,
             row["prediction_set"] = set_names(sets, LABELS)[0] if ok else None
             row["refer"] = bool(sets.sum() != 1) if ok else None
         if site:  # pneumonia.site: the calibrated probability and the calibration's name
-            from pneumonia.site.temperature import apply
+            from pneumonia.inference.pyfunc import tempered
 
-            row["probability_calibrated"] = (round(float(apply(r.probability,
-                                                               site.get("temperature"))), 6)
+            row["probability_calibrated"] = (round(float(tempered(r.probability,
+                                                                  site.get("temperature"))), 6)
                                              if ok else None)
             row["calibration"] = site.get("calibration")
         row["error"] = r.error

@@ -154,10 +154,8 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         frame = answer(predict_outputs(self.model, arrays), threshold, self.qhat)
         site = getattr(self, "site", None)
         if site:  # a site version: the calibrated probability and which calibration decided
-            from pneumonia.site.temperature import apply
-
-            frame["probability_calibrated"] = apply(frame["probability"].to_numpy(),
-                                                    site.get("temperature"))
+            frame["probability_calibrated"] = tempered(frame["probability"].to_numpy(),
+                                                       site.get("temperature"))
             frame["calibration"] = site["calibration"]
         frame["trained_on"] = getattr(self, "trained_on", "unknown")
         frame["warning"] = getattr(self, "warning", "")
@@ -187,6 +185,17 @@ def answer(outputs: np.ndarray, threshold: float, qhat: float | np.ndarray | Non
         frame["prediction_set"] = set_names(sets, LABELS)
         frame["refer"] = sets.sum(axis=1) != 1
     return frame
+
+
+def tempered(prob: Any, temperature: float | None) -> np.ndarray:
+    """A site calibration's temperature applied to P(PNEUMONIA): sigmoid(logit(p) / T), p
+    unchanged without one. The same formula as pneumonia.site.temperature.apply, written here
+    so that the served model (and the train stage, which logs it) does not import pneumonia.site."""
+    p = np.asarray(prob, dtype=np.float64)
+    if temperature is None:
+        return p
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-np.log(q / (1 - q)) / float(temperature)))
 
 
 def predict_outputs(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:

@@ -129,6 +129,10 @@ def test_temperature_recovers_a_known_temperature_and_keeps_decisions() -> None:
     overconfident = 1 / (1 + np.exp(-3 * z))  # logits x 3: T should come out near 3
     t = temperature.fit_temperature(y, overconfident)
     assert t == pytest.approx(3.0, rel=0.1)
+    from pneumonia.inference.pyfunc import tempered  # what predict and the served model apply
+
+    np.testing.assert_allclose(tempered(overconfident, t), temperature.apply(overconfident, t),
+                               rtol=1e-9, atol=1e-12)
     settings = fit.Settings(thresholds.Rule("accuracy"), 0.1, "mondrian", None, True)
     thr, qhat, t2, q = fit.fit_once(y[:500], overconfident[:500], settings)
     p_cal = temperature.apply(overconfident[500:], t2)
