@@ -37,6 +37,8 @@ import pandas as pd
 
 from pneumonia.paths import LABELS
 from pneumonia.provenance import SAMPLE, UNKNOWN
+from pneumonia.stats.bootstrap import paired_deltas
+from pneumonia.stats.significance import mcnemar_exact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 N_RESAMPLES = 2000
@@ -161,9 +163,6 @@ def decide(candidate: Entry, floor: float, margin: float, champion: Entry | None
         return Decision(CHALLENGER, f"not comparable with champion version {champion.version}: "
                         f"{why}. The gate compares models on the same test set only; the "
                         "champion stays", details)
-    from pneumonia.stats.bootstrap import paired_deltas
-    from pneumonia.stats.significance import mcnemar_exact
-
     cand = cand.assign(image_id=cand["image_id"].astype(str)).sort_values("image_id")
     champ = champ.assign(image_id=champ["image_id"].astype(str)).sort_values("image_id")
     y = _as_binary(cand["actual"])

@@ -42,6 +42,8 @@ from pneumonia.experiments.report import (
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
+from pneumonia.stats.bootstrap import point_metrics
+from pneumonia.stats.seeds import seeds_needed
 
 PREFIX = "rcp"
 RECIPE_DIR = METRICS / "recipe"
@@ -135,9 +137,6 @@ def summarize(runs: list[RecipeRun]) -> dict[str, Any]:
     """metrics/recipe.json: per candidate the seed statistics, targets met, and Welch's test
     against the candidate with the highest mean accuracy."""
     from scipy import stats
-
-    from pneumonia.stats.bootstrap import point_metrics
-    from pneumonia.stats.seeds import seeds_needed
 
     if not runs:
         raise PipelineError("no finished recipe runs to report on.")

@@ -26,12 +26,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumonia import provenance
 from pneumonia.errors import PipelineError
+from pneumonia.params import load_params
 from pneumonia.paths import EVALUATE_JSON, MODEL_FILE
+from pneumonia.pipeline_run import read_run_file
+from pneumonia.provenance import warning
+from pneumonia.tracking import tracking_uri
 
 if TYPE_CHECKING:
     import keras
@@ -45,6 +51,32 @@ CHAMPION = "champion"
 # it and used only when asked for: `--threshold chosen` (CHOSEN).
 THRESHOLD_KEYS = ("threshold",)
 CHOSEN = "chosen"
+
+
+# A site's calibrated version (pneumonia.site, `pneumonia site calibrate`): alias site-NAME. The
+# name rule lives here, below pneumonia.site, so that `predict --site` needs nothing above it.
+SITE_PREFIX = "site-"
+_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def check_site_name(name: str) -> str:
+    """The site name, or a PipelineError saying what a valid one looks like."""
+    if not isinstance(name, str) or not _SITE_NAME.fullmatch(name):
+        raise PipelineError(
+            f"--site {name!r}: not a valid site name. Use 1-40 lower-case letters, digits and "
+            "'-', starting with a letter or digit (e.g. st-marys, site2); it becomes the "
+            f"registry alias {SITE_PREFIX}NAME.")
+    return name
+
+
+def site_alias(name: str) -> str:
+    """The registry alias of the site's calibrated version."""
+    return SITE_PREFIX + check_site_name(name)
+
+
+def site_uri(name: str) -> str:
+    """`--site NAME` as a model URI: models:/<registry name>@site-NAME."""
+    return f"models:/{registry_name()}@{site_alias(name)}"
 
 
 @dataclass
@@ -62,8 +94,6 @@ class Loaded:
     @property
     def warning(self) -> str | None:
         """Why its answers must not be trusted (trained on the bundled sample), else None."""
-        from pneumonia.provenance import warning
-
         return warning(self.provenance)
 
     @property
@@ -74,8 +104,6 @@ class Loaded:
 def registry_name(params_file: Path = Path("params.yaml")) -> str:
     """params.yaml `evaluate.registry_name` when readable, else the default name."""
     try:
-        from pneumonia.params import load_params
-
         return load_params(params_file).evaluate.registry_name
     except (PipelineError, OSError):
         return DEFAULT_REGISTRY_NAME
@@ -83,8 +111,6 @@ def registry_name(params_file: Path = Path("params.yaml")) -> str:
 
 def _params_threshold() -> tuple[float, str] | None:
     try:
-        from pneumonia.params import load_params
-
         return load_params().evaluate.threshold, "params.yaml evaluate.threshold"
     except (PipelineError, OSError):
         return None
@@ -106,12 +132,35 @@ def workspace_threshold() -> tuple[float, str] | None:
 def store_uri() -> str | None:
     """The MLflow store `pneumonia.tracking` uses, or None when it is a sqlite file that does
     not exist yet (opening it would create an empty store)."""
-    from pneumonia.tracking import tracking_uri
-
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None
     return uri
+
+
+# Reading the registry's aliases, failing closed (also the evaluate stage's gate: pneumonia.registry)
+def not_found(exc: Exception) -> bool:
+    """An MLflow error that says the registered model (or alias) does not exist."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def aliases(client: Any, name: str) -> dict[str, str] | None:
+    """The registered model's aliases ({alias: version}); None when there is no such registered
+    model. Any other error of the store propagates: it never reads as "no champion"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
+
+
+def champion_version(client: Any, name: str) -> str | None:
+    """The version holding `champion`; None only when the model or the alias does not exist."""
+    return (aliases(client, name) or {}).get(CHAMPION)
 
 
 def champion_uri(name: str) -> str | None:
@@ -123,8 +172,6 @@ def champion_uri(name: str) -> str | None:
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pneumonia.registry import champion_version
 
     mlflow.set_tracking_uri(uri)
     try:
@@ -212,8 +259,6 @@ def chosen_threshold(spec: str) -> tuple[float, str]:
 
         store = store_uri()
         if store is None:
-            from pneumonia.tracking import tracking_uri
-
             raise PipelineError(f"--threshold {CHOSEN}: {spec}: the MLflow store {tracking_uri()} "
                                 "does not exist; set MLFLOW_TRACKING_URI or give a .keras file.")
         mlflow.set_tracking_uri(store)
@@ -314,8 +359,6 @@ def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
 
     store = store_uri()
     if store is None:
-        from pneumonia.tracking import tracking_uri
-
         raise PipelineError(f"{uri}: the MLflow store {tracking_uri()} does not exist (no model "
                             "was trained here); set MLFLOW_TRACKING_URI or give a .keras file.")
     mlflow.set_tracking_uri(store)
@@ -406,8 +449,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     """What the model `spec` (a resolved --model) was trained on ({} when nothing says)."""
     from mlflow.exceptions import MlflowException
 
-    from pneumonia import provenance
-
     if spec.startswith(("runs:/", "models:/")):
         from mlflow.models import Model
 
@@ -424,8 +465,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     try:  # the workspace's model: its training run's tags, else the workspace's manifest
         import mlflow
 
-        from pneumonia.tracking import read_run_file
-
         if store_uri() is not None:
             tags = mlflow.MlflowClient(store_uri()).get_run(read_run_file()["run_id"]).data.tags
             if provenance.from_tags(tags):
@@ -433,8 +472,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     except (PipelineError, MlflowException, OSError):
         pass
     try:
-        from pneumonia.params import load_params
-
         data = load_params().data
         return provenance.describe(data.raw, data.image_size)
     except (PipelineError, OSError, KeyError, ValueError):

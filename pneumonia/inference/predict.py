@@ -35,8 +35,11 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.files import workers as resolve_workers
+from pneumonia.inference.loading import load
 from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
-from pneumonia.paths import LABELS
+from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.paths import CLASSES, LABELS
+from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,6 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
     batch: list[tuple[Item, np.ndarray]] = []
     queued = iter(items)
 
-    from pneumonia.model.tasks import pneumonia_probability
-
     width = int(model.output_shape[-1])
 
     def flush() -> Iterator[Result]:
@@ -151,9 +152,6 @@ def _rows(results: list[Result], threshold: float, three_class: bool = False,
           qhat: float | tuple[float, float] | None = None,
           site: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Output rows; the columns of a three-class model and of a conformal set when given."""
-    from pneumonia.paths import CLASSES
-    from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
-
     rows = []
     for r in results:
         ok = r.probability is not None
@@ -210,18 +208,16 @@ def command(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
     if getattr(args, "site", None) is not None:
-        from pneumonia.site.cli import site_model
+        from pneumonia.inference.loading import site_uri
 
         if args.model is not None:
             raise PipelineError("give --site or --model, not both (--site NAME is "
                                 "models:/<registry name>@site-NAME)")
-        args.model = site_model(args.site)
+        args.model = site_uri(args.site)
     items = expand(args.paths)  # usage errors before TensorFlow is even imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
     from tqdm import tqdm
-
-    from pneumonia.inference.loading import load
 
     loaded = load(args.model, args.threshold)
     cap, cap_from = params_max_megapixels()

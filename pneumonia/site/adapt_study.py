@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from pneumonia.errors import PipelineError
+from pneumonia.site.rundata import cpu_name as _cpu
+from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
 
@@ -46,16 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", metavar="FILE.json", default=None,
                         help="a previous output with the same settings: its runs are not "
                         "measured again (add seeds as they finish)")
-
-
-def _images(data: Path, frame: pd.DataFrame, size: int) -> np.ndarray:
-    from pneumonia.inference.sources import to_input
-
-    def where(p: str) -> Path:
-        rel = Path(p)
-        return data / (Path(*rel.parts[1:]) if rel.parts and rel.parts[0] == "data" else rel)
-
-    return np.stack([to_input(where(p).read_bytes(), size) for p in frame["path"]])
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -187,16 +179,6 @@ def command(args: argparse.Namespace) -> int:
     out.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _cell(s: dict[str, Any], signed: bool = False) -> str:

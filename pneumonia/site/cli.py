@@ -38,10 +38,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     return importlib.import_module(SUBCOMMANDS[args.site_command][0]).command(args)
 
-
-def site_model(site: str) -> str:
-    """`--site NAME` as a model URI: models:/<registry name>@site-NAME."""
-    from pneumonia.inference.loading import registry_name
-    from pneumonia.site import names
-
-    return f"models:/{registry_name()}@{names.alias(site)}"

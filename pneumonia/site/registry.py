@@ -38,8 +38,7 @@ def site_version(name: str, site: str) -> str | None:
     """The version holding `site-NAME`, None when there is none (or no such model/store)."""
     import mlflow
 
-    from pneumonia.inference.loading import store_uri
-    from pneumonia.registry import aliases
+    from pneumonia.inference.loading import aliases, store_uri
 
     uri = store_uri()
     if uri is None:
