@@ -35,3 +35,18 @@ def test_adabn_makes_inference_use_the_site_batch_statistics() -> None:
     for name, old, new in zip(names, kernels, model.get_weights(), strict=True):
         if not name.endswith(("moving_mean", "moving_variance")):
             np.testing.assert_array_equal(old, new)
+
+
+def test_adapt_refuses_too_few_images_and_bad_names(tmp_path, capsys) -> None:
+    import pytest
+
+    from pneumonia.cli import main
+    from tests.site.conftest import write_pngs
+
+    folder = write_pngs(tmp_path / "few", 10, 120, 1)[0].parent
+    for argv, message in ((["--site", "ok-site"], "AdaBN needs at least 32"),
+                          (["--site", "Bad Name"], "not a valid site name")):
+        with pytest.raises(SystemExit) as ex:
+            main(["site", "adapt", str(folder), *argv])
+        assert ex.value.code == 2
+        assert message in capsys.readouterr().err
