@@ -33,3 +33,29 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# A spreadsheet (Excel, LibreOffice, Google Sheets) runs a cell that starts with one of these as
+# a formula (`=cmd|' /C calc'!A0`, `@SUM(...)`): "CSV injection" (OWASP). Every CSV the pipeline
+# writes from text the user supplied (file names, patient ids from a metadata CSV) goes through
+# `spreadsheet_safe`, which prefixes such a cell with a single quote, OWASP's advice. Idempotent
+# (a cell already starting with `'` is left alone), and numbers are never touched, so a value
+# read back from one of our CSVs and written again stays as it was.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """`value` as a CSV cell a spreadsheet shows as text: a str starting with = + - @ tab or
+    CR gets a leading `'`; anything else is returned unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe_frame(frame: Any) -> Any:
+    """A copy of a pandas DataFrame with `spreadsheet_safe` applied to every text column."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(spreadsheet_safe)
+    return out

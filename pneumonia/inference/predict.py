@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.errors import PipelineError
+from pneumonia.files import spreadsheet_safe
 from pneumonia.files import workers as resolve_workers
 from pneumonia.inference.loading import load
 from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
@@ -192,7 +193,8 @@ def write_output(rows: list[dict[str, Any]], out: str | None, meta: dict[str, An
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        # File names are the user's: a cell a spreadsheet would run as a formula is quoted.
+        writer.writerow({k: "" if v is None else spreadsheet_safe(v) for k, v in row.items()})
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
