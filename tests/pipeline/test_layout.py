@@ -65,6 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("pneumonia.model",)),
     ("inference", ("pneumonia.inference",)),
     ("evaluation", ("pneumonia.evaluation", "pneumonia.gate", "pneumonia.registry")),
+    ("site", ("pneumonia.site",)),  # a new hospital: uses inference and the registry
     ("experiments", ("pneumonia.experiments",)),
     ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team")),
 )
