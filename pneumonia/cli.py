@@ -47,6 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-card": ("pneumonia.evaluation.card",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),
+    "site": ("pneumonia.site.cli",
+             ("a new hospital: calibrate on its labelled images (site calibrate), measure it "
+             "(site study); docs/new-site.md")),
     "robustness": ("pneumonia.evaluation.robustness",
                    ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
                    "inversion): paired differences from the clean test set, with intervals")),

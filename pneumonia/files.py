@@ -1,13 +1,19 @@
-"""Small file helpers the stages share: JSON reports, content hashes, worker counts."""
+"""Small file helpers the stages share: JSON reports, checked CSV tables, content hashes, worker
+counts."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from pneumonia.errors import PipelineError
 from pneumonia.paths import DETAILS, HEADLINE
 
 
@@ -43,6 +49,24 @@ def write_metrics(doc: dict[str, Any], path: Path) -> Path:
     write_json(doc, details)
     write_json(headline(doc, HEADLINE[path.name]), path)
     return details
+
+
+def read_csv_checked(source: Path | str, where: str, columns: Iterable[str], *,
+                     dtype: dict[str, Any], damaged: str, outdated: str) -> pd.DataFrame:
+    """A CSV table (`source`: a file, or the CSV's text) with `columns` checked. PipelineError
+    `<where> cannot be read as CSV (<why>): <damaged>` when pandas cannot parse it, and
+    `<where> lacks column(s) <names>: <outdated>` when a column is missing; `damaged` and
+    `outdated` say how to fix it."""
+    try:
+        frame = pd.read_csv(source if isinstance(source, Path) else io.StringIO(source),
+                            dtype=dtype)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError/EmptyDataError too
+        raise PipelineError(f"{where} cannot be read as CSV ({type(exc).__name__}: "
+                            f"{str(exc).strip()}): {damaged}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{where} lacks column(s) {', '.join(missing)}: {outdated}")
+    return frame
 
 
 def workers(n: int) -> int:

@@ -12,8 +12,11 @@ trained on the bundled sample). A three-class model (`task: three_class`) adds `
 P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged with a conformal
 calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
 NORMAL|PNEUMONIA or empty) and `refer` (true unless the set is one label: refer the image to a
-radiologist). A bad image fails the request with HTTP 400 and a message naming the row and the
-problem (never a stack trace).
+radiologist). A site version (`pneumonia site calibrate`, alias `site-NAME`) decides with the
+site's threshold and quantiles (one per label when class-conditional) and adds
+`probability_calibrated` (temperature-scaled, or equal to `probability`) and `calibration` (the
+site calibration that decided the row). A bad image fails the request with HTTP 400 and a
+message naming the row and the problem (never a stack trace).
 
 Limits, recorded in the model's config when it is logged (`model_config`) and checked before
 anything is decoded, each a 400 with its name: `max_rows` images per request, `max_request_mb`
@@ -204,6 +207,9 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
         conformal = config.get("conformal") or {}
         self.qhat = float(conformal["qhat"]) if "qhat" in conformal else None
+        if "qhat_per_class" in conformal:  # a site calibration (pneumonia.site): per label
+            self.qhat = np.asarray(conformal["qhat_per_class"], dtype=np.float64)
+        self.site = config.get("site") or None
         self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
         self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
         self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
@@ -266,14 +272,21 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
             _give_memory_back()
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
         frame = answer(predict_outputs(self.model, arrays), threshold, self.qhat)
+        site = getattr(self, "site", None)
+        if site:  # a site version: the calibrated probability and which calibration decided
+            frame["probability_calibrated"] = tempered(frame["probability"].to_numpy(),
+                                                       site.get("temperature"))
+            frame["calibration"] = site["calibration"]
         frame["trained_on"] = getattr(self, "trained_on", "unknown")
         frame["warning"] = getattr(self, "warning", "")
         return frame
 
 
-def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
+def answer(outputs: np.ndarray, threshold: float, qhat: float | np.ndarray | None = None
+           ) -> pd.DataFrame:
     """The served table from the model's raw outputs (N, 1) or (N, 3): see the module
-    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal)."""
+    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal), one
+    number or one per label (NORMAL, PNEUMONIA: a site's class-conditional calibration)."""
     probs = pneumonia_probability(outputs)
     frame = pd.DataFrame({"probability": probs,
                           "label": [LABELS[int(p >= threshold)] for p in probs],
@@ -287,6 +300,17 @@ def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> 
         frame["prediction_set"] = set_names(sets, LABELS)
         frame["refer"] = sets.sum(axis=1) != 1
     return frame
+
+
+def tempered(prob: Any, temperature: float | None) -> np.ndarray:
+    """A site calibration's temperature applied to P(PNEUMONIA): sigmoid(logit(p) / T), p
+    unchanged without one. The same formula as pneumonia.site.temperature.apply, written here
+    so that the served model (and the train stage, which logs it) does not import pneumonia.site."""
+    p = np.asarray(prob, dtype=np.float64)
+    if temperature is None:
+        return p
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-np.log(q / (1 - q)) / float(temperature)))
 
 
 def predict_outputs(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:
@@ -326,7 +350,8 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
-def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> Any:
+def signature(threshold: float, outputs: int = 1, conformal: bool = False,
+              site: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -336,6 +361,8 @@ def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> An
         columns += [ColSpec("double", f"p_{c}") for c in CLASSES] + [ColSpec("string", "class")]
     if conformal:
         columns += [ColSpec("string", "prediction_set"), ColSpec("boolean", "refer")]
+    if site:  # pneumonia.site: the temperature-scaled probability and the calibration's name
+        columns += [ColSpec("double", "probability_calibrated"), ColSpec("string", "calibration")]
     columns += [ColSpec("string", "trained_on"), ColSpec("string", "warning")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
@@ -385,13 +412,16 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
               conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
               max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
               provenance: dict[str, str] | None = None,
-              serve: ServeParams | None = None) -> str:
+              serve: ServeParams | None = None,
+              site: dict[str, Any] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
     model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
     is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
     params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
     calibration (the served answer then carries each image's prediction set). `provenance`
-    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config."""
+    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config.
+    `site`: a site calibration's record (pneumonia.site.fit; `site calibrate`): the answer then
+    adds `probability_calibrated` and `calibration`."""
     if max_megapixels is None:
         max_megapixels, _ = params_max_megapixels()
     serve = serve or serve_params()
@@ -400,7 +430,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
               "max_request_megapixels": float(serve.max_request_megapixels),
               "max_concurrent_decodes": int(serve.max_concurrent_decodes),
               **({"conformal": conformal} if conformal else {}),
-              **({"provenance": dict(provenance)} if provenance else {})}
+              **({"provenance": dict(provenance)} if provenance else {}),
+              **({"site": dict(site)} if site else {})}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -412,7 +443,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
             code_paths=[str(code)],
             model_config=config,
             metadata={"provenance": dict(provenance)} if provenance else None,
-            signature=signature(threshold, output_width(keras_file), bool(conformal)),
+            signature=signature(threshold, output_width(keras_file), bool(conformal),
+                                bool(site)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
         )

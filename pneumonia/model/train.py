@@ -17,7 +17,6 @@ metrics/train.json, models/mlflow_run.json.
 
 from __future__ import annotations
 
-import ast
 import csv
 import hashlib
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia import pipeline_run, provenance, tracking
+from pneumonia.code_closure import import_closure
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json, write_metrics
 from pneumonia.model import backup
@@ -89,39 +89,9 @@ def resume_key(params: Params, split_sha256: str, code_sha256: str = "") -> str:
 
 
 def code_files(root: Path = CODE_ROOT, module: str = "stages.train") -> list[Path]:
-    """The project files `python -m <module>` imports (transitively, also imports inside
-    functions, and the packages' __init__.py): the same closure dvc.yaml lists as the stage's
-    deps (tests/pipeline/test_layout.py)."""
-
-    def file_of(name: str) -> Path | None:
-        base = root / Path(*name.split("."))
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    todo, seen, files = [module], set(), set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name.split(".")[0] not in ("pneumonia", "stages"):
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        for i in range(1, len(parts)):  # parent packages run their __init__.py
-            init = file_of(".".join(parts[:i]))
-            if init is not None:
-                files.add(init)
-        path = file_of(name)
-        if path is None:
-            continue
-        files.add(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                todo.extend(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                todo.append(node.module)
-                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return sorted(files)
+    """The project files `python -m <module>` imports: the same closure dvc.yaml lists as the
+    stage's deps (pneumonia.code_closure; tests/pipeline/test_layout.py)."""
+    return import_closure(root, module)
 
 
 def code_digest(root: Path = CODE_ROOT) -> str:
