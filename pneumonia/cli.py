@@ -47,6 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-card": ("pneumonia.evaluation.card",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),
+    "promote": ("pneumonia.promote",
+                ("move the registry's `champion` to a version by hand (shows what the gate "
+                "would say; records who, why, when)")),
     "robustness": ("pneumonia.evaluation.robustness",
                    ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
                    "inversion): paired differences from the clean test set, with intervals")),

@@ -404,3 +404,42 @@ def test_evaluate_stage_registers_and_gates(tmp_path: Path) -> None:
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("pneumonia-densenet201", CHAMPION).version) == "1"
+
+
+def test_promote_by_hand_after_the_test_set_changed(store: dict) -> None:
+    """Issue 33 item 6. After the test set changes the gate can never replace the champion
+    (nothing to compare). `pneumonia promote` shows what the gate says, moves `champion`,
+    records who / why / when, and the next evaluation is gated against the promoted version
+    instead of undoing the move."""
+    from pneumonia.inference.loading import _version_tags
+    from pneumonia.promote import promote, promotion_note
+
+    exp, model, client = store["experiment"], store["model"], store["client"]
+    evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model)
+    new_set = predictions(GOOD, prefix="siteb")
+    moved, v2, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model,
+                                 frame=new_set)
+    assert moved.alias == CHALLENGER and "not comparable" in moved.reason
+    with pytest.raises(PipelineError, match="no version '9'"):
+        promote(client, "promo", "9", "typo")
+    with pytest.raises(PipelineError, match="--reason is empty"):
+        promote(client, "promo", v2, "  ")
+    done = promote(client, "promo", v2, "new test set from site B", by="alice")
+    assert done["gate"] == CHALLENGER and "not comparable" in done["gate_reason"]
+    assert done["previous_champion"] == "1"
+    assert aliases(client, "promo")[CHAMPION] == v2
+    mv = client.get_model_version("promo", v2)
+    assert mv.tags["promote.by"] == "alice" and mv.tags["promote.reason"].startswith("new test")
+    assert mv.tags["promote.at"].endswith("Z") and mv.tags["promote.previous_champion"] == "1"
+    assert mv.tags["promote.gate_said"].startswith("challenger: not comparable")
+    assert "promoted by hand by alice" in mv.description
+    assert "by alice" in client.get_registered_model("promo").tags["champion.promoted_by_hand"]
+    # `pneumonia predict` reads the same note from the champion's tags
+    note = promotion_note(_version_tags("models:/promo@champion"))
+    assert note is not None and "by hand by alice" in note and "site B" in note
+    # the next evaluation on the new test set is compared with the promoted version
+    again, v3, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model,
+                                 frame=new_set)
+    assert client.get_model_version("promo", v3).tags["gate.compared_with"] == v2
+    assert again.alias == CHAMPION and aliases(client, "promo")[CHAMPION] == v3
+    assert promotion_note(_version_tags("models:/promo@champion")) is None  # gated, not by hand

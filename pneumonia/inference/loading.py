@@ -56,6 +56,7 @@ class Loaded:
     qhat: float | None = None  # conformal calibration of this model, if evaluate made one
     qhat_from: str = ""
     provenance: dict[str, str] = field(default_factory=dict)  # what it was trained on
+    promotion: str | None = None  # "promoted to champion by hand by ..." (pneumonia.promote)
 
     @property
     def warning(self) -> str | None:
@@ -360,8 +361,13 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = threshold, "--threshold"
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
+    promotion = None
+    if spec.startswith("models:/"):
+        from pneumonia.promote import promotion_note
+
+        promotion = promotion_note(_version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
-                  provenance=provenance_of(spec))
+                  provenance=provenance_of(spec), promotion=promotion)
 
 
 def _version_tags(uri: str) -> dict[str, str]:
