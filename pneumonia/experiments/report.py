@@ -501,6 +501,8 @@ def markdown(summary: dict, header: str | None = None) -> str:
     """metrics/ablation.md."""
     header = summary.get("header", "") if header is None else header
     lines = ["# Ablation: the backbone or the balancing?", "", f"**{summary['answer']}**", ""]
+    if summary.get("selection_note"):
+        lines += [summary["selection_note"], ""]
     if header:
         lines += [header, ""]
     lines += [(f"Test set: {summary['n_test_images']} images of {summary['n_test_patients']} "
@@ -592,6 +594,41 @@ def committed_header(report_json: Path = ABLATION_JSON) -> str:
     return str(json.loads(report_json.read_text(encoding="utf-8")).get("header", ""))
 
 
+def selection_note(summary: dict, runs: list[RunResult], recipe_dir: Path = METRICS / "recipe",
+                   recipe_json: Path = METRICS / "recipe.json") -> str:
+    """A label for reference-arm runs that ARE the recipe search's runs of a candidate chosen on
+    the test set (the same per-image predictions): their mean carries that choice's winner's
+    bias. "" when there is none, or the recipe was chosen on validation."""
+    if not recipe_json.is_file():
+        return ""
+    doc = json.loads(recipe_json.read_text(encoding="utf-8"))
+    if doc.get("chosen_on", "test") != "test":
+        return ""
+    chosen = doc.get("chosen", doc.get("best_by_accuracy"))
+    reference = summary["reference_arm"]
+    same = []
+    for run in runs:
+        if run.arm != reference:
+            continue
+        mine = run.predictions.sort_values("image_id", ignore_index=True)
+        for name, meta in sorted(doc.get("runs", {}).items()):
+            path = recipe_dir / f"{name}.csv"
+            if meta.get("candidate") != chosen or not path.is_file():
+                continue
+            theirs = pd.read_csv(path, dtype={"patient_id": str, "image_id": str})
+            theirs = theirs.sort_values("image_id", ignore_index=True)
+            if (len(theirs) == len(mine) and (theirs["image_id"] == mine["image_id"]).all()
+                    and np.array_equal(theirs["probability"].to_numpy(float),
+                                       mine["probability"].to_numpy(float))):
+                same.append(f"{run.name} = {name}")
+    if not same:
+        return ""
+    return (f"Chosen after peeking: the reference arm's runs {', '.join(same)} are the recipe "
+            f"search's runs of `{chosen}`, which metrics/recipe.md chose on the TEST set. The "
+            "reference arm's mean therefore carries a winner's bias, and its comparisons are "
+            "post-selection (computed after a choice made on the same test images).")
+
+
 def _write(summary: dict, runs: list[RunResult] | None) -> None:
     if runs is not None:
         ABLATION_DIR.mkdir(parents=True, exist_ok=True)
@@ -627,6 +664,7 @@ def write_report(prefix: str = "abl", header: str = "", extend: bool = False) ->
         runs = extended(load_committed(), runs)
         header = header or committed_header()
     summary = summarize(runs, header=header)
+    summary["selection_note"] = selection_note(summary, runs)
     _write(summary, runs)
     return summary
 
@@ -635,7 +673,9 @@ def rewrite_committed(header: str | None = None) -> dict:
     """Recompute metrics/ablation.json and .md from the committed per-run predictions
     (metrics/ablation/*.csv), keeping the committed header unless ``header`` is given."""
     header = committed_header() if header is None else header
-    summary = summarize(load_committed(), header=header)
+    runs = load_committed()
+    summary = summarize(runs, header=header)
+    summary["selection_note"] = selection_note(summary, runs)
     _write(summary, None)
     return summary
 

@@ -239,8 +239,10 @@ def test_committed_ablation_report_recomputes_from_its_predictions(
         pytest.skip("no committed ablation report (metrics/ablation.json) yet")
     monkeypatch.chdir(REPO)
     committed = json.loads(report.ABLATION_JSON.read_text())
-    again = report.summarize(report.load_committed(), n_resamples=committed["n_resamples"],
+    runs = report.load_committed()
+    again = report.summarize(runs, n_resamples=committed["n_resamples"],
                              header=committed["header"])
+    again["selection_note"] = report.selection_note(again, runs)
     assert again["answer"] == committed["answer"]
     assert report.ABLATION_MD.read_text() == report.markdown(again)
     # floats to 1e-9, not bit for bit: NumPy's SIMD reductions differ in the last bits between
@@ -366,3 +368,27 @@ def test_an_interaction_is_reported_and_qualifies_the_main_effect(test_set) -> N
              for r in runs if r.arm == "densenet121/none/bn-frozen"]
     s2 = report.summarize(flat, n_resamples=300)
     assert report.qualifying_interactions(main, "accuracy", s2["comparisons"]) == []
+
+
+def test_reference_runs_chosen_on_test_are_labelled_post_selection(test_set, tmp_path) -> None:
+    """Issue 33 item 1: the reference arm's runs that ARE the recipe search's runs of a
+    candidate chosen on the test set are named as such; chosen on validation, no label."""
+    labels, patients = test_set
+    rng = np.random.default_rng(2)
+    runs = [_run(f"abl-d-augmentor-s{k}", "d/augmentor/bn-frozen", k,
+                 rng.uniform(0, 1, labels.size), patients, labels) for k in (1, 2)]
+    runs.append(_run("abl-d-none-s1", "d/none/bn-frozen", 1, rng.uniform(0, 1, labels.size),
+                     patients, labels))
+    folder = tmp_path / "recipe"
+    folder.mkdir()
+    runs[0].predictions.to_csv(folder / "rcp-win-s1.csv", index=False)
+    doc = {"chosen_on": "test", "chosen": "win",
+           "runs": {"rcp-win-s1": {"candidate": "win"}, "rcp-other-s1": {"candidate": "other"}}}
+    (tmp_path / "recipe.json").write_text(json.dumps(doc))
+    summary = {"reference_arm": "d/augmentor/bn-frozen"}
+    note = report.selection_note(summary, runs, folder, tmp_path / "recipe.json")
+    assert "abl-d-augmentor-s1 = rcp-win-s1" in note and "TEST set" in note
+    assert "s2" not in note
+    doc["chosen_on"] = "validation"
+    (tmp_path / "recipe.json").write_text(json.dumps(doc))
+    assert report.selection_note(summary, runs, folder, tmp_path / "recipe.json") == ""
