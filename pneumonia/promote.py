@@ -70,8 +70,13 @@ def gate_opinion(client: Any, name: str, version: str) -> tuple[Any, str | None]
         anchor = state.anchors.get(tags.get(registry.TAG_TEST_SET)
                                    or test_set_id(cand.predictions))
         if anchor is not None and anchor.version not in (current, version):
-            anchor_entry = registry._entry(client, client.get_model_version(name,
-                                                                            anchor.version), cache)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                anchor_entry = registry._entry(
+                    client, client.get_model_version(name, anchor.version), cache)
+            except MlflowException:  # deleted by hand: no anchor (as in pneumonia.registry)
+                anchor = None
     tags = mv.tags or {}
     floor = registry._float(tags.get(registry.TAG_FLOOR)) or 0.0
     margin = registry._float(tags.get(registry.TAG_MARGIN)) or 0.0
@@ -98,6 +103,9 @@ def promote(client: Any, name: str, version: str, reason: str, by: str | None = 
         raise PipelineError(f"registered model {name!r} has no version {version!r} "
                             f"({exc.message}): list them in the MLflow UI or with "
                             "`mlflow.MlflowClient().search_model_versions`.") from None
+    if registry.champion_version(client, name) == str(mv.version):
+        raise PipelineError(f"version {mv.version} of {name!r} is already the champion: "
+                            "nothing to promote.")
     decision, previous = gate_opinion(client, name, str(mv.version))
     said = f"{decision.alias}: {decision.reason}"[: registry.TAG_LIMIT]
     who = by or os.environ.get("PNEUMONIA_USER") or getpass.getuser()

@@ -428,6 +428,8 @@ def test_promote_by_hand_after_the_test_set_changed(store: dict) -> None:
     assert done["gate"] == CHALLENGER and "not comparable" in done["gate_reason"]
     assert done["previous_champion"] == "1"
     assert aliases(client, "promo")[CHAMPION] == v2
+    with pytest.raises(PipelineError, match="already the champion"):
+        promote(client, "promo", v2, "again")
     mv = client.get_model_version("promo", v2)
     assert mv.tags["promote.by"] == "alice" and mv.tags["promote.reason"].startswith("new test")
     assert mv.tags["promote.at"].endswith("Z") and mv.tags["promote.previous_champion"] == "1"
