@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 STAGES = ("ingest", "validate", "balance", "split", "train", "evaluate")
 

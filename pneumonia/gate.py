@@ -45,6 +45,8 @@ import pandas as pd
 
 from pneumonia.paths import LABELS
 from pneumonia.provenance import SAMPLE, UNKNOWN
+from pneumonia.stats.bootstrap import patient_weights
+from pneumonia.stats.significance import mcnemar_exact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 N_RESAMPLES = 2000
@@ -140,8 +142,6 @@ def paired_accuracy(y: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray,
     b - a (the same resampled patients for both: paired). ``correct_*``: 1 where the model is
     right. The gate's test; benchmarks/gate_error_rates.py measures its error rates with this
     very function."""
-    from pneumonia.stats.bootstrap import patient_weights
-
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     w = patient_weights(groups, a.size, n_resamples, seed).astype(float)
     diff = (w @ (b - a)) / w.sum(axis=1)
@@ -157,8 +157,6 @@ def non_inferior(ci_low: float, margin: float) -> bool:
 
 def _compare(candidate: Entry, other: Entry, margin: float) -> tuple[dict[str, Any], str]:
     """The paired non-inferiority test of candidate vs other on their common test set."""
-    from pneumonia.stats.significance import mcnemar_exact
-
     assert candidate.predictions is not None and other.predictions is not None
     cand = candidate.predictions.assign(
         image_id=candidate.predictions["image_id"].astype(str)).sort_values("image_id")

@@ -11,31 +11,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from pneumonia.errors import PipelineError
-
-
-class ParamsError(PipelineError):
-    """A key of params.yaml is missing, unknown, of the wrong type or out of range."""
+from pneumonia.params_cast import ParamsError, build_dataclass, fix_hint
 
 
 # --------------------------------------------------------------------------------------------
-# Parameter schema. `check` in field metadata: (predicate, "must be ..." text).
+# Parameter schema. `check` in field metadata: (predicate, "must be ..." text), read by the
+# caster (pneumonia.params_cast).
 # --------------------------------------------------------------------------------------------
-def _ck(pred: Any, text: str) -> dict[str, Any]:
+def _rule(pred: Any, text: str) -> dict[str, Any]:
+    """Field metadata: the value must satisfy `pred`; `text` says how ("must be > 0")."""
     return {"check": (pred, text)}
 
 
-_pos = _ck(lambda v: v > 0, "must be > 0")
-_nonneg = _ck(lambda v: v >= 0, "must be >= 0")
-_prob = _ck(lambda v: 0 <= v <= 1, "must be between 0 and 1")
-_frac_open = _ck(lambda v: 0 < v < 1, "must be strictly between 0 and 1")
+_pos = _rule(lambda v: v > 0, "must be > 0")
+_nonneg = _rule(lambda v: v >= 0, "must be >= 0")
+_prob = _rule(lambda v: 0 <= v <= 1, "must be between 0 and 1")
+_frac_open = _rule(lambda v: 0 < v < 1, "must be strictly between 0 and 1")
 
 # `model.backbone` values (pneumonia/model/backbones.py builds them). Declared here so that
 # reading params never imports the model package (every stage reads params).
@@ -48,7 +45,7 @@ Backbone = Literal[
 class DataParams:
     raw: str  # dataset folder or .zip (Kaggle/Mendeley layout, or any tree: `layout: folders`)
     image_size: int = field(
-        default=224, metadata=_ck(lambda v: 32 <= v <= 1024, "must be between 32 and 1024 pixels")
+        default=224, metadata=_rule(lambda v: 32 <= v <= 1024, "must be between 32 and 1024 pixels")
     )
     # kermany: the Kaggle/Mendeley release (its file names give patients and causes);
     # folders: any tree of class folders, any file names (pneumonia/dataset/folders.py).
@@ -67,7 +64,7 @@ class DataParams:
     # header announces more pixels is refused before decoding. At most 89: Pillow refuses more
     # than 89.5 MP (Image.MAX_IMAGE_PIXELS) anyway.
     max_megapixels: float = field(
-        default=50.0, metadata=_ck(lambda v: 0 < v <= 89, "must be > 0 and at most 89")
+        default=50.0, metadata=_rule(lambda v: 0 < v <= 89, "must be > 0 and at most 89")
     )
 
 
@@ -98,10 +95,10 @@ class BalanceParams:
     distortion_magnitude: int = field(default=2, metadata=_nonneg)
     # Magnification factor range (1.1 = up to 10 % zoom-in at a random position), applied with
     # Augmentor ZoomRandom(percentage_area=1/factor). Below 1 would crop outside the image.
-    zoom_min: float = field(default=1.0, metadata=_ck(lambda v: v >= 1, "must be >= 1"))
-    zoom_max: float = field(default=1.1, metadata=_ck(lambda v: 1 <= v <= 2, "must be 1 to 2"))
+    zoom_min: float = field(default=1.0, metadata=_rule(lambda v: v >= 1, "must be >= 1"))
+    zoom_max: float = field(default=1.1, metadata=_rule(lambda v: 1 <= v <= 2, "must be 1 to 2"))
     rotation: int = field(
-        default=5, metadata=_ck(lambda v: 0 <= v <= 25, "must be between 0 and 25 degrees")
+        default=5, metadata=_rule(lambda v: 0 <= v <= 25, "must be between 0 and 25 degrees")
     )
 
 
@@ -126,7 +123,7 @@ class ModelParams:
     trainable_layers: int = field(default=30, metadata=_nonneg)  # last N backbone layers
     dense_units: int = field(default=256, metadata=_pos)
     dropout: float = field(
-        default=0.5, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)")
+        default=0.5, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
     )
     # Pretrained backbones: keep BatchNormalization in inference mode among the trainable layers
     # (Keras transfer-learning guide). false = the paper's literal reading: all parameters of the
@@ -144,10 +141,10 @@ class AugmentParams:
     """Online augmentation ranges (Keras preprocessing layers). Never flips: X-ray views are
     standardised, a mirrored heart is not a chest X-ray."""
 
-    rotation: float = field(default=10.0, metadata=_ck(lambda v: 0 <= v <= 45, "must be 0-45 degrees"))
-    zoom: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
-    shift: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
-    brightness: float = field(default=0.1, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    rotation: float = field(default=10.0, metadata=_rule(lambda v: 0 <= v <= 45, "must be 0-45 degrees"))
+    zoom: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    shift: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    brightness: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     # multiplicative: pixels x U(1 - brightness, 1 + brightness), as the paper's
     # ImageDataGenerator(brightness_range=...) does (black stays black); additive: + U(-b, b) x 255,
     # as keras.layers.RandomBrightness does (lifts black borders).
@@ -186,10 +183,10 @@ class TrainParams:
     # Exponential moving average of the weights (Adam's use_ema): validation, the best-epoch
     # checkpoint and the saved model use the average. 0 = off (the paper); 0.99-0.999 typical.
     ema_momentum: float = field(
-        default=0.0, metadata=_ck(lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"))
+        default=0.0, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"))
     # Targets y -> y (1 - s) + s / 2 in the binary cross-entropy (0 = off, the paper).
     label_smoothing: float = field(
-        default=0.0, metadata=_ck(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"))
+        default=0.0, metadata=_rule(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"))
     # best: the weights of the epoch with the lowest val_loss (EarlyStopping restore_best_weights,
     # the paper's set-up); last: the weights after the last epoch (with a schedule that decays
     # to 0 and EMA, the usual choice: no selection on the validation set).
@@ -211,7 +208,7 @@ class EvaluateParams:
     # Patient-grouped bootstrap behind every 95 % interval; fewer than 200 resamples make the
     # 2.5 % / 97.5 % percentiles rest on a handful of values.
     bootstrap_resamples: int = field(
-        default=2000, metadata=_ck(lambda v: v >= 200, "must be >= 200 (2000 recommended)")
+        default=2000, metadata=_rule(lambda v: v >= 200, "must be >= 200 (2000 recommended)")
     )
     seed: int = 42  # seeds the bootstrap: the same predictions always give the same intervals
     # The leak-free test subset's reading of the NORMAL file names (pneumonia.dataset.validate,
@@ -225,7 +222,7 @@ class EvaluateParams:
     # and to the anchor (the best champion on the same test set, compared by its predictions).
     registry_name: str = field(
         default="pneumonia-densenet201",
-        metadata=_ck(lambda v: bool(v.strip()) and "/" not in v and "@" not in v,
+        metadata=_rule(lambda v: bool(v.strip()) and "/" not in v and "@" not in v,
                      "must be a non-empty name without '/' or '@'"),
     )
     champion_min_accuracy: float = field(default=0.9, metadata=_prob)
@@ -284,120 +281,9 @@ class Params:
     recipe: RecipeParams = RecipeParams()
 
 
-# --------------------------------------------------------------------------------------------
-# Parsing
-# --------------------------------------------------------------------------------------------
-def _fix_hint(key: str, example: Any) -> str:
-    return f"Fix it in params.yaml, or override it with `dvc exp run -S {key}={example}`."
-
-
-def _cast(value: Any, tp: Any, key: str) -> Any:
-    """Cast a YAML value to the declared type `tp`, or raise ParamsError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        # YAML reads `none`/`off`/`on` unquoted as strings or booleans depending on the spelling.
-        if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
-            value = {True: "on", False: "off"}[value]
-        if isinstance(value, str):
-            value = value.strip().lower()
-        if value not in allowed:
-            raise ParamsError(
-                f"params.yaml: `{key}` is {value!r}; it must be one of {', '.join(map(str, allowed))}. "
-                + _fix_hint(key, allowed[0])
-            )
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
-            return value.strip().lower() in ("true", "yes")
-        raise ParamsError(
-            f"params.yaml: `{key}` is {value!r}; it must be true or false. " + _fix_hint(key, "true")
-        )
-    if tp is int:
-        if isinstance(value, bool):
-            raise ParamsError(f"params.yaml: `{key}` is {value!r}; it must be a whole number.")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise ParamsError(
-            f"params.yaml: `{key}` is {value!r}; it must be a whole number. " + _fix_hint(key, 1)
-        )
-    if tp is float:
-        # DVC writes `-S lr=2e-6` back as `lr: 2e-06`, which YAML 1.1 (PyYAML) reads as a string.
-        if isinstance(value, bool):
-            raise ParamsError(f"params.yaml: `{key}` is {value!r}; it must be a number.")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ParamsError(
-            f"params.yaml: `{key}` is {value!r}; it must be a number. " + _fix_hint(key, "0.1")
-        )
-    if tp is str:
-        if value is None:
-            raise ParamsError(f"params.yaml: `{key}` is empty; it needs a value.")
-        return str(value)
-    if origin is tuple:  # tuple[X, ...]: a YAML list (or one value) of X
-        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not items:
-            raise ParamsError(f"params.yaml: `{key}` is an empty list; give at least one value.")
-        return tuple(_cast(v, item, f"{key}[{i}]") for i, v in enumerate(items))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    raise TypeError(f"unsupported parameter type {tp!r} for {key}")  # programming error
-
-
-def _build(cls: type, raw: Any, prefix: str = "") -> Any:
-    where = f"`{prefix}`" if prefix else "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {where} must be a mapping of keys, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        dotted = [f"`{prefix}.{k}`" if prefix else f"`{k}`" for k in unknown]
-        known = ", ".join(f"{prefix}.{k}" if prefix else k for k in fields)
-        raise ParamsError(
-            f"params.yaml: unknown key(s) {', '.join(dotted)} in {where}. "
-            f"Known keys: {known}. Check the spelling."
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"params.yaml: required key `{key}` is missing. Add it to params.yaml.")
-            continue
-        value = _cast(raw[name], hints[name], key)
-        check = f.metadata.get("check")
-        if check and not check[0](value):
-            raise ParamsError(
-                f"params.yaml: `{key}` is {raw[name]!r}; it {check[1]}. "
-                + _fix_hint(key, f.default if f.default is not dataclasses.MISSING else "...")
-            )
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate a params mapping (as read from params.yaml) into `Params`."""
-    params = _build(Params, raw)
+    params = build_dataclass(Params, raw)
     _check_cross_field(params)
     return params
 
@@ -409,7 +295,7 @@ def _check_cross_field(p: Params) -> None:
         raise ParamsError(
             "params.yaml: `data.normal_folders` and `data.pneumonia_folders` must be non-empty "
             f"names and share none (case-insensitive); they are {sorted(normal)} and "
-            f"{sorted(pneumonia)}. " + _fix_hint("data.pneumonia_folders", "[pneumonia]")
+            f"{sorted(pneumonia)}. " + fix_hint("data.pneumonia_folders", "[pneumonia]")
         )
     if p.balance.zoom_min > p.balance.zoom_max:
         raise ParamsError(

@@ -24,27 +24,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pneumonia.errors import PipelineError
+from pneumonia.gate import CHALLENGER, Anchor, Decision, decide, test_set_id
+from pneumonia.inference.loading import (
+    TAG_GATE_SAID,
+    champion_version,
+    promotion_note,
+    registry_name,
+    store_uri,
+)
+from pneumonia.inference.loading import TAG_PROMOTE_REASON as TAG_REASON
+from pneumonia.inference.loading import TAG_PROMOTED_AT as TAG_AT
+from pneumonia.inference.loading import TAG_PROMOTED_BY as TAG_BY
 
-TAG_BY, TAG_REASON, TAG_AT = "promote.by", "promote.reason", "promote.at"
-TAG_GATE_SAID, TAG_PREVIOUS = "promote.gate_said", "promote.previous_champion"
+TAG_PREVIOUS = "promote.previous_champion"
 TAG_OVERRODE = "promote.overrode_champion_after"
 MODEL_TAG = "champion.promoted_by_hand"
-
-
-def promotion_note(tags: dict[str, str]) -> str | None:
-    """One line saying a version was promoted by hand (None when it was not)."""
-    if TAG_BY not in tags:
-        return None
-    return (f"promoted to champion by hand by {tags[TAG_BY]} at {tags.get(TAG_AT, '?')}: "
-            f"{tags.get(TAG_REASON, '')} (the gate said: {tags.get(TAG_GATE_SAID, '?')})")
+__all__ = ["gate_opinion", "promote", "promotion_note"]
 
 
 def gate_opinion(client: Any, name: str, version: str) -> tuple[Any, str | None]:
     """(the gate's Decision for ``version`` against the registry as it is now, the champion's
     version). Reads only: the registry's decided versions give the champion and the anchors."""
-    from pneumonia import registry
-    from pneumonia.gate import Anchor, decide, test_set_id
-
+    from pneumonia import registry  # MLflow: ~1.5 s, not paid by `pneumonia --help`
     state = registry.State()
     started = False
     for mv in registry._versions(client, name):
@@ -56,7 +57,7 @@ def gate_opinion(client: Any, name: str, version: str) -> tuple[Any, str | None]
             state.champion = tags.get(registry.TAG_ALIAS_AT_REGISTRATION) or None
         state.decided.append(int(mv.version))
         registry._apply(state, mv)
-    current = registry.champion_version(client, name)
+    current = champion_version(client, name)
     cache: dict[str, Any] = {}
     mv = client.get_model_version(name, version)
     cand = registry._entry(client, mv, cache)
@@ -81,8 +82,6 @@ def gate_opinion(client: Any, name: str, version: str) -> tuple[Any, str | None]
     floor = registry._float(tags.get(registry.TAG_FLOOR)) or 0.0
     margin = registry._float(tags.get(registry.TAG_MARGIN)) or 0.0
     if cand.predictions is None:
-        from pneumonia.gate import CHALLENGER, Decision
-
         return Decision(CHALLENGER, f"cannot judge: {cand.error}"), current
     return decide(cand, floor, margin, champ, anchor, anchor_entry), current
 
@@ -103,7 +102,7 @@ def promote(client: Any, name: str, version: str, reason: str, by: str | None = 
         raise PipelineError(f"registered model {name!r} has no version {version!r} "
                             f"({exc.message}): list them in the MLflow UI or with "
                             "`mlflow.MlflowClient().search_model_versions`.") from None
-    if registry.champion_version(client, name) == str(mv.version):
+    if champion_version(client, name) == str(mv.version):
         raise PipelineError(f"version {mv.version} of {name!r} is already the champion: "
                             "nothing to promote.")
     decision, previous = gate_opinion(client, name, str(mv.version))
@@ -148,7 +147,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     import mlflow
 
-    from pneumonia.inference.loading import registry_name, store_uri
     from pneumonia.tracking import tracking_uri
 
     uri = store_uri()

@@ -55,6 +55,8 @@ from pneumonia import provenance
 from pneumonia.errors import PipelineError
 from pneumonia.files import write_json
 from pneumonia.gate import CHALLENGER, CHAMPION, Anchor, Decision, Entry, decide, test_set_id
+from pneumonia.inference.loading import aliases, champion_version, not_found
+from pneumonia.inference.pyfunc import conformal_config, log_model
 from pneumonia.paths import MODEL_FILE, PREDICTIONS_CSV, REGISTRY_JSON
 
 if TYPE_CHECKING:
@@ -79,29 +81,6 @@ TAG_LIMIT = 5000  # MLflow's longest tag value
 # --------------------------------------------------------------------------------------------
 # Reading the store, failing closed
 # --------------------------------------------------------------------------------------------
-def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
-
-
-def aliases(client: Any, name: str) -> dict[str, str] | None:
-    """The registered model's aliases ({alias: version}); None when there is no such registered
-    model. Any other error of the store propagates: it never reads as "no champion"."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if _not_found(exc):
-            return None
-        raise
-    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
-
-
-def champion_version(client: Any, name: str) -> str | None:
-    """The version holding `champion`; None only when the model or the alias does not exist."""
-    return (aliases(client, name) or {}).get(CHAMPION)
-
-
 def _versions(client: Any, name: str) -> list[Any]:
     out: list[Any] = []
     token = None
@@ -197,7 +176,7 @@ def _gate(client: Any, name: str, mv: Any, state: State, cache: dict[str, pd.Dat
         try:
             champ = _entry(client, client.get_model_version(name, state.champion), cache)
         except MlflowException as exc:
-            if not _not_found(exc):
+            if not not_found(exc):
                 raise
             # Deleted by hand: a fact every process sees alike. The anchors still hold.
             log.warning("champion version %s of %r no longer exists", state.champion, name)
@@ -212,7 +191,7 @@ def _gate(client: Any, name: str, mv: Any, state: State, cache: dict[str, pd.Dat
         try:
             anchor_entry = _entry(client, client.get_model_version(name, anchor.version), cache)
         except MlflowException as exc:
-            if not _not_found(exc):
+            if not not_found(exc):
                 raise
             # Deleted by hand: its predictions are gone, nothing to compare with.
             log.warning("anchor version %s of %r no longer exists: no anchor", anchor.version,
@@ -331,14 +310,12 @@ def _settle(client: Any, name: str, own: int, own_predictions: pd.DataFrame,
 def model_to_register(run_file: dict[str, Any], threshold: float,
                       prov: dict[str, str] | None = None,
                       conformal: dict[str, Any] | None = None) -> str:
-    """The logged pyfunc model of this training (models/mlflow_run.json `model_uri`), or a new
-    one logged to the active run from models/model.keras when that one is not in this store or
-    was logged with another default threshold than evaluate's (the served label must match) or
-    another conformal calibration (`conformal`, evaluate's: the served prediction set)."""
+    """The served pyfunc model, logged here to the active run from models/model.keras (the train
+    stage logs none). A run file written by older code names one (`model_uri`): it is reused
+    when it is in this store with evaluate's threshold (the served label must match) and
+    conformal calibration (`conformal`, evaluate's: the served prediction set)."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
-
-    from pneumonia.inference.pyfunc import log_model
 
     uri = run_file.get("model_uri")
     if uri:
@@ -396,8 +373,6 @@ def register_and_gate(params: Params, run_file: dict[str, Any], metrics: dict[st
     training data's provenance (default: from data/manifest.csv and params.data)."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pneumonia.inference.pyfunc import conformal_config
 
     e = params.evaluate
     name = e.registry_name

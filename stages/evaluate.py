@@ -7,7 +7,7 @@ The work is done by `pneumonia.evaluation.evaluate`; this entry point reads para
 
 from pneumonia.evaluation import evaluate
 from pneumonia.params import load_params
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 
 def main() -> None:

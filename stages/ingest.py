@@ -7,7 +7,7 @@ The work is done by `pneumonia.dataset.ingest`; this entry point reads params.ya
 
 from pneumonia.dataset import ingest
 from pneumonia.params import load_params
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 
 def main() -> None:

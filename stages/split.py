@@ -6,7 +6,7 @@ The work is done by `pneumonia.dataset.split`; this entry point reads params.yam
 
 from pneumonia.dataset import split
 from pneumonia.params import load_params
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 
 def main() -> None:

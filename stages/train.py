@@ -7,7 +7,7 @@ The work is done by `pneumonia.model.train`; this entry point reads params.yaml 
 
 from pneumonia.model import train
 from pneumonia.params import load_params
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ The work is done by `pneumonia.dataset.validate`; this entry point reads params.
 
 from pneumonia.dataset import validate
 from pneumonia.params import load_params
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from pneumonia.errors import PipelineError
 from pneumonia.gate import CHALLENGER, CHAMPION, Anchor, Entry, decide
-from pneumonia.registry import aliases
+from pneumonia.inference.loading import aliases
 from tests.registrykit import (
     ACTUAL,
     FULL,
@@ -290,7 +290,7 @@ def test_store_errors_never_read_as_no_champion(store: dict, workdir: Path) -> N
     database) stops the stage; nothing is promoted and no registry.json claims anything."""
     from mlflow.exceptions import MlflowException
 
-    from pneumonia.registry import champion_version
+    from pneumonia.inference.loading import champion_version
 
     exp, model, client = store["experiment"], store["model"], store["client"]
     assert champion_version(client, "closed") is None  # no such model: no champion
@@ -316,7 +316,7 @@ def test_store_errors_never_read_as_no_champion(store: dict, workdir: Path) -> N
 def test_a_locked_database_is_not_no_champion(store: dict) -> None:
     from mlflow.exceptions import MlflowException
 
-    from pneumonia.registry import champion_version
+    from pneumonia.inference.loading import champion_version
 
     evaluate_once(store["experiment"], GOOD, gate_params(floor=0.9, name="locked"),
                   store["model"])

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia import tracking
+from pneumonia import pipeline_run, tracking
 from pneumonia.errors import PipelineError
+from pneumonia.evaluation import reference_runs
 from tests.trainkit import make_split, run_stage, write_params
 
 
@@ -60,8 +61,8 @@ def test_store_and_artifacts_at_repo_root_and_reference_runs_logged_once(
     exp = mlflow.get_experiment(exp_id)
     assert exp.artifact_location == (tmp_path.resolve() / "mlruns").as_uri()
 
-    first = tracking.ensure_reference_runs(exp_id)
-    second = tracking.ensure_reference_runs(exp_id)
+    first = reference_runs.ensure_reference_runs(exp_id)
+    second = reference_runs.ensure_reference_runs(exp_id)
     assert first == second and set(first) == {"paper", "kaggle-resnet"}
     runs = mlflow.search_runs([exp_id], output_format="list")
     assert len(runs) == 2
@@ -95,7 +96,7 @@ def test_reference_runs_carry_every_training_param_of_the_schema(
     client.log_param(old.info.run_id, "lr", "2e-06")  # one param, logged by hand back then
     client.set_terminated(old.info.run_id)
 
-    ids = tracking.ensure_reference_runs(exp_id)
+    ids = reference_runs.ensure_reference_runs(exp_id)
     assert ids["paper"] == old.info.run_id  # the existing run is kept, not duplicated
     paper = mlflow.get_run(ids["paper"]).data.params
     committed = training_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
@@ -156,10 +157,10 @@ def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
         mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
     train_id = train.info.run_id
 
-    with tracking.evaluate_run(train_id, "test_accuracy") as run:  # first evaluation
+    with pipeline_run.evaluate_run(train_id, "test_accuracy") as run:  # first evaluation
         assert run.info.run_id == train_id
         mlflow.log_metric("test_accuracy", 0.9)
-    with tracking.evaluate_run(train_id, "test_accuracy") as run:  # re-evaluation
+    with pipeline_run.evaluate_run(train_id, "test_accuracy") as run:  # re-evaluation
         child = run.info.run_id
         mlflow.log_metric("test_accuracy", 0.8)
     assert child != train_id
@@ -168,7 +169,7 @@ def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
     assert data.params == {"lr": "2e-06"}  # training params copied, evaluate.* its own
     assert mlflow.get_run(train_id).data.metrics["test_accuracy"] == 0.9  # untouched
 
-    with caplog.at_level("WARNING"), tracking.evaluate_run("f" * 32, "test_accuracy") as run:
+    with caplog.at_level("WARNING"), pipeline_run.evaluate_run("f" * 32, "test_accuracy") as run:
         assert run.info.run_id not in (train_id, child)
     assert "is not in the store" in caplog.text
     mlflow.set_tracking_uri("")
@@ -184,14 +185,14 @@ def test_evaluated_thresholds_lists_the_models_earlier_test_evaluations(
     with mlflow.start_run() as train:
         mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
     train_id = train.info.run_id
-    assert tracking.evaluated_thresholds(train_id, "test_accuracy") == []  # not evaluated yet
-    with tracking.evaluate_run(train_id, "test_accuracy"):
+    assert pipeline_run.evaluated_thresholds(train_id, "test_accuracy") == []  # not evaluated yet
+    with pipeline_run.evaluate_run(train_id, "test_accuracy"):
         mlflow.log_metric("test_accuracy", 0.9)
-    with tracking.evaluate_run(train_id, "test_accuracy"):  # a child run at another threshold
+    with pipeline_run.evaluate_run(train_id, "test_accuracy"):  # a child run at another threshold
         mlflow.log_params({"evaluate.threshold": 0.3})
         mlflow.log_metric("test_accuracy", 0.92)
-    assert sorted(tracking.evaluated_thresholds(train_id, "test_accuracy")) == [0.3, 0.5]
-    assert tracking.evaluated_thresholds("f" * 32, "test_accuracy") == []  # not in this store
+    assert sorted(pipeline_run.evaluated_thresholds(train_id, "test_accuracy")) == [0.3, 0.5]
+    assert pipeline_run.evaluated_thresholds("f" * 32, "test_accuracy") == []  # not in this store
     mlflow.set_tracking_uri("")
 
 
@@ -205,12 +206,12 @@ def test_corrupt_run_file_is_a_clear_error(tmp_path: Path, content: str | bytes,
     path = tmp_path / "mlflow_run.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(PipelineError) as err:
-        tracking.read_run_file(path)
+        pipeline_run.read_run_file(path)
     assert fragment in str(err.value) and str(path) in str(err.value)
     assert "dvc repro --force train" in str(err.value)
     good = {"tracking_uri": "sqlite:///x.db", "experiment_id": "1", "run_id": "abc"}
     path.write_text(json.dumps(good))
-    assert tracking.read_run_file(path) == good
+    assert pipeline_run.read_run_file(path) == good
 
 
 def test_evaluate_with_corrupt_run_file_or_garbled_split_exits_2(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia import tracking
+from pneumonia import pipeline_run, tracking
 from pneumonia.errors import PipelineError, mask_credentials
-from pneumonia.stage import run_stage
+from pneumonia.stage_runner import run_stage
 from pneumonia.team.processes import free_port, stop_process, wait_http
 from tests.prockit import process_group
 
@@ -68,7 +68,7 @@ def store_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 def stage_exit(fn: object, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run `fn` as a stage does (pneumonia.stage.run_stage); its exit code and stderr."""
+    """Run `fn` as a stage does (pneumonia.stage_runner.run_stage); its exit code and stderr."""
     original = logging.getLogRecordFactory()
     try:
         with pytest.raises(SystemExit) as exc:
@@ -105,7 +105,7 @@ def test_credentials_in_the_uri_are_never_stored_or_printed(
     run = Run(RunInfo("0" * 32, "1", "u", "RUNNING", 0, None, "active"), RunData())
     mlflow.set_tracking_uri(uri)  # (also sets MLFLOW_TRACKING_URI; unset again below)
     try:
-        tracking.write_run_file(run, tmp_path / "mlflow_run.json")
+        pipeline_run.write_run_file(run, tmp_path / "mlflow_run.json")
     finally:
         mlflow.set_tracking_uri(None)
         store_env.setenv("MLFLOW_TRACKING_URI", uri)
@@ -144,7 +144,7 @@ def test_credentials_reach_a_real_mlflow_server_and_stay_out_of_files(
     store_env.setenv("MLFLOW_TRACKING_URI", f"http://alice:{SECRET}@{mlflow_server}")
     tracking.setup()
     with mlflow.start_run() as run:
-        tracking.write_run_file(run, tmp_path / "mlflow_run.json")
+        pipeline_run.write_run_file(run, tmp_path / "mlflow_run.json")
     assert json.loads((tmp_path / "mlflow_run.json").read_text())["tracking_uri"] == (
         f"http://***@{mlflow_server}")
     # The documented way: MLFLOW_TRACKING_USERNAME / PASSWORD and a URI without secrets.

@@ -61,11 +61,13 @@ def measure(work: Path | None = None, raw: Path | None = None, sz: dict | None =
     from pneumonia.stats.bootstrap import metric_intervals
 
     y, prob, groups = synthetic_test_set()
-    metric_intervals(y, prob, groups, 0.5, n_resamples=N_RESAMPLES, seed=0)  # warm-up (imports)
+    # warm-up (imports)
+    metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=N_RESAMPLES, seed=0)
     times = []
     for rep in range(3 if quick else 7):
         start = time.perf_counter()
-        metric_intervals(y, prob, groups, 0.5, n_resamples=N_RESAMPLES, seed=rep)
+        metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=N_RESAMPLES,
+                         seed=rep)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     return {

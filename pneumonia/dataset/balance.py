@@ -8,6 +8,15 @@ multi-threaded and names files with uuid4, so its output is not reproducible; in
 transformed by Augmentor's operations directly, with Python's `random` and NumPy's global RNG seeded
 from a SHA-256 of (balance.seed, source id, k): same bytes on rerun, serial or parallel.
 
+Same bytes on every x86-64 CPU, too: Augmentor's `Skew` solves for its perspective coefficients
+with `np.linalg.pinv` (an SVD in OpenBLAS, whose kernels are chosen per CPU at run time), and a
+last-bit difference in a coefficient moves a few output pixels by one grey level. On an AMD EPYC,
+forcing OpenBLAS's Haswell kernels (`OPENBLAS_CORETYPE=Haswell`) instead of the SkylakeX ones it
+picks there changed 2 of 300 variants of the shared dataset's NORMAL images (2026-12-06). `_Skew`
+draws exactly what Augmentor's `Skew` draws and solves the same 8 x 8 system exactly, in rational
+arithmetic: coefficients correctly rounded, the same on every machine (docs/data.md,
+"Byte-identical on every CPU").
+
 `task: three_class`: every class smaller than the largest is grown to the largest one's count
 (`class_targets`), each from its own class's images; generated bacterial / viral images are
 written to data/balanced/PNEUMONIA/.
@@ -22,6 +31,7 @@ import multiprocessing
 import random
 import shutil
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +65,92 @@ def image_seed(seed: int, source_id: str, k: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+class _Probe:
+    """Stands in for an image in Augmentor's `Skew.perform_operation`: records the perspective
+    coefficients it would apply (`transform(size, PERSPECTIVE, coefficients, ...)`)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self.coefficients: tuple[float, ...] = ()
+
+    def transform(self, size: tuple[int, int], method: object, data: object, **_: object) -> None:
+        self.coefficients = tuple(float(c) for c in np.asarray(data).reshape(8))
+
+
+def _solve_exact(rows: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:
+    """Solve a square linear system exactly (Gauss-Jordan on Fractions)."""
+    n = len(rhs)
+    m = [[*row, b] for row, b in zip(rows, rhs)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if m[r][col] != 0)
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(n):
+            if r != col and m[r][col] != 0:
+                f = m[r][col] / m[col][col]
+                m[r] = [a - f * b for a, b in zip(m[r], m[col])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def skew_coefficients(new_plane: list[tuple[int, int]], original_plane: list[tuple[int, int]],
+                      ) -> tuple[float, ...]:
+    """The perspective coefficients mapping `new_plane` onto `original_plane` (the system
+    Augmentor's `Skew` builds), solved exactly and rounded once: the same floats on any CPU."""
+    rows, rhs = [], []
+    for (u, v), (x, y) in zip(new_plane, original_plane):
+        rows.append([Fraction(c) for c in (u, v, 1, 0, 0, 0, -x * u, -x * v)])
+        rows.append([Fraction(c) for c in (0, 0, 0, u, v, 1, -y * u, -y * v)])
+        rhs += [Fraction(x), Fraction(y)]
+    return tuple(float(c) for c in _solve_exact(rows, rhs))
+
+
+def _skew_plane(coefficients: tuple[float, ...], width: int, height: int,
+                ) -> list[tuple[int, int]]:
+    """The integer corners that Augmentor's `Skew` moved (its `new_plane`), recovered from the
+    coefficients it solved for: the inverse perspective map of the image's corners, rounded
+    (every corner is an integer; the float error is ~1e-12 px)."""
+    a, b, c, d, e, f, g, h = coefficients
+    inverse = np.linalg.inv(np.array([[a, b, c], [d, e, f], [g, h, 1.0]]))
+    plane = []
+    for x, y in [(0, 0), (width, 0), (width, height), (0, height)]:
+        u, v, w = inverse @ np.array([x, y, 1.0])
+        plane.append((round(u / w), round(v / w)))
+    return plane
+
+
+class _Skew:
+    """Augmentor's `Skew(probability=1.0, skew_type="RANDOM", magnitude)`, exactly: the same
+    random draws (Augmentor's own code makes them, on a `_Probe`) and the same PERSPECTIVE /
+    BICUBIC transform, with coefficients from `skew_coefficients` instead of OpenBLAS."""
+
+    def __init__(self, magnitude: float) -> None:
+        from Augmentor.Operations import Skew
+
+        self._skew = Skew(probability=1.0, skew_type="RANDOM", magnitude=magnitude)
+
+    def perform_operation(self, images: list[Image.Image]) -> list[Image.Image]:
+        width, height = images[0].size
+        probe = _Probe((width, height))
+        self._skew.perform_operation([probe])
+        original = [(0, 0), (width, 0), (width, height), (0, height)]
+        plane = _skew_plane(probe.coefficients, width, height)
+        exact = skew_coefficients(plane, original)
+        if not np.allclose(exact, probe.coefficients, rtol=1e-9, atol=1e-9):
+            raise AssertionError(f"skew plane not recovered: {plane}")  # Augmentor changed
+        return [im.transform(im.size, Image.Transform.PERSPECTIVE, exact,
+                             resample=Image.Resampling.BICUBIC) for im in images]
+
+
 def augment(img: Image.Image, p: BalanceParams, seed: int) -> Image.Image:
     """One subtle variant of `img`: skew, elastic distortion, rotation, zoom. Never a flip: a
     mirrored chest X-ray (heart on the right) is not a plausible patient.
 
     Same size and mode as the input; deterministic for a given seed.
     """
-    from Augmentor.Operations import Distort, RotateRange, Skew, ZoomRandom
+    from Augmentor.Operations import Distort, RotateRange, ZoomRandom
 
     random.seed(seed)
     np.random.seed(seed)
-    ops = [Skew(probability=1.0, skew_type="RANDOM", magnitude=p.skew_magnitude)]
+    ops = [_Skew(p.skew_magnitude)]
     if p.distortion_magnitude > 0:
         ops.append(Distort(probability=1.0, grid_width=p.distortion_grid,
                            grid_height=p.distortion_grid, magnitude=p.distortion_magnitude))

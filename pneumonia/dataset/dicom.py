@@ -12,7 +12,7 @@ same gray, as for 16-bit PNGs in `images.to_gray8`.
 
 A DICOM file is untrusted input (a served model decodes whatever it is sent), so nothing is
 decoded before the header has been checked:
-- the size: Rows x Columns x NumberOfFrames against the pixel cap (`images.check_pixels`), before
+- the size: Rows x Columns x NumberOfFrames against the pixel cap (`pixel_cap.check_pixels`), before
   any pixel data is decoded -- and, for the Deflated transfer syntax, before the data set is even
   inflated (pydicom inflates a whole deflated file at once: a 131 kB file of 8192^2 zeros became
   134 MB, and 2.8 GB peak in `predict`). Here only the attributes before the pixel data are
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, check_pixels
+from pneumonia.dataset.pixel_cap import DEFAULT_MAX_MEGAPIXELS, check_pixels
 
 _PREAMBLE = 128
 _MAGIC = b"DICM"

@@ -98,6 +98,23 @@ def _norm_path(value: str) -> str:
     return p.lstrip("/")
 
 
+def _metadata_in_raw(value: str, raw: Path, files: list[str]) -> str:
+    """data.metadata as a path inside data.raw (posix, relative to it). Given relative to data.raw
+    (the documented form); also an absolute path, or one relative to the current directory, that
+    lies inside a data.raw folder (`-S data.metadata=$PWD/data/raw/site/patients.csv`). A path
+    outside data.raw comes back as it is, and `scan` refuses it."""
+    rel = _norm_path(value)
+    if rel in files or raw.suffix.lower() == ".zip" or not raw.is_dir():
+        return rel
+    given = Path(value.strip()).expanduser()
+    if given.is_absolute() or given.is_file():
+        try:
+            return given.resolve().relative_to(raw.resolve()).as_posix()
+        except ValueError:
+            return rel
+    return rel
+
+
 def read_metadata(data: bytes, where: str) -> dict[str, MetaRow]:
     """Parse the metadata CSV (bytes of `where`) into {path: row}; one clear error per mistake."""
     try:
@@ -181,7 +198,7 @@ def scan(raw: Path, data: DataParams) -> Inventory:
     kind, files = list_files(raw)
     classes = {n.strip().lower(): "NORMAL" for n in data.normal_folders}
     classes |= {n.strip().lower(): "PNEUMONIA" for n in data.pneumonia_folders}
-    meta_path = _norm_path(data.metadata) if data.metadata.strip() else ""
+    meta_path = _metadata_in_raw(data.metadata, raw, files) if data.metadata.strip() else ""
     meta: dict[str, MetaRow] = {}
     if meta_path:
         if meta_path not in files:

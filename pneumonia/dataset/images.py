@@ -22,7 +22,8 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumonia.params import DataParams
+from pneumonia.dataset.dicom import is_dicom, read_dicom
+from pneumonia.dataset.pixel_cap import DEFAULT_MAX_MEGAPIXELS, LIMIT_KEY, check_pixels
 
 # LANCZOS is antialiased: downsampling the ~2000 px originals keeps fine lung texture without
 # aliasing (bilinear/nearest, as Keras' loader uses by default, alias on 10x reductions).
@@ -31,24 +32,6 @@ _RESAMPLE = Image.Resampling.LANCZOS
 PNG_ZLIB_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_UP = 2
-# The pixel cap (params.yaml data.max_megapixels): one default for ingest, predict and the
-# served model. 50 MP is 2.5x the largest detector (43 x 43 cm at 100 um, ~18.5 MP).
-DEFAULT_MAX_MEGAPIXELS: float = DataParams.max_megapixels
-LIMIT_KEY = "data.max_megapixels"
-
-
-def check_pixels(width: int, height: int, frames: int, max_megapixels: float,
-                 source: str = "image header") -> None:
-    """Refuse an image whose header announces more than `max_megapixels` million pixels
-    (width x height x frames), before anything is decoded. ValueError naming the limit."""
-    pixels = width * height * frames
-    if pixels > max_megapixels * 1e6:
-        size = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
-        raise ValueError(
-            f"image too large: the {source} says {size} = {pixels / 1e6:.1f} megapixels, over "
-            f"the limit of {max_megapixels:g} megapixels ({LIMIT_KEY}); refused before "
-            "decoding (a decompression bomb, or not an X-ray). Downscale the image, or raise "
-            f"{LIMIT_KEY} in params.yaml if it is genuine")
 
 
 def to_gray8(img: Image.Image) -> Image.Image:
@@ -101,11 +84,7 @@ def open_image(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> I
     """
     if not data:
         raise ValueError("empty file (0 bytes)")
-    from pneumonia.dataset.dicom import is_dicom
-
     if is_dicom(data):
-        from pneumonia.dataset.dicom import read_dicom
-
         return read_dicom(data, max_megapixels)
     with warnings.catch_warnings():
         # Pillow's own limits (a warning over Image.MAX_IMAGE_PIXELS, 89.5 MP, an error over

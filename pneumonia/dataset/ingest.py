@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pneumonia.dataset import folders, kermany
 from pneumonia.dataset.images import RESIZE_METHOD, decode_one, encode_png
+from pneumonia.dataset.split import assign_validation, patient_groups
 from pneumonia.errors import PipelineError
 from pneumonia.files import workers, write_json
 from pneumonia.params import DataParams, Params
@@ -168,8 +169,6 @@ def draw_test_split(rows: list[dict], data: DataParams) -> dict:
     groups them), to test; their PNGs move from data/images/train/ to data/images/test/.
     Drawn here, not in the split stage: balance (before split) must never see a test image."""
     import pandas as pd  # only here: the kermany path keeps ingest free of pandas' import time
-
-    from pneumonia.dataset.split import assign_validation, patient_groups
 
     frame = pd.DataFrame(rows)
     groups, _ = patient_groups(frame)

@@ -116,8 +116,10 @@ def evaluate_lines(metrics: Path, lock: Path) -> list[str]:
         return [*lines,
                 ("**None yet.** metrics/evaluate.json does not exist in this revision: the paper "
                 "configuration (DenseNet201, ImageNet weights, 224 px) has not been trained and "
-                "evaluated; it needs a GPU ([docs/reproducing.md](docs/reproducing.md)). No "
-                "model of this repository has a full-dataset test result to report here."), ""]
+                "evaluated: it needs the ImageNet weights download, and a GPU is the practical "
+                "choice (on 2 CPU cores about 16-17 h; [docs/reproducing.md](docs/reproducing.md)). "
+                "The CPU-scale models trained from random weights at 64 px have full-dataset "
+                "test results: the ablation and recipe sections below."), ""]
     p = _train_params(lock)
     config = ", ".join(f"{k} {p[k]}" for k in ("model.backbone", "model.weights",
                                                 "data.image_size", "model.trainable_layers")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia.paths import UNSPECIFIED
 from pneumonia.stats.multiclass import (
     CAUSE_METRICS,
     CAUSE_RECALLS,
@@ -59,8 +60,6 @@ def recall_by_cause(classes: Any, called_pneumonia: Any, groups: Any, n_resample
     Images of your own data whose cause is unrecorded (`data.layout: folders`, class
     `unspecified`) belong to no cause: they are left out here (counted in
     `unspecified_support`); the binary metrics keep them."""
-    from pneumonia.paths import UNSPECIFIED
-
     classes = np.asarray(classes).astype(str)
     known = classes != UNSPECIFIED
     out: dict[str, Any]

@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumonia import registry, tracking
-from pneumonia.dataset.validate import PATIENT_RULES
+from pneumonia import pipeline_run, registry, tracking
+from pneumonia.dataset.validate import PATIENT_RULES, leaking_test_images
 from pneumonia.errors import PipelineError
-from pneumonia.evaluation import further
+from pneumonia.evaluation import further, reference_runs
 from pneumonia.evaluation.metrics import (
     LEVEL,
     THRESHOLD_METRICS,
@@ -60,8 +60,8 @@ from pneumonia.evaluation.metrics import (
     compute_metrics,
     confusion,
     flat_metrics,
-    metric_intervals,
     predict_labels,
+    reported_intervals,
 )
 from pneumonia.evaluation.mlflow_names import mlflow_metrics
 from pneumonia.evaluation.paper import metric_name, table3_markdown
@@ -74,6 +74,7 @@ from pneumonia.evaluation.plots import (
 )
 from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
 from pneumonia.files import sha256_file, write_json
+from pneumonia.inference.gradcam import explain_test_cases
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
 from pneumonia.params import Params, flatten
@@ -93,6 +94,7 @@ from pneumonia.paths import (
     TABLE3_MD,
     VALIDATION_JSON,
 )
+from pneumonia.stats.calibration import choose_threshold as choose
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,6 @@ def validation_originals(df: pd.DataFrame) -> pd.DataFrame:
 
 def choose_threshold(params: Params, y_val: np.ndarray, prob_val: np.ndarray) -> float:
     """threshold_chosen: evaluate.threshold (rule fixed) or Youden's J on validation images."""
-    from pneumonia.stats.calibration import choose_threshold as choose
-
     if params.evaluate.threshold_rule == "fixed":
         return params.evaluate.threshold
     if len(set(np.asarray(y_val).tolist())) < 2:
@@ -150,8 +150,6 @@ def leakage_of(rows: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
     """validate's two kinds of leakage for each test row (in the rows' order), from
     data/manifest.csv, the patients read by ``rule`` (validate.PATIENT_RULES): `patient`,
     `patient_in_train`, `duplicate_of_train`, `leakfree`."""
-    from pneumonia.dataset.validate import leaking_test_images
-
     if not MANIFEST.is_file():
         raise PipelineError(f"{MANIFEST} not found: run the ingest stage first (`dvc repro`).")
     manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False, na_values=[""])
@@ -198,10 +196,10 @@ def run(params: Params) -> dict[str, Any]:
     rules = (e.leakfree_patient_rule,
              *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
     leaks = {rule: leakage_of(rows, rule) for rule in rules}
-    run_info = tracking.read_run_file()
+    run_info = pipeline_run.read_run_file()
     experiment_id = tracking.setup()
     t = e.threshold
-    earlier = tracking.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))
+    earlier = pipeline_run.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))
     warning = threshold_warning(earlier, t)
     if warning:
         log.warning(warning)
@@ -254,7 +252,7 @@ def run(params: Params) -> dict[str, Any]:
         metrics[f"{prefix}patient_rule"] = rule
         metrics[f"{prefix}excluded_patient_in_train"] = subset.excluded_patient_in_train
         metrics[f"{prefix}excluded_duplicate_of_train"] = subset.excluded_duplicate_of_train
-    chosen_iv = metric_intervals(y_true, prob, chosen, groups, **boot)
+    chosen_iv = reported_intervals(y_true, prob, threshold=chosen, groups=groups, **boot)
     metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
     metrics["threshold_warning"] = warning
     extra = further.evaluate_further(
@@ -297,11 +295,11 @@ def run(params: Params) -> dict[str, Any]:
 
     import mlflow
 
-    with tracking.evaluate_run(run_info["run_id"], metric_name("accuracy")) as mlrun:
-        tracking.log_params(flatten(params.evaluate, "evaluate"))
+    with pipeline_run.evaluate_run(run_info["run_id"], metric_name("accuracy")) as mlrun:
+        pipeline_run.log_params(flatten(params.evaluate, "evaluate"))
         mlflow.log_metrics(mlflow_metrics(metrics, table3))
         test_sha = sha256_file(SPLIT_CSV)
-        tracking.log_split(rows, SPLIT_CSV, test_sha, context="testing", name="split-test")
+        pipeline_run.log_split(rows, SPLIT_CSV, test_sha, context="testing", name="split-test")
         mlflow.log_dict(
             {
                 "labels": list(LABELS),
@@ -334,12 +332,10 @@ def run(params: Params) -> dict[str, Any]:
         # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
         e = params.evaluate
         registry.register_and_gate(params, run_info, metrics, predictions, mlrun.info.run_id)
-        from pneumonia.inference.gradcam import explain_test_cases
-
         explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
                            e.explain_correct_per_class, GRADCAM_DIR)
         mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")
-    tracking.ensure_reference_runs(experiment_id)
+    reference_runs.ensure_reference_runs(experiment_id)
 
     print("\n" + markdown)
     print(report)

@@ -27,10 +27,12 @@ from pneumonia.stats.bootstrap import (
     METRICS,
     intervals_from_distributions,
     patient_weights,
+    percentile_interval,
     point_denominators,
     weighted_confusion,
     weighted_metrics,
 )
+from pneumonia.stats.calibration import weighted_calibration
 
 LEVEL = 0.95
 ECE_BINS = 10
@@ -76,9 +78,10 @@ def metric_distributions(
     return out
 
 
-def metric_intervals(
+def reported_intervals(
     y_true: Any,
     prob: Any,
+    *,
     threshold: float,
     groups: Any = None,
     n_resamples: int = 2000,
@@ -89,7 +92,7 @@ def metric_intervals(
     patient id of each image; None = each image its own patient), and the share of resamples in
     which the metric was undefined (which widen the interval, or withhold it above
     bootstrap.WITHHOLD_SHARE: see ``bootstrap.guarded_interval``). All None when undefined (or
-    no images)."""
+    no images). ``bootstrap.metric_intervals`` plus the class averages, None for undefined."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
     if y.size == 0:
@@ -153,7 +156,8 @@ def compute_metrics(
     """Flat test metrics with intervals (evaluate.json keys, see the module docstring), plus
     the class supports, image and patient counts."""
     y = np.asarray(y_true, dtype=int)
-    flat = flat_metrics(metric_intervals(y, prob, threshold, groups, n_resamples, seed), prefix)
+    flat = flat_metrics(reported_intervals(y, prob, threshold=threshold, groups=groups,
+                                           n_resamples=n_resamples, seed=seed), prefix)
     for i, label in enumerate(LABELS):
         flat[f"{prefix}{label}_support"] = int((y == i).sum())
     flat[f"{prefix}n_test"] = int(y.size)
@@ -165,9 +169,6 @@ def calibration_metrics(
     y_true: Any, prob: Any, groups: Any, n_resamples: int, seed: int, prefix: str = ""
 ) -> dict[str, float | None]:
     """Brier score and ECE (10 equal-width bins) with patient-bootstrap intervals."""
-    from pneumonia.stats.bootstrap import percentile_interval
-    from pneumonia.stats.calibration import weighted_calibration
-
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(prob, dtype=float)
     if y.size == 0:

@@ -1,5 +1,6 @@
-"""The paper's reported numbers (Table III), the metric names shared by every run, and the
-rendering of metrics/table3.json (a run against Table III, with intervals) as markdown.
+"""A run against the paper: the metric names shared by every run and the reference runs, and the
+rendering of metrics/table3.json (a run against Table III, with intervals) as markdown. The
+paper's numbers themselves are plain data in pneumonia.published.
 
 One naming scheme everywhere: a test metric is ``test_accuracy``, ``test_roc_auc`` or
 ``test_<LABEL>_<metric>`` (``test_NORMAL_recall``). The evaluate stage logs a run's results to
@@ -12,23 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pneumonia.paths import LABELS
-
-# Table III of the paper: DenseNet201 (last 30 layers fine-tuned) on the official test set.
-TABLE3_ACCURACY = 0.96
-TABLE3: dict[str, dict[str, float]] = {
-    "NORMAL": {"precision": 0.98, "recall": 0.91, "f1": 0.94, "support": 234},
-    "PNEUMONIA": {"precision": 0.95, "recall": 0.99, "f1": 0.97, "support": 390},
-}
-
-# The confusion matrix Table III implies (rows actual NORMAL, PNEUMONIA; columns predicted):
-# of the five matrices with the test set's class totals that round to every printed cell, the one
-# closest to the printed values (tests/stats/test_table3.py checks both facts). The paper's own
-# intervals and the run-vs-paper differences (pneumonia.stats.table3) start from it.
-TABLE3_CONFUSION = ((213, 21), (4, 386))
-
-# The Kaggle ResNet notebook the paper compares against: only these two numbers are reported.
-BASELINE_NAME = "Kaggle ResNet baseline"
-BASELINE = {"accuracy": 0.92, "NORMAL_recall": 0.82}
+from pneumonia.published import BASELINE, TABLE3, TABLE3_ACCURACY, TABLE3_CONFUSION
 
 CLASS_METRICS = ("precision", "recall", "f1", "support")
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pneumonia.evaluation.metrics import ECE_BINS
 from pneumonia.paths import LABELS
+from pneumonia.stats.calibration import pr_curve_table, reliability_table
 
 
 def roc_table(y_true: Any, prob: Any) -> pd.DataFrame:
@@ -30,8 +31,6 @@ def roc_table(y_true: Any, prob: Any) -> pd.DataFrame:
 
 def reliability_frame(y_true: Any, prob: Any) -> pd.DataFrame:
     """metrics/reliability.csv: one row per non-empty probability bin (DVC plot)."""
-    from pneumonia.stats.calibration import reliability_table
-
     columns = ["bin", "bin_low", "bin_high", "mean_predicted", "observed_fraction", "count"]
     if len(np.asarray(y_true)) == 0:
         return pd.DataFrame(columns=columns)
@@ -40,8 +39,6 @@ def reliability_frame(y_true: Any, prob: Any) -> pd.DataFrame:
 
 def pr_frame(y_true: Any, prob: Any) -> pd.DataFrame:
     """metrics/pr.csv: precision and recall of PNEUMONIA at each distinct threshold."""
-    from pneumonia.stats.calibration import pr_curve_table
-
     y = np.asarray(y_true, dtype=int)
     if y.size == 0 or y.sum() == 0:
         return pd.DataFrame(columns=["threshold", "precision", "recall"])

@@ -18,10 +18,12 @@ from pneumonia.evaluation.metrics import (
     THRESHOLD_METRICS,
     finite_or_none,
 )
-from pneumonia.evaluation.paper import BASELINE, BASELINE_NAME, TABLE3
 from pneumonia.params import Params
 from pneumonia.paths import LABELS
+from pneumonia.published import BASELINE, BASELINE_NAME, TABLE3
+from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
 from pneumonia.stats.bootstrap import WITHHOLD_SHARE
+from pneumonia.stats.table3 import compare_to_paper
 
 # Table III cells a verdict compares on the leak-free subset: those that do not depend on the
 # class mix (recall = sensitivity / specificity).
@@ -120,9 +122,6 @@ def _leakfree_block(metrics: dict[str, Any], prefix: str, subset: LeakfreeSubset
     """table3.json's block for one leak-free subset: counts, the metrics of evaluate.json under
     ``prefix``, and verdicts against Table III for the recalls, from the difference run - paper
     (pneumonia.stats.table3, as on the official test set)."""
-    from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
-    from pneumonia.stats.table3 import compare_to_paper
-
     e = params.evaluate
     cells: dict[str, Any] = {}
     if subset.y.size:
@@ -161,9 +160,6 @@ def table3_report(
     under the other reading of the file names when ``leakfree_alt`` is given: `leakfree_alt_`
     keys of evaluate.json), the validation-chosen threshold and calibration. `test` = (y, prob,
     patient id) of the official test images; the chosen-threshold numbers come from `metrics`."""
-    from pneumonia.stats.bootstrap import METRICS as BOOT_METRICS
-    from pneumonia.stats.table3 import compare_to_paper
-
     e = params.evaluate
     t = e.threshold
     y, p, g = test

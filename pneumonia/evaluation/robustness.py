@@ -37,8 +37,16 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia.dataset.images import encode_png, open_image, to_gray8
 from pneumonia.errors import PipelineError
-from pneumonia.paths import METRICS
+from pneumonia.files import workers as resolve_workers
+from pneumonia.files import write_json
+from pneumonia.inference.loading import load
+from pneumonia.inference.sources import to_input
+from pneumonia.model.inputs import read_split, subset_rows
+from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.paths import LABELS, METRICS, SPLIT_CSV
+from pneumonia.stats.bootstrap import metric_intervals, paired_deltas
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +68,12 @@ class Shift:
 def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
-    from pneumonia.dataset.images import encode_png
-
     return encode_png(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L"))
 
 
 def _resized(factor: float) -> Callable[[Any, np.random.Generator], bytes]:
     def apply(img: Any, rng: np.random.Generator) -> bytes:
         from PIL import Image
-
-        from pneumonia.dataset.images import encode_png
 
         w, h = img.size
         size = (max(1, round(w * factor)), max(1, round(h * factor)))
@@ -108,8 +112,6 @@ def _jpeg(quality: int) -> Callable[[Any, np.random.Generator], bytes]:
 def _rotated(degrees: float) -> Callable[[Any, np.random.Generator], bytes]:
     def apply(img: Any, rng: np.random.Generator) -> bytes:
         from PIL import Image
-
-        from pneumonia.dataset.images import encode_png
 
         angle = degrees * (1 if rng.random() < 0.5 else -1)
         # black corners, as a film rotated on a scanner shows them
@@ -152,9 +154,6 @@ def shifted_inputs(files: list[bytes], ids: list[str], shift: Shift | None, size
                    seed: int, workers: int) -> np.ndarray:
     """(N, size, size, 1) model inputs of the images, shifted (None = clean: the file as is),
     each decoded by the pipeline's `to_input`."""
-    from pneumonia.dataset.images import open_image, to_gray8
-    from pneumonia.inference.sources import to_input
-
     def one(i: int) -> np.ndarray:
         if shift is None:
             return to_input(files[i], size)
@@ -167,8 +166,6 @@ def shifted_inputs(files: list[bytes], ids: list[str], shift: Shift | None, size
 
 def model_probability(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     """P(PNEUMONIA) of each input (binary view of a three-class model)."""
-    from pneumonia.model.tasks import pneumonia_probability
-
     out = [np.asarray(model.predict_on_batch(x[i:i + batch_size]))
            for i in range(0, len(x), batch_size)]
     return pneumonia_probability(np.concatenate(out))
@@ -189,14 +186,13 @@ def score_shifts(model: Any, files: list[bytes], ids: list[str], y: np.ndarray,
                  ) -> dict[str, Any]:
     """The clean images and each shift: accuracy and ROC AUC with intervals, and the paired
     differences shifted - clean with their intervals and verdicts (module docstring)."""
-    from pneumonia.stats.bootstrap import metric_intervals, paired_deltas
-
     started = time.monotonic()
     size = int(model.input_shape[1])
     y = np.asarray(y, dtype=int)
     clean_prob = model_probability(model, shifted_inputs(files, ids, None, size, seed, workers),
                                    batch_size)
-    clean = metric_intervals(y, clean_prob, groups, threshold, n_resamples, seed, LEVEL)
+    clean = metric_intervals(y, clean_prob, threshold=threshold, groups=groups,
+                             n_resamples=n_resamples, seed=seed, level=LEVEL)
     report: dict[str, Any] = {
         "n_images": int(y.size), "n_patients": len(set(groups.tolist())),
         "threshold": threshold, "image_size": size, "bootstrap_resamples": n_resamples,
@@ -208,7 +204,8 @@ def score_shifts(model: Any, files: list[bytes], ids: list[str], y: np.ndarray,
     for shift in shifts:
         prob = model_probability(
             model, shifted_inputs(files, ids, shift, size, seed, workers), batch_size)
-        own = metric_intervals(y, prob, groups, threshold, n_resamples, seed, LEVEL)
+        own = metric_intervals(y, prob, threshold=threshold, groups=groups,
+                               n_resamples=n_resamples, seed=seed, level=LEVEL)
         paired = paired_deltas(y, clean_prob, prob, groups, threshold, threshold, n_resamples,
                                seed, LEVEL)
         entry: dict[str, Any] = {"name": shift.name, "description": shift.description}
@@ -300,8 +297,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """robustness.json, robustness.md and robustness.png in `out_dir`."""
-    from pneumonia.files import write_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "robustness.json", out_dir / "robustness.md", out_dir / "robustness.png"]
     write_json(report, paths[0])
@@ -348,10 +343,6 @@ def select_shifts(spec: str | None) -> tuple[Shift, ...]:
 
 def command(args: argparse.Namespace) -> int:
     """Score the model on the test subset of data/split.csv, clean and shifted."""
-    from pneumonia.files import workers as resolve_workers
-    from pneumonia.model.inputs import read_split, subset_rows
-    from pneumonia.paths import LABELS, SPLIT_CSV
-
     shifts = select_shifts(args.shifts)
     if args.resamples < 200:
         raise PipelineError("--resamples must be at least 200 (2000 recommended).")
@@ -365,8 +356,6 @@ def command(args: argparse.Namespace) -> int:
         raise PipelineError(f"{len(missing)} test image(s) listed in {SPLIT_CSV} are missing "
                             f"(e.g. {missing[0]}): run `dvc repro` (or `dvc pull`).")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pneumonia.inference.loading import load
-
     loaded = load(args.model, args.threshold)
     files = [Path(p).read_bytes() for p in rows["path"]]
     y = np.array([LABELS.index(lbl) for lbl in rows["label"]])

@@ -14,6 +14,7 @@ import argparse
 import itertools
 from dataclasses import dataclass
 
+from pneumonia.experiments import report
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.presets import PRESETS, preset
 from pneumonia.params import AblationParams, load_params
@@ -75,7 +76,5 @@ def command(args: argparse.Namespace) -> int:
     counts = run_grid(runs, args, "ablation", "pneumonia report")
     if counts is None:
         return 0
-    from pneumonia.experiments import report
-
     report.write_report(prefix=PREFIX)
     return 1 if counts.get("Failed") else 0

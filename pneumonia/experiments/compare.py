@@ -37,7 +37,10 @@ from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import METRIC_NAMES
 from pneumonia.experiments import revisions
 from pneumonia.params import EvaluateParams
-from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
+from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV, UNSPECIFIED
+from pneumonia.stats.bootstrap import paired_deltas
+from pneumonia.stats.multiclass import paired_cause_recalls
+from pneumonia.stats.significance import delong_test, holm, mcnemar_exact
 
 COLUMNS = ("image_id", "patient_id", "actual", "probability")
 N_RESAMPLES = 2000
@@ -137,9 +140,6 @@ def compare_predictions(
     "mcnemar": {...}, "delong": {...}}``; delta = head - base, each model at its own threshold.
     ``verdict`` is better / worse / within noise for the PRIMARY metrics (Holm over them) and
     ``descriptive`` for the others."""
-    from pneumonia.stats.bootstrap import paired_deltas
-    from pneumonia.stats.significance import delong_test, holm, mcnemar_exact
-
     if n_resamples < 200:
         raise PipelineError("--resamples must be at least 200 (2000 recommended).")
     base = base.sort_values("image_id", ignore_index=True)
@@ -158,9 +158,6 @@ def compare_predictions(
     metrics = {m: {**deltas[m], "primary": m in PRIMARY, "pvalue_holm": None,
                    "verdict": "descriptive"} for m in NAMES if m in deltas}
     if "class" in base.columns and "class" in head.columns:
-        from pneumonia.paths import UNSPECIFIED
-        from pneumonia.stats.multiclass import paired_cause_recalls
-
         classes = base["class"].astype(str).to_numpy()
         known = classes != UNSPECIFIED  # own data without a recorded cause: in no cause
         try:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pneumonia.errors import PipelineError
+from pneumonia.params import load_params
 
 
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -155,8 +156,6 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
              report_cmd: str) -> dict[str, int] | None:
     """Queue `runs` ((name, overrides) pairs) and run them; None for --dry-run / --no-wait, else
     the queue's final counts. PipelineError when every run failed (with the first one's log)."""
-    from pneumonia.params import load_params
-
     data = dataset_override(load_params().data.raw)
     if args.jobs < 1:
         raise PipelineError("--jobs must be at least 1.")

@@ -51,6 +51,8 @@ from pneumonia.experiments.report import (
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
+from pneumonia.stats.bootstrap import point_metrics
+from pneumonia.stats.seeds import seeds_needed
 
 # The evaluate stage's validation-originals predictions (issue 36 adds it to pneumonia.paths as
 # PREDICTIONS_VAL_CSV; the same file).
@@ -182,9 +184,6 @@ def summarize(runs: list[RecipeRun]) -> dict[str, Any]:
     against the candidate with the highest mean accuracy."""
     from scipy import stats
 
-    from pneumonia.stats.bootstrap import point_metrics
-    from pneumonia.stats.seeds import seeds_needed
-
     if not runs:
         raise PipelineError("no finished recipe runs to report on.")
     first = runs[0].predictions
@@ -251,8 +250,6 @@ def validation_metrics(run: RecipeRun) -> dict[str, float | None]:
     if run.validation is None:
         return dict.fromkeys(VALIDATION_METRICS)
     from sklearn.metrics import log_loss
-
-    from pneumonia.stats.bootstrap import point_metrics
 
     y = (run.validation["actual"] == "PNEUMONIA").to_numpy(dtype=int)
     prob = run.validation["probability"].to_numpy(dtype=float)

@@ -40,6 +40,17 @@ from pneumonia.experiments import revisions
 from pneumonia.files import write_json
 from pneumonia.params import arm_of, parse_params
 from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV
+from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
+from pneumonia.stats.seeds import (
+    detectable_floor,
+    pooled_sd,
+    seed_contrast,
+    seeds_needed,
+    simulated_power,
+    simulated_seeds_needed,
+    t_interval,
+)
+from pneumonia.stats.significance import holm
 
 ABLATION_DIR = METRICS / "ablation"
 ABLATION_JSON = METRICS / "ablation.json"
@@ -50,6 +61,9 @@ REPORT_METRICS = ("accuracy", "roc_auc", "NORMAL_recall", "NORMAL_precision", "N
                   "PNEUMONIA_recall", "PNEUMONIA_f1")
 ANSWER_METRICS = ("accuracy", "roc_auc")  # primary: Holm-corrected words; the rest descriptive
 # The paper's arm: DenseNet201 with Augmentor balancing (the reference when the grid has it).
+# The reference arm is the paper's choices as the grid's preset runs them (the `cpu` preset: a 64-px
+# DenseNet121 from random weights), never the paper's configuration itself: the answer says so.
+REFERENCE_NOTE = "the paper's choices of backbone and balancing, as the grid's preset runs them"
 PAPER_LEVELS = {"backbone": "densenet201", "balance": "augmentor"}
 FACTORS = ("backbone", "balance", "batchnorm")  # the parts of an arm name (params.arm_of)
 ALPHA = 0.05
@@ -120,8 +134,6 @@ def _t_interval(values: list[float | None]) -> tuple[float | None, float | None]
     seeds t(0.975, 2) = 4.30, so a widely spread metric gives an unclipped bound such as a recall
     of 1.35 (seen in the committed CPU grid), which no run can reach.
     """
-    from pneumonia.stats.seeds import t_interval
-
     return t_interval(values, LEVEL, (0.0, 1.0))
 
 
@@ -214,10 +226,6 @@ def kind_of(name: str, arms: dict | list) -> str:
 def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES,
               header: str = "") -> dict:
     """The report's numbers (metrics/ablation.json) from the runs' predictions alone."""
-    from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
-    from pneumonia.stats.seeds import seed_contrast
-    from pneumonia.stats.significance import holm
-
     if not runs:
         raise PipelineError("no finished ablation runs to report on.")
     _check_same_images(runs)
@@ -307,14 +315,6 @@ def power(arms: dict, comparisons: dict, metric: str = "accuracy",
     power at this report's seeds, the seeds a plain two-sample t-test over seeds would ask for
     (statsmodels TTestIndPower: what the line said before; optimistic), and the smallest
     difference the test set's shared term alone leaves detectable."""
-    from pneumonia.stats.seeds import (
-        detectable_floor,
-        pooled_sd,
-        seeds_needed,
-        simulated_power,
-        simulated_seeds_needed,
-    )
-
     sd = pooled_sd([[v for v in a[metric]["values"] if v is not None] for a in arms.values()])
     se_tests = [c["metrics"][metric]["se_test"] for c in comparisons.values()
                 if c.get("kind", "arm") == "arm" and c["metrics"][metric]["se_test"] is not None]
@@ -389,10 +389,12 @@ def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
                              f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
                              f"{_p_is(e['pvalue_holm'])})" + qualifier(name, m, comparisons))
     if not moved:
-        return (f"No arm differs from the paper's arm ({reference}) beyond noise in test "
+        return (f"No arm differs from the reference arm ({reference}; {REFERENCE_NOTE}) beyond "
+                f"noise in test "
                 f"accuracy or ROC AUC ({how}): at this scale the data cannot tell these choices "
                 "apart.")
-    return (f"Against the paper's arm ({reference}), with {n}: " + "; ".join(moved)
+    return (f"Against the reference arm ({reference}; {REFERENCE_NOTE}), with {n}: "
+            + "; ".join(moved)
             + f". Every other difference in accuracy and ROC AUC is within noise ({how}).")
 
 

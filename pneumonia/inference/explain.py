@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.inference.gradcam import CamModel, safe_name, write_overlay
+from pneumonia.inference.loading import load
+from pneumonia.inference.sources import expand, params_max_megapixels, to_input
+from pneumonia.paths import CLASSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -28,12 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
-
     items = expand(args.paths)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pneumonia.inference.loading import load
-
     loaded = load(args.model)
     cap, _ = params_max_megapixels()
     if loaded.warning:
@@ -55,8 +54,6 @@ def command(args: argparse.Namespace) -> int:
         used.add(name)
         scale = max(1, 224 // loaded.size)
         if cam_model.softmax_head:  # one heatmap per class
-            from pneumonia.paths import CLASSES
-
             class_probs = np.asarray(loaded.model.predict_on_batch(x[None]))[0]
             for k, cls in enumerate(CLASSES):
                 cams, probs = cam_model(x[None], k)

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 
 from pneumonia.errors import PipelineError
+from pneumonia.inference.sources import to_input
+from pneumonia.model.network import backbone_of
+from pneumonia.paths import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,6 @@ class CamModel:
 
     def __init__(self, model: Any) -> None:
         import keras
-
-        from pneumonia.model.network import backbone_of
 
         self.model = model
         try:
@@ -178,9 +179,6 @@ def explain_test_cases(model_file: Path, rows: Any, prob: np.ndarray, actual: np
     import shutil
 
     import keras
-
-    from pneumonia.inference.sources import to_input
-    from pneumonia.paths import LABELS
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)

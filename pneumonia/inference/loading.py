@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumonia import provenance
 from pneumonia.errors import PipelineError
+from pneumonia.params import load_params
 from pneumonia.paths import EVALUATE_JSON, MODEL_FILE
+from pneumonia.pipeline_run import read_run_file
+from pneumonia.provenance import warning
+from pneumonia.tracking import tracking_uri
 
 if TYPE_CHECKING:
     import keras
@@ -61,8 +66,6 @@ class Loaded:
     @property
     def warning(self) -> str | None:
         """Why its answers must not be trusted (trained on the bundled sample), else None."""
-        from pneumonia.provenance import warning
-
         return warning(self.provenance)
 
     @property
@@ -73,8 +76,6 @@ class Loaded:
 def registry_name(params_file: Path = Path("params.yaml")) -> str:
     """params.yaml `evaluate.registry_name` when readable, else the default name."""
     try:
-        from pneumonia.params import load_params
-
         return load_params(params_file).evaluate.registry_name
     except (PipelineError, OSError):
         return DEFAULT_REGISTRY_NAME
@@ -82,8 +83,6 @@ def registry_name(params_file: Path = Path("params.yaml")) -> str:
 
 def _params_threshold() -> tuple[float, str] | None:
     try:
-        from pneumonia.params import load_params
-
         return load_params().evaluate.threshold, "params.yaml evaluate.threshold"
     except (PipelineError, OSError):
         return None
@@ -105,12 +104,50 @@ def workspace_threshold() -> tuple[float, str] | None:
 def store_uri() -> str | None:
     """The MLflow store `pneumonia.tracking` uses, or None when it is a sqlite file that does
     not exist yet (opening it would create an empty store)."""
-    from pneumonia.tracking import tracking_uri
-
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None
     return uri
+
+
+# Reading the registry's aliases, failing closed (also the evaluate stage's gate: pneumonia.registry)
+def not_found(exc: Exception) -> bool:
+    """An MLflow error that says the registered model (or alias) does not exist."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def aliases(client: Any, name: str) -> dict[str, str] | None:
+    """The registered model's aliases ({alias: version}); None when there is no such registered
+    model. Any other error of the store propagates: it never reads as "no champion"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
+
+
+# `pneumonia promote` (pneumonia.promote) records a champion moved by hand in these version tags;
+# `pneumonia predict` shows them.
+TAG_PROMOTED_BY, TAG_PROMOTE_REASON, TAG_PROMOTED_AT = "promote.by", "promote.reason", "promote.at"
+TAG_GATE_SAID = "promote.gate_said"
+
+
+def promotion_note(tags: dict[str, str]) -> str | None:
+    """One line saying a version was promoted to champion by hand (None when it was not)."""
+    if TAG_PROMOTED_BY not in tags:
+        return None
+    return (f"promoted to champion by hand by {tags[TAG_PROMOTED_BY]} at "
+            f"{tags.get(TAG_PROMOTED_AT, '?')}: {tags.get(TAG_PROMOTE_REASON, '')} (the gate "
+            f"said: {tags.get(TAG_GATE_SAID, '?')})")
+
+
+def champion_version(client: Any, name: str) -> str | None:
+    """The version holding `champion`; None only when the model or the alias does not exist."""
+    return (aliases(client, name) or {}).get(CHAMPION)
 
 
 def champion_uri(name: str) -> str | None:
@@ -122,8 +159,6 @@ def champion_uri(name: str) -> str | None:
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pneumonia.registry import champion_version
 
     mlflow.set_tracking_uri(uri)
     try:
@@ -211,8 +246,6 @@ def chosen_threshold(spec: str) -> tuple[float, str]:
 
         store = store_uri()
         if store is None:
-            from pneumonia.tracking import tracking_uri
-
             raise PipelineError(f"--threshold {CHOSEN}: {spec}: the MLflow store {tracking_uri()} "
                                 "does not exist; set MLFLOW_TRACKING_URI or give a .keras file.")
         mlflow.set_tracking_uri(store)
@@ -297,8 +330,6 @@ def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
 
     store = store_uri()
     if store is None:
-        from pneumonia.tracking import tracking_uri
-
         raise PipelineError(f"{uri}: the MLflow store {tracking_uri()} does not exist (no model "
                             "was trained here); set MLFLOW_TRACKING_URI or give a .keras file.")
     mlflow.set_tracking_uri(store)
@@ -363,8 +394,6 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
     promotion = None
     if spec.startswith("models:/"):
-        from pneumonia.promote import promotion_note
-
         promotion = promotion_note(_version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
                   provenance=provenance_of(spec), promotion=promotion)
@@ -392,8 +421,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     """What the model `spec` (a resolved --model) was trained on ({} when nothing says)."""
     from mlflow.exceptions import MlflowException
 
-    from pneumonia import provenance
-
     if spec.startswith(("runs:/", "models:/")):
         from mlflow.models import Model
 
@@ -410,8 +437,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     try:  # the workspace's model: its training run's tags, else the workspace's manifest
         import mlflow
 
-        from pneumonia.tracking import read_run_file
-
         if store_uri() is not None:
             tags = mlflow.MlflowClient(store_uri()).get_run(read_run_file()["run_id"]).data.tags
             if provenance.from_tags(tags):
@@ -419,8 +444,6 @@ def provenance_of(spec: str) -> dict[str, str]:
     except (PipelineError, MlflowException, OSError):
         pass
     try:
-        from pneumonia.params import load_params
-
         data = load_params().data
         return provenance.describe(data.raw, data.image_size)
     except (PipelineError, OSError, KeyError, ValueError):

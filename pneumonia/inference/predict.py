@@ -34,8 +34,11 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.files import workers as resolve_workers
+from pneumonia.inference.loading import load
 from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
-from pneumonia.paths import LABELS
+from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.paths import CLASSES, LABELS
+from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,6 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
     batch: list[tuple[Item, np.ndarray]] = []
     queued = iter(items)
 
-    from pneumonia.model.tasks import pneumonia_probability
-
     width = int(model.output_shape[-1])
 
     def flush() -> Iterator[Result]:
@@ -145,9 +146,6 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
 def _rows(results: list[Result], threshold: float, three_class: bool = False,
           qhat: float | None = None) -> list[dict[str, Any]]:
     """Output rows; the columns of a three-class model and of a conformal set when given."""
-    from pneumonia.paths import CLASSES
-    from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
-
     rows = []
     for r in results:
         ok = r.probability is not None
@@ -200,8 +198,6 @@ def command(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
     from tqdm import tqdm
-
-    from pneumonia.inference.loading import load
 
     loaded = load(args.model, args.threshold)
     cap, cap_from = params_max_megapixels()

@@ -23,7 +23,8 @@ the whole request body before the model sees it: cap the body size in front of i
 proxy), see docs/security.md.
 
 The model carries this package's code (MLflow `code_paths`), so a served model decodes images
-with the code it was trained with. `log_model` is what the train stage calls.
+with the code it was trained with. `log_model` is what the evaluate stage calls
+(pneumonia.registry.model_to_register).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS
+from pneumonia import provenance
+from pneumonia.dataset.pixel_cap import DEFAULT_MAX_MEGAPIXELS
+from pneumonia.inference.sources import params_max_megapixels, to_input
+from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.paths import CLASSES, LABELS
+from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
 
 IMAGE_COLUMN = "image"
 ARTIFACT = "keras_model"
@@ -101,8 +107,6 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
         # The provenance is in model_config (the MLmodel `metadata` is not handed to a
         # PythonModel): every answer says what the model was trained on.
-        from pneumonia import provenance
-
         prov = config.get("provenance") or {}
         self.trained_on = provenance.dataset_of(prov)
         self.warning = provenance.warning(prov) or ""
@@ -114,8 +118,6 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
-
-        from pneumonia.inference.sources import to_input
 
         threshold = float((params or {}).get("threshold", self.threshold))
         if not 0 < threshold < 1:
@@ -154,9 +156,6 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
 def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
     """The served table from the model's raw outputs (N, 1) or (N, 3): see the module
     docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal)."""
-    from pneumonia.model.tasks import pneumonia_probability
-    from pneumonia.paths import CLASSES, LABELS
-
     probs = pneumonia_probability(outputs)
     frame = pd.DataFrame({"probability": probs,
                           "label": [LABELS[int(p >= threshold)] for p in probs],
@@ -166,8 +165,6 @@ def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> 
             frame[f"p_{c}"] = outputs[:, i]
         frame["class"] = [CLASSES[i] for i in outputs.argmax(axis=1)] if len(outputs) else []
     if qhat is not None:
-        from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
-
         sets = prediction_sets(binary_probs(probs), qhat) if len(probs) else np.zeros((0, 2))
         frame["prediction_set"] = set_names(sets, LABELS)
         frame["refer"] = sets.sum(axis=1) != 1
@@ -214,8 +211,6 @@ def input_example() -> pd.DataFrame:
 def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from pneumonia.paths import CLASSES
 
     columns = [ColSpec("double", "probability"), ColSpec("string", "label"),
                ColSpec("double", "threshold")]
@@ -267,8 +262,6 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
     params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
     calibration (the served answer then carries each image's prediction set). `provenance`
     (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config."""
-    from pneumonia.inference.sources import params_max_megapixels
-
     if max_megapixels is None:
         max_megapixels, _ = params_max_megapixels()
     config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),

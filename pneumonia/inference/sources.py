@@ -16,7 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, LIMIT_KEY, decode_one
 from pneumonia.errors import PipelineError
+from pneumonia.params import load_params
 
 # Looked for inside folders and archives (case-insensitive). A file named on the command line is
 # read whatever its name: a wrong extension is reported by the decoder, not silently skipped.
@@ -127,9 +129,6 @@ def expand(paths: Iterable[str | Path]) -> list[Item]:
 def params_max_megapixels() -> tuple[float, str]:
     """The pixel cap for `predict` / `explain`: params.yaml `data.max_megapixels` when there is a
     readable params.yaml here, else the default; and where it came from."""
-    from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, LIMIT_KEY
-    from pneumonia.params import load_params
-
     try:
         return load_params().data.max_megapixels, f"params.yaml {LIMIT_KEY}"
     except (PipelineError, OSError):
@@ -140,7 +139,5 @@ def to_input(data: bytes, size: int, max_megapixels: float | None = None) -> np.
     """Image bytes -> the model's input: (size, size, 1) float32 pixels 0..255, decoded and
     resized by the ingest stage's code. An image over `max_megapixels` (default: the params
     default, 50) is refused from its header. Raises ValueError with the reason for a bad image."""
-    from pneumonia.dataset.images import DEFAULT_MAX_MEGAPIXELS, decode_one
-
     gray, _, _, _ = decode_one(data, size, max_megapixels or DEFAULT_MAX_MEGAPIXELS)
     return np.asarray(gray, dtype=np.float32)[..., None]

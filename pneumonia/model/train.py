@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumonia import provenance, tracking
+from pneumonia import pipeline_run, provenance, tracking
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model import backup
@@ -303,7 +303,7 @@ def training_callbacks(
             save_weights_only=True,
             initial_value_threshold=best_so_far,
         ),
-        tracking.epoch_metrics_callback(),
+        pipeline_run.epoch_metrics_callback(),
         # History before the backup: a kill in between re-runs the epoch, whose row then
         # replaces the first attempt's (read_history keeps the last row per epoch).
         history_callback(backup_dir / "history.csv"),
@@ -443,7 +443,7 @@ def run(params: Params) -> dict[str, Any]:
 
     progress: dict[str, bool] = {"saved": False}
     try:
-        with tracking.train_run(resume_run_id) as mlrun:
+        with pipeline_run.train_run(resume_run_id) as mlrun:
             info = _train_and_log(
                 mlrun, params, model, df, split_sha, train_rows, val_rows, train_ds, backup_dir,
                 best_so_far, finished, (device, precision, replicas), started, progress)
@@ -492,8 +492,8 @@ def _train_and_log(
     global_batch = params.train.batch_size * replicas
     history_csv = backup_dir / "history.csv"
     (backup_dir / "mlflow_run_id").write_text(mlrun.info.run_id)
-    tracking.log_params(training_params(params))  # skips params a resumed run already holds
-    tracking.log_split(df, SPLIT_CSV, split_sha, context="training")
+    pipeline_run.log_params(training_params(params))  # skips params a resumed run already holds
+    pipeline_run.log_split(df, SPLIT_CSV, split_sha, context="training")
 
     mlflow.set_tags({"device": device, "precision": precision, "replicas": str(replicas),
                      "arm": arm_of(params), "seed": str(params.train.seed), "task": params.task})
@@ -523,7 +523,7 @@ def _train_and_log(
             verbose=2,
         )
         # A tracking server gone mid-training: stop with the backup kept (TrackingLost).
-        tracking.check_still_tracking(
+        pipeline_run.check_still_tracking(
             next(c for c in callbacks if hasattr(c, "lost")), backup_dir)
     history = read_history(history_csv)
     if params.train.keep_weights == "best":
@@ -542,11 +542,11 @@ def _train_and_log(
     write_json(summary, TRAIN_JSON)
     write_json(summary, backup_dir / FINISHED)  # a rerun after a logging failure: no refit
     progress["saved"] = True
-    # What the model was trained on (the bundled sample, the full dataset, other): travels
-    # with the logged model and as run tags (pneumonia.provenance).
+    # What the model was trained on (the bundled sample, the full dataset, other): run tags here,
+    # and the served model's metadata when evaluate logs it (pneumonia.provenance).
     prov = provenance.describe(params.data.raw, size, mlrun.info.run_id)
     mlflow.set_tags(provenance.as_tags(prov))
-    return _log_results(mlrun, model, summary, size, prov)
+    return _log_results(mlrun, model, summary, size)
 
 
 FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
@@ -555,8 +555,8 @@ FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run
 
 
 def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
-                 size: int, prov: dict[str, str] | None = None) -> dict[str, str]:
-    """Log the finished training's metrics, files and model to the open MLflow run."""
+                 size: int) -> dict[str, str]:
+    """Log the finished training's metrics and files to the open MLflow run."""
     import mlflow
 
     final = {k: summary[k] for k in FINAL_METRICS} | {"train_seconds": summary["seconds"]}
@@ -564,13 +564,10 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     mlflow.set_tag("saved_weights", summary["saved_weights"])
     mlflow.log_artifact(str(TRAIN_JSON), artifact_path="train")
     mlflow.log_artifact(str(TRAIN_HISTORY), artifact_path="train")
-    # The served model: a pyfunc taking image bytes (pneumonia.inference.pyfunc), with the
-    # default threshold 0.5 (evaluate re-logs it if it applies another one: train does not
-    # depend on evaluate.* params).
-    from pneumonia.inference.pyfunc import DEFAULT_THRESHOLD, log_model
-
-    model_uri = log_model(MODEL_FILE, DEFAULT_THRESHOLD, provenance=prov)
-    return tracking.write_run_file(mlrun, model_uri=model_uri)
+    # The served model (pneumonia.inference.pyfunc) is logged where it is evaluated, with
+    # evaluate's threshold and conformal calibration (pneumonia.registry.model_to_register):
+    # train depends on no inference, evaluation or statistics code (dvc.yaml deps).
+    return pipeline_run.write_run_file(mlrun)
 
 
 def class_weights(rows: Any, task: str = "binary") -> dict[int, float]:

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pneumonia.stats.significance import paired_verdict
+
 LABELS = ("NORMAL", "PNEUMONIA")
 # Above this share of undefined resamples an interval is withheld: the widened interval would
 # rest on a guess about too many resamples (with 95 % it already reaches the metric's bounds once
@@ -101,14 +103,14 @@ def patient_weights(
     return counts[:, codes].astype(np.int32)
 
 
-def _as_weights(weights: ArrayLike, n: int) -> np.ndarray:
+def as_weights(weights: ArrayLike, n: int) -> np.ndarray:
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if w.ndim != 2 or w.shape[1] != n:
         raise ValueError(f"weights must have shape (B, {n}), got {w.shape}")
     return w
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def ratio_or_nan(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den, NaN where den == 0 (no warning)."""
     out = np.full(np.broadcast(num, den).shape, np.nan)
     np.divide(num, den, out=out, where=den != 0)
@@ -123,7 +125,7 @@ def weighted_confusion(weights: ArrayLike, y_true: ArrayLike, pred: ArrayLike) -
     """(B, 2, 2) weighted confusion matrices, rows = true label, columns = predicted label."""
     y = np.asarray(y_true).astype(bool)
     yhat = np.asarray(pred).astype(bool)
-    w = _as_weights(weights, y.size)
+    w = as_weights(weights, y.size)
     cells = np.stack([~y & ~yhat, ~y & yhat, y & ~yhat, y & yhat], axis=1).astype(np.float64)
     return (w @ cells).reshape(-1, 2, 2)
 
@@ -138,13 +140,13 @@ def threshold_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     tn, fp, fn, tp = cm[:, 0, 0], cm[:, 0, 1], cm[:, 1, 0], cm[:, 1, 1]
     total = tn + fp + fn + tp
     out = {
-        "accuracy": _ratio(tp + tn, total),
-        "NORMAL_precision": _ratio(tn, tn + fn),
-        "NORMAL_recall": _ratio(tn, tn + fp),
-        "NORMAL_f1": _ratio(2 * tn, 2 * tn + fn + fp),
-        "PNEUMONIA_precision": _ratio(tp, tp + fp),
-        "PNEUMONIA_recall": _ratio(tp, tp + fn),
-        "PNEUMONIA_f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": ratio_or_nan(tp + tn, total),
+        "NORMAL_precision": ratio_or_nan(tn, tn + fn),
+        "NORMAL_recall": ratio_or_nan(tn, tn + fp),
+        "NORMAL_f1": ratio_or_nan(2 * tn, 2 * tn + fn + fp),
+        "PNEUMONIA_precision": ratio_or_nan(tp, tp + fp),
+        "PNEUMONIA_recall": ratio_or_nan(tp, tp + fn),
+        "PNEUMONIA_f1": ratio_or_nan(2 * tp, 2 * tp + fp + fn),
     }
     out["sensitivity"] = out["PNEUMONIA_recall"]
     out["specificity"] = out["NORMAL_recall"]
@@ -157,7 +159,7 @@ def _level_sums(
     """Weighted positive and negative counts at each distinct score, scores ascending: (B, K)."""
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(prob, dtype=np.float64)
-    w = _as_weights(weights, y.size)
+    w = as_weights(weights, y.size)
     order = np.argsort(p, kind="stable")
     sp = p[order]
     starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
@@ -172,7 +174,7 @@ def _auc_from_levels(pos_sum: np.ndarray, neg_sum: np.ndarray) -> np.ndarray:
     # Mann-Whitney: each positive beats the negatives at lower scores, ties count 1/2.
     neg_below = np.cumsum(neg_sum, axis=1) - neg_sum
     num = np.sum(pos_sum * (neg_below + 0.5 * neg_sum), axis=1)
-    return _ratio(num, pos_sum.sum(axis=1) * neg_sum.sum(axis=1))
+    return ratio_or_nan(num, pos_sum.sum(axis=1) * neg_sum.sum(axis=1))
 
 
 def _ap_from_levels(pos_sum: np.ndarray, neg_sum: np.ndarray) -> np.ndarray:
@@ -183,7 +185,7 @@ def _ap_from_levels(pos_sum: np.ndarray, neg_sum: np.ndarray) -> np.ndarray:
     fp = np.cumsum(neg_sum[:, ::-1], axis=1)
     precision = np.zeros_like(tp)
     np.divide(tp, tp + fp, out=precision, where=(tp + fp) > 0)
-    return _ratio(np.sum(pos_desc * precision, axis=1), tp[:, -1])
+    return ratio_or_nan(np.sum(pos_desc * precision, axis=1), tp[:, -1])
 
 
 def weighted_roc_auc(weights: ArrayLike, y_true: ArrayLike, prob: ArrayLike) -> np.ndarray:
@@ -203,7 +205,7 @@ def weighted_metrics(
 ) -> dict[str, np.ndarray]:
     """Every metric of ``METRICS`` for each row of ``weights``: dict of arrays of shape (B,)."""
     y, p = _check_inputs(y_true, prob)
-    w = _as_weights(weights, y.size)
+    w = as_weights(weights, y.size)
     out = threshold_metrics(weighted_confusion(w, y, p >= threshold))
     pos_sum, neg_sum = _level_sums(w, y, p)
     out["roc_auc"] = _auc_from_levels(pos_sum, neg_sum)
@@ -286,8 +288,9 @@ def _check_resampling(n_resamples: int, level: float) -> None:
 def metric_intervals(
     y_true: ArrayLike,
     prob: ArrayLike,
-    groups: ArrayLike | None,
+    *,
     threshold: float,
+    groups: ArrayLike | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
@@ -427,8 +430,6 @@ def paired_deltas(
     ``pneumonia compare`` applies Holm over its primary metrics), and ``pvalue`` the two-sided
     bootstrap p-value of delta = 0 (``bootstrap_pvalue``).
     """
-    from pneumonia.stats.significance import paired_verdict
-
     _check_resampling(n_resamples, level)
     y, pa = _check_inputs(y_true, prob_a)
     _, pb = _check_inputs(y_true, prob_b)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pneumonia.stats.bootstrap import _as_weights, _ratio
+from pneumonia.stats.bootstrap import as_weights, group_codes, ratio_or_nan
 
 SEPARATOR = "|"  # between the labels of a set when written as text: "NORMAL|PNEUMONIA"
 # Per-image set statistics (conformal_distributions), in report order.
@@ -113,17 +113,17 @@ def conformal_distributions(weights: ArrayLike, y: ArrayLike,
     label is the true one), and the shares of sets holding every label / no label."""
     s = np.asarray(sets, dtype=bool)
     labels = np.asarray(y, dtype=np.int64)
-    w = _as_weights(weights, labels.size)
+    w = as_weights(weights, labels.size)
     size = s.sum(axis=1)
     covered = s[np.arange(labels.size), labels].astype(np.float64)
     decided = (size == 1).astype(np.float64)
     total = w.sum(axis=1)
     return {
-        "coverage": _ratio(w @ covered, total),
-        "referral_rate": _ratio(w @ (1.0 - decided), total),
-        "accuracy_not_referred": _ratio(w @ (covered * decided), w @ decided),
-        "both_rate": _ratio(w @ (size == s.shape[1]).astype(np.float64), total),
-        "empty_rate": _ratio(w @ (size == 0).astype(np.float64), total),
+        "coverage": ratio_or_nan(w @ covered, total),
+        "referral_rate": ratio_or_nan(w @ (1.0 - decided), total),
+        "accuracy_not_referred": ratio_or_nan(w @ (covered * decided), w @ decided),
+        "both_rate": ratio_or_nan(w @ (size == s.shape[1]).astype(np.float64), total),
+        "empty_rate": ratio_or_nan(w @ (size == 0).astype(np.float64), total),
     }
 
 
@@ -134,7 +134,6 @@ def cross_fit_sets(probs: ArrayLike, y: ArrayLike, groups: ArrayLike | None, alp
     the other folds. The coverage of these sets estimates the coverage on new images
     exchangeable with the calibration images (with (folds - 1) / folds of them calibrating)."""
     p, labels = _check(probs, y)
-    from pneumonia.stats.bootstrap import group_codes
 
     codes = group_codes(groups, labels.size)
     n_groups = int(codes.max()) + 1 if codes.size else 0

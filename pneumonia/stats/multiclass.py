@@ -27,12 +27,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pneumonia.stats.bootstrap import (
-    _as_weights,
-    _ratio,
+    as_weights,
     intervals_from_distributions,
     patient_weights,
+    percentile_interval,
+    ratio_or_nan,
     weighted_roc_auc,
 )
+from pneumonia.stats.significance import paired_verdict
 
 CLASSES = ("normal", "bacteria", "virus")  # column order of a three-class model's output
 PNEUMONIA_CAUSES = ("bacteria", "virus")
@@ -74,7 +76,7 @@ def weighted_confusion3(weights: ArrayLike, y_true: ArrayLike, pred: ArrayLike) 
     """(B, 3, 3) weighted confusion matrices, rows = true class, columns = predicted class."""
     y = np.asarray(y_true, dtype=np.int64)
     yhat = np.asarray(pred, dtype=np.int64)
-    w = _as_weights(weights, y.size)
+    w = as_weights(weights, y.size)
     k = len(CLASSES)
     cells = np.zeros((y.size, k * k))
     cells[np.arange(y.size), y * k + yhat] = 1.0
@@ -86,22 +88,22 @@ def cause_distributions(weights: ArrayLike, y_true: ArrayLike,
     """Every metric of ``CAUSE_METRICS`` for each row of ``weights``: arrays (B,)."""
     y = np.asarray(y_true, dtype=np.int64)
     p = _check_probs(y, prob)
-    w = _as_weights(weights, y.size)
+    w = as_weights(weights, y.size)
     cm = weighted_confusion3(w, y, p.argmax(axis=1))
     diag = np.diagonal(cm, axis1=1, axis2=2)  # (B, 3)
     actual, predicted = cm.sum(axis=2), cm.sum(axis=1)
-    out: dict[str, np.ndarray] = {"accuracy": _ratio(diag.sum(axis=1), cm.sum(axis=(1, 2)))}
+    out: dict[str, np.ndarray] = {"accuracy": ratio_or_nan(diag.sum(axis=1), cm.sum(axis=(1, 2)))}
     for i, c in enumerate(CLASSES):
-        out[f"{c}_precision"] = _ratio(diag[:, i], predicted[:, i])
-        out[f"{c}_recall"] = _ratio(diag[:, i], actual[:, i])
-        out[f"{c}_f1"] = _ratio(2 * diag[:, i], actual[:, i] + predicted[:, i])
+        out[f"{c}_precision"] = ratio_or_nan(diag[:, i], predicted[:, i])
+        out[f"{c}_recall"] = ratio_or_nan(diag[:, i], actual[:, i])
+        out[f"{c}_f1"] = ratio_or_nan(2 * diag[:, i], actual[:, i] + predicted[:, i])
         out[f"{c}_roc_auc"] = weighted_roc_auc(w, y == i, p[:, i])
     for m in ("precision", "recall", "f1", "roc_auc"):
         # NaN when a class is undefined (the module's rule): np.mean propagates it.
         out[f"macro_{m}"] = np.mean([out[f"{c}_{m}"] for c in CLASSES], axis=0)
     pneumonia = y > 0
     right = pneumonia & ((p[:, 2] > p[:, 1]) == (y == 2))  # ties -> bacteria (the majority)
-    out["bacteria_vs_virus_accuracy"] = _ratio(w @ right.astype(np.float64),
+    out["bacteria_vs_virus_accuracy"] = ratio_or_nan(w @ right.astype(np.float64),
                                                w @ pneumonia.astype(np.float64))
     return {m: out[m] for m in CAUSE_METRICS}
 
@@ -113,12 +115,12 @@ def cause_recall_distributions(weights: ArrayLike, classes: ArrayLike,
     called = np.asarray(called_pneumonia, dtype=bool)
     if called.shape != codes.shape:
         raise ValueError("classes and called_pneumonia must have the same length")
-    w = _as_weights(weights, codes.size)
+    w = as_weights(weights, codes.size)
     out = {}
     for i, cause in enumerate(CLASSES):
         if cause in PNEUMONIA_CAUSES:
             mask = (codes == i).astype(np.float64)
-            out[f"PNEUMONIA_recall_{cause}"] = _ratio(w @ (mask * called), w @ mask)
+            out[f"PNEUMONIA_recall_{cause}"] = ratio_or_nan(w @ (mask * called), w @ mask)
     return out
 
 
@@ -160,9 +162,6 @@ def paired_cause_recalls(classes: ArrayLike, called_a: ArrayLike, called_b: Arra
     """Two models on the same images: each cause's PNEUMONIA recall, delta = b - a, with the
     interval from one patient-grouped bootstrap for both (the weights ``paired_deltas`` draws
     with the same seed). Same row layout as ``bootstrap.paired_deltas``."""
-    from pneumonia.stats.bootstrap import percentile_interval
-    from pneumonia.stats.significance import paired_verdict
-
     n = np.asarray(classes).size
     w = patient_weights(groups, n, n_resamples, seed)
     point_a = cause_recall_distributions(np.ones((1, n)), classes, called_a)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import norm, rankdata
 
 
 def paired_verdict(ci_low: float, ci_high: float) -> str:
@@ -53,6 +52,8 @@ def mcnemar_exact(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike) -> di
 
 def _midrank_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """AUC and DeLong structural components V10 (one per positive), V01 (one per negative)."""
+    from scipy.stats import rankdata  # lazy: scipy.stats is a second to import (docs/layout.md)
+
     m, n = pos.size, neg.size
     tz = rankdata(np.concatenate([pos, neg]))  # midranks in the combined sample
     tx = rankdata(pos)
@@ -75,6 +76,8 @@ def delong_test(
     normal approximation has nothing to work with: z, p-value and interval are NaN and ``note``
     says why (z = inf, p = 0 and a zero-width interval would claim certainty DeLong cannot give).
     """
+    from scipy.stats import norm  # lazy: scipy.stats is a second to import (docs/layout.md)
+
     y = np.asarray(y_true).astype(bool)
     scores = [np.asarray(prob_a, dtype=np.float64), np.asarray(prob_b, dtype=np.float64)]
     if any(s.shape != y.shape for s in scores):

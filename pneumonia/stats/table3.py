@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pneumonia.published import TABLE3_CONFUSION
 from pneumonia.stats.bootstrap import (
     LABELS,
     bootstrap_distributions,
@@ -61,9 +62,7 @@ F1_CELLS = ("NORMAL_f1", "PNEUMONIA_f1")
 
 def paper_confusion() -> np.ndarray:
     """The 2x2 confusion matrix implied by Table III: rows true (NORMAL, PNEUMONIA), columns
-    predicted (NORMAL, PNEUMONIA). Its one source is ``pneumonia.evaluation.paper``."""
-    from pneumonia.evaluation.paper import TABLE3_CONFUSION
-
+    predicted (NORMAL, PNEUMONIA). Its one source is ``pneumonia.published``."""
     return np.array(TABLE3_CONFUSION)
 
 

@@ -52,7 +52,7 @@ CREDENTIALS = {
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How a user picks other ports (Makefile variables, this module's flags).
-MLFLOW_PORT_SETTING = "MLFLOW_PORT (`make mlflow-server MLFLOW_PORT=5001`, or --mlflow-port)"
+MLFLOW_PORT_SETTING = "MLFLOW_PORT (`make mlflow-server MLFLOW_PORT=5003`, or --mlflow-port)"
 S3_PORT_SETTING = "S3_PORT (`make mlflow-server S3_PORT=9001`, or --s3-port)"
 
 

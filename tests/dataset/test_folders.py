@@ -242,3 +242,20 @@ def test_validate_without_patient_ids_warns_and_skips_table1(
     assert warning.startswith("patient leakage cannot be checked: data.metadata gives no "
                               "patient ids")
     assert "patient leakage cannot be checked" in Path("metrics/validation.md").read_text()
+
+
+def test_absolute_metadata_path_inside_data_raw_is_accepted(tree: tuple,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-S data.metadata=$PWD/data/raw/site/patients.csv` (absolute), or the same path relative
+    to the current directory: the CSV inside data.raw that the relative form names."""
+    root, _ = tree
+    relative = folders.scan(root, _data(root))
+    absolute = folders.scan(root, _data(root, metadata=str(root / "patients.csv")))
+    assert absolute == relative and any(i.patient_id for i in absolute.images)
+    monkeypatch.chdir(root.parent)
+    from_cwd = folders.scan(root, _data(root, metadata=f"{root.name}/patients.csv"))
+    assert from_cwd == relative
+    outside = root.parent / "elsewhere.csv"
+    outside.write_text((root / "patients.csv").read_text())
+    with pytest.raises(PipelineError, match=r"not found in .*must lie inside data\.raw"):
+        folders.scan(root, _data(root, metadata=str(outside)))

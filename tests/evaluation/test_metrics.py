@@ -23,12 +23,11 @@ from pneumonia.evaluation.metrics import (
     compute_metrics,
     confusion,
     flat_metrics,
-    metric_intervals,
     predict_labels,
+    reported_intervals,
 )
 from pneumonia.evaluation.mlflow_names import mlflow_metrics
 from pneumonia.evaluation.paper import (
-    TABLE3_CONFUSION,
     _ci_of,
     metric_name,
     reference_metrics,
@@ -38,6 +37,7 @@ from pneumonia.evaluation.paper import (
 from pneumonia.evaluation.plots import plot_confusion, pr_frame, reliability_frame, roc_table
 from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
 from pneumonia.params import parse_params
+from pneumonia.published import TABLE3_CONFUSION
 
 # 10 test images: 0 = NORMAL, 1 = PNEUMONIA.
 Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -224,7 +224,8 @@ def _evaluation(y, prob, groups, keep=None, keep_alt=None):
         m.update(compute_metrics(y[k], prob[k], 0.5, groups[k], 500, 3, prefix))
         m[f"{prefix}patient_rule"] = rule
         subsets.append(LeakfreeSubset(rule, y[k], prob[k], groups[k], int((~k).sum()), 0))
-    m.update(flat_metrics(metric_intervals(y, prob, 0.5, groups, 500, 3), "chosen_"))
+    m.update(flat_metrics(reported_intervals(y, prob, threshold=0.5, groups=groups,
+                                                   n_resamples=500, seed=3), "chosen_"))
     return m, table3_report(m, (y, prob, groups), subsets[0], PARAMS, None,
                             leakfree_alt=subsets[1])
 

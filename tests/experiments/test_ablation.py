@@ -108,7 +108,7 @@ def test_only_noise_between_arms_says_so(test_set) -> None:
     verdicts = {s["comparisons"]["densenet121/none/bn-frozen"]["metrics"][m]["verdict"]
                 for m in report.ANSWER_METRICS}
     assert verdicts == {"within noise"}
-    assert s["answer"].startswith("No arm differs from the paper's arm")
+    assert s["answer"].startswith("No arm differs from the reference arm")
 
 
 def test_arms_are_compared_on_the_same_patient_resamples(test_set) -> None:

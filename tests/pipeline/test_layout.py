@@ -8,8 +8,10 @@ built by the old code. An extra dep re-runs the stage for nothing.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +88,110 @@ def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
     assert "pneumonia/tracking.py" in import_closure("evaluate")
     assert "pneumonia/model/network.py" in import_closure("train")
     assert "pneumonia/model/train.py" not in import_closure("evaluate")
+
+
+# The package's floors, lowest first: a module imports only from its own floor or below (imports
+# inside functions count). Ground: paths, errors, files, params, the paper's published numbers.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ground", ("pneumonia", "pneumonia.errors", "pneumonia.paths", "pneumonia.files",
+                "pneumonia.params", "pneumonia.params_cast", "pneumonia.published",
+                "pneumonia.provenance",
+                "pneumonia.stage_runner")),
+    ("tracking", ("pneumonia.tracking", "pneumonia.pipeline_run")),
+    ("stats", ("pneumonia.stats",)),
+    ("dataset", ("pneumonia.dataset",)),
+    ("model", ("pneumonia.model",)),
+    ("inference", ("pneumonia.inference",)),
+    ("evaluation", ("pneumonia.evaluation", "pneumonia.gate", "pneumonia.registry")),
+    ("experiments", ("pneumonia.experiments",)),
+    ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team",
+                  "pneumonia.promote")),
+)
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of pneumonia/ by dotted name (a package by its own name)."""
+    out: dict[str, Path] = {}
+    for path in sorted((REPO / "pneumonia").rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (at module level or inside functions)."""
+    modules = package_modules()
+    return {name: {m for m in _imports(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def layer_of(module: str) -> int:
+    found = [i for i, (_, prefixes) in enumerate(LAYERS)
+             if any(module == p or module.startswith(p + ".") for p in prefixes)]
+    assert found, f"{module} is on no floor: add it to LAYERS (tests/pipeline/test_layout.py)"
+    return max(found)  # `pneumonia` (ground) is a prefix of everything: the most specific wins
+
+
+def test_imports_run_down_the_floors_only() -> None:
+    upward = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+              for a, deps in import_graph().items() for b in sorted(deps)
+              if layer_of(b) > layer_of(a)]
+    assert not upward, "imports that run upward:\n" + "\n".join(upward)
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """No module reaches itself through imports (Tarjan's strongly connected components)."""
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_cycle_check_sees_a_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above would pass on an empty graph: they must fail on a real cycle."""
+    graph = {"pneumonia.dataset.a": {"pneumonia.dataset.b"},
+             "pneumonia.dataset.b": {"pneumonia.dataset.a"}}
+    monkeypatch.setattr(sys.modules[__name__], "import_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="import cycles"):
+        test_the_package_has_no_import_cycle()
+    monkeypatch.setattr(sys.modules[__name__], "import_graph",
+                        lambda: {"pneumonia.stats.x": {"pneumonia.evaluation.paper"}})
+    with pytest.raises(AssertionError, match="upward"):
+        test_imports_run_down_the_floors_only()
+
+
+def test_training_depends_on_no_statistics_evaluation_inference_or_experiments() -> None:
+    """A fix to the statistics (or the evaluation, the served model, the experiment reports)
+    must never re-run a training: train's dvc.yaml deps hold none of their code."""
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    forbidden = ("pneumonia/stats/", "pneumonia/evaluation/", "pneumonia/inference/",
+                 "pneumonia/experiments/")
+    assert not [d for d in deps if str(d).startswith(forbidden)]
+    assert not [f for f in import_closure("train") if f.startswith(forbidden)]

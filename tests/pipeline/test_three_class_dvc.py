@@ -53,8 +53,8 @@ def test_three_class_experiment_runs_all_stages_and_serves_three_probabilities(
     assert all(r["prediction_set"] in ("NORMAL", "PNEUMONIA", "NORMAL|PNEUMONIA", "")
                for r in rows)
 
-    run = json.loads((repo / "models/mlflow_run.json").read_text())
-    with served(run["model_uri"], f"sqlite:///{repo / 'mlflow.db'}",
+    registered = json.loads((repo / "metrics/registry.json").read_text())  # evaluate logged it
+    with served(registered["model_uri"], f"sqlite:///{repo / 'mlflow.db'}",
                 tmp_path / "serve.log") as url:
         status, body = post(url, payload([p.read_bytes() for p in images]))
     assert status == 200, body

@@ -79,7 +79,7 @@ def test_point_values_equal_sklearn(seed: int, threshold: float) -> None:
     assert list(ours) == list(METRICS)
     for m in METRICS:
         assert ours[m] == pytest.approx(expected[m], abs=1e-12), m
-    iv = metric_intervals(y, prob, None, threshold, n_resamples=50, seed=0)
+    iv = metric_intervals(y, prob, groups=None, threshold=threshold, n_resamples=50, seed=0)
     assert all(iv[m]["value"] == ours[m] for m in METRICS)
 
 
@@ -107,7 +107,7 @@ def test_undefined_resamples_are_nan_and_counted() -> None:
     w_absent = np.ones(n)
     w_absent[0] = 0
     assert np.isnan(weighted_metrics(w_absent, y, prob, 0.5)["NORMAL_precision"][0])
-    iv = metric_intervals(y, prob, None, 0.5, n_resamples=1000, seed=0)
+    iv = metric_intervals(y, prob, groups=None, threshold=0.5, n_resamples=1000, seed=0)
     expected_share = (1 - 1 / n) ** n  # P(image 0 never drawn) ~ 1/e
     assert iv["NORMAL_precision"]["n_undefined"] == pytest.approx(1000 * expected_share, rel=0.15)
     # 37 % of the resamples have no NORMAL prediction: no interval (it used to read [1.0, 1.0])
@@ -146,18 +146,26 @@ def test_the_interval_is_the_95_percent_percentile_interval_exactly() -> None:
     """Independent recomputation: the 2.5 and 97.5 percentiles of the same resamples (a 90 %
     interval would give the 5th and 95th: caught here, where a width tolerance cannot)."""
     y, prob, groups = tied_data(6)
-    iv = metric_intervals(y, prob, groups, 0.5, n_resamples=800, seed=2)
+    iv = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=800, seed=2)
     w = patient_weights(groups, y.size, 800, 2)
     for m, dist in weighted_metrics(w, y, prob, 0.5).items():
         low, high = np.percentile(dist[~np.isnan(dist)], [2.5, 97.5])
         assert (iv[m]["ci_low"], iv[m]["ci_high"]) == pytest.approx((low, high), abs=1e-12), m
 
 
+def test_metric_intervals_takes_threshold_and_groups_by_keyword_only() -> None:
+    """Threshold and groups were once swapped between two functions of this name: positional
+    arguments after the data are refused."""
+    y, prob, groups = tied_data(1)
+    with pytest.raises(TypeError):
+        metric_intervals(y, prob, groups, 0.5)  # type: ignore[misc]
+
+
 def test_intervals_seeded() -> None:
     y, prob, groups = tied_data(1)
-    a = metric_intervals(y, prob, groups, 0.5, n_resamples=300, seed=4)
-    assert a == metric_intervals(y, prob, groups, 0.5, n_resamples=300, seed=4)
-    b = metric_intervals(y, prob, groups, 0.5, n_resamples=300, seed=5)
+    a = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=300, seed=4)
+    assert a == metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=300, seed=4)
+    b = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=300, seed=5)
     assert any(a[m]["ci_low"] != b[m]["ci_low"] for m in METRICS)
     for m in METRICS:
         assert a[m]["ci_low"] <= a[m]["value"] <= a[m]["ci_high"], m
@@ -173,7 +181,8 @@ def test_iid_interval_width_matches_normal_approximation() -> None:
     y = rng.integers(0, 2, n)
     correct = rng.random(n) < 0.9
     prob = np.where(correct == (y == 1), 0.8, 0.2)
-    iv = metric_intervals(y, prob, np.arange(n), 0.5, n_resamples=2000, seed=0)["accuracy"]
+    iv = metric_intervals(y, prob, groups=np.arange(n), threshold=0.5, n_resamples=2000,
+                          seed=0)["accuracy"]
     p = iv["value"]
     normal_width = 2 * 1.959964 * np.sqrt(p * (1 - p) / n)
     # 5 %: B = 2000 percentiles hold the width to ~2 %; a 90 % interval would be 16 % narrower
@@ -187,8 +196,10 @@ def test_correlated_clusters_widen_the_interval() -> None:
     y = np.repeat(rng.integers(0, 2, 156), 4)
     correct = np.repeat(rng.random(156) < 0.85, 4)
     prob = np.where(correct == (y == 1), 0.7, 0.3)
-    grouped = metric_intervals(y, prob, groups, 0.5, n_resamples=2000, seed=0)["accuracy"]
-    per_image = metric_intervals(y, prob, None, 0.5, n_resamples=2000, seed=0)["accuracy"]
+    grouped = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=2000,
+                               seed=0)["accuracy"]
+    per_image = metric_intervals(y, prob, groups=None, threshold=0.5, n_resamples=2000,
+                                 seed=0)["accuracy"]
     assert grouped["value"] == per_image["value"]
     assert width(grouped) > 1.5 * width(per_image)  # design effect sqrt(4) = 2 expected
 

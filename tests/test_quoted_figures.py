@@ -1,0 +1,108 @@
+"""Figures quoted in the README, MODEL_CARD and docs come from committed artifacts: each check
+recomputes a quoted figure from metrics/*.json or metrics/*/*.csv and looks for it, as written, in
+the text that quotes it. A figure that drifts from its artifact (or an artifact regenerated without
+the text) fails here, naming the file and the figure. (MODEL_CARD's generated block is checked by
+tests/test_docs.py; the ablation's figures in the README too.)
+
+Convention for new quotes: commit the run's outputs under metrics/runs/<name>/ (evaluate.json,
+predictions.csv) and add a check here, or generate the sentence as MODEL_CARD's block is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ROOT / "metrics"
+
+
+def _text(rel: str) -> str:
+    return (ROOT / rel).read_text(encoding="utf-8")
+
+
+def _recipe() -> dict:
+    return json.loads((METRICS / "recipe.json").read_text())["candidates"]
+
+
+def _mean_sd_ci(m: dict, digits: int = 3) -> str:
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(m['mean'])} ± {f.format(m['sd'])} "
+            f"[{f.format(m['ci_low'])}, {f.format(m['ci_high'])}]")
+
+
+def _ci(m: dict, digits: int = 3) -> str:
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(m['mean'])} [{f.format(m['ci_low'])}, {f.format(m['ci_high'])}]"
+
+
+def test_cpu_recipe_figures_in_readme_and_experiments() -> None:
+    """The CPU recipe (dn121-ema): metrics/recipe.json's means, seed SDs and t-intervals."""
+    c = _recipe()["dn121-ema"]
+    readme = _text("README.md")
+    for quoted in (f"accuracy {_ci(c['accuracy'])} (seed SD {c['accuracy']['sd']:.3f})",
+                   f"ROC AUC {_ci(c['roc_auc'])}",
+                   f"NORMAL recall {_ci(c['NORMAL_recall'], 2)}"):
+        assert quoted in readme, f"README.md: {quoted!r} (metrics/recipe.json dn121-ema)"
+    exp = " ".join(_text("docs/experiments.md").split())
+    for quoted in (f"accuracy {_mean_sd_ci(c['accuracy'])}", f"ROC AUC {_mean_sd_ci(c['roc_auc'])}",
+                   f"NORMAL recall {_mean_sd_ci(c['NORMAL_recall'])}",
+                   (f"PNEUMONIA recall {c['PNEUMONIA_recall']['mean']:.3f} ± "
+                    f"{c['PNEUMONIA_recall']['sd']:.3f}")):
+        assert quoted in exp, f"docs/experiments.md: {quoted!r} (metrics/recipe.json dn121-ema)"
+
+
+def test_seed_spread_quoted_in_card_experiments_and_reliability() -> None:
+    r = _recipe()
+    chosen = f"{r['dn121-ema']['NORMAL_recall']['sd']:.3f}"
+    earlier = f"{r['prev-cpu']['NORMAL_recall']['sd']:.3f}"
+    for rel in ("MODEL_CARD.md", "docs/experiments.md", "docs/reliability.md"):
+        text = " ".join(_text(rel).split())
+        assert chosen in text and earlier in text, (rel, chosen, earlier)
+    exp = " ".join(_text("docs/experiments.md").split())
+    assert f"seed SD {r['prev-cpu']['accuracy']['sd']:.3f}" in exp
+    assert f"accuracy SD {r['dn121-ema']['accuracy']['sd']:.3f}" in exp
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def recall_by_cause_sentence() -> str:
+    """PNEUMONIA recall by cause (and NORMAL recall) over the committed recipe runs' seeds,
+    threshold 0.5; the cause is in Kermany's file name (`person.._bacteria_..`, `_virus_`)."""
+    parts = []
+    for cand in ("prev-cpu", "dn121-ema"):
+        by: dict[str, list[float]] = {"bacteria": [], "virus": [], "normal": []}
+        files = sorted((METRICS / "recipe").glob(f"rcp-{cand}-s*.csv"))
+        assert len(files) == 5, files
+        for f in files:
+            d = pd.read_csv(f)
+            called = d.probability >= 0.5
+            for cause in ("bacteria", "virus"):
+                rows = d.image_id.str.contains(f"_{cause}_")
+                by[cause].append(float(called[rows].mean()))
+            normal = d.actual == "NORMAL"
+            by["normal"].append(float((~called[normal]).mean()))
+        parts.append(f"{cand}: bacterial {_range(by['bacteria'])}, viral {_range(by['virus'])}, "
+                     f"NORMAL recall {_range(by['normal'])}")
+    return "; ".join(parts)
+
+
+def test_recall_by_cause_in_further_work() -> None:
+    text = _text("docs/further-work.md")
+    block = re.search(r"<!-- quoted:recall-by-cause -->\n(.*?)\n<!-- /quoted -->", text,
+                      re.DOTALL)
+    assert block, "docs/further-work.md: the quoted:recall-by-cause block is missing"
+    assert block.group(1) == recall_by_cause_sentence()
+
+
+@pytest.mark.parametrize("rel", ["README.md", "MODEL_CARD.md", "docs/further-work.md"])
+def test_no_figure_of_the_uncommitted_seed_42_run(rel: str) -> None:
+    """Seed 42's by-cause recall (viral 0.986 [0.965, 1.000]) came from a run whose outputs were
+    never committed; the committed seeds of that configuration give 0.892-0.966."""
+    assert "0.986\n[0.965, 1.000]" not in _text(rel) and "0.986 [0.965, 1.000]" not in _text(rel)
