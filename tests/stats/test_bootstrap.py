@@ -266,7 +266,7 @@ def test_a_degenerate_bootstrap_falls_back_to_wilson_and_says_so() -> None:
     y = np.r_[np.zeros(100, int), np.ones(148, int)]
     prob = np.r_[rng.uniform(0, 0.7, 100), rng.uniform(0.6, 1, 148)]  # every positive caught
     groups = np.arange(y.size) // 2
-    iv = metric_intervals(y, prob, groups, 0.5, n_resamples=300, seed=1)
+    iv = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=300, seed=1)
     recall = iv["PNEUMONIA_recall"]
     assert recall["value"] == 1.0 and recall["method"] == "wilson"
     low, high = proportion_confint(148, 148, alpha=0.05, method="wilson")
