@@ -28,7 +28,9 @@ Python subprocess, so its memory and imports are its own:
 
 Not in CASES (no goal to meet, a trade-off the user chooses): benchmarks/cases/determinism.py,
 the cost of train.deterministic (op determinism on vs off); run it alone with
-`python -m benchmarks.cases.determinism`.
+`python -m benchmarks.cases.determinism`. Nor benchmarks/cases/serve_memory.py, the served
+model's peak RSS under 8 concurrent clients of a 49-megapixel PNG per serve.max_concurrent_decodes
+(`python -m benchmarks.cases.serve_memory --out benchmarks/serve_memory.json`).
 
 Prints one line per case (measured values, goal, ratio, PASS/MISS) and writes
 benchmarks/results.json (machine description + every number). Scratch files live in

@@ -50,6 +50,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("pneumonia.promote",
                 ("move the registry's `champion` to a version by hand (shows what the gate "
                 "would say; records who, why, when)")),
+    "site": ("pneumonia.site.cli",
+             ("a new hospital: calibrate on its labelled images (site calibrate), measure it "
+             "(site study); docs/new-site.md")),
     "robustness": ("pneumonia.evaluation.robustness",
                    ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
                    "inversion): paired differences from the clean test set, with intervals")),

@@ -1,12 +1,19 @@
-"""Small file helpers the stages share: JSON reports, content hashes, worker counts."""
+"""Small file helpers the stages share: JSON reports, checked CSV tables, content hashes, worker
+counts."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+
+from pneumonia.errors import PipelineError
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -14,6 +21,24 @@ def write_json(obj: Any, path: Path) -> None:
     One format everywhere, so DVC hashes the same bytes for the same content."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def read_csv_checked(source: Path | str, where: str, columns: Iterable[str], *,
+                     dtype: dict[str, Any], damaged: str, outdated: str) -> pd.DataFrame:
+    """A CSV table (`source`: a file, or the CSV's text) with `columns` checked. PipelineError
+    `<where> cannot be read as CSV (<why>): <damaged>` when pandas cannot parse it, and
+    `<where> lacks column(s) <names>: <outdated>` when a column is missing; `damaged` and
+    `outdated` say how to fix it."""
+    try:
+        frame = pd.read_csv(source if isinstance(source, Path) else io.StringIO(source),
+                            dtype=dtype)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError/EmptyDataError too
+        raise PipelineError(f"{where} cannot be read as CSV ({type(exc).__name__}: "
+                            f"{str(exc).strip()}): {damaged}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{where} lacks column(s) {', '.join(missing)}: {outdated}")
+    return frame
 
 
 def workers(n: int) -> int:
@@ -33,3 +58,29 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# A spreadsheet (Excel, LibreOffice, Google Sheets) runs a cell that starts with one of these as
+# a formula (`=cmd|' /C calc'!A0`, `@SUM(...)`): "CSV injection" (OWASP). Every CSV the pipeline
+# writes from text the user supplied (file names, patient ids from a metadata CSV) goes through
+# `spreadsheet_safe`, which prefixes such a cell with a single quote, OWASP's advice. Idempotent
+# (a cell already starting with `'` is left alone), and numbers are never touched, so a value
+# read back from one of our CSVs and written again stays as it was.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """`value` as a CSV cell a spreadsheet shows as text: a str starting with = + - @ tab or
+    CR gets a leading `'`; anything else is returned unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe_frame(frame: Any) -> Any:
+    """A copy of a pandas DataFrame with `spreadsheet_safe` applied to every text column."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(spreadsheet_safe)
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -264,6 +265,19 @@ class RecipeParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """The served model's memory bounds (pneumonia/inference/pyfunc.py), recorded in its config
+    when it is logged. No stage reads them otherwise."""
+
+    # Requests decoding images at once in one server process (the others wait): a 49-megapixel
+    # PNG takes ~0.2-0.3 GB while decoded, so this bounds the decoding memory.
+    max_concurrent_decodes: int = field(default=2, metadata=_pos)
+    # Pixels of all the images of one request together (from their headers, before decoding).
+    max_request_megapixels: float = field(
+        default=200.0, metadata=_rule(lambda v: v > 0, "must be > 0"))
+
+
+@dataclass(frozen=True)
 class Params:
     lr: float = field(metadata=_pos)  # Adam learning rate (paper: 2e-6); top level for `-S lr=`
     data: DataParams
@@ -279,6 +293,7 @@ class Params:
     evaluate: EvaluateParams = EvaluateParams()
     ablation: AblationParams = AblationParams()
     recipe: RecipeParams = RecipeParams()
+    serve: ServeParams = ServeParams()
 
 
 def parse_params(raw: dict[str, Any]) -> Params:
@@ -289,8 +304,10 @@ def parse_params(raw: dict[str, Any]) -> Params:
 
 
 def _check_cross_field(p: Params) -> None:
-    normal = {n.strip().lower() for n in p.data.normal_folders}
-    pneumonia = {n.strip().lower() for n in p.data.pneumonia_folders}
+    # Matched as pneumonia/dataset/folders.fold matches them: NFKC, then case-folded.
+    normal = {unicodedata.normalize("NFKC", n).strip().casefold() for n in p.data.normal_folders}
+    pneumonia = {unicodedata.normalize("NFKC", n).strip().casefold()
+                 for n in p.data.pneumonia_folders}
     if "" in normal | pneumonia or normal & pneumonia:
         raise ParamsError(
             "params.yaml: `data.normal_folders` and `data.pneumonia_folders` must be non-empty "
@@ -353,6 +370,26 @@ def training_params(p: Params) -> dict[str, Any]:
     the grids' own settings, ablation.* and recipe.*."""
     return {k: v for k, v in flatten(p).items()
             if not k.startswith(("evaluate.", "ablation.", "recipe."))}
+
+
+# The params the train stage depends on (dvc.yaml's train `params:`; tests/test_params.py
+# checks the two agree): DVC re-runs training when one of them changes, so evaluate may expect
+# them unchanged since the train stage read them.
+TRAIN_STAGE_PARAMS = ("lr", "data.raw", "data.image_size", "balance.method", "model", "task",
+                      "train")
+
+
+def params_digest(p: Params) -> str:
+    """sha256 of the train stage's params (TRAIN_STAGE_PARAMS): what the train stage records in
+    models/mlflow_run.json and evaluate checks against the params.yaml it reads, so a
+    params.yaml changed mid-pipeline (a second `dvc exp run` in the same workspace) is caught
+    before a model is registered under the wrong experiment."""
+    import hashlib
+
+    read = {k: v for k, v in flatten(p).items()
+            if any(k == s or k.startswith(s + ".") for s in TRAIN_STAGE_PARAMS)}
+    text = json.dumps(read, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -186,8 +186,10 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
     return EpochMetrics()
 
 
-def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[str, str]:
-    """models/mlflow_run.json: which run evaluate continues (and logs the served model to)."""
+def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE,
+                   params_sha256: str = "") -> dict[str, str]:
+    """models/mlflow_run.json: which run evaluate continues (and logs the served model to), and
+    the digest of the params the train stage read (`params_sha256`, params.params_digest)."""
     import mlflow
 
     info = {
@@ -196,8 +198,24 @@ def write_run_file(run: mlflow.ActiveRun, path: Path = MLFLOW_RUN_FILE) -> dict[
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
+    if params_sha256:
+        info["params_sha256"] = params_sha256
     write_json(info, path)
     return info
+
+
+def check_params_unchanged(info: dict[str, str], digest: str, path: Path = MLFLOW_RUN_FILE
+                           ) -> None:
+    """PipelineError when the training params evaluate reads are not those the train stage read
+    (recorded in models/mlflow_run.json): params.yaml changed while the pipeline ran."""
+    recorded = info.get("params_sha256")
+    if recorded and recorded != digest:
+        raise PipelineError(
+            f"params.yaml changed after the train stage read it ({path} records other training "
+            "params than params.yaml holds now): another `dvc exp run` or `dvc repro` in this "
+            "workspace? Nothing is registered. Run experiments side by side with "
+            "`dvc exp run --queue` (then `dvc queue start`) or `dvc exp run --temp`, one "
+            "workspace run at a time; then `dvc repro` again.")
 
 
 RUN_FILE_KEYS = ("tracking_uri", "experiment_id", "run_id")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tracemalloc
 import zipfile
 import zlib
@@ -154,6 +155,28 @@ def require_shared(path: Path = SHARED) -> Path:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
     pytest.skip(message)
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU answers `nvidia-smi -L` (no TensorFlow import: the check runs for every
+    session)."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.gpu` tests are skipped where no GPU is visible."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if gpu_tests and not gpu_visible():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (marker gpu)")
+        for item in gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -119,3 +119,28 @@ def test_cli_reports_bad_params_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "`split.val_fraction` is 1.5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_train_stage_params_digest_covers_what_dvc_yaml_lists() -> None:
+    from pneumonia.params import TRAIN_STAGE_PARAMS, params_digest
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    assert set(stage["params"]) == set(TRAIN_STAGE_PARAMS)
+    digest = params_digest(parse_params(copy.deepcopy(COMMITTED)))
+    # A train param changes the digest (evaluate then refuses); an evaluate param does not.
+    assert params_digest(parse_params(_with("train.seed", 32))) != digest
+    assert params_digest(parse_params(_with("evaluate.threshold", 0.3))) == digest
+
+
+def test_evaluate_refuses_params_changed_since_training() -> None:
+    from pneumonia.errors import PipelineError
+    from pneumonia.params import params_digest
+    from pneumonia.pipeline_run import check_params_unchanged
+
+    read = params_digest(parse_params(_with("train.seed", 31)))
+    now = params_digest(parse_params(_with("train.seed", 32)))
+    check_params_unchanged({"params_sha256": read}, read)
+    check_params_unchanged({}, now)  # a run file from older code: nothing to compare
+    with pytest.raises(PipelineError, match=r"params.yaml changed after the train stage read "
+                                            r"it.*--queue.*--temp"):
+        check_params_unchanged({"params_sha256": read}, now)

@@ -132,3 +132,23 @@ def test_the_gate_error_rates_in_statistics_md_are_the_committed_run() -> None:
     for _, _, new, old in rows:
         assert re.search(rf"\| (\*\*)?{re.escape(new)}(\*\*)? \| {re.escape(old)} \|$", text,
                          re.MULTILINE), (new, old)
+
+
+def test_new_site_figures_are_the_committed_studies() -> None:
+    """docs/new-site.md quotes metrics/site.json (k = 100) and metrics/site-adapt.json."""
+    text = " ".join(_text("docs/new-site.md").split())
+    site = json.loads((METRICS / "site.json").read_text())["arms"]
+
+    def cell(s: dict, signed: bool = False) -> str:
+        f = "{:+.3f}" if signed else "{:.3f}"
+        return f"{f.format(s['mean'])} [{f.format(s['low'])}, {f.format(s['high'])}]"
+
+    for arm in ("cnn-ema", "dn121-ema (cpu preset)", "cnn-ema re-run here"):
+        k100 = site[arm]["k"]["100"]
+        assert cell(k100["site_accuracy"]) in text, arm
+        assert cell(k100["val_accuracy"]) in text, arm
+    adapt = json.loads((METRICS / "site-adapt.json").read_text())["conditions"]
+    for cond in ("test, adapted on the whole half",
+                 "validation (control), adapted on the whole half"):
+        diff = cell(adapt[cond]["accuracy"]["difference"], signed=True)
+        assert diff.replace("-", "−") in text, (cond, diff)  # the docs write a minus sign

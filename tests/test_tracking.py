@@ -146,16 +146,23 @@ def test_train_with_unreachable_server_exits_2_before_training(tmp_path: Path) -
     assert took < 30, f"took {took:.0f} s"
 
 
-def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
-    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def a_training_run(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite store holding one finished training run (its params); its run id."""
     import mlflow
 
     clean_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracking.setup()
     with mlflow.start_run() as train:
         mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
-    train_id = train.info.run_id
+    return train.info.run_id
+
+
+def test_evaluate_run_continues_then_branches_and_survives_a_foreign_run_id(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mlflow
+
+    train_id = a_training_run(tmp_path, clean_env)
 
     with pipeline_run.evaluate_run(train_id, "test_accuracy") as run:  # first evaluation
         assert run.info.run_id == train_id
@@ -180,11 +187,7 @@ def test_evaluated_thresholds_lists_the_models_earlier_test_evaluations(
 ) -> None:
     import mlflow
 
-    clean_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracking.setup()
-    with mlflow.start_run() as train:
-        mlflow.log_params({"lr": 2e-6, "evaluate.threshold": 0.5})
-    train_id = train.info.run_id
+    train_id = a_training_run(tmp_path, clean_env)
     assert pipeline_run.evaluated_thresholds(train_id, "test_accuracy") == []  # not evaluated yet
     with pipeline_run.evaluate_run(train_id, "test_accuracy"):
         mlflow.log_metric("test_accuracy", 0.9)

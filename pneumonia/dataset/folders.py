@@ -33,6 +33,7 @@ import csv
 import hashlib
 import io
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,7 +43,7 @@ from pneumonia.dataset.kermany import (
     Inventory,
     SourceImage,
     junk_reason,
-    list_files,
+    list_entries,
     opener,
 )
 from pneumonia.errors import PipelineError
@@ -69,6 +70,13 @@ class MetaRow:
     split: str  # train | test | "" (not given)
     label: str  # NORMAL | PNEUMONIA | ""
     cause: str  # bacteria | virus | ""
+
+
+def fold(name: str) -> str:
+    """A folder name as class and split names are matched: Unicode NFKC-normalised, then
+    case-folded, so a decomposed `Normál` (macOS file names), a full-width `ＮＯＲＭＡＬ` and
+    `normal` written any case all match their name in params."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def image_id_of(rel: str) -> str:
@@ -173,7 +181,7 @@ def read_metadata(data: bytes, where: str) -> dict[str, MetaRow]:
 
 def _folder_facts(rel: str, classes: dict[str, str]) -> tuple[set[str], set[str]]:
     """(labels, splits) that the folders on `rel`'s path name."""
-    folders = [p.lower() for p in PurePosixPath(rel).parts[:-1]]
+    folders = [fold(p) for p in PurePosixPath(rel).parts[:-1]]
     return ({classes[f] for f in folders if f in classes},
             {SPLIT_NAMES[f] for f in folders if f in SPLIT_NAMES})
 
@@ -195,9 +203,9 @@ def scan(raw: Path, data: DataParams) -> Inventory:
     no images; files that cannot be placed are returned as `bad` entries. Images whose split
     is to be drawn have split "" (ingest draws it after decoding, when their hashes are known).
     """
-    kind, files = list_files(raw)
-    classes = {n.strip().lower(): "NORMAL" for n in data.normal_folders}
-    classes |= {n.strip().lower(): "PNEUMONIA" for n in data.pneumonia_folders}
+    kind, files, odd = list_entries(raw)
+    classes = {fold(n): "NORMAL" for n in data.normal_folders}
+    classes |= {fold(n): "PNEUMONIA" for n in data.pneumonia_folders}
     meta_path = _metadata_in_raw(data.metadata, raw, files) if data.metadata.strip() else ""
     meta: dict[str, MetaRow] = {}
     if meta_path:
@@ -212,7 +220,7 @@ def scan(raw: Path, data: DataParams) -> Inventory:
 
     ignored: Counter[str] = Counter()
     candidates: list[str] = []
-    bad: list[BadEntry] = []
+    bad: list[BadEntry] = list(odd)
     for f in files:
         reason = junk_reason(f)
         suffix = PurePosixPath(f).suffix.lower()
@@ -234,6 +242,11 @@ def scan(raw: Path, data: DataParams) -> Inventory:
         row = meta[unknown[0]]
         close = [c for c in candidates if c.lower() == unknown[0].lower()]
         hint = f" (did you mean {close[0]!r}? paths are case-sensitive)" if close else ""
+        linked = [b.source_file for b in odd if b.source_file.endswith("/")
+                  and unknown[0].startswith(b.source_file)]
+        if linked:
+            hint = (f" (it lies under {linked[0]!r}, a symbolic link to a folder, which ingest "
+                    "does not follow: copy the folder into data.raw)")
         raise PipelineError(
             f"data.metadata: {raw}/{meta_path} line {row.line} names {unknown[0]!r}, which is "
             f"not an image file in {raw}{hint}"
@@ -270,8 +283,8 @@ def scan(raw: Path, data: DataParams) -> Inventory:
         if not label:
             names = ", ".join(sorted(classes))
             bad.append(BadEntry(f, f"no class folder on its path (folders named {names}, any "
-                                   "case: data.normal_folders / data.pneumonia_folders) and no "
-                                   "label in data.metadata"))
+                                   "case, Unicode NFKC-normalised: data.normal_folders / "
+                                   "data.pneumonia_folders) and no label in data.metadata"))
             continue
         split = next(iter(splits), "")
         if row:
@@ -310,7 +323,7 @@ def scan(raw: Path, data: DataParams) -> Inventory:
                                 else data.pneumonia_folders)
             raise PipelineError(
                 f"data.raw: no {label} images found in {raw} (class folders named {folders}, "
-                f"any case). Name the class folders so, or list their names in "
+                f"any case, Unicode NFKC-normalised). Name the class folders so, or list their names in "
                 f"data.{label.lower()}_folders."
             )
     return Inventory(kind, ".", images, bad, dict(sorted(ignored.items())), {})

@@ -52,8 +52,8 @@ def to_gray8(img: Image.Image) -> Image.Image:
         top = int(arr.max(initial=0))
         max_value = max(65535, top)
         # (v * 255 + max / 2) // max, in place on one working copy: uint32 holds 65535 * 255
-        # + 32767, so 4 bytes a pixel instead of several int64 temporaries (decoding a 49 MP
-        # 16-bit PNG peaked at 935 MB RSS with those, 514 MB now; 2 vCPUs, 2026-11).
+        # + 32767, so 4 bytes a pixel instead of several int64 temporaries (the peak memory
+        # this saves: docs/data.md, "Data handling").
         work = np.maximum(arr, 0)  # a writable copy; mode I may hold negatives
         if max_value > 65535:
             work = work.astype(np.int64)

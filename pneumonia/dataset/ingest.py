@@ -27,7 +27,7 @@ from pneumonia.dataset import folders, kermany
 from pneumonia.dataset.images import RESIZE_METHOD, decode_one, encode_png
 from pneumonia.dataset.split import assign_validation, patient_groups
 from pneumonia.errors import PipelineError
-from pneumonia.files import workers, write_json
+from pneumonia.files import spreadsheet_safe, workers, write_json
 from pneumonia.params import DataParams, Params
 from pneumonia.paths import IMAGES_DIR, INGEST_REPORT, LABELS, MANIFEST, MANIFEST_COLUMNS
 
@@ -137,6 +137,10 @@ def run(params: Params) -> dict:
             "split": img.split, "source_file": img.source_file, "sha256": d.sha256,
             "width": d.width, "height": d.height, "mode": d.mode, "png_sha256": d.png_sha256,
         })
+    rows, conflicting = _drop_conflicting_copies(rows)
+    for row in conflicting:
+        Path(row["path"]).unlink(missing_ok=True)
+        bad.append((row["source_file"], row["conflict"]))
     bad.sort()
     drawn = draw_test_split(rows, params.data) if draw_test and rows else None
     rows.sort(key=lambda r: (r["split"], r["label"], r["image_id"]))
@@ -161,6 +165,31 @@ def run(params: Params) -> dict:
     write_manifest(rows, MANIFEST)
     log.info("wrote %d images to %s and %s", len(rows), IMAGES_DIR, MANIFEST)
     return report
+
+
+def _drop_conflicting_copies(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows kept, rows whose source bytes are also another row's under the other label).
+
+    One X-ray cannot be both NORMAL and PNEUMONIA: a copy under the wrong class folder would be
+    trained on (or tested on) with both labels (issue 35). Every copy of such an image is a bad
+    file, named with its twin; ingest.on_bad_file decides (fail, the default, or skip: all
+    copies left out and listed in the report). Byte-identical copies under one label are kept
+    (validate reports them as leakage)."""
+    labels: dict[str, set[str]] = {}
+    files: dict[str, list[str]] = {}
+    for r in rows:
+        labels.setdefault(r["sha256"], set()).add(r["label"])
+        files.setdefault(r["sha256"], []).append(r["source_file"])
+    kept, dropped = [], []
+    for r in rows:
+        if len(labels[r["sha256"]]) > 1:
+            twins = ", ".join(sorted(f for f in files[r["sha256"]] if f != r["source_file"]))
+            dropped.append(r | {"conflict": (
+                f"the same bytes as {twins}, labelled both NORMAL and PNEUMONIA: one image "
+                "cannot have two labels; remove the copy under the wrong class folder")})
+        else:
+            kept.append(r)
+    return kept, dropped
 
 
 def draw_test_split(rows: list[dict], data: DataParams) -> dict:
@@ -211,7 +240,7 @@ def write_manifest(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
 
 
 def _report(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -110,17 +111,57 @@ def parse_name(stem: str, label: str) -> tuple[str, str]:
 
 def list_files(raw: Path) -> tuple[SourceKind, list[str]]:
     """All file paths of the source, posix and relative to it, sorted."""
+    kind, files, _ = list_entries(raw)
+    return kind, files
+
+
+def _odd_kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a file nor a folder"
+
+
+def list_entries(raw: Path) -> tuple[SourceKind, list[str], list[BadEntry]]:
+    """(kind, every regular file path of the source — posix, relative to it, sorted — and the
+    entries that are not read, each named with why).
+
+    Not read, and so bad entries (issue 35: never a silent drop, never a hang): a symbolic link
+    to a folder (not followed: it can lead out of data.raw or loop back into it; its path ends
+    in `/`), and a FIFO, socket or device file (reading a FIFO blocks until someone writes to
+    it). A symbolic link to a regular file is read like the file; a dangling one is listed and
+    fails when read ("cannot read the file")."""
     if raw.is_dir():
-        files = []
+        files: list[str] = []
+        odd: list[BadEntry] = []
         for dirpath, dirnames, filenames in os.walk(raw):
-            dirnames.sort()
             rel = Path(dirpath).relative_to(raw)
-            files += [(rel / f).as_posix() for f in filenames]
-        return "folder", sorted(files)
+            for d in list(dirnames):
+                if (Path(dirpath) / d).is_symlink():
+                    dirnames.remove(d)  # os.walk does not descend into it either: say so
+                    target = os.readlink(Path(dirpath) / d)
+                    odd.append(BadEntry(
+                        f"{(rel / d).as_posix()}/",
+                        f"a symbolic link to a folder ({target}), not followed: copy the folder "
+                        "into data.raw, or point data.raw at it"))
+            dirnames.sort()
+            for f in filenames:
+                try:
+                    mode = os.stat(Path(dirpath) / f).st_mode  # follows a link to a file
+                except OSError:
+                    mode = stat.S_IFREG  # dangling link: fails when read, named there
+                if stat.S_ISREG(mode):
+                    files.append((rel / f).as_posix())
+                else:
+                    odd.append(BadEntry((rel / f).as_posix(),
+                                        f"not a regular file ({_odd_kind(mode)}): remove it"))
+        return "folder", sorted(files), sorted(odd, key=lambda b: b.source_file)
     if raw.is_file() and raw.suffix.lower() == ".zip":
         try:
             with zipfile.ZipFile(raw) as zf:
-                return "zip", sorted(i.filename for i in zf.infolist() if not i.is_dir())
+                return ("zip", sorted(i.filename for i in zf.infolist() if not i.is_dir()),
+                        [])
         except zipfile.BadZipFile as exc:
             raise PipelineError(
                 f"data.raw: {raw} is not a readable zip archive ({exc}). Download it again."
@@ -170,7 +211,7 @@ def scan(raw: Path) -> Inventory:
     Raises PipelineError for a missing/ambiguous layout, an empty class folder or duplicate image
     ids; files the pipeline cannot place are returned as `bad` entries for the caller's policy.
     """
-    kind, files = list_files(raw)
+    kind, files, odd = list_entries(raw)
     ignored: Counter[str] = Counter()
     kept = []
     for f in files:
@@ -199,7 +240,7 @@ def scan(raw: Path) -> Inventory:
     nested = [r for r in roots[1:] if _inside(r, root) is not None]
 
     images: list[SourceImage] = []
-    bad: list[BadEntry] = []
+    bad: list[BadEntry] = list(odd)
     merged_val: Counter[str] = Counter()
     for f in kept:
         rel = _inside(f, root)

@@ -31,7 +31,7 @@ from collections import Counter
 import pandas as pd
 
 from pneumonia.errors import PipelineError
-from pneumonia.files import write_json
+from pneumonia.files import spreadsheet_safe_frame, write_json
 from pneumonia.params import Params
 from pneumonia.paths import (
     BALANCED_MANIFEST,
@@ -158,6 +158,7 @@ def run(params: Params) -> dict:
     pool, facts = split_pool(
         originals[originals.split == "train"], generated.assign(sha256=""),
         params.split.val_fraction, params.split.seed, params.split.generated_in_val, params.task)
+    _check_every_class_in(pool, params)
     test = originals[originals.split == "test"].assign(subset="test")
 
     full = pd.concat([pool, test], ignore_index=True)
@@ -166,7 +167,7 @@ def run(params: Params) -> dict:
     split = split.sort_values(["subset", "label", "image_id"], key=lambda c: c.map(order)
                               if c.name == "subset" else c, ignore_index=True)
     SPLIT_CSV.parent.mkdir(parents=True, exist_ok=True)
-    split.to_csv(SPLIT_CSV, index=False, lineterminator="\n")
+    spreadsheet_safe_frame(split).to_csv(SPLIT_CSV, index=False, lineterminator="\n")
 
     metrics = _metrics(split) | facts | {"generated_in_val": params.split.generated_in_val}
     if params.task == "three_class":  # binary runs keep split.json as it was
@@ -184,6 +185,24 @@ def run(params: Params) -> dict:
              metrics["counts"]["val"]["total"], 100 * metrics["val_fraction"],
              metrics["counts"]["test"]["total"])
     return metrics
+
+
+def _check_every_class_in(pool: pd.DataFrame, params: Params) -> None:
+    """Refuse a train or validation set without an image of some class (issue 35): the epoch and
+    the threshold are chosen on validation, which then cannot measure that class. validate has
+    checked that the training images hold every class; whole patient groups and rounding can
+    still leave validation without one."""
+    column, wanted = ("class", CLASSES) if params.task == "three_class" else ("label", LABELS)
+    for subset, name in (("val", "validation"), ("train", "training")):
+        present = set(pool[column][pool.subset == subset])
+        missing = [c for c in wanted if c not in present]
+        if missing:
+            counts = ", ".join(f"{c} {int((pool[column] == c).sum())}" for c in wanted)
+            raise PipelineError(
+                f"split: the {name} set has no {' or '.join(missing)} image ({column} counts of "
+                f"the training pool: {counts}; split.val_fraction "
+                f"{params.split.val_fraction}, whole patients only): raise split.val_fraction "
+                f"(`dvc exp run -S split.val_fraction=0.2`) or add images of that class.")
 
 
 def _shared_hashes(pool: pd.DataFrame) -> int:

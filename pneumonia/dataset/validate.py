@@ -102,6 +102,25 @@ def _gx_validate(manifest: pd.DataFrame, params: Params) -> list[dict[str, Any]]
                                "download it again, or set validate.table1_counts: false"))],
                      counts.drop(columns="_row")))
 
+    # Every split must hold every class (issue 35): a test set without NORMAL images scores a
+    # constant classifier at accuracy 1.000 with an undefined ROC AUC. The validation set is
+    # carved out of train by the split stage, which checks it again (pneumonia/dataset/split.py);
+    # here a train split without a class is caught, as no validation set carved from it can
+    # have one. `task: three_class` needs every cause (normal / bacteria / virus) as well.
+    if {"split", "label"} <= set(manifest.columns):
+        for split_name in SPLITS:
+            part = df[df.split == split_name]
+            if part.empty:  # ingest stops on a missing split; another check names a bad value
+                continue
+            checks = [(f"{split_name}_has_every_label", gxe.ExpectColumnDistinctValuesToContainSet(
+                column="label", value_set=list(LABELS)), _class_hint(split_name))]
+            if params.task == "three_class" and "class" in manifest.columns:
+                checks.append((f"{split_name}_has_every_class",
+                               gxe.ExpectColumnDistinctValuesToContainSet(
+                                   column="class", value_set=list(CLASSES)),
+                               _class_hint(split_name)))
+            runs.append((part, checks, part.drop(columns="_row")))
+
     results: list[dict[str, Any]] = []
     for i, (frame, checks, shown) in enumerate(runs):
         batch = (source.add_dataframe_asset(f"asset{i}")
@@ -117,6 +136,15 @@ def _gx_validate(manifest: pd.DataFrame, params: Params) -> list[dict[str, Any]]
         for name, _, hint in checks:
             results.append(_summarise(name, by_name[name], shown, hint))
     return results
+
+
+def _class_hint(split_name: str) -> str:
+    if split_name == "test":
+        return ("every metric needs both classes in the test set (a constant model would score "
+                "accuracy 1 on one class): add that class's images to the test folder, or let "
+                "ingest draw the test set (data.test_fraction) from a tree without split folders")
+    return ("the model cannot learn a class it never sees, nor can validation measure it: add "
+            "that class's images to the training images")
 
 
 def _table1_counts(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -141,6 +169,8 @@ def _summarise(name: str, result: Any, shown: pd.DataFrame, hint: str) -> dict[s
         if isinstance(observed, list):
             observed = [o for o in observed if o != "_row"]
         out["observed_value"] = observed
+    if res.get("partial_missing_list"):  # a value set expected in a column, not all found
+        out["missing"] = [_jsonable(v) for v in res["partial_missing_list"]]
     if error:
         out["error"] = str(error)
     out["examples"] = [{k: _jsonable(v) for k, v in e.items()} for e in examples]
@@ -265,6 +295,12 @@ def _describe_failure(r: dict[str, Any]) -> str:
     if r.get("error"):
         return f"{r['name']}: could not be evaluated ({r['error'].splitlines()[0]}); {r['hint']}"
     n = r.get("unexpected_count")
+    if r["name"].endswith(("_has_every_label", "_has_every_class")):
+        split_name = r["name"].split("_has_")[0]
+        column = "label" if r["name"].endswith("_label") else "class"
+        missing = " or ".join(r.get("missing") or ["?"])
+        return (f"{r['name']}: the {split_name} split has no {missing} image (no row with that "
+                f"{column}); {r['hint']}")
     if r["name"] == "table1_counts":
         wrong = ", ".join(f"{e['split']}/{e['label']} {e['images']} (expected {e['expected']})"
                           for e in r["examples"])

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia.evaluation.plots import plot_confusion
 from pneumonia.paths import UNSPECIFIED
 from pneumonia.stats.multiclass import (
     CAUSE_METRICS,
@@ -158,23 +159,4 @@ def three_class_markdown(metrics: dict[str, Any], cm: np.ndarray) -> str:
 
 def plot_confusion3(cm: np.ndarray, path: Path, title: str) -> None:
     """The 3x3 confusion matrix as a figure (an MLflow artifact)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=120)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(CLASSES)), CLASSES)
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
-    ax.set(xlabel="predicted", ylabel="actual")
-    ax.set_title(title, fontsize=10)
-    high = cm.max() / 2 if cm.size and cm.max() else 0
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                    color="white" if cm[i, j] > high else "black", fontsize=12)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    plot_confusion(cm, path, title, labels=CLASSES, figsize=(5, 4.5))

@@ -77,7 +77,7 @@ from pneumonia.files import sha256_file, write_json
 from pneumonia.inference.gradcam import explain_test_cases
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability, task_of
-from pneumonia.params import Params, flatten
+from pneumonia.params import Params, flatten, params_digest
 from pneumonia.paths import (
     CONFUSION_PNG,
     EVALUATE_JSON,
@@ -197,6 +197,7 @@ def run(params: Params) -> dict[str, Any]:
              *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
     leaks = {rule: leakage_of(rows, rule) for rule in rules}
     run_info = pipeline_run.read_run_file()
+    pipeline_run.check_params_unchanged(run_info, params_digest(params))  # before registering
     experiment_id = tracking.setup()
     t = e.threshold
     earlier = pipeline_run.evaluated_thresholds(run_info["run_id"], metric_name("accuracy"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pneumonia.formatting import number
 from pneumonia.paths import LABELS
 from pneumonia.published import BASELINE, TABLE3, TABLE3_ACCURACY, TABLE3_CONFUSION
 
@@ -73,12 +74,6 @@ METRIC_NAMES = {
 }
 
 
-def _num(v: float | None, digits: int = 3, sign: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
 def _ci(v: float | None, low: float | None, high: float | None, sign: bool = False,
         undefined_share: float | None = None) -> str:
     """`0.902 [0.871, 0.929]`; `n/a (undefined)` when the value is undefined; with the share of
@@ -87,9 +82,9 @@ def _ci(v: float | None, low: float | None, high: float | None, sign: bool = Fal
     if v is None:
         return "n/a (undefined)"
     if low is None or high is None:
-        text = f"{_num(v, sign=sign)} [interval withheld]"
+        text = f"{number(v, sign=sign)} [interval withheld]"
     else:
-        text = f"{_num(v, sign=sign)} [{_num(low, sign=sign)}, {_num(high, sign=sign)}]"
+        text = f"{number(v, sign=sign)} [{number(low, sign=sign)}, {number(high, sign=sign)}]"
     if undefined_share:
         text += f" ({undefined_share:.0%} of resamples undefined)"
     return text
@@ -129,7 +124,8 @@ def table3_markdown(table: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for cell, row in table["cells"].items():
-        paper = f"{row['paper']:.2f} [{_num(row['paper_ci_low'])}, {_num(row['paper_ci_high'])}]"
+        paper = (f"{row['paper']:.2f} [{number(row['paper_ci_low'])}, "
+                 f"{number(row['paper_ci_high'])}]")
         run = _ci(row["run"], row["run_ci_low"], row["run_ci_high"],
                   undefined_share=row.get("run_undefined_share"))
         diff = _ci(row["diff"], row["diff_ci_low"], row["diff_ci_high"], sign=True,

@@ -45,17 +45,20 @@ def pr_frame(y_true: Any, prob: Any) -> pd.DataFrame:
     return pd.DataFrame(pr_curve_table(y, prob), columns=["threshold", "precision", "recall"])
 
 
-def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
-    """Confusion matrix figure: rows = actual, columns = predicted, counts annotated."""
+def plot_confusion(cm: np.ndarray, path: Path, title: str,
+                   labels: tuple[str, ...] = LABELS,
+                   figsize: tuple[float, float] = (4.5, 4)) -> None:
+    """Confusion matrix figure: rows = actual, columns = predicted (in `labels` order), counts
+    annotated. Binary (LABELS) in evaluate; three classes (pneumonia.evaluation.causes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title, fontsize=10)

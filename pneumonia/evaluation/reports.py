@@ -18,6 +18,7 @@ from pneumonia.evaluation.metrics import (
     THRESHOLD_METRICS,
     finite_or_none,
 )
+from pneumonia.formatting import number
 from pneumonia.params import Params
 from pneumonia.paths import LABELS
 from pneumonia.published import BASELINE, BASELINE_NAME, TABLE3
@@ -28,10 +29,6 @@ from pneumonia.stats.table3 import compare_to_paper
 # Table III cells a verdict compares on the leak-free subset: those that do not depend on the
 # class mix (recall = sensitivity / specificity).
 LEAKFREE_CELLS = ("NORMAL_recall", "PNEUMONIA_recall")
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def report_text(metrics: dict[str, Any], prefix: str = "") -> str:
@@ -48,7 +45,7 @@ def report_text(metrics: dict[str, Any], prefix: str = "") -> str:
         elif lo is None or hi is None:
             text = f"{v:.4f} [withheld]"
         else:
-            text = f"{v:.4f} [{_fmt(lo)}, {_fmt(hi)}]"
+            text = f"{v:.4f} [{number(lo, 4)}, {number(hi, 4)}]"
         if g(f"{prefix}{key}_ci_undefined_share"):
             text += "*"
         return f"{text:<27}"

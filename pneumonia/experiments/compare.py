@@ -25,7 +25,6 @@ The output is markdown (stdout, and `--out FILE`), e.g. for a pull-request comme
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from pathlib import Path
@@ -36,13 +35,14 @@ import pandas as pd
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.paper import METRIC_NAMES
 from pneumonia.experiments import revisions
+from pneumonia.experiments.predictions import parse_predictions
+from pneumonia.formatting import number, p_value
 from pneumonia.params import EvaluateParams
 from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV, UNSPECIFIED
 from pneumonia.stats.bootstrap import paired_deltas
 from pneumonia.stats.multiclass import paired_cause_recalls
 from pneumonia.stats.significance import delong_test, holm, mcnemar_exact
 
-COLUMNS = ("image_id", "patient_id", "actual", "probability")
 N_RESAMPLES = 2000
 # Primary metrics: the family a word (better / worse) is given for, Holm-corrected.
 PRIMARY = ("accuracy", "roc_auc")
@@ -65,32 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seed = EvaluateParams().seed  # the evaluate stage's bootstrap seed: the same intervals
     parser.add_argument("--seed", type=int, default=seed,
                         help=f"bootstrap seed (default {seed}, as evaluate.seed)")
-
-
-def parse_predictions(text: str, where: str) -> pd.DataFrame:
-    """A predictions.csv's rows, sorted by image_id, checked; `where` names it in errors."""
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype={"image_id": str, "patient_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise PipelineError(f"{where} is not a readable CSV ({exc}).") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise PipelineError(
-            f"{where} lacks column(s) {', '.join(missing)} (written by an older evaluate stage): "
-            "re-run the evaluate stage there (`dvc repro evaluate`) and commit the result."
-        )
-    bad_labels = sorted(set(frame["actual"]) - set(LABELS))
-    prob = pd.to_numeric(frame["probability"], errors="coerce")
-    if bad_labels or prob.isna().any() or not prob.between(0, 1).all():
-        raise PipelineError(
-            f"{where}: `actual` must be NORMAL/PNEUMONIA and `probability` a number in [0, 1] on "
-            "every row. Re-run the evaluate stage there."
-        )
-    if frame["image_id"].duplicated().any():
-        raise PipelineError(f"{where} lists an image twice: re-run the evaluate stage there.")
-    if frame.empty:
-        raise PipelineError(f"{where} has no rows: re-run the evaluate stage there.")
-    return frame.assign(probability=prob).sort_values("image_id", ignore_index=True)
 
 
 def check_same_images(base: pd.DataFrame, head: pd.DataFrame, labels: tuple[str, str]) -> None:
@@ -191,18 +165,9 @@ def compare_predictions(
     }
 
 
-def _num(v: float | None, sign: bool = False) -> str:
-    if v is None or not math.isfinite(v):
-        return "n/a"
-    return f"{v:+.3f}" if sign else f"{v:.3f}"
-
-
-def _p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-
-
 def _delta(row: dict[str, Any]) -> str:
-    text = f"{_num(row['delta'], True)} [{_num(row['ci_low'], True)}, {_num(row['ci_high'], True)}]"
+    text = (f"{number(row['delta'], sign=True)} [{number(row['ci_low'], sign=True)}, "
+            f"{number(row['ci_high'], sign=True)}]")
     if row.get("undefined_share"):
         text += f" ({row['undefined_share']:.0%} of resamples undefined)"
     return text
@@ -244,29 +209,32 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for k in primary:
         row = m[k]
-        holm_p = "n/a" if row["pvalue_holm"] is None else _p(row["pvalue_holm"])
-        lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {_delta(row)} | "
-                     f"{_p(row['pvalue'])} | {holm_p} | {row['verdict']} |")
+        holm_p = "n/a" if row["pvalue_holm"] is None else p_value(row["pvalue_holm"])
+        lines.append(f"| {NAMES[k]} | {number(row['a'])} | {number(row['b'])} | {_delta(row)} | "
+                     f"{p_value(row['pvalue'])} | {holm_p} | {row['verdict']} |")
     lines += ["", f"| descriptive metric | {a} | {b} | delta [95 % CI] |", "|---|---|---|---|"]
     for k, row in m.items():
         if not row["primary"]:
-            lines.append(f"| {NAMES[k]} | {_num(row['a'])} | {_num(row['b'])} | {_delta(row)} |")
+            lines.append(f"| {NAMES[k]} | {number(row['a'])} | {number(row['b'])} | "
+                         f"{_delta(row)} |")
     mc = result["mcnemar"]
     lines += [
         "",
         (f"- McNemar's exact test (accuracy): {mc['b']} image(s) right in {a} only, {mc['c']} "
-        f"right in {b} only; p = {_p(mc['pvalue'])}."),
+        f"right in {b} only; p = {p_value(mc['pvalue'])}."),
     ]
     dl = result["delong"]
     if "error" in dl:
         lines.append(f"- DeLong's test (ROC AUC): not computed ({dl['error']}).")
     elif dl.get("note"):
-        lines.append(f"- DeLong's test (ROC AUC): delta {_num(dl['delta'], True)}; not testable "
+        lines.append(f"- DeLong's test (ROC AUC): delta {number(dl['delta'], sign=True)}; "
+                     "not testable "
                      f"({dl['note']}).")
     else:
         lines.append(
-            f"- DeLong's test (ROC AUC): delta {_num(dl['delta'], True)} "
-            f"[{_num(dl['ci_low'], True)}, {_num(dl['ci_high'], True)}], p = {_p(dl['pvalue'])}."
+            f"- DeLong's test (ROC AUC): delta {number(dl['delta'], sign=True)} "
+            f"[{number(dl['ci_low'], sign=True)}, {number(dl['ci_high'], sign=True)}], "
+            f"p = {p_value(dl['pvalue'])}."
         )
     lines.append(
         "- McNemar and DeLong treat images as independent; several images can come from one "

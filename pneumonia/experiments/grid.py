@@ -19,11 +19,15 @@ from pneumonia.errors import PipelineError
 from pneumonia.params import load_params
 
 
-def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("DVC_NO_ANALYTICS", "1")
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, capture_output=True,
+    return env
+
+
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=_env(), capture_output=True,
                           text=True, check=False)
     if check and proc.returncode != 0:
         raise PipelineError(
@@ -31,6 +35,66 @@ def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
         )
     return proc
+
+
+# Where `dvc queue start`'s own output goes (see run_logged).
+START_LOG = Path(".dvc/tmp/exps/pneumonia-queue-start.log")
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Run `cmd` with its stdout and stderr appended to `log`; its exit code.
+
+    Not `capture_output`: `dvc queue start` forks the queue worker, which inherits the pipes, so
+    reading them to their end waited for the worker (the whole grid: `--no-wait` returned after
+    90 s, a restarted worker held the wait loop past `--timeout-min`). A file has no end to wait
+    for."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                              check=False).returncode
+
+
+def start_queue(jobs: int) -> None:
+    """`dvc queue start -j JOBS`, its output in START_LOG; PipelineError if it fails."""
+    rc = run_logged([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], START_LOG,
+                    _env())
+    if rc != 0:
+        tail = START_LOG.read_text(errors="replace").strip()[-2000:]
+        raise PipelineError(f"`dvc queue start -j {jobs}` failed (exit {rc}):\n{tail}")
+
+
+def queue_rows() -> list[tuple[str, str, str]]:
+    """(task id, experiment name, status) per `dvc queue status` row."""
+    rows = []
+    for line in _dvc("queue", "status", check=False).stdout.splitlines()[1:]:
+        fields = line.split()
+        status = next((s for s in ("Queued", "Running", "Success", "Failed") if s in fields), "")
+        if len(fields) >= 2 and status:
+            rows.append((fields[0], fields[1], status))
+    return rows
+
+
+def finished_experiments() -> set[str]:
+    """Names of the experiments of the current baseline (`dvc exp list --name-only`)."""
+    out = _dvc("exp", "list", "--name-only", check=False).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def to_queue(runs: list[tuple[str, dict[str, str]]], finished: set[str],
+             pending: set[str]) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """(the runs still to queue, a line per run skipped): a run whose experiment exists (finished
+    earlier) or that is queued or running now is not queued again. Re-running a grid after a
+    partial one used to queue a duplicate of each, and duplicates overwrote each other."""
+    todo, skipped = [], []
+    for name, overrides in runs:
+        if name in finished:
+            skipped.append(f"{name}: finished earlier (dvc exp list), not queued again "
+                           f"(`dvc exp remove {name}` to run it anew)")
+        elif name in pending:
+            skipped.append(f"{name}: already queued or running, not queued again")
+        else:
+            todo.append((name, overrides))
+    return todo, skipped
 
 
 def queue_status() -> dict[str, int]:
@@ -66,6 +130,53 @@ def workers_alive(worker_dir: Path = WORKER_DIR) -> list[int]:
     return alive
 
 
+def clean_dead_runs() -> list[str]:
+    """With no queue worker alive: the runs DVC still lists as "Running" (their worker died:
+    kill -9, a lost machine), their queue rows and temporary copies removed; their names.
+
+    DVC never learns that the worker is gone: the row stays "Running" forever and the run's
+    copy of the repository (`.dvc/tmp/exps/tmp*`, 27 MB for this project) stays on disk. This
+    is what `dvc queue remove` does for a finished task (forget the celery result, purge its
+    message: dvc/repo/experiments/queue/remove.py, DVC 3.67), done for an orphaned one, whose
+    name `dvc queue remove` does not resolve; the copy's path is in the run's info file."""
+    import json
+    import shutil
+
+    if workers_alive():
+        return []
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    names: list[str] = []
+    try:
+        repo = Repo(".")
+    except DvcException:  # not a DVC repository: the `dvc exp run --queue` after says so
+        return names
+    with repo:
+        queue = repo.experiments.celery_queue
+        for msg, entry in list(queue._iter_processed()):
+            result = queue.celery.AsyncResult(msg.headers["id"])  # DVC's celery app
+            if result.ready():
+                continue
+            names.append(entry.name or entry.stash_rev[:7])
+            info = Path(queue.get_infofile_path(entry.stash_rev))
+            try:
+                root = Path(json.loads(info.read_text())["root_dir"]).resolve()
+            except (OSError, ValueError, KeyError, TypeError):
+                root = None
+            exps = Path(repo.tmp_dir, "exps").resolve()
+            if root is not None and root != exps and exps in root.parents:
+                shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(info.parent, ignore_errors=True)
+            try:
+                result.forget()
+            except FileNotFoundError:  # no result stored yet: the worker died before that
+                pass
+            if msg.delivery_tag:
+                queue.celery.purge(msg.delivery_tag)
+    return names
+
+
 def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs: int = 1,
                    worker_dir: Path = WORKER_DIR) -> dict[str, int]:
     """Block until the queue's workers have finished every queued run; PipelineError after
@@ -84,9 +195,13 @@ def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs
     while True:
         time.sleep(poll_s)  # first: a worker just started may not have written its pid file yet
         if not workers_alive(worker_dir):
+            dead = clean_dead_runs() if worker_dir == WORKER_DIR else []
+            if dead:
+                print(f"the queue worker died during {', '.join(dead)}: its \"Running\" "
+                      "entry and temporary copy removed", flush=True)
             counts = queue_status()
             if not counts.get("Queued"):
-                return counts
+                return counts | ({"Died": len(dead)} if dead else {})
             finished = counts.get("Success", 0) + counts.get("Failed", 0)
             stalled = 0 if finished > finished_before else stalled + 1
             finished_before = finished
@@ -99,7 +214,7 @@ def wait_for_queue(timeout_s: float, report_cmd: str, poll_s: float = 15.0, jobs
             print(f"the queue worker stopped with {counts['Queued']} run(s) still queued "
                   "(DVC's queue: a broker read error, see .dvc/tmp/exps/celery/*.out): "
                   "starting a new one", flush=True)
-            _dvc("queue", "start", "-j", str(jobs))
+            start_queue(jobs)
         if time.monotonic() > deadline:
             raise PipelineError(
                 f"the queue is still busy after {timeout_s / 60:.0f} min. It keeps running in "
@@ -166,21 +281,76 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         return None
     if not Path("dvc.yaml").is_file():
         raise PipelineError(f"run `pneumonia {what}` from the repository root (where dvc.yaml is).")
-    for name, overrides in runs:
-        cmd = ["exp", "run", "--queue", "-n", name]
-        for key, value in (overrides | data).items():
-            cmd += ["-S", f"{key}={value}"]
-        _dvc(*cmd)
-    _dvc("queue", "start", "-j", str(args.jobs))
-    print(f"queued {len(runs)} experiments, {args.jobs} worker(s): `dvc queue status` to follow")
+    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
+    if dead:
+        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
+    queued = queue_rows()
+    todo, skipped = to_queue(runs, finished_experiments(),
+                             {n for _, n, s in queued if s in ("Queued", "Running")})
+    for line in skipped:
+        print(line)
+    for name, overrides in todo:
+        _queue(name, overrides | data)
+    start_queue(args.jobs)
+    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {args.jobs} "
+          "worker(s): `dvc queue status` to follow", flush=True)
     if args.no_wait:
         return None
-    counts = wait_for_queue(args.timeout_min * 60, report_cmd, jobs=args.jobs)
-    print(f"queue finished: {counts}")
+    deadline = time.monotonic() + args.timeout_min * 60
+    for attempt in (1, 2):
+        try:
+            counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
+                                    jobs=args.jobs)
+        except KeyboardInterrupt:
+            print(interrupted_message(), file=sys.stderr, flush=True)
+            raise
+        print(f"queue finished: {counts}")
+        missing = sorted({name for name, _ in runs} - finished_experiments())
+        failed = {n for _, n, s in queue_rows() if s == "Failed"}
+        lost = [n for n in missing if n not in failed]
+        if not lost or attempt == 2:
+            break
+        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
+        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
+              f"{', '.join(lost)}", flush=True)
+        for name, overrides in runs:
+            if name in lost:
+                _queue(name, overrides | data)
+        start_queue(args.jobs)
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
             f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"
             f"{first_failure()}\n`dvc queue logs NAME` shows each; fix, then "
             f"`dvc queue remove --failed` and run `pneumonia {what}` again."
         )
+    if missing:
+        # A run that failed, or whose worker died (its row may stay "Running" forever: DVC
+        # never learns the worker is gone), is no experiment: never report a grid short.
+        why = ", ".join(f"{n} ({'failed' if n in failed else 'no experiment recorded'})"
+                        for n in missing)
+        raise PipelineError(
+            f"{len(missing)} of the {len(runs)} requested runs are missing: {why}. Run "
+            f"`pneumonia {what}` again: it queues only the missing ones (finished runs are kept)"
+            "; `dvc queue logs NAME` says why a run failed."
+        )
     return counts
+
+
+def _queue(name: str, overrides: dict[str, str]) -> None:
+    cmd = ["exp", "run", "--queue", "-n", name]
+    for key, value in overrides.items():
+        cmd += ["-S", f"{key}={value}"]
+    _dvc(*cmd)
+
+
+def interrupted_message() -> str:
+    """What Ctrl-C leaves behind: the queue runs on in the background, and how to stop it."""
+    rows = queue_rows()
+    queued = [n for _, n, s in rows if s == "Queued"]
+    running = [n for _, n, s in rows if s == "Running"]
+    return (
+        f"interrupted: DVC's queue keeps running in the background (running: "
+        f"{', '.join(running) or 'none'}; queued: {len(queued)}; workers: "
+        f"{', '.join(map(str, workers_alive())) or 'none'}). `dvc queue status` to follow; to "
+        "stop it: `dvc queue remove --queued` (the runs not started), then `dvc queue stop "
+        "--kill` (the worker and its running experiment).")

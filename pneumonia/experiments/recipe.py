@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
 from pneumonia.experiments.grid import add_queue_arguments, run_grid
+from pneumonia.experiments.predictions import read_results
 from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.experiments.report import (
     ALPHA,
@@ -49,10 +49,10 @@ from pneumonia.experiments.report import (
     committed_header,
 )
 from pneumonia.files import write_json
-from pneumonia.params import RecipeParams, load_params, parse_params
-from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV, TRAIN_JSON
+from pneumonia.params import RecipeParams, load_params
+from pneumonia.paths import METRICS, TRAIN_JSON
 from pneumonia.stats.bootstrap import point_metrics
-from pneumonia.stats.seeds import seeds_needed
+from pneumonia.stats.seeds import seeds_needed, t_interval
 
 # The evaluate stage's validation-originals predictions (issue 36 adds it to pneumonia.paths as
 # PREDICTIONS_VAL_CSV; the same file).
@@ -140,42 +140,34 @@ def collect(cwd: Path | None = None) -> list[RecipeRun]:
     """Every finished `rcp-*` experiment, read from its commit."""
     runs = []
     for rev in revisions.named_experiments(PREFIX, "pneumonia recipe", cwd):
-        name, commit = rev.name, rev.commit
-        try:
-            params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
-            evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
-            train = json.loads(revisions.read_text(rev, TRAIN_JSON.as_posix(), cwd))
-            preds = read_predictions(revisions.read_text(rev, PREDICTIONS_CSV.as_posix(), cwd),
-                                     f"experiment {name}: {PREDICTIONS_CSV}")
-        except PipelineError as exc:
-            raise PipelineError(f"experiment {name}: {exc}") from None
+        res, more = read_results(rev, cwd, extra=(TRAIN_JSON.as_posix(),))
+        train = more[TRAIN_JSON.as_posix()]
+        candidate, seed = candidate_of(rev.name)
+        if seed != res.params.train.seed:
+            raise PipelineError(f"experiment {rev.name}: its train.seed is "
+                                f"{res.params.train.seed}.")
         try:
             val_text = revisions.read_text(rev, PREDICTIONS_VAL_CSV.as_posix(), cwd)
         except PipelineError:
             val = None  # an evaluate stage before validation predictions were kept
         else:
-            val = read_predictions(val_text, f"experiment {name}: {PREDICTIONS_VAL_CSV}")
-        candidate, seed = candidate_of(name)
-        if seed != params.train.seed:
-            raise PipelineError(f"experiment {name}: its train.seed is {params.train.seed}.")
-        runs.append(RecipeRun(name, commit, candidate, seed, float(evaluation["threshold"]),
-                              train.get("seconds"), train.get("epochs_run"), preds, val))
+            val = read_predictions(val_text, f"experiment {rev.name}: {PREDICTIONS_VAL_CSV}")
+        runs.append(RecipeRun(rev.name, rev.commit, candidate, seed,
+                              float(res.evaluation["threshold"]), train.get("seconds"),
+                              train.get("epochs_run"), res.predictions[RUN_COLUMNS], val))
     return runs
 
 
 def _seed_stats(values: list[float]) -> dict[str, Any]:
-    """Mean, SD, 95 % t-interval of the mean (clipped to [0, 1]), range, over seeds."""
-    from scipy import stats
-
+    """Mean, SD, 95 % t-interval of the mean (clipped to [0, 1]: stats.seeds.t_interval), range,
+    over seeds."""
     v = np.asarray(values, dtype=float)
     out: dict[str, Any] = {"mean": float(v.mean()), "values": [float(x) for x in v],
                            "min": float(v.min()), "max": float(v.max()),
                            "sd": None, "ci_low": None, "ci_high": None}
     if v.size >= 2:
-        sd = float(v.std(ddof=1))
-        half = float(stats.t.ppf(0.975, v.size - 1)) * sd / math.sqrt(v.size)
-        out |= {"sd": sd, "ci_low": max(0.0, out["mean"] - half),
-                "ci_high": min(1.0, out["mean"] + half)}
+        low, high = t_interval(values, 0.95, (0.0, 1.0))
+        out |= {"sd": float(v.std(ddof=1)), "ci_low": low, "ci_high": high}
     return out
 
 

@@ -23,7 +23,6 @@ metrics/predictions.csv (one probability per test image). It writes
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import math
@@ -33,13 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
+from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
 from pneumonia.files import write_json
-from pneumonia.params import arm_of, parse_params
-from pneumonia.paths import EVALUATE_JSON, METRICS, PREDICTIONS_CSV
+from pneumonia.formatting import number, p_value, p_value_phrase
+from pneumonia.params import arm_of
+from pneumonia.paths import METRICS
 from pneumonia.stats.bootstrap import patient_weights, point_metrics, weighted_metrics
 from pneumonia.stats.seeds import (
     detectable_floor,
@@ -72,7 +72,7 @@ POWER = 0.8
 POWER_DIFFERENCE = 0.02  # the accuracy difference the power line is about (2 points)
 POWER_REPS = 4000  # simulated grids per seed count in the power line (seeded)
 N_RESAMPLES = 2000
-RUN_COLUMNS = ["image_id", "patient_id", "actual", "probability"]
+RUN_COLUMNS = list(COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -95,23 +95,9 @@ def collect(prefix: str = "abl", cwd: Path | None = None) -> list[RunResult]:
     """The finished experiments whose name starts with `<prefix>-`, read from their commits."""
     runs = []
     for rev in revisions.named_experiments(prefix, "pneumonia ablation", cwd):
-        name, commit = rev.name, rev.commit
-        try:
-            params = parse_params(yaml.safe_load(revisions.read_text(rev, "params.yaml", cwd)))
-            evaluation = json.loads(revisions.read_text(rev, EVALUATE_JSON.as_posix(), cwd))
-            preds = pd.read_csv(io.StringIO(revisions.read_text(rev, PREDICTIONS_CSV.as_posix(),
-                                                                cwd)))
-        except PipelineError as exc:
-            raise PipelineError(f"experiment {name}: {exc}") from None
-        missing = sorted(set(RUN_COLUMNS) - set(preds.columns))
-        if missing:
-            raise PipelineError(
-                f"experiment {name}: {PREDICTIONS_CSV} lacks column(s) {', '.join(missing)} "
-                "(written by an older evaluate stage): re-run that experiment."
-            )
-        runs.append(RunResult(name, commit, arm_of(params), params.train.seed,
-                              float(evaluation["threshold"]),
-                              preds[RUN_COLUMNS].sort_values("image_id", ignore_index=True)))
+        res, _ = read_results(rev, cwd)
+        runs.append(RunResult(rev.name, rev.commit, arm_of(res.params), res.params.train.seed,
+                              float(res.evaluation["threshold"]), res.predictions[RUN_COLUMNS]))
     return runs
 
 
@@ -383,11 +369,11 @@ def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
             if e["verdict"] == "interaction":
                 moved.append(f"{name} on {m}: the effects differ ({e['delta']:+.3f}, 95 % CI "
                              f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
-                             f"{_p_is(e['pvalue_holm'])})")
+                             f"{p_value_phrase(e['pvalue_holm'])})")
             elif e["verdict"] != "within noise":
                 moved.append(f"{name} is {e['verdict']} on {m} ({e['delta']:+.3f}, 95 % CI "
                              f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
-                             f"{_p_is(e['pvalue_holm'])})" + qualifier(name, m, comparisons))
+                             f"{p_value_phrase(e['pvalue_holm'])})" + qualifier(name, m, comparisons))
     if not moved:
         return (f"No arm differs from the reference arm ({reference}; {REFERENCE_NOTE}) beyond "
                 f"noise in test "
@@ -426,36 +412,19 @@ def qualifier(name: str, metric: str, comparisons: dict) -> str:
     for other in found:
         e = comparisons[other]["metrics"][metric]
         parts.append(f"{other} {e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
-                     f"p {_p_is(e['pvalue'])}, Holm p {_p_is(e['pvalue_holm'])}")
+                     f"p {p_value_phrase(e['pvalue'])}, Holm p {p_value_phrase(e['pvalue_holm'])}")
     return (" — qualified by an interaction: the effect is not the same at every level of the "
             "other factor (" + "; ".join(parts) + "), so the average is not the whole story")
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _signed(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:+.3f}"
-
-
-def _p(v: float | None) -> str:
-    return "n/a" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
-
-
-def _p_is(v: float | None) -> str:
-    """A p-value in a sentence: "= 0.020", "< 0.001" (never "= 0.000")."""
-    text = _p(v)
-    return text if text.startswith("<") else f"= {text}"
 
 
 def _delta_ci(e: dict) -> str:
     if e["delta"] is None:
         return "n/a"
-    ci = "" if e["ci_low"] is None else f" [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}]"
+    ci = ("" if e["ci_low"] is None
+          else f" [{number(e['ci_low'], sign=True)}, {number(e['ci_high'], sign=True)}]")
     share = (f" ({e['undefined_share']:.0%} of test resamples undefined)"
              if e.get("undefined_share") else "")
-    return _signed(e["delta"]) + ci + share
+    return number(e["delta"], sign=True) + ci + share
 
 
 def power_text(p: dict) -> str:
@@ -516,8 +485,8 @@ def markdown(summary: dict, header: str | None = None) -> str:
         cells = []
         for m in REPORT_METRICS:
             e = entry[m]
-            ci = "" if e["ci_low"] is None else f" [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]"
-            cells.append(_fmt(e["mean"]) + ci)
+            ci = "" if e["ci_low"] is None else f" [{number(e['ci_low'])}, {number(e['ci_high'])}]"
+            cells.append(number(e["mean"]) + ci)
         lines.append(f"| {arm} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     comps = summary["comparisons"]
     if comps:
@@ -546,9 +515,9 @@ def markdown(summary: dict, header: str | None = None) -> str:
                 e = c["metrics"][m]
                 df = "n/a" if e["df"] is None else ("inf" if math.isinf(e["df"])
                                                     else f"{e['df']:.1f}")
-                lines.append(f"| {name} | {m} | {_delta_ci(e)} | {_fmt(e['se_seed'])} | "
-                             f"{_fmt(e['se_test'])} | {df} | {_p(e['pvalue'])} | "
-                             f"{_p(e['pvalue_holm'])} | {e['verdict']} |")
+                lines.append(f"| {name} | {m} | {_delta_ci(e)} | {number(e['se_seed'])} | "
+                             f"{number(e['se_test'])} | {df} | {p_value(e['pvalue'])} | "
+                             f"{p_value(e['pvalue_holm'])} | {e['verdict']} |")
         rest = [m for m in REPORT_METRICS if m not in ANSWER_METRICS]
         lines += ["", ("Descriptive (no verdict, no multiplicity correction): the other metrics' "
                   "differences, same method."), "",
@@ -568,7 +537,7 @@ def markdown(summary: dict, header: str | None = None) -> str:
               "|---|---|---:|---:|---:|---:|"]
     for name, r in summary["runs"].items():
         lines.append(f"| {name} | {r['arm']} | {r['seed']} | {r['threshold']:g} | "
-                     f"{_fmt(r['accuracy'])} | {_fmt(r['roc_auc'])} |")
+                     f"{number(r['accuracy'])} | {number(r['roc_auc'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -584,7 +553,7 @@ def load_committed(folder: Path = ABLATION_DIR) -> list[RunResult]:
         if not path.is_file():
             raise PipelineError(f"{path} not found, but {ABLATION_JSON} lists run {name}: "
                                 "restore it from git (`git checkout -- metrics/ablation`).")
-        preds = pd.read_csv(path, dtype={"patient_id": str})
+        preds = parse_predictions(path.read_text(encoding="utf-8"), str(path))
         runs.append(RunResult(name, r["commit"], r["arm"], r["seed"], r["threshold"], preds))
     return runs
 

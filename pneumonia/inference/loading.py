@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,15 +53,43 @@ THRESHOLD_KEYS = ("threshold",)
 CHOSEN = "chosen"
 
 
+# A site's calibrated version (pneumonia.site, `pneumonia site calibrate`): alias site-NAME. The
+# name rule lives here, below pneumonia.site, so that `predict --site` needs nothing above it.
+SITE_PREFIX = "site-"
+_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def check_site_name(name: str) -> str:
+    """The site name, or a PipelineError saying what a valid one looks like."""
+    if not isinstance(name, str) or not _SITE_NAME.fullmatch(name):
+        raise PipelineError(
+            f"--site {name!r}: not a valid site name. Use 1-40 lower-case letters, digits and "
+            "'-', starting with a letter or digit (e.g. st-marys, site2); it becomes the "
+            f"registry alias {SITE_PREFIX}NAME.")
+    return name
+
+
+def site_alias(name: str) -> str:
+    """The registry alias of the site's calibrated version."""
+    return SITE_PREFIX + check_site_name(name)
+
+
+def site_uri(name: str) -> str:
+    """`--site NAME` as a model URI: models:/<registry name>@site-NAME."""
+    return f"models:/{registry_name()}@{site_alias(name)}"
+
+
 @dataclass
 class Loaded:
     model: keras.Model
     source: str  # what was loaded: a file path or a resolved MLflow URI
     threshold: float
     threshold_from: str  # where the threshold came from (shown to the user)
-    qhat: float | None = None  # conformal calibration of this model, if evaluate made one
+    # conformal calibration of this model, if evaluate made one (a pair, per label: a site's)
+    qhat: float | tuple[float, float] | None = None
     qhat_from: str = ""
     provenance: dict[str, str] = field(default_factory=dict)  # what it was trained on
+    site: dict[str, Any] | None = None  # a site calibration's record (pneumonia.site), if any
     promotion: str | None = None  # "promoted to champion by hand by ..." (pneumonia.promote)
 
     @property
@@ -317,11 +346,27 @@ def _logged_qhat(local: Path, uri: str) -> tuple[float, str] | None:
 
     try:
         mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
-        value = mlmodel["flavors"]["python_function"]["config"]["conformal"]["qhat"]
+        conformal = mlmodel["flavors"]["python_function"]["config"]["conformal"]
+        value = conformal["qhat"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
+    per_class = conformal.get("qhat_per_class") if isinstance(conformal, dict) else None
+    if isinstance(per_class, list) and len(per_class) == 2:  # a site calibration, per label
+        return tuple(float(q) for q in per_class), f"{uri} (model config `conformal`, per class)"
     return (float(value), f"{uri} (model config `conformal`)") \
         if isinstance(value, (int, float)) else None
+
+
+def _logged_site(local: Path) -> dict[str, Any] | None:
+    """The site calibration record in a downloaded model's config (pneumonia.site), if any."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+        site = mlmodel["flavors"]["python_function"]["config"].get("site")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return site if isinstance(site, dict) else None
 
 
 def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
@@ -370,11 +415,13 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
             f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
             "models:/NAME@ALIAS.")
     chosen_first = chosen_threshold(spec) if threshold == CHOSEN else None
-    qhat: tuple[float, str] | None = None
+    qhat: tuple[Any, str] | None = None
+    site = None
     if not is_file_spec:
         model, source, local = _load_mlflow(spec)
         recorded = _mlflow_threshold(spec)
         qhat = _logged_qhat(local, spec)
+        site = _logged_site(local)
     else:
         path = Path(spec)
         model, source = _load_keras_file(path), str(path)
@@ -396,7 +443,7 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
     if spec.startswith("models:/"):
         promotion = promotion_note(_version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
-                  provenance=provenance_of(spec), promotion=promotion)
+                  provenance=provenance_of(spec), site=site, promotion=promotion)
 
 
 def _version_tags(uri: str) -> dict[str, str]:

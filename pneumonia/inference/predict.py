@@ -2,7 +2,8 @@
 
 Columns: path, probability (P(PNEUMONIA)), label, threshold, error; a three-class model adds
 p_normal, p_bacteria, p_virus and class (the most probable cause); a model with a conformal
-calibration (evaluate) adds prediction_set and refer (pneumonia.inference.pyfunc, the same rule).
+calibration (evaluate) adds prediction_set and refer (pneumonia.inference.pyfunc, the same rule);
+a site's version (`--site NAME`, pneumonia.site) adds probability_calibrated and calibration.
 
 Images are read and decoded by a thread pool (Pillow releases the GIL while decoding and
 resizing) a few batches ahead of the model, so decoding overlaps with the forward pass; results
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.errors import PipelineError
+from pneumonia.files import spreadsheet_safe
 from pneumonia.files import workers as resolve_workers
 from pneumonia.inference.loading import load
 from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
@@ -58,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a .keras file, runs:/<run_id>/model or models:/NAME@ALIAS "
                         "(default: the registry's `champion` if the MLflow store has one, "
                         "else models/model.keras)")
+    parser.add_argument("--site", metavar="NAME", default=None,
+                        help="use the site's calibrated version (models:/<registry name>@site-"
+                        "NAME, made by `pneumonia site calibrate`): its threshold and "
+                        "prediction sets; every row names the calibration in `calibration`")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="write FILE.csv or FILE.json (default: CSV on stdout)")
     parser.add_argument("--threshold", metavar="T", type=threshold_arg, default=None,
@@ -144,7 +150,8 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
 
 
 def _rows(results: list[Result], threshold: float, three_class: bool = False,
-          qhat: float | None = None) -> list[dict[str, Any]]:
+          qhat: float | tuple[float, float] | None = None,
+          site: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Output rows; the columns of a three-class model and of a conformal set when given."""
     rows = []
     for r in results:
@@ -163,6 +170,13 @@ def _rows(results: list[Result], threshold: float, three_class: bool = False,
             sets = prediction_sets(binary_probs([r.probability]), qhat) if ok else None
             row["prediction_set"] = set_names(sets, LABELS)[0] if ok else None
             row["refer"] = bool(sets.sum() != 1) if ok else None
+        if site:  # pneumonia.site: the calibrated probability and the calibration's name
+            from pneumonia.inference.pyfunc import tempered
+
+            row["probability_calibrated"] = (round(float(tempered(r.probability,
+                                                                  site.get("temperature"))), 6)
+                                             if ok else None)
+            row["calibration"] = site.get("calibration")
         row["error"] = r.error
         rows.append(row)
     return rows
@@ -179,7 +193,8 @@ def write_output(rows: list[dict[str, Any]], out: str | None, meta: dict[str, An
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        # File names are the user's: a cell a spreadsheet would run as a formula is quoted.
+        writer.writerow({k: "" if v is None else spreadsheet_safe(v) for k, v in row.items()})
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
@@ -194,6 +209,13 @@ def command(args: argparse.Namespace) -> int:
         raise PipelineError(f"--threshold {args.threshold}: must be strictly between 0 and 1")
     if args.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
+    if getattr(args, "site", None) is not None:
+        from pneumonia.inference.loading import site_uri
+
+        if args.model is not None:
+            raise PipelineError("give --site or --model, not both (--site NAME is "
+                                "models:/<registry name>@site-NAME)")
+        args.model = site_uri(args.site)
     items = expand(args.paths)  # usage errors before TensorFlow is even imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
@@ -213,12 +235,14 @@ def command(args: argparse.Namespace) -> int:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
                                      args.workers, bar, cap))
     three_class = int(loaded.model.output_shape[-1]) > 1
-    rows = _rows(results, loaded.threshold, three_class, loaded.qhat)
+    rows = _rows(results, loaded.threshold, three_class, loaded.qhat, loaded.site)
     meta = {"model": loaded.source, "threshold": loaded.threshold,
             "threshold_from": loaded.threshold_from, "provenance": loaded.provenance,
             "warning": loaded.warning, "promoted_by_hand": loaded.promotion}
     if loaded.qhat is not None:
         meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
+    if loaded.site:
+        meta["site_calibration"] = loaded.site
     write_output(rows, args.out, meta)
     failed = [r for r in results if r.error]
     counts = {label: sum(1 for r in rows if r["label"] == label) for label in LABELS}

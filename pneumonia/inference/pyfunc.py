@@ -12,13 +12,21 @@ trained on the bundled sample). A three-class model (`task: three_class`) adds `
 P(bacteria) + P(virus), so a binary client reads it unchanged. A model logged with a conformal
 calibration (evaluate, `evaluate.conformal_alpha`) adds `prediction_set` (NORMAL, PNEUMONIA,
 NORMAL|PNEUMONIA or empty) and `refer` (true unless the set is one label: refer the image to a
-radiologist). A bad image fails the request with HTTP 400 and a message naming the row and the
-problem (never a stack trace).
+radiologist). A site version (`pneumonia site calibrate`, alias `site-NAME`) decides with the
+site's threshold and quantiles (one per label when class-conditional) and adds
+`probability_calibrated` (temperature-scaled, or equal to `probability`) and `calibration` (the
+site calibration that decided the row). A bad image fails the request with HTTP 400 and a
+message naming the row and the problem (never a stack trace).
 
 Limits, recorded in the model's config when it is logged (`model_config`) and checked before
 anything is decoded, each a 400 with its name: `max_rows` images per request, `max_request_mb`
 MB of image bytes per request (from the base64 text's length), and `max_megapixels` per image
-(params.yaml `data.max_megapixels`, from the image's header). The scoring server itself reads
+(params.yaml `data.max_megapixels`, from the image's header); `max_request_megapixels` for all
+the images of a request together (from their headers) and `max_concurrent_decodes` requests
+decoding at once in one server process (params.yaml `serve`; the others wait their turn), so the
+memory of decoded pixels is bounded, and it is handed back to the system after each request
+(glibc `malloc_trim`). A request param the signature does not declare (`{"thresh": 0.1}`) is a
+400 naming it: MLflow itself only logs a warning and drops it. The scoring server itself reads
 the whole request body before the model sees it: cap the body size in front of it (a reverse
 proxy), see docs/security.md.
 
@@ -31,8 +39,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
+import io
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +56,7 @@ from pneumonia import provenance
 from pneumonia.dataset.pixel_cap import DEFAULT_MAX_MEGAPIXELS
 from pneumonia.inference.sources import params_max_megapixels, to_input
 from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.params import ServeParams
 from pneumonia.paths import CLASSES, LABELS
 from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
 
@@ -55,6 +68,98 @@ DEFAULT_THRESHOLD = 0.5
 # uncompressed detector DICOMs (43 x 43 cm at 100 um, 16 bit: ~37 MB) one at a time.
 DEFAULT_MAX_ROWS = 64
 DEFAULT_MAX_REQUEST_MB = 64.0
+DEFAULT_MAX_CONCURRENT_DECODES = ServeParams.max_concurrent_decodes
+DEFAULT_MAX_REQUEST_MEGAPIXELS = ServeParams.max_request_megapixels
+
+# One per server process: the requests decoding images now (pyfunc predict runs in the scoring
+# server's thread pool, one thread per request). Sized at load_context from the model's config.
+_DECODING: dict[int, threading.BoundedSemaphore] = {}
+_DECODING_LOCK = threading.Lock()
+
+
+def decoding_slots(n: int) -> threading.BoundedSemaphore:
+    """The process's semaphore admitting `n` requests to decode at once (one per size)."""
+    with _DECODING_LOCK:
+        return _DECODING.setdefault(n, threading.BoundedSemaphore(n))
+
+
+def header_pixels(data: bytes) -> int:
+    """Pixels an image's header announces (width x height x frames), without decoding; 0 when
+    the header cannot be read (decoding then reports what is wrong)."""
+    from PIL import Image
+
+    from pneumonia.dataset.dicom import is_dicom
+
+    try:
+        if is_dicom(data):
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            return int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height * getattr(img, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - any unreadable header: the decoder names the problem
+        return 0
+
+
+def check_request_pixels(images: list[bytes], max_request_megapixels: float) -> None:
+    """Refuse a request whose images' headers total more than `max_request_megapixels`."""
+    total = sum(header_pixels(b) for b in images)
+    if total > max_request_megapixels * 1e6:
+        raise ValueError(
+            f"request too large: its images total {total / 1e6:.1f} megapixels, over the limit "
+            f"of {max_request_megapixels:g} megapixels per request (model config "
+            "`max_request_megapixels`, params.yaml serve.max_request_megapixels); send fewer or "
+            "smaller images per request")
+
+
+_LIBC: list[Any] = []
+
+
+def _give_memory_back() -> None:
+    """Return freed heap memory to the system (glibc keeps it in its arenas otherwise: the
+    server stayed at 2.8 GB after 8 requests of a 49-megapixel PNG). No-op without glibc.
+    libc is looked up once: ctypes.util.find_library runs `ldconfig -p` each time."""
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
+        except OSError:
+            _LIBC.append(None)
+    try:
+        if _LIBC[0] is not None:
+            _LIBC[0].malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+
+
+def _refuse_unknown_params() -> None:
+    """Make undeclared request params a 400 naming them, in this process.
+
+    MLflow 3 (`mlflow.models.utils._enforce_params_schema`, called by `mlflow.pyfunc` for every
+    prediction) drops a param the signature does not declare with only a server-side warning, so
+    `{"thresh": 0.1}` was answered at the recorded threshold. MLflow has no switch to refuse
+    them, and the model's predict only sees the params that are left: the served process wraps
+    the function pyfunc calls (its module global) once, when the model loads."""
+    import mlflow.pyfunc as pyfunc_module
+    from mlflow.exceptions import MlflowException
+
+    original = pyfunc_module._enforce_params_schema
+    if getattr(original, "refuses_unknown", False):
+        return
+
+    def strict(params: Any, schema: Any) -> Any:
+        if isinstance(params, dict) and schema is not None and hasattr(schema, "params"):
+            allowed = {p.name for p in schema.params}
+            unknown = sorted(str(k) for k in params if str(k) not in allowed)
+            if unknown:
+                raise MlflowException.invalid_parameter_value(
+                    f"unknown request param(s) {', '.join(unknown)}: the served model takes "
+                    f"only {', '.join(sorted(allowed))} (e.g. \"params\": {{\"threshold\": "
+                    "0.5}})")
+        return original(params, schema)
+
+    strict.refuses_unknown = True  # type: ignore[attr-defined]
+    pyfunc_module._enforce_params_schema = strict
 
 
 def check_request(values: list[Any], max_rows: int, max_request_mb: float) -> None:
@@ -102,9 +207,17 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
         conformal = config.get("conformal") or {}
         self.qhat = float(conformal["qhat"]) if "qhat" in conformal else None
+        if "qhat_per_class" in conformal:  # a site calibration (pneumonia.site): per label
+            self.qhat = np.asarray(conformal["qhat_per_class"], dtype=np.float64)
+        self.site = config.get("site") or None
         self.max_megapixels = float(config.get("max_megapixels", DEFAULT_MAX_MEGAPIXELS))
         self.max_rows = int(config.get("max_rows", DEFAULT_MAX_ROWS))
         self.max_request_mb = float(config.get("max_request_mb", DEFAULT_MAX_REQUEST_MB))
+        self.max_request_megapixels = float(config.get("max_request_megapixels",
+                                                       DEFAULT_MAX_REQUEST_MEGAPIXELS))
+        slots = int(config.get("max_concurrent_decodes", DEFAULT_MAX_CONCURRENT_DECODES))
+        self.decoding = decoding_slots(max(1, slots))
+        _refuse_unknown_params()
         # The provenance is in model_config (the MLmodel `metadata` is not handed to a
         # PythonModel): every answer says what the model was trained on.
         prov = config.get("provenance") or {}
@@ -136,26 +249,44 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         except ValueError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
         try:
-            arrays = []
-            for i, data in enumerate(decode_column(values)):
-                try:
-                    arrays.append(to_input(data, self.size, self.max_megapixels))
-                except ValueError as exc:
-                    raise ValueError(f"row {i}: {exc}") from None
-                except Exception as exc:  # noqa: BLE001 - a 400 naming the row, never a trace
-                    raise ValueError(f"row {i}: cannot decode this image "
-                                     f"({type(exc).__name__}: {exc})") from None
+            images = decode_column(values)
+            check_request_pixels(images, getattr(self, "max_request_megapixels",
+                                                 DEFAULT_MAX_REQUEST_MEGAPIXELS))
         except ValueError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+        slots = getattr(self, "decoding", None) or decoding_slots(DEFAULT_MAX_CONCURRENT_DECODES)
+        try:
+            with slots:  # at most max_concurrent_decodes requests hold decoded pixels at once
+                arrays = []
+                for i, data in enumerate(images):
+                    try:
+                        arrays.append(to_input(data, self.size, self.max_megapixels))
+                    except ValueError as exc:
+                        raise ValueError(f"row {i}: {exc}") from None
+                    except Exception as exc:  # noqa: BLE001 - a 400 naming the row, not a trace
+                        raise ValueError(f"row {i}: cannot decode this image "
+                                         f"({type(exc).__name__}: {exc})") from None
+                del images, values
+                _give_memory_back()
+        except ValueError as exc:
+            _give_memory_back()
             raise MlflowException.invalid_parameter_value(f"bad image: {exc}") from None
         frame = answer(predict_outputs(self.model, arrays), threshold, self.qhat)
+        site = getattr(self, "site", None)
+        if site:  # a site version: the calibrated probability and which calibration decided
+            frame["probability_calibrated"] = tempered(frame["probability"].to_numpy(),
+                                                       site.get("temperature"))
+            frame["calibration"] = site["calibration"]
         frame["trained_on"] = getattr(self, "trained_on", "unknown")
         frame["warning"] = getattr(self, "warning", "")
         return frame
 
 
-def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> pd.DataFrame:
+def answer(outputs: np.ndarray, threshold: float, qhat: float | np.ndarray | None = None
+           ) -> pd.DataFrame:
     """The served table from the model's raw outputs (N, 1) or (N, 3): see the module
-    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal)."""
+    docstring. `qhat`: the conformal calibration's threshold (pneumonia.stats.conformal), one
+    number or one per label (NORMAL, PNEUMONIA: a site's class-conditional calibration)."""
     probs = pneumonia_probability(outputs)
     frame = pd.DataFrame({"probability": probs,
                           "label": [LABELS[int(p >= threshold)] for p in probs],
@@ -169,6 +300,17 @@ def answer(outputs: np.ndarray, threshold: float, qhat: float | None = None) -> 
         frame["prediction_set"] = set_names(sets, LABELS)
         frame["refer"] = sets.sum(axis=1) != 1
     return frame
+
+
+def tempered(prob: Any, temperature: float | None) -> np.ndarray:
+    """A site calibration's temperature applied to P(PNEUMONIA): sigmoid(logit(p) / T), p
+    unchanged without one. The same formula as pneumonia.site.temperature.apply, written here
+    so that the served model (and the train stage, which logs it) does not import pneumonia.site."""
+    p = np.asarray(prob, dtype=np.float64)
+    if temperature is None:
+        return p
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-np.log(q / (1 - q)) / float(temperature)))
 
 
 def predict_outputs(model: Any, arrays: list[np.ndarray], batch: int = BATCH) -> np.ndarray:
@@ -208,7 +350,8 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buf.getvalue()).decode("ascii")]})
 
 
-def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> Any:
+def signature(threshold: float, outputs: int = 1, conformal: bool = False,
+              site: bool = False) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -218,6 +361,8 @@ def signature(threshold: float, outputs: int = 1, conformal: bool = False) -> An
         columns += [ColSpec("double", f"p_{c}") for c in CLASSES] + [ColSpec("string", "class")]
     if conformal:
         columns += [ColSpec("string", "prediction_set"), ColSpec("boolean", "refer")]
+    if site:  # pneumonia.site: the temperature-scaled probability and the calibration's name
+        columns += [ColSpec("double", "probability_calibrated"), ColSpec("string", "calibration")]
     columns += [ColSpec("string", "trained_on"), ColSpec("string", "warning")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
@@ -252,22 +397,41 @@ def output_width(keras_file: Path) -> int:
     return 1
 
 
+def serve_params() -> ServeParams:
+    """params.yaml `serve` when there is a readable params.yaml here, else the defaults."""
+    from pneumonia.errors import PipelineError
+    from pneumonia.params import load_params
+
+    try:
+        return load_params().serve
+    except (PipelineError, OSError):
+        return ServeParams()
+
+
 def log_model(keras_file: Path, threshold: float, name: str = "model",
               conformal: dict[str, Any] | None = None, max_megapixels: float | None = None,
               max_rows: int = DEFAULT_MAX_ROWS, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
-              provenance: dict[str, str] | None = None) -> str:
+              provenance: dict[str, str] | None = None,
+              serve: ServeParams | None = None,
+              site: dict[str, Any] | None = None) -> str:
     """Log the pyfunc (Keras model file + this package's code) to the active run; return its
     model URI (`models:/m-<id>`). Its config records the threshold and the limits; the pixel cap
     is `max_megapixels`, by default params.yaml `data.max_megapixels` (the stages run where
     params.yaml is), else the default. `conformal`: {"alpha", "qhat", ...} of evaluate's
     calibration (the served answer then carries each image's prediction set). `provenance`
-    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config."""
+    (pneumonia.provenance.describe) goes into the MLmodel metadata and the model's config.
+    `site`: a site calibration's record (pneumonia.site.fit; `site calibrate`): the answer then
+    adds `probability_calibrated` and `calibration`."""
     if max_megapixels is None:
         max_megapixels, _ = params_max_megapixels()
+    serve = serve or serve_params()
     config = {"threshold": float(threshold), "max_megapixels": float(max_megapixels),
               "max_rows": int(max_rows), "max_request_mb": float(max_request_mb),
+              "max_request_megapixels": float(serve.max_request_megapixels),
+              "max_concurrent_decodes": int(serve.max_concurrent_decodes),
               **({"conformal": conformal} if conformal else {}),
-              **({"provenance": dict(provenance)} if provenance else {})}
+              **({"provenance": dict(provenance)} if provenance else {}),
+              **({"site": dict(site)} if site else {})}
     package = Path(__file__).resolve().parents[1]  # pneumonia/
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "pneumonia"
@@ -279,7 +443,8 @@ def log_model(keras_file: Path, threshold: float, name: str = "model",
             code_paths=[str(code)],
             model_config=config,
             metadata={"provenance": dict(provenance)} if provenance else None,
-            signature=signature(threshold, output_width(keras_file), bool(conformal)),
+            signature=signature(threshold, output_width(keras_file), bool(conformal),
+                                bool(site)),
             input_example=input_example(),
             pip_requirements=pip_requirements(),
         )

@@ -30,6 +30,12 @@ METADATA = "training_metadata.json"
 PREVIOUS = ".bkp"  # suffix of the previous epoch's copies (double_checkpoint=True)
 # Our files in the same folder that describe epochs already run (train.py).
 EPOCH_FILES = ("history.csv", "best.weights.h5", "finished.json")
+# The random-generator states of the model (Dropout's SeedGenerator) after each epoch: Keras'
+# weights file does not hold them, so a resumed run would draw other dropout masks than an
+# uninterrupted one. One file per epoch, the last three kept (recover may go back one epoch).
+RNG_STATE = "rng_state.{epoch}.npz"
+# HDF5 dataset of the optimizer's step count in a Keras 3 `.weights.h5` (its first variable).
+ITERATIONS = "optimizer/vars/0"
 
 
 def backup_callback(backup_dir: Path) -> keras.callbacks.Callback:
@@ -61,8 +67,22 @@ def weights_problem(path: Path) -> str | None:
     return None
 
 
-def state_epoch(weights: Path, metadata: Path) -> tuple[int | None, str]:
-    """The epoch a (weights, metadata) pair of the backup holds, or (None, why it is unusable)."""
+def optimizer_steps(path: Path) -> int | None:
+    """The optimizer's step count stored in a Keras weights file (None: no optimizer state)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f[ITERATIONS][()]) if ITERATIONS in f else None
+
+
+def state_epoch(weights: Path, metadata: Path,
+                steps_per_epoch: int | None = None) -> tuple[int | None, str]:
+    """The epoch a (weights, metadata) pair of the backup holds, or (None, why it is unusable).
+
+    With `steps_per_epoch`, the pair must also agree: Keras writes the weights, then the
+    metadata, so a kill between the two leaves weights one epoch ahead of the epoch the
+    metadata names (resuming from both trained that epoch twice, shifting the learning-rate
+    schedule). The optimizer's step count must equal epoch x steps_per_epoch."""
     try:
         epoch = int(json.loads(metadata.read_text())["epoch"])
     except FileNotFoundError:
@@ -76,10 +96,16 @@ def state_epoch(weights: Path, metadata: Path) -> tuple[int | None, str]:
     problem = weights_problem(weights)
     if problem:
         return None, f"{weights.name} is unreadable ({problem})"
+    if steps_per_epoch:
+        steps = optimizer_steps(weights)
+        if steps is not None and steps != epoch * steps_per_epoch:
+            return None, (f"{weights.name} holds {steps} optimizer steps "
+                          f"({steps / steps_per_epoch:g} epochs of {steps_per_epoch} steps) but "
+                          f"{metadata.name} says epoch {epoch} (a kill between the two writes?)")
     return epoch, ""
 
 
-def recover(backup_dir: Path) -> int:
+def recover(backup_dir: Path, steps_per_epoch: int | None = None) -> int:
     """Check the backup before training resumes from it; return the epochs it holds (0: start
     from the beginning).
 
@@ -92,15 +118,15 @@ def recover(backup_dir: Path) -> int:
     weights, metadata = backup_dir / WEIGHTS, backup_dir / METADATA
     if not weights.exists() and not metadata.exists():
         return 0  # a fresh start (or a kill before the first epoch ended)
-    epoch, problem = state_epoch(weights, metadata)
+    epoch, problem = state_epoch(weights, metadata, steps_per_epoch)
     if epoch is not None:
         return epoch
     prev_weights = weights.with_name(weights.name + PREVIOUS)
     prev_metadata = metadata.with_name(metadata.name + PREVIOUS)
-    prev_epoch, prev_problem = state_epoch(prev_weights, prev_metadata)
+    prev_epoch, prev_problem = state_epoch(prev_weights, prev_metadata, steps_per_epoch)
     if prev_epoch is not None:
         log.warning(
-            "training backup %s: %s (cut short by a kill while it was being saved?): resuming "
+            "training backup %s: %s (a kill while it was being saved?): resuming "
             "from its previous copy instead, at epoch %d", backup_dir, problem, prev_epoch)
         for src, dst in ((prev_weights, weights), (prev_metadata, metadata)):
             tmp = dst.with_name(f".{dst.name}.tmp")
@@ -113,4 +139,54 @@ def recover(backup_dir: Path) -> int:
         prev_problem if prev_weights.exists() or prev_metadata.exists() else "there is none")
     for name in (WEIGHTS, METADATA, WEIGHTS + PREVIOUS, METADATA + PREVIOUS, *EPOCH_FILES):
         (backup_dir / name).unlink(missing_ok=True)
+    for f in backup_dir.glob(RNG_STATE.format(epoch="*")):
+        f.unlink()
     return 0
+
+
+def _seed_states(model: keras.Model) -> list[keras.Variable]:
+    """The state variables of the model's SeedGenerators (Dropout's), in a stable order."""
+    return sorted((v for v in model.non_trainable_variables
+                   if "seed_generator_state" in v.path), key=lambda v: v.path)
+
+
+def rng_callback(backup_dir: Path) -> keras.callbacks.Callback:
+    """Saves the model's random-generator states after each epoch (before BackupAndRestore,
+    so the state of every epoch a backup can hold is on disk) and puts them back when fit
+    resumes, so a resumed run draws the same dropout masks as an uninterrupted one."""
+    import keras
+    import numpy as np
+
+    class RngState(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.restored = False
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if self.restored:
+                return
+            self.restored = True  # the first epoch of this fit: epoch > 0 after a resume
+            states = _seed_states(self.model)
+            if epoch == 0 or not states:
+                return
+            saved = backup_dir / RNG_STATE.format(epoch=epoch)
+            if not saved.is_file():
+                log.warning("no random-generator state for epoch %d in %s: the dropout masks "
+                            "of the resumed epochs differ from an uninterrupted run's",
+                            epoch, backup_dir)
+                return
+            with np.load(saved) as f:
+                for i, variable in enumerate(states):
+                    variable.assign(f[f"s{i}"])
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            states = _seed_states(self.model)
+            if not states:
+                return
+            backup_dir.mkdir(parents=True, exist_ok=True)
+            tmp = backup_dir / ".rng_state.tmp.npz"
+            np.savez(tmp, **{f"s{i}": np.array(v) for i, v in enumerate(states)})
+            os.replace(tmp, backup_dir / RNG_STATE.format(epoch=epoch + 1))
+            (backup_dir / RNG_STATE.format(epoch=epoch - 2)).unlink(missing_ok=True)
+
+    return RngState()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pneumonia.errors import PipelineError
+from pneumonia.files import read_csv_checked
 from pneumonia.params import AugmentParams
 from pneumonia.paths import LABELS, SPLIT_CSV
 
@@ -43,20 +44,12 @@ def read_split(path: Path = SPLIT_CSV) -> pd.DataFrame:
     """Read and check data/split.csv (the split stage's output)."""
     if not path.is_file():
         raise PipelineError(f"{path} not found. Run `dvc repro` to build it (split stage).")
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "source_image_id": str})
-    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError/EmptyDataError too
-        raise PipelineError(
-            f"{path} cannot be read as CSV ({type(exc).__name__}: {str(exc).strip()}): it is "
-            "damaged. Rebuild it with `dvc checkout data/split.csv`, or `dvc repro --force "
-            "split`."
-        ) from None
-    missing = [c for c in SPLIT_COLUMNS if c not in df.columns]
-    if missing:
-        raise PipelineError(
-            f"{path} lacks column(s) {', '.join(missing)}: it was written by an older split "
-            "stage. Run `dvc repro` to rebuild it."
-        )
+    df = read_csv_checked(
+        path, str(path), SPLIT_COLUMNS,
+        dtype={"image_id": str, "patient_id": str, "source_image_id": str},
+        damaged="it is damaged. Rebuild it with `dvc checkout data/split.csv`, or "
+        "`dvc repro --force split`.",
+        outdated="it was written by an older split stage. Run `dvc repro` to rebuild it.")
     bad = sorted(set(df["label"]) - set(LABELS))
     if bad:
         raise PipelineError(f"{path}: unknown label(s) {bad}; expected {LABELS}. Run `dvc repro`.")

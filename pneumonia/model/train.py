@@ -17,7 +17,6 @@ metrics/train.json, models/mlflow_run.json.
 
 from __future__ import annotations
 
-import ast
 import csv
 import hashlib
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia import pipeline_run, provenance, tracking
+from pneumonia.code_closure import import_closure
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json
 from pneumonia.model import backup
@@ -46,7 +46,7 @@ from pneumonia.model.inputs import (
 from pneumonia.model.network import build_model, resolve_weights
 from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
 from pneumonia.model.tasks import n_outputs, target_indices, targets
-from pneumonia.params import Params, arm_of, training_params
+from pneumonia.params import Params, arm_of, params_digest, training_params
 from pneumonia.paths import MODEL_FILE, MODELS, SPLIT_CSV, TRAIN_HISTORY, TRAIN_JSON
 
 if TYPE_CHECKING:
@@ -82,39 +82,9 @@ def resume_key(params: Params, split_sha256: str, code_sha256: str = "") -> str:
 
 
 def code_files(root: Path = CODE_ROOT, module: str = "stages.train") -> list[Path]:
-    """The project files `python -m <module>` imports (transitively, also imports inside
-    functions, and the packages' __init__.py): the same closure dvc.yaml lists as the stage's
-    deps (tests/pipeline/test_layout.py)."""
-
-    def file_of(name: str) -> Path | None:
-        base = root / Path(*name.split("."))
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    todo, seen, files = [module], set(), set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name.split(".")[0] not in ("pneumonia", "stages"):
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        for i in range(1, len(parts)):  # parent packages run their __init__.py
-            init = file_of(".".join(parts[:i]))
-            if init is not None:
-                files.add(init)
-        path = file_of(name)
-        if path is None:
-            continue
-        files.add(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                todo.extend(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                todo.append(node.module)
-                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return sorted(files)
+    """The project files `python -m <module>` imports: the same closure dvc.yaml lists as the
+    stage's deps (pneumonia.code_closure; tests/pipeline/test_layout.py)."""
+    return import_closure(root, module)
 
 
 def code_digest(root: Path = CODE_ROOT) -> str:
@@ -309,6 +279,7 @@ def training_callbacks(
         history_callback(backup_dir / "history.csv"),
         # The raw weights back before the backup saves them (training resumes from those).
         *average[1:2],
+        backup.rng_callback(backup_dir),  # dropout's generator state, before the backup too
         backup.backup_callback(backup_dir),  # two copies: a kill mid-save loses one epoch
         *average[2:],  # then the average, so a resumed run continues it
     ]
@@ -413,7 +384,15 @@ def run(params: Params) -> dict[str, Any]:
     backup_dir.mkdir(parents=True, exist_ok=True)
     history_csv = backup_dir / "history.csv"
     run_id_file = backup_dir / "mlflow_run_id"  # written by _train_and_log
-    done = backup.recover(backup_dir)  # epochs finished earlier; a cut-short backup is repaired
+
+    configure_determinism(params)
+    strategy, device, precision, replicas = select_device(params)
+    log.info("training on %s, precision %s, %d replica(s)", device, precision, replicas)
+    global_batch = params.train.batch_size * replicas
+
+    # Epochs finished earlier; a cut-short or inconsistent backup (weights one epoch ahead of
+    # the metadata: a kill between Keras' two writes) is repaired from its previous copy.
+    done = backup.recover(backup_dir, steps_per_epoch(len(train_rows), global_batch))
     finished = (backup_dir / FINISHED).is_file()
     if finished:
         log.info("training finished in an earlier attempt (backup %s): not training again, "
@@ -422,11 +401,6 @@ def run(params: Params) -> dict[str, Any]:
         log.info("resuming from epoch %d (backup %s)", done, backup_dir)
     # Also after a kill within epoch 1: continue that MLflow run rather than leave it dangling.
     resume_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
-
-    configure_determinism(params)
-    strategy, device, precision, replicas = select_device(params)
-    log.info("training on %s, precision %s, %d replica(s)", device, precision, replicas)
-    global_batch = params.train.batch_size * replicas
 
     train_ds = train_dataset(train_rows, params, global_batch, first_epoch=done)
 
@@ -546,7 +520,7 @@ def _train_and_log(
     # and the served model's metadata when evaluate logs it (pneumonia.provenance).
     prov = provenance.describe(params.data.raw, size, mlrun.info.run_id)
     mlflow.set_tags(provenance.as_tags(prov))
-    return _log_results(mlrun, model, summary, size)
+    return _log_results(mlrun, model, summary, size, params_digest(params))
 
 
 FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run",
@@ -555,7 +529,7 @@ FINAL_METRICS = ("best_val_loss", "best_val_accuracy", "best_epoch", "epochs_run
 
 
 def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
-                 size: int) -> dict[str, str]:
+                 size: int, params_sha256: str = "") -> dict[str, str]:
     """Log the finished training's metrics and files to the open MLflow run."""
     import mlflow
 
@@ -567,7 +541,7 @@ def _log_results(mlrun: Any, model: keras.Model, summary: dict[str, Any],
     # The served model (pneumonia.inference.pyfunc) is logged where it is evaluated, with
     # evaluate's threshold and conformal calibration (pneumonia.registry.model_to_register):
     # train depends on no inference, evaluation or statistics code (dvc.yaml deps).
-    return pipeline_run.write_run_file(mlrun)
+    return pipeline_run.write_run_file(mlrun, params_sha256=params_sha256)
 
 
 def class_weights(rows: Any, task: str = "binary") -> dict[int, float]:

@@ -48,15 +48,7 @@ from pneumonia.stats.bootstrap import (
 )
 
 # The Table III cells with an interval and a verdict (support is a count, not an estimate).
-CELLS = (
-    "accuracy",
-    "NORMAL_precision",
-    "NORMAL_recall",
-    "NORMAL_f1",
-    "PNEUMONIA_precision",
-    "PNEUMONIA_recall",
-    "PNEUMONIA_f1",
-)
+CELLS = ("accuracy", *(f"{label}_{m}" for label in LABELS for m in ("precision", "recall", "f1")))
 F1_CELLS = ("NORMAL_f1", "PNEUMONIA_f1")
 
 

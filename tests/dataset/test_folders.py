@@ -244,6 +244,97 @@ def test_validate_without_patient_ids_warns_and_skips_table1(
     assert "patient leakage cannot be checked" in Path("metrics/validation.md").read_text()
 
 
+# ---- issue 35: nothing of your own data dropped silently ----------------------------------
+def _ingest(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            **data: object) -> dict:
+    tmp_path.mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({"lr": 1e-4, "data": dataclasses.asdict(_data(root, **data)) | {
+        "test_fraction": 0.25}, "ingest": {"workers": 1}})
+    return ingest.run(params)
+
+
+def test_a_symlinked_folder_is_named_not_dropped(tree: tuple, tmp_path: Path) -> None:
+    # A second site linked into data.raw, no metadata CSV: its images used to vanish uncounted.
+    root, _ = tree
+    site = tmp_path / "site C"
+    shutil.copytree(root / "export 2024" / "Site A", site)
+    (root / "export 2024" / "site C").symlink_to(site, target_is_directory=True)
+    inv = folders.scan(root, _data(root, metadata=""))
+    reasons = {b.source_file: b.reason for b in inv.bad}
+    assert "symbolic link to a folder" in reasons["export 2024/site C/"]
+    assert str(site) in reasons["export 2024/site C/"]
+    # With the CSV naming an image under it, the message says why it is not an image file.
+    rel = next(p for p in site.rglob("*") if p.is_file()).relative_to(site)
+    write_csv(root / "patients.csv", [{"path": f"export 2024/site C/{rel.as_posix()}",
+                                       "patient_id": "P-900"}], ["path", "patient_id"])
+    with pytest.raises(PipelineError, match=r"under 'export 2024/site C/', a symbolic link to a "
+                                            r"folder"):
+        folders.scan(root, _data(root))
+
+
+def test_a_fifo_does_not_hang_ingest(tree: tuple, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    root, _ = tree
+    os.mkfifo(root / "export 2024" / "Site A" / "Normal" / "pipe.png")
+    with pytest.raises(PipelineError, match=r"Site A/Normal/pipe.png: not a regular file "
+                                            r"\(a FIFO"):
+        _ingest(root, tmp_path / "w", monkeypatch, metadata="")
+    report = json.loads((tmp_path / "w" / "data" / "ingest_report.json").read_text())
+    assert [b["source_file"] for b in report["bad_files"]] == [
+        "export 2024/Site A/Normal/pipe.png"]
+
+
+def test_the_same_bytes_under_both_labels_are_refused(tree: tuple, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = tree
+    normal = next((root / "export 2024" / "Site A" / "Normal").glob("*.PNG"))
+    copy = root / "export 2024" / "Site A" / "Pneumonia" / "copy.PNG"
+    shutil.copy(normal, copy)
+    with pytest.raises(PipelineError) as err:
+        _ingest(root, tmp_path / "w", monkeypatch, metadata="")
+    message = str(err.value)
+    rel_normal = normal.relative_to(root).as_posix()
+    assert f"{rel_normal}: the same bytes as export 2024/Site A/Pneumonia/copy.PNG" in message
+    assert "labelled both NORMAL and PNEUMONIA" in message
+    # on_bad_file: skip drops both, counted.
+    monkeypatch.chdir(tmp_path / "w")
+    params = parse_params({"lr": 1e-4, "data": dataclasses.asdict(_data(root, metadata="")) | {
+        "test_fraction": 0.25}, "ingest": {"workers": 1, "on_bad_file": "skip"}})
+    report = ingest.run(params)
+    assert report["images"] == 2 * N_PER_LABEL - 1  # 49 files, both copies of one image out
+    assert {b["source_file"] for b in report["bad_files"]} == {
+        rel_normal, "export 2024/Site A/Pneumonia/copy.PNG"}
+
+
+@pytest.mark.parametrize("name", ["Norma\u0301l", "\uff2e\uff2f\uff32\uff2d\uff21\uff2c"])
+def test_folder_names_are_unicode_normalised(tree: tuple, name: str) -> None:
+    # A decomposed accent (macOS file names) or full-width letters still match a class name.
+    root, _ = tree
+    (root / "export 2024" / "Site A" / "Normal").rename(root / "export 2024" / "Site A" / name)
+    folders_param = ("Norm\u00e1l", "normal") if "\u0301" in name else ("normal",)
+    inv = folders.scan(root, _data(root, metadata="", normal_folders=folders_param))
+    assert sum(i.label == "NORMAL" for i in inv.images) == N_PER_LABEL
+    assert inv.bad == []
+
+
+def test_formula_cells_are_neutralised_in_the_manifest(tree: tuple, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root, rows = tree
+    rows[0]["patient_id"] = "=cmd|' /C calc'!A0"
+    rows[1]["patient_id"] = "@SUM(1+1)"
+    write_csv(root / "patients.csv", rows)
+    _ingest(root, tmp_path / "w", monkeypatch)
+    manifest = pd.read_csv(tmp_path / "w" / "data" / "manifest.csv", dtype=str,
+                           keep_default_na=False)
+    assert "'=cmd|' /C calc'!A0" in set(manifest.patient_id)
+    assert "'@SUM(1+1)" in set(manifest.patient_id)
+    for column in manifest.columns:
+        assert not manifest[column].str.match(r"[=+\-@\t\r]").any(), column
+
+
 def test_absolute_metadata_path_inside_data_raw_is_accepted(tree: tuple,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """`-S data.metadata=$PWD/data/raw/site/patients.csv` (absolute), or the same path relative

@@ -167,3 +167,18 @@ def test_sample_split_without_generated_in_val(workdir: Path, mini_raw: Path) ->
     assert metrics["identical_images_in_train_and_val"] == 0
     assert (metrics["generated"]["train"] + metrics["generated_left_out"]
             == len(pd.read_csv(BALANCED_MANIFEST)))
+
+
+@pytest.mark.parametrize("generated_in_val", [True, False])
+def test_validation_set_without_a_class_is_refused_naming_it(
+        workdir: Path, mini_raw: Path, generated_in_val: bool) -> None:
+    # 7 NORMAL and 7 PNEUMONIA originals: a 5 % validation set rounds to no image of a class;
+    # training would then choose its epoch on a validation set that cannot measure that class.
+    params = make_params(mini_raw, balance={"target_normal": 16},
+                         split={"val_fraction": 0.05, "generated_in_val": generated_in_val})
+    ingest.run(params)
+    balance.run(params)
+    with pytest.raises(PipelineError, match=r"the validation set has no (NORMAL or )?PNEUMONIA "
+                                            r"image.*split.val_fraction"):
+        split.run(params)
+    assert not SPLIT_CSV.exists()  # nothing half-made for train to read

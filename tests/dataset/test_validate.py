@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -181,3 +182,33 @@ def test_full_dataset(full_project: Path, monkeypatch: pytest.MonkeyPatch) -> No
     counts = m.groupby(["split", "label"]).size().to_dict()
     assert counts == {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883,
                       ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}
+
+
+@pytest.mark.parametrize(("split_name", "label"), [("test", "NORMAL"), ("test", "PNEUMONIA"),
+                                                   ("train", "NORMAL")])
+def test_a_split_without_a_class_stops_validate_naming_both(
+        workdir: Path, mini_raw: Path, split_name: str, label: str) -> None:
+    # A test set without NORMAL scored accuracy 1.000 for a constant classifier and let it become
+    # champion (issue 35): validate must stop it, naming the split and the missing class.
+    ingest.run(make_params(mini_raw))
+    manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
+    manifest = manifest[~((manifest.split == split_name) & (manifest.label == label))]
+    manifest.to_csv(MANIFEST, index=False, lineterminator="\n")
+    with pytest.raises(PipelineError) as err:
+        validate.run(make_params(mini_raw))
+    message = str(err.value)
+    assert f"{split_name}_has_every_label" in message
+    assert f"the {split_name} split has no {label} image" in message
+    saved = json.loads(VALIDATION_JSON.read_text())
+    failed = [e["name"] for e in saved["details"]["expectations"] if not e["success"]]
+    assert failed == [f"{split_name}_has_every_label"]
+
+
+def test_three_class_test_set_without_a_cause_names_it(workdir: Path, mini_raw: Path) -> None:
+    ingest.run(make_params(mini_raw))
+    manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False)
+    manifest = manifest[~((manifest.split == "test") & (manifest["class"] == "virus"))]
+    manifest.to_csv(MANIFEST, index=False, lineterminator="\n")
+    assert validate.run(make_params(mini_raw))["success"]  # binary: a cause is not a class
+    with pytest.raises(PipelineError, match="the test split has no virus image"):
+        validate.run(dataclasses.replace(make_params(mini_raw), task="three_class"))

@@ -16,6 +16,7 @@ import yaml
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import ablation, report
 from pneumonia.experiments.grid import dataset_override
+from pneumonia.formatting import p_value_phrase
 from pneumonia.params import arm_of, load_params, parse_params
 from tests.trainkit import with_overrides
 
@@ -81,9 +82,9 @@ def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_se
     assert good_acc["verdict"] == "better" and good_acc["ci_low"] > 0
     assert good_acc["pvalue_holm"] < 0.05 and s["n_tests"] == 4
     assert f"{good} is better on accuracy" in s["answer"]
-    p_text = report._p_is(good_acc["pvalue_holm"])  # "< 0.001" in words, never "= 0.000"
+    p_text = p_value_phrase(good_acc["pvalue_holm"])  # "< 0.001" in words, never "= 0.000"
     assert f"Holm p {p_text})" in s["answer"] and "p = 0.000" not in s["answer"]
-    assert report._p_is(0.0004) == "< 0.001" and report._p_is(0.0204) == "= 0.020"
+    assert p_value_phrase(0.0004) == "< 0.001" and p_value_phrase(0.0204) == "= 0.020"
     # the secondary metrics are descriptive: an interval, no word
     assert "verdict" not in s["comparisons"][good]["metrics"]["NORMAL_recall"]
     # Per-arm means are the means of the runs' own metrics (recomputed independently here).

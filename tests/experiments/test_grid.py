@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pneumonia.experiments.grid import workers_alive
 
 
@@ -38,3 +40,99 @@ def test_a_pid_reused_by_another_program_is_no_worker(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+# ---- issue 35: --no-wait must not wait; a re-run grid queues no duplicates ---------------
+_FORKS_A_WORKER = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:            # like `dvc queue start`: a worker that outlives the command,
+    time.sleep(30)      # holding the stdout/stderr it inherited
+    os._exit(0)
+print("started", pid)
+"""
+
+
+def test_starting_a_queue_that_forks_a_worker_returns_at_once(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from pneumonia.experiments.grid import run_logged
+
+    cmd = [sys.executable, "-c", _FORKS_A_WORKER]
+    t0 = time.monotonic()
+    assert run_logged(cmd, tmp_path / "start.log") == 0
+    elapsed = time.monotonic() - t0
+    worker = int((tmp_path / "start.log").read_text().split()[1])
+    os.kill(worker, signal.SIGKILL)  # the test leaves no process behind
+    assert elapsed < 10  # capture_output waited the worker's 30 s
+    # The fault it replaces, shown with a shorter worker: reading the pipes waits for it.
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", _FORKS_A_WORKER.replace("30", "3")],
+                   capture_output=True, check=True)
+    assert time.monotonic() - t0 >= 3
+
+
+def test_a_rerun_grid_queues_only_what_is_neither_finished_nor_pending() -> None:
+    from pneumonia.experiments.grid import to_queue
+
+    runs = [(f"abl-{i}", {"train.seed": str(i)}) for i in range(1, 5)]
+    todo, skipped = to_queue(runs, finished={"abl-1"}, pending={"abl-2", "other"})
+    assert [n for n, _ in todo] == ["abl-3", "abl-4"]
+    assert skipped == [("abl-1: finished earlier (dvc exp list), not queued again "
+                        "(`dvc exp remove abl-1` to run it anew)"),
+                       "abl-2: already queued or running, not queued again"]
+
+
+@pytest.mark.slow  # ~40 s: a real DVC queue worker starts, is killed mid-run
+def test_a_killed_worker_leaves_no_running_row_nor_copy(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from pneumonia.experiments import grid
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"],
+                ["git", "config", "user.name", "t"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    (repo / "params.yaml").write_text("p: 1\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  slow:\n    cmd: python -c \"import time; time.sleep(120); "
+        "open('out.txt', 'w').write('x')\"\n    params: [p]\n    outs: [out.txt]\n")
+    monkeypatch.chdir(repo)
+    grid._dvc("init", "-q")
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], check=True)
+    grid._dvc("exp", "run", "--queue", "-n", "slow-1", "-S", "p=2")
+    grid.start_queue(1)
+    killed: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any(s == "Running" for _, _, s in grid.queue_rows()):
+            assert time.monotonic() < deadline, grid.queue_rows()
+            time.sleep(2)
+        copies = [p for p in (repo / ".dvc/tmp/exps").glob("tmp*") if p.is_dir()]
+        assert copies
+        for pid in grid.workers_alive():
+            worker = psutil.Process(pid)
+            killed += [worker, *worker.children(recursive=True)]
+        for proc in killed:
+            os.kill(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(killed, timeout=30)
+        assert [s for _, _, s in grid.queue_rows()] == ["Running"]  # forever, without us
+        assert grid.clean_dead_runs() == ["slow-1"]
+        assert grid.queue_rows() == []
+        assert not any(p.exists() for p in copies)
+    finally:
+        for proc in killed:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        grid._dvc("queue", "stop", "--kill", check=False)

@@ -72,7 +72,9 @@ def refused(model: Any, data: pd.DataFrame, params: dict[str, Any] | None = None
 
 def test_config_records_the_threshold_and_the_limits(served_half: Any) -> None:
     assert served_half.model_config == {"threshold": THRESHOLD, "max_megapixels": 1.0,
-                                        "max_rows": 3, "max_request_mb": 0.5}
+                                        "max_rows": 3, "max_request_mb": 0.5,
+                                        "max_request_megapixels": 200.0,
+                                        "max_concurrent_decodes": 2}
 
 
 def test_the_logged_threshold_is_applied(served_half: Any) -> None:
@@ -155,3 +157,63 @@ def test_defining_the_served_model_warns_nothing_about_type_hints() -> None:
 
     hint = pyfunc.PneumoniaModel().predict_type_hints.input
     assert _signature_cannot_be_inferred_from_type_hint(hint)
+
+
+# ---- issue 35: unknown params, a request's total pixels, requests decoding at once ----------
+def test_an_unknown_request_param_is_refused_naming_it(served_half: Any) -> None:
+    # MLflow drops undeclared params with a server-side warning: {"thresh": 0.1} was answered
+    # at the logged threshold as if the client had not asked.
+    message = refused(served_half, frame(image()), {"thresh": 0.1})
+    assert "unknown request param(s) thresh" in message and "threshold" in message
+    assert served_half.predict(frame(image()), params={"threshold": 0.4})["label"].tolist() == [
+        "PNEUMONIA"]
+
+
+def test_a_request_over_its_total_pixels_is_refused_before_decoding(
+        half_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from tests.conftest import zeros_png
+
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG",
+                       '{"max_megapixels": 50, "max_request_megapixels": 60}')
+    model = mlflow.pyfunc.load_model(half_uri)
+    big = zeros_png(5000, 5000)  # 25 MP each, a few kB: three are 75 MP
+    message = refused(model, frame(big, big, big))
+    assert "its images total 75.0 megapixels" in message and "max_request_megapixels" in message
+
+
+def test_requests_decode_one_at_a_time_under_a_limit_of_one(
+        half_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import mlflow
+
+    from pneumonia.inference import pyfunc
+    from tests.conftest import zeros_png
+
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG",
+                       '{"max_megapixels": 50, "max_concurrent_decodes": 1}')
+    model = mlflow.pyfunc.load_model(half_uri)
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    decode = pyfunc.to_input
+
+    def counting(*args: Any, **kwargs: Any) -> Any:  # the real decoder, its overlap counted
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            return decode(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(pyfunc, "to_input", counting)
+    big = frame(zeros_png(4000, 4000, 8))  # 16 MP: ~0.1 s to decode, long enough to overlap
+    threads = [threading.Thread(target=model.predict, args=(big,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["most"] == 1

@@ -72,6 +72,8 @@ def test_served_champion_answers_like_predict(tmp_path: Path, champion_store: di
             (payload([tiny] * 65), ["too many images: 65 rows", "at most 64", "`max_rows`"]),
             (payload([os.urandom(1_500_000)]),
              ["request too large: the images total 1.5 MB", "`max_request_mb`"]),
+            # A misspelt param: MLflow alone dropped it and answered at the logged threshold.
+            (payload([files["b.png"]], thresh=0.1), ["unknown request param(s) thresh"]),
         ]
         for body, texts in refusals:
             status, answer = post(url, body)

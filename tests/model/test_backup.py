@@ -138,3 +138,52 @@ def test_train_stage_resumes_after_its_backup_was_cut_short(tmp_path: Path) -> N
     history = pd.read_csv(tmp_path / "metrics/train_history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]
     assert not folder.exists()  # finished: the resume state is removed
+
+
+def test_weights_an_epoch_ahead_of_the_metadata_resume_from_the_previous_pair(
+    backed_up: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kill between Keras' two writes of epoch 3: the weights (and optimizer) hold 3 epochs of
+    # steps, the metadata still says epoch 2. Resuming from both trained epoch 3 twice.
+    (backed_up / backup.METADATA).write_text(json.dumps({"epoch": 2, "batch": 0}))
+    assert backup.optimizer_steps(backed_up / backup.WEIGHTS) == 3  # 16 rows, 1 step per epoch
+    with caplog.at_level(logging.WARNING):
+        assert backup.recover(backed_up, steps_per_epoch=1) == 2
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "holds 3 optimizer steps" in line and "says epoch 2" in line and "at epoch 2" in line
+    assert backup.optimizer_steps(backed_up / backup.WEIGHTS) == 2  # the previous pair
+    assert backup.state_epoch(backed_up / backup.WEIGHTS, backed_up / backup.METADATA, 1) == (
+        2, "")
+    assert len(fit(backed_up, 5)) == 3  # epochs 3, 4 and 5
+
+
+def _fit_dropout(backup_dir: Path, epochs: int) -> list[np.ndarray]:
+    """A model with Dropout, fitted with the backup and the random-state callback; its weights."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 4)), rng.random((32, 1))
+    model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, shuffle=False,
+              callbacks=[backup.rng_callback(backup_dir), backup.backup_callback(backup_dir)])
+    return [np.array(w) for w in model.weights]
+
+
+def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    whole = _fit_dropout(tmp_path / "whole", 4)
+    _fit_dropout(tmp_path / "cut", 2)  # "killed" after epoch 2
+    assert backup.recover(tmp_path / "cut", steps_per_epoch=4) == 2
+    resumed = _fit_dropout(tmp_path / "cut", 4)
+    for a, b in zip(whole, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Without the saved state the dropout masks after the resume differ (the test can fail).
+    for f in (tmp_path / "cut").glob("rng_state.*.npz"):
+        f.unlink()
+    _fit_dropout(tmp_path / "cut2", 2)
+    for f in (tmp_path / "cut2").glob("rng_state.*.npz"):
+        f.unlink()
+    other = _fit_dropout(tmp_path / "cut2", 4)
+    assert any(not np.array_equal(a, b) for a, b in zip(whole, other, strict=True))

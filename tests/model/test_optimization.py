@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,20 @@ def test_bfloat16_sets_the_mixed_bfloat16_policy() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
     assert out.stdout.split() == ["mixed_bfloat16", "mixed_bfloat16"]
+
+
+@pytest.mark.gpu
+def test_a_gpu_is_used_with_mixed_float16_when_visible() -> None:
+    """On a GPU machine the train stage trains on the GPU, in mixed_float16 by default
+    (`train.mixed_precision: auto`), never on the CPU."""
+    code = (
+        "import json; from pneumonia.params import parse_params;"
+        "from pneumonia.model.train import select_device;"
+        f"raw = json.loads({json.dumps(TINY_PARAMS)!r});"
+        "_, device, precision, replicas = select_device(parse_params(raw));"
+        "print(json.dumps([device, precision, replicas]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    device, precision, replicas = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "GPU" in device and precision == "mixed_float16" and replicas >= 1

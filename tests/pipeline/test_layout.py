@@ -7,61 +7,23 @@ built by the old code. An extra dep re-runs the stage for nothing.
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pneumonia import code_closure
+
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "balance", "split", "train", "evaluate")
-
-
-def _module_file(name: str) -> Path | None:
-    """The repository file of a dotted module name (None for third-party modules)."""
-    base = REPO / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Dotted names of the project modules `path` imports, wherever the import statement is."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            # `from pneumonia.model import train` imports the submodule pneumonia.model.train
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in found if n.split(".")[0] in ("pneumonia", "stages")}
 
 
 def import_closure(stage: str) -> set[str]:
     """Repository-relative posix paths of every project file `python -m stages.<stage>` imports,
     including the packages' __init__.py files Python runs on the way."""
-    todo = [f"stages.{stage}"]
-    seen: set[str] = set()
-    files: set[Path] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        for i in range(1, len(parts)):  # parent packages run their __init__.py
-            init = _module_file(".".join(parts[:i]))
-            if init is not None and init.name == "__init__.py":
-                files.add(init)
-        path = _module_file(name)
-        if path is None:
-            continue
-        files.add(path)
-        todo.extend(_imports(path))
-    return {f.relative_to(REPO).as_posix() for f in files}
+    return {f.relative_to(REPO).as_posix() for f in code_closure.import_closure(REPO,
+                                                                                 f"stages.{stage}")}
 
 
 def test_stages_folder_holds_the_six_stages_only() -> None:
@@ -95,14 +57,15 @@ def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("pneumonia", "pneumonia.errors", "pneumonia.paths", "pneumonia.files",
                 "pneumonia.params", "pneumonia.params_cast", "pneumonia.published",
-                "pneumonia.provenance",
-                "pneumonia.stage_runner")),
+                "pneumonia.provenance", "pneumonia.stage_runner", "pneumonia.code_closure",
+                "pneumonia.formatting")),
     ("tracking", ("pneumonia.tracking", "pneumonia.pipeline_run")),
     ("stats", ("pneumonia.stats",)),
     ("dataset", ("pneumonia.dataset",)),
     ("model", ("pneumonia.model",)),
     ("inference", ("pneumonia.inference",)),
     ("evaluation", ("pneumonia.evaluation", "pneumonia.gate", "pneumonia.registry")),
+    ("site", ("pneumonia.site",)),  # a new hospital: uses inference and the registry
     ("experiments", ("pneumonia.experiments",)),
     ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team",
                   "pneumonia.promote")),
@@ -123,7 +86,7 @@ def package_modules() -> dict[str, Path]:
 def import_graph() -> dict[str, set[str]]:
     """module -> the package modules it imports (at module level or inside functions)."""
     modules = package_modules()
-    return {name: {m for m in _imports(path) if m in modules and m != name}
+    return {name: {m for m in code_closure.project_imports(path) if m in modules and m != name}
             for name, path in modules.items()}
 
 
