@@ -47,6 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-card": ("pneumonia.evaluation.card",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),
+    "promote": ("pneumonia.promote",
+                ("move the registry's `champion` to a version by hand (shows what the gate "
+                "would say; records who, why, when)")),
     "site": ("pneumonia.site.cli",
              ("a new hospital: calibrate on its labelled images (site calibrate), measure it "
              "(site study); docs/new-site.md")),

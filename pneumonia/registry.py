@@ -2,8 +2,9 @@
 
 The evaluate stage registers the model it evaluated as a version of the registered model
 `evaluate.registry_name` (MLflow Model Registry, in the pipeline's store, local or a tracking
-server) and settles its alias with the gate (pneumonia.gate: floor, provenance, same test set,
-anchor and margin, paired bootstrap). `pneumonia predict` uses `models:/<name>@champion`.
+server) and settles its alias with the gate (pneumonia.gate: floor, provenance, defined primary
+metrics, same test set, non-inferiority to the champion and to the anchor version by the paired
+bootstrap). `pneumonia predict` uses `models:/<name>@champion`.
 
 **Races without a shared lock.** Two evaluations may finish at once on a tracking server (clients
 of a server share no file to lock). Reading the champion, deciding and setting the alias is not
@@ -179,13 +180,29 @@ def _gate(client: Any, name: str, mv: Any, state: State, cache: dict[str, pd.Dat
                 raise
             # Deleted by hand: a fact every process sees alike. The anchors still hold.
             log.warning("champion version %s of %r no longer exists", state.champion, name)
-    for entry in (cand, champ):
+    assert cand.predictions is not None or cand.error
+    anchor = None if cand.predictions is None else state.anchors.get(
+        tags.get(TAG_TEST_SET) or test_set_id(cand.predictions))
+    # The anchor is compared by its predictions (pneumonia.gate rule 6), not its accuracy.
+    anchor_entry = None
+    if anchor is not None and anchor.version not in (state.champion, str(mv.version)):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            anchor_entry = _entry(client, client.get_model_version(name, anchor.version), cache)
+        except MlflowException as exc:
+            if not not_found(exc):
+                raise
+            # Deleted by hand: its predictions are gone, nothing to compare with.
+            log.warning("anchor version %s of %r no longer exists: no anchor", anchor.version,
+                        name)
+            anchor = None
+    for entry in (cand, champ, anchor_entry):
         if not owner and entry is not None and entry.error:
             raise _Undecidable(f"version {entry.version}: {entry.error}")
     assert cand.predictions is not None
-    anchor = state.anchors.get(tags.get(TAG_TEST_SET) or test_set_id(cand.predictions))
     return decide(cand, _float(tags.get(TAG_FLOOR)) or 0.0, _float(tags.get(TAG_MARGIN)) or 0.0,
-                  champ, anchor)
+                  champ, anchor, anchor_entry)
 
 
 def _record(client: Any, name: str, version: str, decision: Decision, state: State) -> Any:

@@ -41,3 +41,20 @@ def test_cli_rejects_unknown_case(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--only", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_gate_error_rates_at_reduced_reps() -> None:
+    """benchmarks/gate_error_rates.py at 60 test sets per cell: a candidate truly the margin
+    worse is rarely promoted by the non-inferiority rule (nominal 2.5 %), while the rule it
+    replaced ("not significantly worse") promotes it most of the time when the models disagree
+    on 10 % of the images; an equally good candidate passes more often than a margin-worse one."""
+    from benchmarks.gate_error_rates import population, promote_rates
+
+    codes, champion = population()
+    worse = promote_rates(-0.02, 0.10, 0.02, 60, 1, codes, champion)
+    assert worse["non_inferiority"] <= 0.08
+    assert worse["not_significantly_worse"] >= 0.4
+    equal = promote_rates(0.0, 0.035, 0.02, 60, 1, codes, champion)
+    assert equal["non_inferiority"] >= 0.5 > worse["non_inferiority"]
+    with pytest.raises(ValueError, match="discordance"):
+        promote_rates(-0.05, 0.02, 0.02, 1, 0, codes, champion)

@@ -108,6 +108,32 @@ def test_no_figure_of_the_uncommitted_seed_42_run(rel: str) -> None:
     assert "0.986\n[0.965, 1.000]" not in _text(rel) and "0.986 [0.965, 1.000]" not in _text(rel)
 
 
+def test_the_ablation_power_figures_quoted_in_the_docs_are_the_committed_ones() -> None:
+    """docs/experiments.md and docs/statistics.md quote metrics/ablation.json's simulated power
+    line (issue 33)."""
+    p = json.loads((METRICS / "ablation.json").read_text())["power"]
+    for rel in ("docs/experiments.md", "docs/statistics.md"):
+        text = " ".join(_text(rel).split())
+        for figure in (f"{p['seeds_per_arm']}", f"{p['power_now']:.2f}",
+                       f"{p['main_effect_seeds_per_arm']}", f"{p['main_effect_power_now']:.2f}",
+                       f"{p['main_effect_seeds_per_arm_worst']}",
+                       f"{p['power_now_worst']:.2f}", f"{p['main_effect_power_now_worst']:.2f}"):
+            assert figure in text, (rel, figure)
+    text = " ".join(_text("docs/experiments.md").split())
+    assert f"about **{p['seeds_per_arm']}** for one arm against another" in text
+
+
+def test_the_gate_error_rates_in_statistics_md_are_the_committed_run() -> None:
+    """docs/statistics.md's table is benchmarks/gate_error_rates.txt's, row by row."""
+    rows = re.findall(r"^\| (0\.\d+) \| ([+-]0\.\d+) \| (0\.\d+) \| (0\.\d+) \|$",
+                      _text("benchmarks/gate_error_rates.txt"), re.MULTILINE)
+    assert len(rows) == 10
+    text = _text("docs/statistics.md")
+    for _, _, new, old in rows:
+        assert re.search(rf"\| (\*\*)?{re.escape(new)}(\*\*)? \| {re.escape(old)} \|$", text,
+                         re.MULTILINE), (new, old)
+
+
 def test_new_site_figures_are_the_committed_studies() -> None:
     """docs/new-site.md quotes metrics/site.json (k = 100) and metrics/site-adapt.json."""
     text = " ".join(_text("docs/new-site.md").split())

@@ -57,23 +57,33 @@ def test_below_the_floor_is_challenger_even_without_champion() -> None:
 
 
 def test_clearly_worse_than_the_champion_is_challenger() -> None:
-    d = decide(cand(COIN), 0.0, 1.0, champ(GOOD))
-    assert d.alias == CHALLENGER and "significantly worse" in d.reason
+    d = decide(cand(COIN), 0.0, 0.02, champ(GOOD))
+    assert d.alias == CHALLENGER and "not shown non-inferior" in d.reason
     assert d.details["delta_ci_high"] < 0 and d.details["mcnemar_pvalue"] < 0.001
     assert d.details["common_test_images"] == 200
 
 
-def test_within_noise_of_the_champion_takes_the_alias() -> None:
-    """Champion wrong on 8 images, candidate on 10 others: lower, not significantly."""
+def test_not_significantly_worse_is_not_enough() -> None:
+    """Issue 33 item 5: champion wrong on 8 images, candidate on 10 others: not significantly
+    worse (the interval holds 0), but its lower bound lies below -margin, so it is not shown
+    non-inferior and the champion stays. The old rule ("not significantly worse") promoted it."""
     champion, candidate = wrong_on(slice(0, 8)), wrong_on(slice(100, 110))
     d = decide(cand(candidate), 0.9, 0.02, champ(champion))
     assert d.details["accuracy_delta"] == pytest.approx(-0.01)
-    assert d.details["delta_ci_low"] < 0 < d.details["delta_ci_high"]
-    assert d.alias == CHAMPION, d.reason
-    assert "not significantly worse" in d.reason
-    # the same 10 errors where a perfect champion has none: significantly worse
-    d = decide(cand(candidate), 0.9, 1.0, champ(GOOD))
-    assert d.alias == CHALLENGER and d.details["delta_ci_high"] < 0
+    assert d.details["delta_ci_low"] < -0.02 < 0 < d.details["delta_ci_high"]
+    assert d.alias == CHALLENGER and "not shown non-inferior" in d.reason
+    assert d.details["non_inferior"] is False
+    # a wider margin admits it: the rule is the lower bound against -margin, nothing else
+    wide = decide(cand(candidate), 0.9, -d.details["delta_ci_low"] + 0.001, champ(champion))
+    assert wide.alias == CHAMPION and "non-inferior" in wide.reason
+
+
+def test_a_candidate_close_to_the_champion_takes_the_alias() -> None:
+    """Candidate wrong on 7 of the champion's 8 errors: +0.005, interval [0, +0.01]."""
+    champion, candidate = wrong_on(slice(0, 8)), wrong_on(slice(0, 7))
+    d = decide(cand(candidate), 0.9, 0.02, champ(champion))
+    assert d.details["delta_ci_low"] > -0.02
+    assert d.alias == CHAMPION and d.details["non_inferior"] is True, d.reason
 
 
 def test_each_model_is_scored_at_its_own_threshold() -> None:
@@ -82,15 +92,16 @@ def test_each_model_is_scored_at_its_own_threshold() -> None:
     champion = np.where(ACTUAL == 1, 0.4, 0.1)
     champion[np.flatnonzero(ACTUAL == 1)[60:]] = 0.9
     assert accuracy(champion, 0.3) == 1.0 and accuracy(champion, 0.5) == pytest.approx(0.7)
-    candidate = wrong_on([0, 1, 2, 3])
+    candidate = wrong_on([0])
     d = decide(cand(candidate), 0.5, 0.02, champ(champion, threshold=0.3))
     assert d.details["champion_accuracy"] == pytest.approx(1.0)
-    assert d.details["candidate_accuracy"] == pytest.approx(0.98)
+    assert d.details["candidate_accuracy"] == pytest.approx(0.995)
     assert d.details["thresholds"] == [0.3, 0.5]
-    assert d.alias == CHAMPION, d.reason  # 0.98 vs 1.0: within noise and within the margin
-    # with a margin of 0.01 the champion's 1.0 (at ITS threshold) is the anchor: challenger
+    assert d.alias == CHAMPION, d.reason  # 0.995 vs 1.0: lower bound above -0.02
+    # with a margin of 0.01 the lower bound is below -margin against the champion's 1.0 (at
+    # ITS threshold; at 0.5 it would be 0.7 and the candidate would look better): challenger
     d = decide(cand(candidate), 0.5, 0.01, champ(champion, threshold=0.3))
-    assert d.alias == CHALLENGER and "below the anchor 1.0000" in d.reason
+    assert d.alias == CHALLENGER and "not shown non-inferior" in d.reason
 
 
 def test_partial_overlap_is_refused_not_compared() -> None:
@@ -121,17 +132,38 @@ def test_unreadable_champion_keeps_the_champion() -> None:
     assert d.alias == CHALLENGER and "artifact missing" in d.reason
 
 
-def test_anchor_bounds_the_champion_even_within_noise() -> None:
-    """Champion 0.99, anchor 1.0 (an earlier champion), candidate 0.97: within noise of the
-    champion, but more than the 0.02 margin below the anchor."""
-    d = decide(cand(wrong_on(slice(0, 6))), 0.5, 0.02, champ(wrong_on(slice(0, 2))),
-               Anchor(1.0, "1"))
-    assert d.details["verdict"] == "within noise"
-    assert d.alias == CHALLENGER and "below the anchor 1.0000" in d.reason
-    assert "version 1" in d.reason
+def test_the_anchor_is_compared_by_its_predictions_not_its_point_accuracy() -> None:
+    """Issue 33 item 5. Anchor version 1 right everywhere (1.0); champion version 2 and the
+    candidate both wrong on images 0, 2, 4 (0.985): non-inferior to the champion (identical).
+    Against the anchor the candidate is 1.5 points lower: within the 0.02 margin of the anchor's
+    point accuracy (the old rule promoted it), but the paired interval's lower bound lies below
+    -0.02, so it is not shown non-inferior to the anchor."""
+    errors = wrong_on([0, 2, 4])
+    anchor = champ(GOOD, version="1")
+    d = decide(cand(errors), 0.5, 0.02, champ(errors, version="2"), Anchor(1.0, "1"), anchor)
+    assert d.details["test_accuracy"] >= 1.0 - 0.02  # the point anchor would have passed
+    assert d.details["non_inferior"] is True  # against the champion
+    assert d.details["anchor_test"]["ci_low"] < -0.02 < d.details["anchor_test"]["delta"]
+    assert d.alias == CHALLENGER and "non-inferior to the anchor, version 1" in d.reason
     # no champion (alias removed) does not lift the anchor
-    d = decide(cand(wrong_on(slice(0, 6))), 0.5, 0.02, None, Anchor(1.0, "1"))
+    d = decide(cand(errors), 0.5, 0.02, None, Anchor(1.0, "1"), anchor)
     assert d.alias == CHALLENGER and "anchor" in d.reason
+    # an anchor whose predictions are gone blocks rather than passes blindly
+    d = decide(cand(errors), 0.5, 0.02, None, Anchor(1.0, "1"), None)
+    assert d.alias == CHALLENGER and "cannot compare with the anchor" in d.reason
+    # a candidate as good as the anchor passes it
+    d = decide(cand(GOOD), 0.5, 0.02, champ(errors, version="2"), Anchor(1.0, "1"), anchor)
+    assert d.alias == CHAMPION and "anchor, version 1" in d.reason
+
+
+def test_an_undefined_primary_metric_never_takes_the_champion() -> None:
+    """Issue 33 item 5 (issue 35 item 1): a test set without a NORMAL image (zero support,
+    ROC AUC undefined) gives a model nothing comparable, even at accuracy 1.0 and no champion."""
+    frame = predictions(GOOD)
+    only_pneumonia = frame[frame["actual"] == "PNEUMONIA"].reset_index(drop=True)
+    d = decide(cand(GOOD, frame=only_pneumonia), 0.5, 0.02, None)
+    assert d.details["test_accuracy"] == 1.0
+    assert d.alias == CHALLENGER and "zero support" in d.reason and "NORMAL" in d.reason
 
 
 def test_a_demo_never_displaces_a_full_dataset_champion() -> None:
@@ -142,8 +174,8 @@ def test_a_demo_never_displaces_a_full_dataset_champion() -> None:
     d = decide(cand(GOOD, frame=other), 0.9, 0.02, champ(GOOD, dataset="sample"))
     assert d.alias == CHAMPION and "demo model" in d.reason
     # two demos are compared as usual
-    d = decide(cand(COIN, dataset="sample"), 0.0, 1.0, champ(GOOD, dataset="sample"))
-    assert d.alias == CHALLENGER and "significantly worse" in d.reason
+    d = decide(cand(COIN, dataset="sample"), 0.0, 0.02, champ(GOOD, dataset="sample"))
+    assert d.alias == CHALLENGER and "not shown non-inferior" in d.reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,8 +209,8 @@ def test_register_and_gate_in_a_real_store(store: dict, workdir: Path) -> None:
     client, exp, model = store["client"], store["experiment"], store["model"]
     first, v1, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9), model)
     assert (first.alias, v1) == (CHAMPION, "1")
-    worse, v2, run2 = evaluate_once(exp, COIN, gate_params(floor=0.0, margin=1.0), model)
-    assert (worse.alias, v2) == (CHALLENGER, "2") and "significantly worse" in worse.reason
+    worse, v2, run2 = evaluate_once(exp, COIN, gate_params(floor=0.0, margin=0.02), model)
+    assert (worse.alias, v2) == (CHALLENGER, "2") and "not shown non-inferior" in worse.reason
     low, v3, _ = evaluate_once(exp, COIN, gate_params(floor=0.9), model)
     assert v3 == "3" and low.alias == CHALLENGER and "below the floor" in low.reason
 
@@ -188,7 +220,7 @@ def test_register_and_gate_in_a_real_store(store: dict, workdir: Path) -> None:
     assert tags["threshold"] == "0.5" and tags["gate.compared_with"] == "1"
     assert tags["gate.champion_after"] == "1" and tags["provenance.dataset"] == "full"
     run_tags = client.get_run(run2).data.tags
-    assert run_tags["gate.decision"] == CHALLENGER and "worse" in run_tags["gate.reason"]
+    assert run_tags["gate.decision"] == CHALLENGER and "non-inferior" in run_tags["gate.reason"]
     gate = json.loads(Path(client.download_artifacts(run2, "evaluate/champion_gate.json",
                                                      str(workdir))).read_text())
     assert gate["decision"] == gate["alias"] == CHALLENGER and gate["version"] == 2
@@ -210,30 +242,32 @@ def test_the_same_model_source_passes_the_floor_again(store: dict) -> None:
 
 
 def test_a_chain_of_slightly_worse_models_cannot_slide(store: dict) -> None:
-    """Each candidate is wrong on 2 more images than the last (0.99, 0.98, ...): within noise of
-    the champion each time. With the margin, the champion stops 0.02 below the best one; without
-    it (margin 1) the same chain walks the champion down to the floor."""
+    """Each candidate is wrong on 2 more images than the last (0.995, 0.99, ...), each within
+    the 0.04 margin of the champion before it. The anchor (version 1, compared by its
+    predictions) stops the chain once the paired interval against version 1 reaches -0.04;
+    without it (margin 1) the same chain walks the champion down to the floor."""
     exp, model, client = store["experiment"], store["model"], store["client"]
-    chain = [wrong_on(slice(0, 2 * k)) for k in range(5)]  # 1.00, 0.99, 0.98, 0.97, 0.96
+    chain = [wrong_on(list(range(0, 2 * k, 2))) for k in range(8)]  # 1.000, 0.995, ..., 0.965
     for prob in chain:
-        evaluate_once(exp, prob, gate_params(floor=0.9, margin=0.02, name="chain"), model)
-    tags = client.get_model_version_by_alias("chain", CHAMPION).tags
-    assert float(tags["test_accuracy"]) == pytest.approx(0.98)  # 1.00 - margin, not lower
-    refused = [client.get_model_version("chain", str(v)).tags for v in (4, 5)]
-    assert all(t["gate.decision"] == CHALLENGER and "below the anchor 1.0000" in t["gate.reason"]
-               and t["gate.anchor"] == "1 (version 1)" for t in refused)
+        evaluate_once(exp, prob, gate_params(floor=0.9, margin=0.04, name="chain"), model)
+    champion = client.get_model_version_by_alias("chain", CHAMPION)
+    assert float(champion.tags["test_accuracy"]) > 0.965  # stopped before the end
+    refused = [client.get_model_version("chain", str(v)).tags for v in range(1, 9)]
+    blocked = [t for t in refused if t["gate.decision"] == CHALLENGER]
+    assert blocked and all("anchor, version 1" in t["gate.reason"]
+                           and t["gate.anchor"] == "1 (version 1)" for t in blocked)
 
 
 def test_the_champion_set_by_hand_as_documented(store: dict) -> None:
     """docs/using-the-model.md: set the alias and the newest version's `gate.champion_after`;
     the next evaluation is then gated against that version (the alias alone would be undone)."""
     exp, model, client = store["experiment"], store["model"], store["client"]
-    for prob in (GOOD, wrong_on(slice(0, 2))):  # 1.00, then 0.99: champion moves to version 2
+    for prob in (GOOD, wrong_on([0])):  # 1.00, then 0.995: champion moves to version 2
         evaluate_once(exp, prob, gate_params(floor=0.9, name="hand"), model)
     assert aliases(client, "hand")[CHAMPION] == "2"
     client.set_registered_model_alias("hand", CHAMPION, "1")
     client.set_model_version_tag("hand", "2", "gate.champion_after", "1")
-    evaluate_once(exp, wrong_on(slice(100, 102)), gate_params(floor=0.9, name="hand"), model)
+    evaluate_once(exp, wrong_on([100]), gate_params(floor=0.9, name="hand"), model)
     assert client.get_model_version("hand", "3").tags["gate.compared_with"] == "1"
     assert aliases(client, "hand")[CHAMPION] == "3"
 
@@ -245,7 +279,7 @@ def test_without_the_anchor_the_same_chain_slides() -> None:
     champion = champ(chain[0])
     for k, prob in enumerate(chain[1:], start=2):
         d = decide(cand(prob), 0.9, 1.0, champion)  # margin 1: no anchor in effect
-        assert d.alias == CHAMPION and d.details["verdict"] == "within noise"
+        assert d.alias == CHAMPION and d.details["non_inferior"]
         champion = champ(prob, version=str(k))
     assert champion.accuracy == pytest.approx(0.92)
 
@@ -362,7 +396,7 @@ def test_evaluate_stage_registers_and_gates(tmp_path: Path) -> None:
         outcomes.append(json.loads((root / "metrics" / "registry.json").read_text()))
     assert [o["decision"] for o in outcomes] == [CHAMPION, CHALLENGER, CHALLENGER]
     assert "no champion" in outcomes[0]["reason"]
-    assert "significantly worse" in outcomes[1]["reason"]
+    assert "not shown non-inferior" in outcomes[1]["reason"]
     assert "below the floor" in outcomes[2]["reason"]
     assert outcomes[2]["alias"] == CHALLENGER and outcomes[2]["champion_version"] == "1"
     assert outcomes[0]["provenance"]["dataset"] == "other"  # synthetic images
@@ -370,3 +404,44 @@ def test_evaluate_stage_registers_and_gates(tmp_path: Path) -> None:
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("pneumonia-densenet201", CHAMPION).version) == "1"
+
+
+def test_promote_by_hand_after_the_test_set_changed(store: dict) -> None:
+    """Issue 33 item 6. After the test set changes the gate can never replace the champion
+    (nothing to compare). `pneumonia promote` shows what the gate says, moves `champion`,
+    records who / why / when, and the next evaluation is gated against the promoted version
+    instead of undoing the move."""
+    from pneumonia.inference.loading import _version_tags
+    from pneumonia.promote import promote, promotion_note
+
+    exp, model, client = store["experiment"], store["model"], store["client"]
+    evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model)
+    new_set = predictions(GOOD, prefix="siteb")
+    moved, v2, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model,
+                                 frame=new_set)
+    assert moved.alias == CHALLENGER and "not comparable" in moved.reason
+    with pytest.raises(PipelineError, match="no version '9'"):
+        promote(client, "promo", "9", "typo")
+    with pytest.raises(PipelineError, match="--reason is empty"):
+        promote(client, "promo", v2, "  ")
+    done = promote(client, "promo", v2, "new test set from site B", by="alice")
+    assert done["gate"] == CHALLENGER and "not comparable" in done["gate_reason"]
+    assert done["previous_champion"] == "1"
+    assert aliases(client, "promo")[CHAMPION] == v2
+    with pytest.raises(PipelineError, match="already the champion"):
+        promote(client, "promo", v2, "again")
+    mv = client.get_model_version("promo", v2)
+    assert mv.tags["promote.by"] == "alice" and mv.tags["promote.reason"].startswith("new test")
+    assert mv.tags["promote.at"].endswith("Z") and mv.tags["promote.previous_champion"] == "1"
+    assert mv.tags["promote.gate_said"].startswith("challenger: not comparable")
+    assert "promoted by hand by alice" in mv.description
+    assert "by alice" in client.get_registered_model("promo").tags["champion.promoted_by_hand"]
+    # `pneumonia predict` reads the same note from the champion's tags
+    note = promotion_note(_version_tags("models:/promo@champion"))
+    assert note is not None and "by hand by alice" in note and "site B" in note
+    # the next evaluation on the new test set is compared with the promoted version
+    again, v3, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model,
+                                 frame=new_set)
+    assert client.get_model_version("promo", v3).tags["gate.compared_with"] == v2
+    assert again.alias == CHAMPION and aliases(client, "promo")[CHAMPION] == v3
+    assert promotion_note(_version_tags("models:/promo@champion")) is None  # gated, not by hand

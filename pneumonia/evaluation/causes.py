@@ -49,6 +49,8 @@ def _flat(intervals: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, A
         out[f"{prefix}{m}"] = value
         out[f"{prefix}{m}_ci_low"] = clean(row["ci_low"]) if value is not None else None
         out[f"{prefix}{m}_ci_high"] = clean(row["ci_high"]) if value is not None else None
+        if value is not None and row.get("method", "bootstrap") != "bootstrap":
+            out[f"{prefix}{m}_ci_method"] = row["method"]  # wilson: the bootstrap degenerated
     return out
 
 

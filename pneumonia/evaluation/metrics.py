@@ -28,6 +28,7 @@ from pneumonia.stats.bootstrap import (
     intervals_from_distributions,
     patient_weights,
     percentile_interval,
+    point_denominators,
     weighted_confusion,
     weighted_metrics,
 )
@@ -102,7 +103,12 @@ def reported_intervals(
     weights = patient_weights(groups, y.size, n_resamples, seed)
     boot = metric_distributions(weights, y, p, threshold)
     out: dict[str, dict[str, float | None]] = {}
-    for m, row in intervals_from_distributions(point, boot, LEVEL).items():
+    # Where the bootstrap degenerates (a recall of 148/148 in every resample) the interval is
+    # Wilson's on the metric's denominator (bootstrap.intervals_from_distributions); the class
+    # averages are shares of every image.
+    denominators = point_denominators(y, p, threshold)
+    denominators.update({m: float(y.size) for m in REPORTED if m not in denominators})
+    for m, row in intervals_from_distributions(point, boot, LEVEL, denominators).items():
         value = finite_or_none(row["value"])
         defined = value is not None
         out[m] = {
@@ -110,6 +116,7 @@ def reported_intervals(
             "ci_low": finite_or_none(row["ci_low"]) if defined else None,
             "ci_high": finite_or_none(row["ci_high"]) if defined else None,
             "undefined_share": float(row["undefined_share"]) if defined else None,
+            "method": row["method"],
         }
     return {m: out[m] for m in REPORTED}
 
@@ -119,7 +126,9 @@ def flat_metrics(
     metrics: tuple[str, ...] = REPORTED,
 ) -> dict[str, Any]:
     """evaluate.json's flat keys: `<prefix><metric>`, `..._ci_low`, `..._ci_high`, `...
-    _ci_undefined_share` only where some resamples were undefined (> 0), and `<prefix>undefined`
+    _ci_undefined_share` only where some resamples were undefined (> 0), `..._ci_method` only
+    where the interval is not the percentile bootstrap (`wilson` where it degenerated), and
+    `<prefix>undefined`
     (comma-separated names of the undefined metrics, "" when none)."""
     flat: dict[str, Any] = {}
     for m in metrics:
@@ -129,6 +138,8 @@ def flat_metrics(
         flat[f"{prefix}{m}_ci_high"] = row["ci_high"]
         if row.get("undefined_share"):
             flat[f"{prefix}{m}_ci_undefined_share"] = round(row["undefined_share"], 6)
+        if row["value"] is not None and row.get("method", "bootstrap") != "bootstrap":
+            flat[f"{prefix}{m}_ci_method"] = row["method"]  # e.g. wilson (bootstrap degenerate)
     flat[f"{prefix}undefined"] = ", ".join(m for m in metrics if intervals[m]["value"] is None)
     return flat
 

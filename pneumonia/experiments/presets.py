@@ -59,6 +59,9 @@ CANDIDATES: dict[str, dict[str, str]] = {
 # The recipe for a machine without a GPU, chosen by the recipe search (metrics/recipe.md; Intel
 # Xeon 2 vCPUs, full development copy, 5 seeds): dn121-ema, test accuracy 0.900 (seed SD 0.005,
 # prev-cpu's 0.052), ROC AUC 0.972, NORMAL recall 0.757 (SD 0.017), 12.4 min of training per run.
+# That choice was made on the TEST set (those runs kept no validation predictions): its 0.900 is
+# post-selection and carries a winner's bias. `pneumonia recipe` now chooses on validation
+# (docs/statistics.md, "Choosing without peeking"); re-run the search to re-derive this preset.
 CPU_RECIPE: dict[str, str] = dict(CANDIDATES["dn121-ema"])
 
 PRESETS: dict[str, dict[str, str]] = {

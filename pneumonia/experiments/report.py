@@ -46,6 +46,8 @@ from pneumonia.stats.seeds import (
     pooled_sd,
     seed_contrast,
     seeds_needed,
+    simulated_power,
+    simulated_seeds_needed,
     t_interval,
 )
 from pneumonia.stats.significance import holm
@@ -68,6 +70,7 @@ ALPHA = 0.05
 LEVEL = 1 - ALPHA  # 0.95
 POWER = 0.8
 POWER_DIFFERENCE = 0.02  # the accuracy difference the power line is about (2 points)
+POWER_REPS = 4000  # simulated grids per seed count in the power line (seeded)
 N_RESAMPLES = 2000
 RUN_COLUMNS = list(COLUMNS)
 
@@ -168,7 +171,42 @@ def _contrasts(arms: list[str], reference: str) -> tuple[dict[str, dict[str, flo
                     arm = cell[tuple(key[:i] + [lv] + key[i:])]
                     coef[arm] = coef.get(arm, 0.0) + sign / len(combos)
             out[f"{factor}: {level} - {ref[factor]} (main effect)"] = coef
+    # Two-way interactions: for each pair of varying factors and each non-reference level of
+    # each, (the first factor's effect at the second's level) - (its effect at the reference
+    # level), averaged over the remaining factors' levels. A main effect is an average over the
+    # other factor's levels; the interaction says whether that average hides different effects.
+    for (i, fa), (j, fb) in itertools.combinations(list(enumerate(varying)), 2):
+        rest = [levels[f] for f in varying if f not in (fa, fb)]
+        combos = list(itertools.product(*rest))
+        for la in levels[fa]:
+            for lb in levels[fb]:
+                if la == ref[fa] or lb == ref[fb]:
+                    continue
+                coef = {}
+                for combo in combos:
+                    for a_lv, b_lv, sign in ((la, lb, 1.0), (ref[fa], lb, -1.0),
+                                             (la, ref[fb], -1.0), (ref[fa], ref[fb], 1.0)):
+                        key = list(combo)
+                        cellkey = []
+                        for f in varying:
+                            cellkey.append(a_lv if f == fa else b_lv if f == fb else key.pop(0))
+                        arm = cell[tuple(cellkey)]
+                        coef[arm] = coef.get(arm, 0.0) + sign / len(combos)
+                out[interaction_name(fa, la, ref[fa], fb, lb, ref[fb])] = coef
     return out, ""
+
+
+def interaction_name(fa: str, la: str, ra: str, fb: str, lb: str, rb: str) -> str:
+    """`interaction: backbone x balance (resnet50 - densenet121 with none, minus with
+    augmentor)`."""
+    return f"interaction: {fa} x {fb} ({la} - {ra} with {lb}, minus with {rb})"
+
+
+def kind_of(name: str, arms: dict | list) -> str:
+    """`arm` (an arm minus the reference), `main effect` or `interaction`."""
+    if name in arms:
+        return "arm"
+    return "interaction" if name.startswith("interaction:") else "main effect"
 
 
 def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES,
@@ -225,7 +263,9 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
                         "se_test": _finite(res["se_test"]), "df": _finite(res["df"]),
                         "pvalue": _finite(res["pvalue"]),
                         "undefined_share": res["undefined_share"], "note": res["note"]}
-        comparisons[name] = {"arms": coef, "main_effect": name not in arms, "metrics": entry}
+        kind = kind_of(name, arms)
+        comparisons[name] = {"arms": coef, "main_effect": kind == "main effect", "kind": kind,
+                             "metrics": entry}
 
     # Holm over every primary-metric comparison: the family the answer's words come from.
     family = [(name, m) for name in comparisons for m in ANSWER_METRICS]
@@ -238,7 +278,9 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
     for (name, m), p in zip(family, adjusted, strict=True):
         row = comparisons[name]["metrics"][m]
         row["pvalue_holm"] = p
+        interaction = comparisons[name]["kind"] == "interaction"
         row["verdict"] = ("within noise" if p is None or p >= ALPHA
+                          else "interaction" if interaction
                           else "better" if row["delta"] > 0 else "worse")
     summary = {"reference_arm": reference, "n_test_images": len(y),
                "n_test_patients": int(first["patient_id"].nunique()), "n_resamples": n_resamples,
@@ -248,30 +290,58 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
     return {**summary, "arms": arms, "comparisons": comparisons, "runs": per_run}
 
 
-def power(arms: dict, comparisons: dict, metric: str = "accuracy") -> dict[str, Any]:
-    """How many seeds per arm detect a POWER_DIFFERENCE in ``metric`` (two-sided 5 %, 80 %
-    power) at the seed spread pooled over the arms; and the test set's own part of a
-    difference (the median se_test of the arm-vs-reference comparisons), which seeds do not
-    shrink: the smallest detectable difference if none of it did."""
+def power(arms: dict, comparisons: dict, metric: str = "accuracy",
+          reps: int = POWER_REPS, seed: int = 0) -> dict[str, Any]:
+    """How many seeds per arm the report's OWN test needs to detect a POWER_DIFFERENCE in
+    ``metric`` with 80 % power: Welch over seeds plus the shared test-set term (each
+    comparison's se_test as measured here), Holm over every primary comparison of the report
+    (pneumonia.stats.seeds.simulated_power: a simulation, ``reps`` grids per seed count, seeded).
+    Two questions: one arm against the reference arm (that arm truly POWER_DIFFERENCE better,
+    every other arm equal), and a main effect (every arm of one level truly better). Also the
+    power at this report's seeds, the seeds a plain two-sample t-test over seeds would ask for
+    (statsmodels TTestIndPower: what the line said before; optimistic), and the smallest
+    difference the test set's shared term alone leaves detectable."""
     sd = pooled_sd([[v for v in a[metric]["values"] if v is not None] for a in arms.values()])
     se_tests = [c["metrics"][metric]["se_test"] for c in comparisons.values()
-                if not c["main_effect"] and c["metrics"][metric]["se_test"] is not None]
+                if c.get("kind", "arm") == "arm" and c["metrics"][metric]["se_test"] is not None]
     se_test = float(np.median(se_tests)) if se_tests else None
-    pair = seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER) if sd is not None else None
-    # A main effect compares two levels that each average k arms (k = the other factors' level
-    # combinations): its seed part is that of two arms of k x n seeds each, so it needs about
-    # 1/k of a pair's seeds per arm (at least 2; the fewest arms per level decides).
-    per_level = [sum(1 for w in c["arms"].values() if w > 0)
-                 for c in comparisons.values() if c["main_effect"]]
-    k = min(per_level) if per_level else None
-    main = (None if k is None or sd is None
-            else max(2, math.ceil((pair or 2) / k)))
-    return {"metric": metric, "difference": POWER_DIFFERENCE, "alpha": ALPHA, "power": POWER,
-            "pooled_seed_sd": sd, "n_runs": sum(len(a["seeds"]) for a in arms.values()),
-            "seeds_per_arm": pair,
-            "main_effect_arms_per_level": k, "main_effect_seeds_per_arm": main,
-            "se_test": se_test,
-            "floor": detectable_floor(se_test, ALPHA, POWER) if se_test is not None else None}
+    out: dict[str, Any] = {
+        "metric": metric, "difference": POWER_DIFFERENCE, "alpha": ALPHA, "power": POWER,
+        "pooled_seed_sd": sd, "n_runs": sum(len(a["seeds"]) for a in arms.values()),
+        "seeds_now": min((len(a["seeds"]) for a in arms.values()), default=0),
+        "method": None, "reps": reps, "seed": seed, "n_tests": 2 * len(comparisons),
+        "seeds_per_arm": None, "power_now": None, "main_effect_seeds_per_arm": None,
+        "main_effect_power_now": None, "seeds_per_arm_worst": None, "power_now_worst": None,
+        "main_effect_seeds_per_arm_worst": None, "main_effect_power_now_worst": None,
+        "seeds_per_arm_seed_only": seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER)
+        if sd is not None else None,
+        "se_test": se_test,
+        "floor": detectable_floor(se_test, ALPHA, POWER) if se_test is not None else None}
+    if sd is None or not comparisons:
+        return out
+    names = list(comparisons)
+    contrasts = [comparisons[n]["arms"] for n in names]
+    ses = [comparisons[n]["metrics"][metric]["se_test"] or 0.0 for n in names]
+    out["method"] = ("simulation of the report's test: Welch over seeds + each comparison's "
+                     "shared test-set term, Holm over the report's "
+                     f"{out['n_tests']} primary comparisons")
+    questions = {"": next((i for i, n in enumerate(names)
+                           if comparisons[n].get("kind", "arm") == "arm"), None),
+                 "main_effect_": next((i for i, n in enumerate(names)
+                                       if comparisons[n]["main_effect"]), None)}
+    for key, target in questions.items():
+        if target is None:
+            continue
+        truth = {a: (POWER_DIFFERENCE if contrasts[target].get(a, 0) > 0 else 0.0) for a in arms}
+        args = (contrasts, truth, sd, ses)
+        # Holm's threshold for this comparison depends on the others: tested last (every other
+        # hypothesis clearly rejected: at 5 %) or first (every other null: at 5 % / m).
+        for others, end in (("clear", ""), ("null", "_worst")):
+            out[f"{key}seeds_per_arm{end}"] = simulated_seeds_needed(
+                *args, target, len(names), ALPHA, POWER, reps, seed, others=others)
+            out[f"{key}power_now{end}"] = simulated_power(
+                *args, out["seeds_now"], target, len(names), ALPHA, reps, seed, others)
+    return out
 
 
 def _finite(v: float | None) -> float | None:
@@ -296,10 +366,14 @@ def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
     for name, entry in comparisons.items():
         for m in ANSWER_METRICS:
             e = entry["metrics"][m]
-            if e["verdict"] != "within noise":
-                moved.append(f"{name} is {e['verdict']} on {m} ({e['delta']:+.3f}, 95 % CI "
+            if e["verdict"] == "interaction":
+                moved.append(f"{name} on {m}: the effects differ ({e['delta']:+.3f}, 95 % CI "
                              f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
                              f"{p_value_phrase(e['pvalue_holm'])})")
+            elif e["verdict"] != "within noise":
+                moved.append(f"{name} is {e['verdict']} on {m} ({e['delta']:+.3f}, 95 % CI "
+                             f"{e['ci_low']:+.3f} to {e['ci_high']:+.3f}, Holm p "
+                             f"{p_value_phrase(e['pvalue_holm'])})" + qualifier(name, m, comparisons))
     if not moved:
         return (f"No arm differs from the reference arm ({reference}; {REFERENCE_NOTE}) beyond "
                 f"noise in test "
@@ -308,6 +382,39 @@ def answer(reference: str, arms: dict, comparisons: dict, n_tests: int) -> str:
     return (f"Against the reference arm ({reference}; {REFERENCE_NOTE}), with {n}: "
             + "; ".join(moved)
             + f". Every other difference in accuracy and ROC AUC is within noise ({how}).")
+
+
+def qualifying_interactions(name: str, metric: str, comparisons: dict) -> list[str]:
+    """The interactions involving a main effect's factor whose 95 % interval on ``metric``
+    excludes 0 (before Holm: a warning that the average hides different effects, not a
+    finding), for main effect ``name``; [] for anything else."""
+    if not comparisons.get(name, {}).get("main_effect"):
+        return []
+    factor = name.split(":", 1)[0]
+    out = []
+    for other, c in comparisons.items():
+        if c.get("kind") != "interaction":
+            continue
+        pair = other.split(":", 1)[1].split("(", 1)[0].split(" x ")
+        e = c["metrics"][metric]
+        if factor in (p.strip() for p in pair) and e["ci_low"] is not None and (
+                e["ci_low"] > 0 or e["ci_high"] < 0):
+            out.append(other)
+    return out
+
+
+def qualifier(name: str, metric: str, comparisons: dict) -> str:
+    """" — qualified: ..." for a main effect an interaction qualifies ("" otherwise)."""
+    found = qualifying_interactions(name, metric, comparisons)
+    if not found:
+        return ""
+    parts = []
+    for other in found:
+        e = comparisons[other]["metrics"][metric]
+        parts.append(f"{other} {e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
+                     f"p {p_value_phrase(e['pvalue'])}, Holm p {p_value_phrase(e['pvalue_holm'])}")
+    return (" — qualified by an interaction: the effect is not the same at every level of the "
+            "other factor (" + "; ".join(parts) + "), so the average is not the whole story")
 
 
 def _delta_ci(e: dict) -> str:
@@ -324,17 +431,35 @@ def power_text(p: dict) -> str:
     """The power line of the report."""
     if p["pooled_seed_sd"] is None:
         return "Power: not estimable (no arm has two seeds)."
-    need = ("any difference would show with 2 seeds" if p["seeds_per_arm"] is None
-            else f"about **{p['seeds_per_arm']} seeds per arm**")
     text = (f"Power: the seed-to-seed standard deviation of {p['metric']} is "
             f"{p['pooled_seed_sd']:.3f} (pooled within arms over {p['n_runs']} runs, itself "
-            f"uncertain). Detecting a {p['difference'] * 100:g}-point {p['metric']} difference "
-            f"between two arms (two-sided {p['alpha'] * 100:g} %, {p['power'] * 100:g} % power) "
-            f"takes {need} (statsmodels TTestIndPower).")
-    if p.get("main_effect_seeds_per_arm") is not None:
-        text += (f" A main effect (one factor's level against another, each the average of "
-                 f"{p['main_effect_arms_per_level']} arms: the question the grid asks) takes "
-                 f"about **{p['main_effect_seeds_per_arm']} seeds per arm**.")
+            "uncertain).")
+    if p.get("method"):
+        def need(n: int | None) -> str:
+            return "more than 100 seeds per arm" if n is None else f"about **{n} seeds per arm**"
+
+        text += (f" For this report's own test ({p['method']}; {p['reps']} simulated grids per "
+                 f"seed count, seed {p['seed']}), detecting a {p['difference'] * 100:g}-point "
+                 f"{p['metric']} difference with {p['power'] * 100:g} % power takes "
+                 f"{need(p['seeds_per_arm'])} for one arm against the reference arm (power at "
+                 f"this report's {p['seeds_now']} seeds: {p['power_now']:.2f})")
+        if p.get("main_effect_power_now") is not None:
+            text += (f", and {need(p['main_effect_seeds_per_arm'])} for a main effect (one "
+                     "factor's level against another, each the average of several arms: the "
+                     f"question the grid asks; power now: {p['main_effect_power_now']:.2f})")
+        text += (" when every other comparison is a clear effect, so that Holm tests this one "
+                 "last, at 5 % (the best case). When every other comparison is null, Holm tests "
+                 f"it at 5 % / {p['n_tests']}: then one arm against another takes "
+                 f"{need(p['seeds_per_arm_worst'])} (power now "
+                 f"{p['power_now_worst']:.2f})")
+        if p.get("main_effect_power_now_worst") is not None:
+            text += (f" and a main effect {need(p['main_effect_seeds_per_arm_worst'])} (power "
+                     f"now {p['main_effect_power_now_worst']:.2f})")
+        text += "."
+    if p.get("seeds_per_arm_seed_only") is not None:
+        text += (f" A two-sample t-test over seeds alone (statsmodels TTestIndPower, no test-set "
+                 f"term, no multiplicity) would ask only {p['seeds_per_arm_seed_only']} per arm "
+                 "for two arms: too few for the test this report runs.")
     if p["se_test"] is not None:
         text += (f" The test set's patient sampling adds se {p['se_test']:.3f} to a difference "
                  "(measured at this report's seeds); if none of it shrank with more seeds, no "
@@ -347,6 +472,8 @@ def markdown(summary: dict, header: str | None = None) -> str:
     """metrics/ablation.md."""
     header = summary.get("header", "") if header is None else header
     lines = ["# Ablation: the backbone or the balancing?", "", f"**{summary['answer']}**", ""]
+    if summary.get("selection_note"):
+        lines += [summary["selection_note"], ""]
     if header:
         lines += [header, ""]
     lines += [(f"Test set: {summary['n_test_images']} images of {summary['n_test_patients']} "
@@ -369,6 +496,10 @@ def markdown(summary: dict, header: str | None = None) -> str:
              + ("; a main effect is one factor's level minus its reference level, averaged over "
                 "the other factors' levels (an interaction can hide behind an average)"
                 if any(c["main_effect"] for c in comps.values()) else "")
+             + ("; an interaction is one factor's effect at another factor's level minus its "
+                "effect at that factor's reference level (0: the effects add up; `interaction`"
+                " when its Holm p is below 0.05)"
+                if any(c.get("kind") == "interaction" for c in comps.values()) else "")
              + ". 95 % interval: Student's t over the seeds (se seeds: Welch, seeds unpaired) "
              "widened by the part of the test patients' sampling that the runs share (se test: "
              f"one patient-grouped bootstrap of {summary['n_resamples']} resamples, the same "
@@ -396,6 +527,11 @@ def markdown(summary: dict, header: str | None = None) -> str:
                          + " |")
         if summary.get("main_effects_note"):
             lines += ["", summary["main_effects_note"] + "."]
+        qualified = [f"- {name}, {m}{qualifier(name, m, comps)}." for name in comps
+                     for m in ANSWER_METRICS if qualifying_interactions(name, m, comps)]
+        if qualified:
+            lines += ["", ("Main effects that an interaction qualifies (its 95 % interval "
+                      "excludes 0):"), "", *qualified]
     lines += ["", power_text(summary["power"])]
     lines += ["", "## Runs", "", "| experiment | arm | seed | threshold | accuracy | roc_auc |",
               "|---|---|---:|---:|---:|---:|"]
@@ -427,6 +563,41 @@ def committed_header(report_json: Path = ABLATION_JSON) -> str:
     if not report_json.is_file():
         return ""
     return str(json.loads(report_json.read_text(encoding="utf-8")).get("header", ""))
+
+
+def selection_note(summary: dict, runs: list[RunResult], recipe_dir: Path = METRICS / "recipe",
+                   recipe_json: Path = METRICS / "recipe.json") -> str:
+    """A label for reference-arm runs that ARE the recipe search's runs of a candidate chosen on
+    the test set (the same per-image predictions): their mean carries that choice's winner's
+    bias. "" when there is none, or the recipe was chosen on validation."""
+    if not recipe_json.is_file():
+        return ""
+    doc = json.loads(recipe_json.read_text(encoding="utf-8"))
+    if doc.get("chosen_on", "test") != "test":
+        return ""
+    chosen = doc.get("chosen", doc.get("best_by_accuracy"))
+    reference = summary["reference_arm"]
+    same = []
+    for run in runs:
+        if run.arm != reference:
+            continue
+        mine = run.predictions.sort_values("image_id", ignore_index=True)
+        for name, meta in sorted(doc.get("runs", {}).items()):
+            path = recipe_dir / f"{name}.csv"
+            if meta.get("candidate") != chosen or not path.is_file():
+                continue
+            theirs = pd.read_csv(path, dtype={"patient_id": str, "image_id": str})
+            theirs = theirs.sort_values("image_id", ignore_index=True)
+            if (len(theirs) == len(mine) and (theirs["image_id"] == mine["image_id"]).all()
+                    and np.array_equal(theirs["probability"].to_numpy(float),
+                                       mine["probability"].to_numpy(float))):
+                same.append(f"{run.name} = {name}")
+    if not same:
+        return ""
+    return (f"Chosen after peeking: the reference arm's runs {', '.join(same)} are the recipe "
+            f"search's runs of `{chosen}`, which metrics/recipe.md chose on the TEST set. The "
+            "reference arm's mean therefore carries a winner's bias, and its comparisons are "
+            "post-selection (computed after a choice made on the same test images).")
 
 
 def _write(summary: dict, runs: list[RunResult] | None) -> None:
@@ -464,6 +635,7 @@ def write_report(prefix: str = "abl", header: str = "", extend: bool = False) ->
         runs = extended(load_committed(), runs)
         header = header or committed_header()
     summary = summarize(runs, header=header)
+    summary["selection_note"] = selection_note(summary, runs)
     _write(summary, runs)
     return summary
 
@@ -472,7 +644,9 @@ def rewrite_committed(header: str | None = None) -> dict:
     """Recompute metrics/ablation.json and .md from the committed per-run predictions
     (metrics/ablation/*.csv), keeping the committed header unless ``header`` is given."""
     header = committed_header() if header is None else header
-    summary = summarize(load_committed(), header=header)
+    runs = load_committed()
+    summary = summarize(runs, header=header)
+    summary["selection_note"] = selection_note(summary, runs)
     _write(summary, None)
     return summary
 

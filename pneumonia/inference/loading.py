@@ -90,6 +90,7 @@ class Loaded:
     qhat_from: str = ""
     provenance: dict[str, str] = field(default_factory=dict)  # what it was trained on
     site: dict[str, Any] | None = None  # a site calibration's record (pneumonia.site), if any
+    promotion: str | None = None  # "promoted to champion by hand by ..." (pneumonia.promote)
 
     @property
     def warning(self) -> str | None:
@@ -156,6 +157,21 @@ def aliases(client: Any, name: str) -> dict[str, str] | None:
             return None
         raise
     return {str(k): str(v) for k, v in (model.aliases or {}).items()}
+
+
+# `pneumonia promote` (pneumonia.promote) records a champion moved by hand in these version tags;
+# `pneumonia predict` shows them.
+TAG_PROMOTED_BY, TAG_PROMOTE_REASON, TAG_PROMOTED_AT = "promote.by", "promote.reason", "promote.at"
+TAG_GATE_SAID = "promote.gate_said"
+
+
+def promotion_note(tags: dict[str, str]) -> str | None:
+    """One line saying a version was promoted to champion by hand (None when it was not)."""
+    if TAG_PROMOTED_BY not in tags:
+        return None
+    return (f"promoted to champion by hand by {tags[TAG_PROMOTED_BY]} at "
+            f"{tags.get(TAG_PROMOTED_AT, '?')}: {tags.get(TAG_PROMOTE_REASON, '')} (the gate "
+            f"said: {tags.get(TAG_GATE_SAID, '?')})")
 
 
 def champion_version(client: Any, name: str) -> str | None:
@@ -423,8 +439,11 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = threshold, "--threshold"
     else:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
+    promotion = None
+    if spec.startswith("models:/"):
+        promotion = promotion_note(_version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
-                  provenance=provenance_of(spec), site=site)
+                  provenance=provenance_of(spec), site=site, promotion=promotion)
 
 
 def _version_tags(uri: str) -> dict[str, str]:

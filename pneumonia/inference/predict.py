@@ -228,6 +228,8 @@ def command(args: argparse.Namespace) -> int:
           f"({cap_from})", file=sys.stderr)
     if loaded.warning:
         print(f"WARNING: {loaded.warning}", file=sys.stderr)
+    if loaded.promotion:
+        print(f"NOTE: this champion was {loaded.promotion}", file=sys.stderr)
     with tqdm(total=len(items), unit="img", file=sys.stderr,
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
@@ -236,7 +238,7 @@ def command(args: argparse.Namespace) -> int:
     rows = _rows(results, loaded.threshold, three_class, loaded.qhat, loaded.site)
     meta = {"model": loaded.source, "threshold": loaded.threshold,
             "threshold_from": loaded.threshold_from, "provenance": loaded.provenance,
-            "warning": loaded.warning}
+            "warning": loaded.warning, "promoted_by_hand": loaded.promotion}
     if loaded.qhat is not None:
         meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
     if loaded.site:

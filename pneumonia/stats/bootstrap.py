@@ -300,24 +300,86 @@ def metric_intervals(
     Returns ``{metric: {"value", "ci_low", "ci_high", "n_undefined", "undefined_share"}}`` for
     each of ``METRICS``; ``value`` is computed on the original data (equal to sklearn's);
     ``n_undefined`` / ``undefined_share`` count the resamples where the metric was undefined,
-    which widen the interval or withhold it (NaN bounds): see ``guarded_interval``.
+    which widen the interval or withhold it (NaN bounds): see ``guarded_interval``; ``method``
+    is ``bootstrap``, or ``wilson`` where the bootstrap degenerates (see
+    ``intervals_from_distributions``).
     """
     _check_resampling(n_resamples, level)
     point = point_metrics(y_true, prob, threshold)
     boot = bootstrap_distributions(y_true, prob, groups, threshold, n_resamples, seed)
-    return intervals_from_distributions(point, boot, level)
+    return intervals_from_distributions(point, boot, level,
+                                        point_denominators(y_true, prob, threshold))
+
+
+# Which interval a row carries: the percentile bootstrap, or (where the bootstrap degenerates:
+# every defined resample equal, e.g. a recall of 148/148) Wilson's score interval.
+BOOTSTRAP, WILSON = "bootstrap", "wilson"
+# The metrics whose denominator is a count of images only approximately (not a binomial
+# proportion): their Wilson fallback is an approximation, said so in ``method``.
+APPROXIMATE_DENOMINATOR = ("NORMAL_f1", "PNEUMONIA_f1", "roc_auc", "pr_auc")
+
+
+def degenerate(values: ArrayLike) -> bool:
+    """True when every defined resample has the same value (a zero-width percentile interval:
+    a recall of 148/148 is 1.0 in every resample, which says nothing about its uncertainty)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return bool(v.size) and bool((v == v[0]).all())
+
+
+def wilson_interval(value: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a proportion ``value`` of ``n`` (statsmodels
+    ``proportion_confint``): never zero-width for n >= 1, and inside [0, 1] at 0 and 1 (148/148
+    gives [0.975, 1])."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    k = round(float(value) * n)
+    low, high = proportion_confint(k, round(n), alpha=1 - level, method="wilson")
+    return float(low), float(high)
+
+
+def point_denominators(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, float]:
+    """The number of images each metric of ``METRICS`` is a share of, on the data as they are
+    (the n of ``wilson_interval``). F1 = 2TP / (2TP + FP + FN) counts its denominator; ROC AUC
+    takes the smaller class and PR AUC the positives (our reading: an approximation, used only
+    where the bootstrap degenerates, and labelled so)."""
+    y, p = _check_inputs(y_true, prob)
+    (tn, fp), (fn, tp) = weighted_confusion(np.ones(y.size), y, p >= threshold)[0]
+    pos, neg = tp + fn, tn + fp
+    return {"accuracy": float(y.size), "NORMAL_precision": tn + fn, "NORMAL_recall": neg,
+            "NORMAL_f1": 2 * tn + fn + fp, "PNEUMONIA_precision": tp + fp,
+            "PNEUMONIA_recall": pos, "PNEUMONIA_f1": 2 * tp + fp + fn, "sensitivity": pos,
+            "specificity": neg, "roc_auc": min(pos, neg), "pr_auc": pos}
 
 
 def intervals_from_distributions(
-    point: Mapping[str, float], boot: Mapping[str, np.ndarray], level: float = 0.95
-) -> dict[str, dict[str, float]]:
+    point: Mapping[str, float], boot: Mapping[str, np.ndarray], level: float = 0.95,
+    denominators: Mapping[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``metric_intervals``' output from point values and bootstrap distributions (every metric
-    in [0, 1]: the bounds of ``guarded_interval``)."""
-    out: dict[str, dict[str, float]] = {}
+    in [0, 1]: the bounds of ``guarded_interval``).
+
+    ``method`` says which interval a row carries: ``bootstrap`` (percentile), or, where the
+    bootstrap degenerates (``degenerate``: every defined resample equal, a zero-width interval)
+    and ``denominators`` gives the metric's n, ``wilson`` (Wilson's score interval of the value
+    as a share of n; ``wilson (approximate n)`` for the metrics of
+    ``APPROXIMATE_DENOMINATOR``). A degenerate interval without a denominator stays
+    ``bootstrap (degenerate)``."""
+    out: dict[str, dict[str, Any]] = {}
     for m, value in point.items():
         g = guarded_interval(boot[m], level)
-        out[m] = {"value": value, "ci_low": g["ci_low"], "ci_high": g["ci_high"],
-                  "n_undefined": g["n_undefined"], "undefined_share": g["undefined_share"]}
+        method = BOOTSTRAP
+        low, high = g["ci_low"], g["ci_high"]
+        if not g["withheld"] and np.isfinite(value) and degenerate(boot[m]):
+            n = (denominators or {}).get(m)
+            if n is not None and n >= 1:
+                low, high = wilson_interval(value, n, level)
+                method = WILSON + (" (approximate n)" if m in APPROXIMATE_DENOMINATOR else "")
+            else:
+                method = f"{BOOTSTRAP} (degenerate)"
+        out[m] = {"value": value, "ci_low": low, "ci_high": high,
+                  "n_undefined": g["n_undefined"], "undefined_share": g["undefined_share"],
+                  "method": method}
     return out
 
 

@@ -124,9 +124,10 @@ def cause_recall_distributions(weights: ArrayLike, classes: ArrayLike,
     return out
 
 
-def _intervals(point_of: Any, weights: np.ndarray, level: float) -> dict[str, dict[str, Any]]:
+def _intervals(point_of: Any, weights: np.ndarray, level: float,
+               denominators: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     point = {k: float(v[0]) for k, v in point_of(np.ones((1, weights.shape[1]))).items()}
-    return intervals_from_distributions(point, point_of(weights), level)
+    return intervals_from_distributions(point, point_of(weights), level, denominators)
 
 
 def cause_metrics(y_true: ArrayLike, prob: ArrayLike, groups: ArrayLike | None,
@@ -146,8 +147,13 @@ def cause_recalls(classes: ArrayLike, called_pneumonia: ArrayLike, groups: Array
     """``{PNEUMONIA_recall_bacteria | _virus: {value, ci_low, ci_high, n_undefined}}``."""
     n = np.asarray(classes).size
     w = patient_weights(groups, n, n_resamples, seed)
+    # Each recall is a share of its cause's images: Wilson's interval on that count where the
+    # bootstrap degenerates (viral recall 148/148: [0.975, 1], not [1, 1]).
+    codes = class_codes(classes)
+    support = {f"PNEUMONIA_recall_{c}": float((codes == i).sum())
+               for i, c in enumerate(CLASSES) if c in PNEUMONIA_CAUSES}
     return _intervals(lambda ws: cause_recall_distributions(ws, classes, called_pneumonia), w,
-                      level)
+                      level, support)
 
 
 def paired_cause_recalls(classes: ArrayLike, called_a: ArrayLike, called_b: ArrayLike,

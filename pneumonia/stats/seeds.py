@@ -197,3 +197,84 @@ def detectable_floor(se_test: float, alpha: float = 0.05, power: float = 0.8) ->
     from scipy.stats import norm
 
     return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se_test)
+
+
+def holm_reject(pvalues: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Holm's step-down rejections for each row of ``pvalues`` (reps, m) at once: the same
+    decisions as statsmodels ``multipletests(method="holm")`` row by row (a test checks it),
+    vectorised for the power simulation."""
+    p = np.asarray(pvalues, dtype=float)
+    m = p.shape[1]
+    order = np.argsort(p, axis=1)
+    ranked = np.take_along_axis(p, order, axis=1)
+    adjusted = np.maximum.accumulate(np.minimum(1.0, ranked * (m - np.arange(m))), axis=1)
+    reject = np.empty_like(p, dtype=bool)
+    np.put_along_axis(reject, order, adjusted < alpha, axis=1)
+    return reject
+
+
+def simulated_power(contrasts: Sequence[dict[str, float]], truth: dict[str, float], sd: float,
+                    se_tests: Sequence[float], n: int, target: int, extra_tests: int = 0,
+                    alpha: float = 0.05, reps: int = 2000, seed: int = 0,
+                    others: str = "null") -> float:
+    """Power of the ablation report's own test for contrast ``target``, by simulation.
+
+    Each arm (``truth``: its true mean) gets ``n`` seeds ~ N(mean, sd); each contrast's estimate
+    gets its shared test-set term ~ N(0, se_tests[c]) (the part of the test patients' sampling
+    the runs share, which more seeds do not shrink; independent between contrasts: our
+    simplification). Every contrast is tested as ``seed_contrast`` tests it (Welch over seeds +
+    the test term, Welch-Satterthwaite df, never more significant than Welch over the seeds
+    alone), and Holm runs over all of them plus ``extra_tests`` null p-values (the other primary
+    metric's comparisons). ``others``: ``null`` — every other hypothesis of the family is true
+    as simulated (the target's true effect aside, ``truth`` decides; the extra ones null): the
+    worst case for Holm; ``clear`` — every other hypothesis is rejected anyway (large effects),
+    so Holm's step-down reaches the target last, at ``alpha`` itself: the best case. Returns the
+    share of ``reps`` simulated grids in which ``target`` is rejected."""
+    from scipy import stats
+
+    if n < 2:
+        return 0.0
+    arms = sorted(truth)
+    index = {a: i for i, a in enumerate(arms)}
+    rng = np.random.default_rng(seed)
+    mu = np.array([truth[a] for a in arms])
+    values = rng.normal(mu[None, :, None], sd, size=(reps, len(arms), n))
+    means, variances = values.mean(axis=2), values.var(axis=2, ddof=1)
+    pvalues = []
+    for coef, se_test in zip(contrasts, se_tests, strict=True):
+        c = np.zeros(len(arms))
+        for arm, w in coef.items():
+            c[index[arm]] = w
+        used = c != 0
+        est = means @ c + se_test * rng.standard_normal(reps)
+        parts = (c[used] ** 2) * variances[:, used] / n
+        seed_var = parts.sum(axis=1)
+        var = seed_var + se_test**2
+        denom = (parts**2).sum(axis=1) / (n - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df = np.where(denom > 0, var**2 / denom, np.inf)
+            df_seed = np.where(denom > 0, seed_var**2 / denom, np.inf)
+            p_total = 2 * stats.t.sf(np.abs(est) / np.sqrt(var), df)
+            p_seed = 2 * stats.t.sf(np.abs(est) / np.sqrt(seed_var), df_seed)
+        pvalues.append(np.maximum(p_total, np.nan_to_num(p_seed, nan=1.0)))
+    if others == "clear":
+        return float((pvalues[target] < alpha).mean())
+    if others != "null":
+        raise ValueError("others must be 'null' or 'clear'")
+    if extra_tests:
+        pvalues.extend(rng.uniform(size=(extra_tests, reps)))
+    return float(holm_reject(np.stack(pvalues, axis=1), alpha)[:, target].mean())
+
+
+def simulated_seeds_needed(contrasts: Sequence[dict[str, float]], truth: dict[str, float],
+                           sd: float, se_tests: Sequence[float], target: int,
+                           extra_tests: int = 0, alpha: float = 0.05, power: float = 0.8,
+                           reps: int = 2000, seed: int = 0, most: int = 100,
+                           others: str = "null") -> int | None:
+    """The fewest seeds per arm (2..most) at which ``simulated_power`` reaches ``power``; None
+    when even ``most`` does not (the test-set term alone can make a difference undetectable)."""
+    for n in range(2, most + 1):
+        if simulated_power(contrasts, truth, sd, se_tests, n, target, extra_tests, alpha, reps,
+                           seed, others) >= power:
+            return n
+    return None

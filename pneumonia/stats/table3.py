@@ -42,6 +42,7 @@ from pneumonia.stats.bootstrap import (
     guarded_interval,
     intervals_from_distributions,
     percentile_interval,
+    point_denominators,
     point_metrics,
     threshold_metrics,
 )
@@ -259,7 +260,8 @@ def compare_to_paper(
     y = np.asarray(y_true).astype(np.int64)
     p = np.asarray(prob, dtype=np.float64)
     boot = bootstrap_distributions(y, p, groups, threshold, n_resamples, seed)
-    run_ci = intervals_from_distributions(point_metrics(y, p, threshold), boot, level)
+    run_ci = intervals_from_distributions(point_metrics(y, p, threshold), boot, level,
+                                          point_denominators(y, p, threshold))
     method = "patient-grouped bootstrap" if groups is not None else "image bootstrap"
     return _compare(run_ci, boot, baseline, n_resamples, seed, level, method)
 

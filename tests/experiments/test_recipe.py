@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -73,7 +74,8 @@ def test_report_gives_seed_statistics_targets_and_welch() -> None:
     half = stats.t.ppf(0.975, 4) * np.std(accs, ddof=1) / np.sqrt(5)
     assert good["accuracy"]["ci_low"] == pytest.approx(np.mean(accs) - half)
     assert good["targets"]["train_minutes"] is True and noisy["targets"]["train_minutes"] is False
-    vs = noisy["vs_best"]
+    vs = noisy["vs_chosen"]
+    assert summary["chosen_on"] == "test" and vs["post_selection"] is True
     assert vs["delta"] < 0 and vs["ci_high"] < 0 and vs["p_value"] < 0.01
     ref = stats.ttest_ind(noisy["accuracy"]["values"], good["accuracy"]["values"],
                           equal_var=False)
@@ -86,7 +88,9 @@ def test_report_gives_seed_statistics_targets_and_welch() -> None:
     assert power >= 0.8 > TTestIndPower().power(0.02 / good["accuracy"]["sd"], n - 1, 0.05)
     assert (noisy["seeds_per_arm_2pt"] > n) == (noisy["accuracy"]["sd"] > good["accuracy"]["sd"])
     text = recipe.markdown(summary)
-    assert "| good | 5 |" in text and "(best)" in text and "missed" in text
+    assert "| good | 5 |" in text and "(chosen)" in text and "missed" in text
+    assert "**Chosen on the TEST set: `good`**" in text
+    assert "vs chosen (accuracy; post-selection)" in text
     assert text.count(f" | {n} |") >= 1
 
 
@@ -142,3 +146,74 @@ def test_the_cpu_preset_is_the_search_s_justified_choice() -> None:
     met = committed["candidates"][best]["targets"]
     assert met["accuracy_sd"] and met["NORMAL_recall_sd"]
     assert len(committed["candidates"][best]["seeds"]) >= 5
+
+
+def _with_validation(run: recipe.RecipeRun, prob: np.ndarray, labels: np.ndarray
+                     ) -> recipe.RecipeRun:
+    val = pd.DataFrame({"image_id": [f"val{i:03d}" for i in range(len(prob))],
+                        "patient_id": [f"v{i // 2}" for i in range(len(prob))],
+                        "actual": np.where(labels == 1, "PNEUMONIA", "NORMAL"),
+                        "probability": prob})
+    return dataclasses.replace(run, validation=val)
+
+
+def test_the_recipe_is_chosen_on_validation_not_on_test(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 33 item 1: `a` is better on the test set, `b` on validation. With validation
+    predictions for every run the report chooses `b` and reports its test numbers as the
+    untouched estimate; the .val.csv files are written and read back. Without them it chooses
+    on test and says so."""
+    rng = np.random.default_rng(1)
+    y = (np.arange(200) % 3 > 0).astype(int)
+    vy = (np.arange(120) % 2).astype(int)
+
+    def probs(labels: np.ndarray, wrong: float) -> np.ndarray:
+        right = np.where(labels == 1, 0.8, 0.2) + rng.normal(0, 0.02, labels.size)
+        return np.where(rng.random(labels.size) < wrong, 1 - right, right)
+
+    runs = []
+    for seed in (1, 2, 3):
+        for cand, test_wrong, val_wrong in (("a", 0.05, 0.30), ("b", 0.15, 0.05)):
+            run = _run(cand, seed, probs(y, test_wrong), y, 5.0)
+            runs.append(_with_validation(run, probs(vy, val_wrong), vy))
+    summary = recipe.summarize(runs)
+    assert summary["candidates"]["a"]["accuracy"]["mean"] > summary["candidates"]["b"][
+        "accuracy"]["mean"]  # a wins on test ...
+    assert summary["chosen"] == "b" and summary["chosen_on"] == "validation"  # ... b is chosen
+    assert summary["candidates"]["a"]["vs_chosen"]["post_selection"] is False
+    val = summary["candidates"]["b"]["validation"]
+    assert val["val_accuracy"]["mean"] > summary["candidates"]["a"]["validation"][
+        "val_accuracy"]["mean"]
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    first = summary["runs"][recipe.experiment_name("b", 1)]
+    vb = runs[1].validation
+    vprob = vb["probability"].to_numpy()
+    assert first["val_roc_auc"] == pytest.approx(roc_auc_score(vy, vprob))
+    assert first["val_loss"] == pytest.approx(log_loss(vy, np.clip(vprob, 1e-7, 1 - 1e-7)))
+    text = recipe.markdown(summary)
+    assert "**Chosen on validation: `b`**" in text and "untouched estimate" in text
+    assert "post-selection" not in text and "| b | " in text and "val ROC AUC" in text
+    # written beside the test predictions and read back by --from-committed
+    monkeypatch.chdir(tmp_path)
+    recipe.write_report("h", runs)
+    assert (recipe.RECIPE_DIR / "rcp-b-s1.val.csv").is_file()
+    again = recipe.summarize(recipe.load_committed())
+    assert again["chosen"] == "b" and again["chosen_on"] == "validation"
+    # one run without validation predictions: the choice falls back to test, labelled
+    runs[0] = dataclasses.replace(runs[0], validation=None)
+    fallback = recipe.summarize(runs)
+    assert fallback["chosen"] == "a" and fallback["chosen_on"] == "test"
+    assert "Chosen on the TEST set" in recipe.markdown(fallback)
+
+
+def test_the_checked_reader_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    good = "image_id,patient_id,actual,probability\nb,p1,NORMAL,0.2\na,p1,PNEUMONIA,0.9\n"
+    frame = recipe.read_predictions(good, "x.csv")
+    assert frame["image_id"].tolist() == ["a", "b"]
+    for text, message in (("image_id,actual,probability\na,NORMAL,0.2\n", "patient_id"),
+                          (good + "a,p2,NORMAL,0.1\n", "listed twice"),
+                          (good.replace("NORMAL", "normal"), "label other than"),
+                          (good.replace("0.9", "1.5"), r"outside \[0, 1\]")):
+        with pytest.raises(PipelineError, match=f"x.csv: .*{message}"):
+            recipe.read_predictions(text, "x.csv")

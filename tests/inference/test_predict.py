@@ -151,6 +151,23 @@ def test_default_model_is_the_registry_champion_with_its_threshold(
     code, out, err = run([str(NORMAL[0]), "--model", f"runs:/{champion_store['run_id']}/model"],
                          capsys)
     assert code == 0, err
+    # a champion promoted by hand (pneumonia promote's tags) is announced as such
+    assert "promoted to champion by hand" not in err
+    import mlflow
+
+    client = mlflow.MlflowClient(champion_store["uri"])
+    tags = {"promote.by": "alice", "promote.reason": "new site", "promote.at": "2026-12-06",
+            "promote.gate_said": "challenger: not comparable"}
+    for key, value in tags.items():
+        client.set_model_version_tag("pneumonia-densenet201", "1", key, value)
+    try:
+        code, _, err = run([str(NORMAL[0])], capsys)
+        assert code == 0, err
+        assert "NOTE: this champion was promoted to champion by hand by alice" in err
+        assert "new site" in err
+    finally:
+        for key in tags:
+            client.delete_model_version_tag("pneumonia-densenet201", "1", key)
 
 
 def test_without_a_store_the_workspace_model_and_evaluates_threshold(

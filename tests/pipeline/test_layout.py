@@ -67,7 +67,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("pneumonia.evaluation", "pneumonia.gate", "pneumonia.registry")),
     ("site", ("pneumonia.site",)),  # a new hospital: uses inference and the registry
     ("experiments", ("pneumonia.experiments",)),
-    ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team")),
+    ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team",
+                  "pneumonia.promote")),
 )
 
 

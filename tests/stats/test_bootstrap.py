@@ -253,3 +253,44 @@ def test_percentile_interval_is_the_2_5_and_97_5_percentiles_ignoring_undefined(
     low, high, undefined = percentile_interval(values, 0.95)
     assert (low, high) == pytest.approx((0.025, 0.975), abs=1e-12)
     assert undefined == 7
+
+
+def test_a_degenerate_bootstrap_falls_back_to_wilson_and_says_so() -> None:
+    """Issue 33 item 4: a recall of 148/148 is 1.0 in every resample; the percentile interval
+    [1, 1] says nothing. Wilson's score interval on the 148 images is [0.975, 1]."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from pneumonia.stats.bootstrap import metric_intervals
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(100, int), np.ones(148, int)]
+    prob = np.r_[rng.uniform(0, 0.7, 100), rng.uniform(0.6, 1, 148)]  # every positive caught
+    groups = np.arange(y.size) // 2
+    iv = metric_intervals(y, prob, groups=groups, threshold=0.5, n_resamples=300, seed=1)
+    recall = iv["PNEUMONIA_recall"]
+    assert recall["value"] == 1.0 and recall["method"] == "wilson"
+    low, high = proportion_confint(148, 148, alpha=0.05, method="wilson")
+    assert (recall["ci_low"], recall["ci_high"]) == pytest.approx((low, high))
+    assert 0.97 < recall["ci_low"] < 0.98 and recall["ci_high"] == pytest.approx(1.0)
+    # a metric that varies across resamples keeps its percentile interval
+    assert iv["accuracy"]["method"] == "bootstrap"
+    assert iv["accuracy"]["ci_low"] < iv["accuracy"]["value"] < iv["accuracy"]["ci_high"]
+    # no interval anywhere is zero-width
+    assert all(r["ci_high"] > r["ci_low"] for r in iv.values())
+
+
+def test_evaluate_keys_record_the_fallback_method_and_are_never_zero_width() -> None:
+    from pneumonia.evaluation.metrics import compute_metrics
+    from pneumonia.stats.multiclass import cause_recalls
+
+    y = np.r_[np.zeros(50, int), np.ones(60, int)]
+    prob = np.r_[np.full(50, 0.2), np.full(60, 0.9)]  # perfect: every cell 1.0
+    flat = compute_metrics(y, prob, 0.5, np.arange(y.size), n_resamples=200, seed=0)
+    assert flat["accuracy_ci_method"] == "wilson"
+    assert flat["roc_auc_ci_method"] == "wilson (approximate n)"
+    for key in [k for k in flat if k.endswith("_ci_low")]:
+        assert flat[key] < flat[key.replace("_ci_low", "_ci_high")], key
+    classes = np.r_[["bacteria"] * 30, ["virus"] * 30]
+    rec = cause_recalls(classes, np.ones(60, bool), np.arange(60), n_resamples=200, seed=0)
+    assert rec["PNEUMONIA_recall_virus"]["method"] == "wilson"
+    assert rec["PNEUMONIA_recall_virus"]["ci_low"] < 0.95
