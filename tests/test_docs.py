@@ -215,14 +215,22 @@ def test_model_card_numbers_are_generated_from_metrics(monkeypatch: pytest.Monke
     assert "not for diagnosis" in card.lower()
 
 
+def _copy_metrics(dst: Path) -> None:
+    """The committed metrics files: each stage's headline (metrics/*.json) and the complete
+    records kept in git beside them (metrics/details/*.json), which the model card reads."""
+    (dst / "details").mkdir(parents=True)
+    for f in (ROOT / "metrics").glob("*.json"):
+        (dst / f.name).write_text(text_of(f))
+    for f in (ROOT / "metrics" / "details").glob("*.json"):
+        (dst / "details" / f.name).write_text(text_of(f))
+
+
 def test_model_card_check_fails_on_a_hand_edited_number(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("MODEL_CARD.md", "dvc.lock"):
         (tmp_path / name).write_text(text_of(ROOT / name))
-    (tmp_path / "metrics").mkdir()
-    for f in (ROOT / "metrics").glob("*.json"):
-        (tmp_path / "metrics" / f.name).write_text(text_of(f))
+    _copy_metrics(tmp_path / "metrics")
     monkeypatch.chdir(tmp_path)
     card = tmp_path / "MODEL_CARD.md"
     arms = json.loads(text_of(tmp_path / "metrics" / "ablation.json"))["arms"]
@@ -245,9 +253,7 @@ def test_model_card_reports_an_evaluated_model_with_intervals(tmp_path: Path) ->
     from pneumonia.evaluation import card
 
     metrics = tmp_path / "metrics"
-    metrics.mkdir()
-    for f in (ROOT / "metrics").glob("*.json"):
-        (metrics / f.name).write_text(text_of(f))
+    _copy_metrics(metrics)
     (metrics / "evaluate.json").write_text(json.dumps({
         "n_test": 624, "n_patients": 427, "threshold": 0.5, "accuracy": 0.9, "accuracy_ci_low":
         0.87, "accuracy_ci_high": 0.93, "roc_auc": 0.95, "roc_auc_ci_low": 0.93,

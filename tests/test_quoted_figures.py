@@ -152,3 +152,30 @@ def test_new_site_figures_are_the_committed_studies() -> None:
                  "validation (control), adapted on the whole half"):
         diff = cell(adapt[cond]["accuracy"]["difference"], signed=True)
         assert diff.replace("-", "−") in text, (cond, diff)  # the docs write a minus sign
+
+
+def test_robustness_of_the_cpu_preset_in_further_work() -> None:
+    """docs/further-work.md quotes the committed robustness run of the cpu preset (seed 1):
+    metrics/runs/cpu-s1/robustness/robustness.json's clean accuracy, two paired differences and
+    the shifts under each verdict."""
+    d = json.loads((METRICS / "runs/cpu-s1/robustness/robustness.json").read_text())
+    shifts = {s["name"]: s for s in d["shifts"]}
+    text = " ".join(_text("docs/further-work.md").split())
+
+    def value(m: dict) -> str:
+        return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+    def delta(m: dict) -> str:
+        return f"{m['delta']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+
+    for quoted in (f"Clean: accuracy {value(d['clean']['accuracy'])}",
+                   f"ROC AUC {value(d['clean']['roc_auc'])}",
+                   f"accuracy {delta(shifts['resolution_0.5x']['accuracy_delta'])}",
+                   f"({delta(shifts['resolution_0.5x']['roc_auc_delta'])})",
+                   f"Inverted grey levels cost accuracy {delta(shifts['inverted']['accuracy_delta'])}"):
+        assert quoted in text, f"docs/further-work.md: {quoted!r} (metrics/runs/cpu-s1/robustness)"
+    for verdict, lead in (("worse", "significantly worse (paired 95 % interval below 0) under "),
+                          ("within noise", "within noise under ")):
+        names = ", ".join(f"`{n}`" for n, s in shifts.items()
+                          if s["accuracy_delta"]["verdict"] == verdict)
+        assert lead + names in text, f"docs/further-work.md: the shifts {verdict}"

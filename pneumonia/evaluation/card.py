@@ -96,6 +96,9 @@ def data_lines(metrics: Path) -> list[str]:
         return [*lines, ("metrics/validation.json or metrics/split.json is missing: run "
                 "`dvc repro split` on the full dataset."), ""]
     counts = split["counts"]
+    if "generated" not in split or "NORMAL" not in counts.get("train", {}):
+        return [*lines, ("metrics/details/split.json (the split stage's complete record) is "
+                "missing: run `dvc repro split`, or `git checkout metrics/details/split.json`."), ""]
     lines += [
         (f"- {val['rows']} images ingested; validate's {val['expectations_evaluated']} "
         f"expectations: {val['expectations_failed']} failed."),
