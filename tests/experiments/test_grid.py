@@ -85,6 +85,35 @@ def test_a_rerun_grid_queues_only_what_is_neither_finished_nor_pending() -> None
                        "abl-2: already queued or running, not queued again"]
 
 
+def test_the_wait_times_out_while_a_worker_is_still_running(tmp_path: Path) -> None:
+    """--timeout-min ends the wait: a worker that never finishes (here a live process whose
+    command line says queue-worker) makes wait_for_queue raise, with the way to follow the queue,
+    once its time is up, and leaves the worker running. (The fault behind the issue — a restart
+    through `dvc queue start` with its output captured blocked the loop before this check — is
+    test_starting_a_queue_that_forks_a_worker_returns_at_once.)"""
+    import time
+
+    from pneumonia.errors import PipelineError
+    from pneumonia.experiments.grid import wait_for_queue
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+         "queue-worker"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        (tmp_path / "dvc-exp-worker-1.pid").write_text(f"{proc.pid}\n")
+        t0 = time.monotonic()
+        with pytest.raises(PipelineError, match="still busy after .*dvc queue status"):
+            wait_for_queue(1.0, "pneumonia report", poll_s=0.2, worker_dir=tmp_path)
+        assert time.monotonic() - t0 < 10
+        assert proc.poll() is None  # the wait gives up; it does not kill the worker
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @pytest.mark.slow  # ~40 s: a real DVC queue worker starts, is killed mid-run
 def test_a_killed_worker_leaves_no_running_row_nor_copy(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
