@@ -7,6 +7,7 @@
 #   make reproduce  the paper run: `dvc repro` with params.yaml as committed (GPU recommended)
 #   make mlflow-ui  the MLflow UI on the repository's store, http://127.0.0.1:5001 (UI_PORT)
 #   make bench      benchmarks (writes benchmarks/results.json)
+#   make runs       the experiments side by side: headline metrics and changed params, best on validation first
 #   make ablation   the ablation grid of params.yaml as queued DVC experiments, then its report
 #   make mlflow-server  local S3 API + PostgreSQL + MLflow server on MLFLOW_PORT 5000 (docs/team.md)
 #   make push / make pull  dvc push / pull with a clear message when the remote fails
@@ -31,7 +32,7 @@ comma := ,
 UV_EXTRAS = $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra))
 
 .PHONY: install demo test test-slow lint reproduce mlflow-ui bench ablation clean-venv \
-	mlflow-server push pull lock lock-upgrade
+	mlflow-server push pull lock lock-upgrade runs
 
 install: $(VENV)/.installed-$(EXTRAS)
 
@@ -83,6 +84,11 @@ mlflow-ui: install
 
 ablation: install
 	$(PY) -m pneumonia ablation
+
+# dvc exp show without the dependencies' hashes (until train and evaluate are in the committed
+# dvc.lock, every experiment differs from main in all of them), sorted on validation, never test.
+runs: install
+	$(VENV)/bin/dvc exp show --only-changed --drop 'Created|.*/' --sort-by val_roc_auc
 
 bench: install
 	$(PY) -m benchmarks.run
