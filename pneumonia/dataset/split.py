@@ -188,21 +188,31 @@ def run(params: Params) -> dict:
 
 
 def _check_every_class_in(pool: pd.DataFrame, params: Params) -> None:
-    """Refuse a train or validation set without an image of some class (issue 35): the epoch and
-    the threshold are chosen on validation, which then cannot measure that class. validate has
-    checked that the training images hold every class; whole patient groups and rounding can
-    still leave validation without one."""
-    column, wanted = ("class", CLASSES) if params.task == "three_class" else ("label", LABELS)
+    """Refuse a train or validation set without an image of NORMAL or PNEUMONIA (issue 35): the
+    epoch, the threshold and the conformal sets are chosen on validation, which then cannot
+    measure that label. validate has checked that the training images hold every label; whole
+    patient groups and rounding can still leave validation without one. With `task: three_class`
+    a validation set without a cause (bacteria / virus) is logged as a warning only: every choice
+    made on validation is a binary one, and a small dataset (the bundled sample has two viral
+    patients) could not be split at all."""
+    columns = [("label", LABELS)] + ([("class", CLASSES)] if params.task == "three_class" else [])
     for subset, name in (("val", "validation"), ("train", "training")):
-        present = set(pool[column][pool.subset == subset])
-        missing = [c for c in wanted if c not in present]
-        if missing:
+        for column, wanted in columns:
+            present = set(pool[column][pool.subset == subset])
+            missing = [c for c in wanted if c not in present]
+            if not missing:
+                continue
             counts = ", ".join(f"{c} {int((pool[column] == c).sum())}" for c in wanted)
+            larger = min(0.5, round(params.split.val_fraction + 0.1, 2))
+            message = (f"split: the {name} set has no {' or '.join(missing)} image ({column} "
+                       f"counts of the training pool: {counts}; split.val_fraction "
+                       f"{params.split.val_fraction}, whole patients only)")
+            if column == "class" and subset == "val":  # a cause: warned, see the docstring
+                log.warning("%s: its validation metrics for that cause are undefined.", message)
+                continue
             raise PipelineError(
-                f"split: the {name} set has no {' or '.join(missing)} image ({column} counts of "
-                f"the training pool: {counts}; split.val_fraction "
-                f"{params.split.val_fraction}, whole patients only): raise split.val_fraction "
-                f"(`dvc exp run -S split.val_fraction=0.2`) or add images of that class.")
+                f"{message}: raise split.val_fraction (e.g. `dvc exp run -S "
+                f"split.val_fraction={larger}`) or add images of that class.")
 
 
 def _shared_hashes(pool: pd.DataFrame) -> int:

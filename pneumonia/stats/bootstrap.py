@@ -335,7 +335,9 @@ def wilson_interval(value: float, n: float, level: float = 0.95) -> tuple[float,
 
     k = round(float(value) * n)
     low, high = proportion_confint(k, round(n), alpha=1 - level, method="wilson")
-    return float(low), float(high)
+    # At k = 0 or k = n the bound is exactly 0 or 1, but statsmodels' float arithmetic can give
+    # 0.9999999999999999 (seen at 62/62): an interval must contain its point, so clamp to it.
+    return float(min(low, value)), float(max(high, value))
 
 
 def point_denominators(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, float]:

@@ -135,7 +135,7 @@ def test_train_outputs(pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     run = json.loads((root / "models/mlflow_run.json").read_text())
     # No model_uri: the served pyfunc is logged by evaluate (pneumonia.registry), so training
     # depends on no inference code (dvc.yaml deps).
-    assert set(run) == {"tracking_uri", "experiment_id", "run_id"}
+    assert set(run) == {"tracking_uri", "experiment_id", "run_id", "params_sha256"}
 
 
 def test_evaluate_outputs(pipeline: dict[str, Any]) -> None:
