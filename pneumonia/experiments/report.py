@@ -210,8 +210,10 @@ def kind_of(name: str, arms: dict | list) -> str:
 
 
 def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPLES,
-              header: str = "") -> dict:
-    """The report's numbers (metrics/ablation.json) from the runs' predictions alone."""
+              header: str = "", with_power: bool = True) -> dict:
+    """The report's numbers (metrics/ablation.json) from the runs' predictions alone.
+    `with_power=False` leaves out the power line (a Monte Carlo search over seeds per arm, the
+    slowest part: simulations that call this per simulated grid do not need it)."""
     if not runs:
         raise PipelineError("no finished ablation runs to report on.")
     _check_same_images(runs)
@@ -285,7 +287,8 @@ def summarize(runs: list[RunResult], seed: int = 0, n_resamples: int = N_RESAMPL
     summary = {"reference_arm": reference, "n_test_images": len(y),
                "n_test_patients": int(first["patient_id"].nunique()), "n_resamples": n_resamples,
                "level": LEVEL, "header": header, "main_effects_note": main_note,
-               "n_tests": len(testable), "power": power(arms, comparisons)}
+               "n_tests": len(testable),
+               "power": power(arms, comparisons) if with_power else None}
     summary["answer"] = answer(reference, arms, comparisons, len(testable))
     return {**summary, "arms": arms, "comparisons": comparisons, "runs": per_run}
 

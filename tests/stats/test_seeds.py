@@ -176,7 +176,8 @@ def test_report_interval_covers_no_difference_in_at_least_93_percent_of_grids(
     covered = {m: 0 for m in report.ANSWER_METRICS}
     welch_covered = worded = 0
     for g in range(n_grids):
-        s = report.summarize(_grid(rng, **REGIMES[regime]), seed=g, n_resamples=200)
+        s = report.summarize(_grid(rng, **REGIMES[regime]), seed=g, n_resamples=200,
+                             with_power=False)  # the power line is tested below
         (comparison,) = s["comparisons"].values()
         for m in covered:
             e = comparison["metrics"][m]
@@ -197,7 +198,7 @@ def test_vectorised_holm_is_statsmodels_holm() -> None:
 
     from pneumonia.stats.seeds import holm_reject
 
-    p = np.random.default_rng(3).uniform(0, 0.08, size=(200, 7)) ** 1.5
+    p = np.random.default_rng(3).uniform(0, 0.08, size=(60, 7)) ** 1.5
     mine = holm_reject(p, 0.05)
     for row, rej in zip(p, mine, strict=True):
         assert (multipletests(row, 0.05, method="holm")[0] == rej).all()
