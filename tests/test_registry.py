@@ -390,7 +390,9 @@ def test_evaluate_stage_registers_and_gates(tmp_path: Path) -> None:
     for model, floor in ((brightness_model(32), 0.9), (brightness_model(32, sign=-1), 0.0),
                          (brightness_model(32, constant=0.9), 0.9)):
         model.save(root / "models" / "model.keras")
-        write_params(root, evaluate__champion_min_accuracy=floor, evaluate__champion_margin=1.0)
+        # margin 0.05: the wrong model is far from non-inferior (a margin of 1.0 would admit
+        # any model: the lower bound of a difference of accuracies is never below -1)
+        write_params(root, evaluate__champion_min_accuracy=floor, evaluate__champion_margin=0.05)
         r = run_stage(root, "evaluate", timeout=240)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
         outcomes.append(json.loads((root / "metrics" / "registry.json").read_text()))
