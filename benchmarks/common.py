@@ -191,15 +191,10 @@ def _stage_digest() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name. psutil has no API for it; Linux says it in /proc/cpuinfo, other
-    systems through platform.processor() (often empty on Linux, hence /proc first)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name (pneumonia.evaluation.robustness.cpu_name)."""
+    from pneumonia.evaluation.robustness import cpu_name
+
+    return cpu_name()
 
 
 def machine() -> dict[str, Any]:

@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -375,14 +376,18 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def cpu_description() -> str:
-    """`<model name>, <n> cores` from /proc/cpuinfo (the machine the timing belongs to)."""
-    name = "unknown CPU"
+def cpu_name() -> str:
+    """The CPU's model name: /proc/cpuinfo on Linux, else platform.processor() (often empty on
+    Linux, hence /proc first; psutil has no API for it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} cores"
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    """`<model name>, <n> cores` (the machine the timing belongs to)."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pneumonia.errors import PipelineError
-from pneumonia.site.rundata import cpu_name as _cpu
+from pneumonia.evaluation.robustness import cpu_name as _cpu
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")

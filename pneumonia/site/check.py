@@ -204,8 +204,8 @@ def study_command(args: argparse.Namespace) -> int:
     import keras
     import pandas as pd
 
+    from pneumonia.evaluation.robustness import cpu_name as _cpu
     from pneumonia.model.tasks import pneumonia_probability
-    from pneumonia.site.rundata import cpu_name as _cpu
     from pneumonia.site.rundata import images as _images
 
     t0 = time.perf_counter()

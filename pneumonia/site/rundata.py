@@ -4,7 +4,6 @@ the images its paths name (`data/images/...`, relative to DIR); and the CPU a fi
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,4 @@ def images(data: Path, frame: pd.DataFrame, size: int) -> np.ndarray:
         return data / (Path(*rel.parts[1:]) if rel.parts and rel.parts[0] == "data" else rel)
 
     return np.stack([to_input(where(p).read_bytes(), size) for p in frame["path"]])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
