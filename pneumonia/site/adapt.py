@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -87,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from pneumonia.inference.loading import _mlflow_threshold, registry_name, workspace_threshold
+    from pneumonia.inference.loading import _mlflow_threshold, workspace_threshold
     from pneumonia.inference.sources import expand, params_max_megapixels, to_input
     from pneumonia.site import names, registry
 
@@ -97,13 +96,8 @@ def command(args: argparse.Namespace) -> int:
         raise PipelineError(f"{len(items)} image(s): AdaBN needs at least {MIN_IMAGES} unlabelled "
                             "site images (batch statistics of fewer are noise). Nothing was "
                             "registered.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    name = registry_name()
-    replaced = None if args.dry_run else registry.check_free(name, site, args.replace)
-    base = registry.resolve_base(args.model)
-    import keras
-
-    model = keras.saving.load_model(base.keras_file, compile=False)
+    name, replaced, base, model = registry.open_base(args.model, site, args.replace,
+                                                     args.dry_run)
     size = int(model.input_shape[1])
     cap = params_max_megapixels()[0]
     arrays, bad, digests = [], [], []

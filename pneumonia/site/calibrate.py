@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -117,17 +116,10 @@ def command(args: argparse.Namespace) -> int:
         raise PipelineError(f"--delta {args.delta}: must be strictly between 0 and 1")
     if args.out is not None and Path(args.out).suffix.lower() != ".json":
         raise PipelineError(f"--out {args.out}: give a .json file name")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from pneumonia.inference.loading import registry_name
     from pneumonia.site import registry
 
-    name = registry_name()
-    replaced = None if args.dry_run else registry.check_free(name, site, args.replace)
-    base = registry.resolve_base(args.model)
-    import keras
-
-    model = keras.saving.load_model(base.keras_file, compile=False)
+    name, replaced, base, model = registry.open_base(args.model, site, args.replace,
+                                                     args.dry_run)
     size = int(model.input_shape[1])
 
     from pneumonia.inference.sources import params_max_megapixels

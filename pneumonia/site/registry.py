@@ -14,6 +14,7 @@ then the alias moves to the new version and the old version stays in the registr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,18 @@ def register(name: str, site: str, base: Base, threshold: float, conformal: dict
                             f"{exc.message}. The champion is unchanged; run again when the "
                             "store is back.") from None
     return str(mv.version), run.info.run_id
+
+
+def open_base(spec: str | None, site: str, replace: bool, dry_run: bool,
+              ) -> tuple[str, str | None, Base, Any]:
+    """What `site calibrate` and `site adapt` start from: the registered model's name, the
+    version a --replace supersedes (None for a dry run), the base model and its Keras model."""
+    from pneumonia.inference.loading import registry_name
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    name = registry_name()
+    replaced = None if dry_run else check_free(name, site, replace)
+    base = resolve_base(spec)
+    import keras
+
+    return name, replaced, base, keras.saving.load_model(base.keras_file, compile=False)
