@@ -179,3 +179,26 @@ def test_robustness_of_the_cpu_preset_in_further_work() -> None:
         names = ", ".join(f"`{n}`" for n, s in shifts.items()
                           if s["accuracy_delta"]["verdict"] == verdict)
         assert lead + names in text, f"docs/further-work.md: the shifts {verdict}"
+
+
+def test_site_check_figures_are_the_committed_study() -> None:
+    """docs/new-site.md quotes metrics/site-check.json: false alarms and the test set with all
+    images, and the images each robustness shift needs."""
+    doc = json.loads((METRICS / "site-check.json").read_text())
+    cell = {(s["site"], str(s["images"])): s for s in doc["summary"]}
+    text = " ".join(_text("docs/new-site.md").split())
+
+    def rate(s: dict) -> str:
+        return f"{s['rate']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+
+    assert f"{rate(cell[('validation (held out)', 'all')])} of " \
+           f"{cell[('validation (held out)', 'all')]['draws']}" in text
+    assert rate(cell[("validation (held out), patient ids ignored", "all")]) in text
+    assert f"**{rate(cell[('test', 'all')])}**" in text
+    need = doc["smallest_n"]
+    assert need["inverted"] == 25 and "25 images for inverted grey levels" in text
+    assert need["resolution_0.25x"] == need["noise_20"] == 100
+    assert need["rotate_10"] == 200 and "200 for a 10° rotation" in text
+    for shift in ("resolution_0.5x", "resolution_2x", "gamma_0.67", "gamma_1.5", "contrast_0.6",
+                  "contrast_1.4", "noise_8", "jpeg_30", "jpeg_10", "rotate_5"):
+        assert need[shift] is None, shift  # "more than 200" in the docs
