@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,82 @@ def load_sample(run: Path, data: Path, shifts: tuple[Shift, ...], seed: int) -> 
                   test["patient_id"].astype(str).to_numpy(), shifted)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What `site check-study` measures (its options)."""
+
+    runs: list[str]
+    data: str
+    repeats: int = 20
+    shift_repeats: int | None = None  # None: every repeat
+    sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200])
+    permutations: int = 200
+    permutations_all: int = 1000
+    max_images: int = 500
+    shifts: str | None = None  # robustness shift names, comma-separated; None all; "-" none
+    seed: int = 0
+    out: str = "metrics/site-check"
+
+    def command_line(self) -> str:
+        return " ".join([
+            "pneumonia site check-study", *self.runs, "--data", self.data,
+            "--repeats", str(self.repeats),
+            *(["--shift-repeats", str(self.shift_repeats)] if self.shift_repeats is not None
+              else []),
+            "--sizes", *map(str, self.sizes), "--permutations", str(self.permutations),
+            "--permutations-all", str(self.permutations_all), "--max-images",
+            str(self.max_images), *(["--shifts", self.shifts] if self.shifts else []),
+            "--seed", str(self.seed), "--out", self.out])
+
+
+def measure(settings: Settings, log: Any = print) -> dict[str, Any]:
+    """Run the study, writing settings.out(.json/.md) after each run (a partial result is
+    usable); return the report."""
+    t0 = time.perf_counter()
+    shifts = () if settings.shifts == "-" else select_shifts(settings.shifts)
+    data = Path(settings.data)
+    sizes: list[int | None] = [*settings.sizes, None]
+    rows: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {}
+    for i, run in enumerate(settings.runs):
+        sample = load_sample(Path(run), data, shifts, settings.seed)
+        log(f"{run}: embedded ({time.perf_counter() - t0:.0f} s)")
+        for row in run_repeats(sample, sizes, settings.repeats, settings.permutations,
+                               settings.permutations_all, settings.max_images,
+                               settings.seed + 1000 * i,
+                               lambda r, run=run: log(f"{run}: repeat {r + 1}/{settings.repeats} "
+                                                      f"({time.perf_counter() - t0:.0f} s)"),
+                               settings.shift_repeats):
+            rows.append({"run": run, **row})
+        done = replace(settings, runs=settings.runs[:i + 1])
+        doc = report(done, rows, shifts, round(time.perf_counter() - t0, 1))
+        write(doc, Path(settings.out))
+    return doc
+
+
+def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, ...],
+           seconds: float) -> dict[str, Any]:
+    summary = summarize(rows)
+    per_run = {run: summarize([r for r in rows if r["run"] == run]) for run in settings.runs}
+    return {
+        "command": settings.command_line(),
+        "runs": list(settings.runs), "data": settings.data,
+        "repeats_per_run": settings.repeats,
+        "shift_repeats_per_run": settings.shift_repeats if settings.shift_repeats is not None
+        else settings.repeats,
+        "sizes": settings.sizes, "permutations": settings.permutations,
+        "permutations_all": settings.permutations_all, "max_images": settings.max_images,
+        "alpha": ALPHA, "power_goal": POWER_GOAL, "seed": settings.seed,
+        "shifts": {s.name: s.description for s in shifts},
+        "measured": datetime.now(UTC).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores",
+        "seconds": seconds, "summary": summary,
+        "smallest_n": {site: smallest_n(summary, site)
+                       for site in [TEST, *(s.name for s in shifts)]},
+        "per_run": per_run, "draws": rows,
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="trained runs: RUN_DIR/models/model.keras (results pooled)")
@@ -187,54 +263,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    shifts = () if args.shifts == "-" else select_shifts(args.shifts)
-    data = Path(args.data)
-    sizes: list[int | None] = [*args.sizes, None]
-    rows: list[dict[str, Any]] = []
-    for i, run in enumerate(map(Path, args.runs)):
-        sample = load_sample(run, data, shifts, args.seed)
-        print(f"{run}: embedded ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-        for row in run_repeats(sample, sizes, args.repeats, args.permutations,
-                               args.permutations_all, args.max_images, args.seed + 1000 * i,
-                               lambda r, run=run: print(
-                                   f"{run}: repeat {r + 1}/{args.repeats} "
-                                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
-                                   flush=True), args.shift_repeats):
-            rows.append({"run": str(run), **row})
-        done = argparse.Namespace(**{**vars(args), "runs": args.runs[:i + 1]})
-        write(report(done, rows, shifts, round(time.perf_counter() - t0, 1)), Path(args.out))
-    print(f"wrote {Path(args.out).with_suffix('.md')} and {Path(args.out).with_suffix('.json')}")
+    settings = Settings(runs=list(args.runs), data=args.data, repeats=args.repeats,
+                        shift_repeats=args.shift_repeats, sizes=list(args.sizes),
+                        permutations=args.permutations, permutations_all=args.permutations_all,
+                        max_images=args.max_images, shifts=args.shifts, seed=args.seed,
+                        out=args.out)
+    measure(settings, lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
-
-
-def report(args: argparse.Namespace, rows: list[dict[str, Any]], shifts: tuple[Shift, ...],
-           seconds: float) -> dict[str, Any]:
-    summary = summarize(rows)
-    per_run = {run: summarize([r for r in rows if r["run"] == run]) for run in args.runs}
-    return {
-        "command": " ".join(["pneumonia site check-study", *args.runs, "--data", str(args.data),
-                             "--repeats", str(args.repeats),
-                             *(["--shift-repeats", str(args.shift_repeats)]
-                               if args.shift_repeats is not None else []), "--sizes", *map(str, args.sizes),
-                             "--permutations", str(args.permutations), "--permutations-all",
-                             str(args.permutations_all), "--max-images", str(args.max_images),
-                             *(["--shifts", args.shifts] if args.shifts else []),
-                             "--seed", str(args.seed), "--out", str(args.out)]),
-        "runs": list(args.runs), "data": str(args.data), "repeats_per_run": args.repeats,
-        "shift_repeats_per_run": args.shift_repeats if args.shift_repeats is not None
-        else args.repeats,
-        "sizes": args.sizes, "permutations": args.permutations,
-        "permutations_all": args.permutations_all, "max_images": args.max_images,
-        "alpha": ALPHA, "power_goal": POWER_GOAL, "seed": args.seed,
-        "shifts": {s.name: s.description for s in shifts},
-        "measured": datetime.now(UTC).isoformat(timespec="minutes"),
-        "machine": f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores",
-        "seconds": seconds, "summary": summary,
-        "smallest_n": {site: smallest_n(summary, site)
-                       for site in [TEST, *(s.name for s in shifts)]},
-        "per_run": per_run, "draws": rows,
-    }
 
 
 def _rate(s: dict[str, Any]) -> str:

@@ -217,3 +217,18 @@ def test_check_lists_unreadable_files_and_stops_when_too_few_remain(tmp_path, ca
     assert ex.value.code == 2 and not out.exists()
     assert "17 readable image(s) (7 more could not be read" in err and "img000.png" in err
     assert "needs at least 20" in err
+
+
+def test_committed_site_check_md_is_rendered_from_its_json() -> None:
+    import json
+    from pathlib import Path
+
+    from pneumonia.site.check_study import markdown
+
+    metrics = Path(__file__).resolve().parents[2] / "metrics"
+    doc = json.loads((metrics / "site-check.json").read_text())
+    assert markdown(doc) == (metrics / "site-check.md").read_text()
+    draws = [d for d in doc["draws"] if d["site"] == "test" and d["images"] == "all"]
+    assert len(draws) == doc["repeats_per_run"] * len(doc["runs"])
+    s = next(s for s in doc["summary"] if s["site"] == "test" and s["images"] == "all")
+    assert s["rejected"] == sum(d["p"] < 0.01 for d in draws)
