@@ -202,48 +202,57 @@ def too_few(paths: list[str], readable: int, bad: list[str]) -> str:
             "unreadable ones); nothing was tested.")
 
 
-def command(args: argparse.Namespace) -> int:
-    items = expand(args.paths)  # PipelineError for a missing path or a folder without images
+def run(paths: list[str], model_spec: str | None = None, reference: str = "data",
+        permutations: int = 1000, max_images: int = 500, train_prevalence: float = 0.5,
+        patients: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """`site check`'s record of the images under `paths` (PipelineError when there are too few
+    readable ones; the unreadable ones are listed under "unreadable")."""
+    items = expand(paths)  # PipelineError for a missing path or a folder without images
     if len(items) < MIN_IMAGES:
-        raise PipelineError(too_few(args.paths, len(items), []))
+        raise PipelineError(too_few(paths, len(items), []))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    base = registry.resolve_base(args.model)
+    base = registry.resolve_base(model_spec)
     import keras
 
     model = keras.saving.load_model(base.keras_file, compile=False)
     size = int(model.input_shape[1])
     x, names, bad = read_site(items, size, params_max_megapixels()[0])
     if len(x) < MIN_IMAGES:
-        raise PipelineError(too_few(args.paths, len(x), bad))
-    if bad:
-        print(f"{len(bad)} file(s) could not be read and were left out of the test:\n"
-              + "\n".join(bad), file=sys.stderr)
-    groups, patients_from = site_patients(names, args.patients)
-    rng = np.random.default_rng(args.seed)
-    ref, ref_groups = reference_images(Path(args.reference), size)
-    xs = rng.permutation(len(x))[:args.max_images]
-    rs = rng.permutation(len(ref))[:args.max_images]
-    stat, p = mmd_test(embed(model, x[xs]), embed(model, ref[rs]), args.permutations, args.seed,
+        raise PipelineError(too_few(paths, len(x), bad))
+    groups, patients_from = site_patients(names, patients)
+    rng = np.random.default_rng(seed)
+    ref, ref_groups = reference_images(Path(reference), size)
+    xs = rng.permutation(len(x))[:max_images]
+    rs = rng.permutation(len(ref))[:max_images]
+    stat, p = mmd_test(embed(model, x[xs]), embed(model, ref[rs]), permutations, seed,
                        groups[xs], ref_groups[rs])
     prob = pneumonia_probability(np.asarray(model.predict(x, verbose=0)))
-    prev, lo, hi = prevalence_interval(prob, args.train_prevalence, seed=args.seed)
+    prev, lo, hi = prevalence_interval(prob, train_prevalence, seed=seed)
     shifted = p < 0.01
     verdict = (f"differs from the model's validation images (MMD p = {p:.3g}): recalibrate "
                "before use (pneumonia site calibrate)" if shifted else
                f"no evidence that these images differ from the model's validation images "
                f"(MMD p = {p:.3g}; with {len(xs)} images; absence of evidence only)")
-    unknown = ("; patient ids unknown (each image counted as its own patient: a patient's "
-               "several images make the test too ready to say \"differs\" - give --patients)"
-               if patients_from == "none" else "")
-    doc: dict[str, Any] = {"images": len(x), "skipped": len(bad),
-                           "unreadable": [b.strip() for b in bad], "reference_images": len(ref),
-                           "patients": len(set(groups.tolist())),
-                           "patients_from": patients_from,
-                           "mmd2": stat, "p_value": p, "shifted": shifted, "verdict": verdict,
-                           "prevalence": prev, "prevalence_ci": [lo, hi],
-                           "train_prevalence": args.train_prevalence, "model": base.spec}
-    print(verdict + unknown + f"\nestimated pneumonia prevalence {prev:.3f} [{lo:.3f}, {hi:.3f}] "
-          "(Saerens EM, label shift assumed)")
+    if patients_from == "none":
+        verdict += ("; patient ids unknown (each image counted as its own patient: a patient's "
+                    "several images make the test too ready to say \"differs\" - give "
+                    "--patients)")
+    return {"images": len(x), "skipped": len(bad), "unreadable": [b.strip() for b in bad],
+            "reference_images": len(ref), "patients": len(set(groups.tolist())),
+            "patients_from": patients_from, "mmd2": stat, "p_value": p, "shifted": shifted,
+            "verdict": verdict, "prevalence": prev, "prevalence_ci": [lo, hi],
+            "train_prevalence": train_prevalence, "model": base.spec}
+
+
+def command(args: argparse.Namespace) -> int:
+    doc = run(args.paths, args.model, args.reference, args.permutations, args.max_images,
+              args.train_prevalence, args.patients, args.seed)
+    if doc["unreadable"]:
+        print(f"{doc['skipped']} file(s) could not be read and were left out of the test:\n"
+              + "\n".join(f"  {b}" for b in doc["unreadable"]), file=sys.stderr)
+    lo, hi = doc["prevalence_ci"]
+    print(doc["verdict"] + f"\nestimated pneumonia prevalence {doc['prevalence']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}] (Saerens EM, label shift assumed)")
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return 1 if bad else 0
+    return 1 if doc["unreadable"] else 0

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import Shift, cpu_name, select_shifts, shifted_inputs
-from pneumonia.site.check import embed, mmd_test
+from pneumonia.model.tasks import pneumonia_probability
+from pneumonia.site.check import embed, mmd_test, prevalence_interval
 from pneumonia.site.draws import draw
 from pneumonia.site.rundata import file_bytes, images, originals
 from pneumonia.stats.bootstrap import wilson_interval
@@ -57,6 +59,7 @@ class Sample:
     test: np.ndarray
     test_groups: np.ndarray
     shifted: dict[str, np.ndarray]
+    prevalence: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def smallest_n(summary: list[dict[str, Any]], site: str, goal: float = POWER_GOA
     return "all" if full and full[0]["rate"] >= goal else None
 
 
-def load_sample(run: Path, data: Path, shifts: tuple[Shift, ...], seed: int) -> Sample:
+def load_sample(run: Path, data: Path, shifts: tuple[Shift, ...], seed: int,
+                train_prevalence: float = 0.5) -> Sample:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -160,9 +164,14 @@ def load_sample(run: Path, data: Path, shifts: tuple[Shift, ...], seed: int) -> 
     files = file_bytes(data, val)
     ids = val["image_id"].astype(str).tolist()
     shifted = {s.name: embed(model, shifted_inputs(files, ids, s, size, seed, 2)) for s in shifts}
-    return Sample(embed(model, images(data, val, size)), val["patient_id"].astype(str).to_numpy(),
-                  embed(model, images(data, test, size)),
-                  test["patient_id"].astype(str).to_numpy(), shifted)
+    xv, xt = images(data, val, size), images(data, test, size)
+    prevalence = {}
+    for name, x, frame in (("test", xt, test), ("validation", xv, val)):
+        prob = pneumonia_probability(np.asarray(model.predict(x, verbose=0)))
+        prevalence[name] = {"estimate": list(prevalence_interval(prob, train_prevalence)),
+                            "true": float((frame["label"] == "PNEUMONIA").mean())}
+    return Sample(embed(model, xv), val["patient_id"].astype(str).to_numpy(), embed(model, xt),
+                  test["patient_id"].astype(str).to_numpy(), shifted, prevalence)
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,7 @@ class Settings:
     shifts: str | None = None  # robustness shift names, comma-separated; None all; "-" none
     seed: int = 0
     out: str = "metrics/site-check"
+    train_prevalence: float = 0.5
 
     def command_line(self) -> str:
         return " ".join([
@@ -193,7 +203,7 @@ class Settings:
             "--seed", str(self.seed), "--out", self.out])
 
 
-def measure(settings: Settings, log: Any = print) -> dict[str, Any]:
+def measure(settings: Settings, log: Any = print, reuse: Path | None = None) -> dict[str, Any]:
     """Run the study, writing settings.out(.json/.md) after each run (a partial result is
     usable); return the report."""
     t0 = time.perf_counter()
@@ -202,10 +212,17 @@ def measure(settings: Settings, log: Any = print) -> dict[str, Any]:
     sizes: list[int | None] = [*settings.sizes, None]
     rows: list[dict[str, Any]] = []
     doc: dict[str, Any] = {}
+    prevalence: dict[str, Any] = {}
+    old = reusable(reuse, settings) if reuse else {}
     for i, run in enumerate(settings.runs):
-        sample = load_sample(Path(run), data, shifts, settings.seed)
-        log(f"{run}: embedded ({time.perf_counter() - t0:.0f} s)")
-        for row in run_repeats(sample, sizes, settings.repeats, settings.permutations,
+        kept = [r for r in old.get("draws", []) if r["run"] == run]
+        sample = load_sample(Path(run), data, () if kept else shifts, settings.seed,
+                             settings.train_prevalence)
+        prevalence[run] = sample.prevalence
+        log(f"{run}: embedded ({time.perf_counter() - t0:.0f} s)"
+            + (f"; its {len(kept)} draws reused from {reuse}" if kept else ""))
+        rows.extend(kept)
+        for row in [] if kept else run_repeats(sample, sizes, settings.repeats, settings.permutations,
                                settings.permutations_all, settings.max_images,
                                settings.seed + 1000 * i,
                                lambda r, run=run: log(f"{run}: repeat {r + 1}/{settings.repeats} "
@@ -213,13 +230,28 @@ def measure(settings: Settings, log: Any = print) -> dict[str, Any]:
                                settings.shift_repeats):
             rows.append({"run": run, **row})
         done = replace(settings, runs=settings.runs[:i + 1])
-        doc = report(done, rows, shifts, round(time.perf_counter() - t0, 1))
+        doc = report(done, rows, shifts, round(time.perf_counter() - t0, 1), prevalence)
+        if old:
+            doc |= {"measured": old["measured"], "seconds": old["seconds"],
+                    "reused": {"from": str(reuse), "prevalence_measured":
+                               datetime.now(UTC).isoformat(timespec="minutes")}}
         write(doc, Path(settings.out))
     return doc
 
 
+def reusable(path: Path, settings: Settings) -> dict[str, Any]:
+    """A previous output's record when it was measured with the same settings (its draws are
+    kept), else PipelineError."""
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = settings.command_line()
+    if old.get("command") != same:
+        raise PipelineError(f"--reuse {path}: measured with other settings ({old.get('command')!r}"
+                            f"), not {same!r}; run without --reuse.")
+    return old
+
+
 def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, ...],
-           seconds: float) -> dict[str, Any]:
+           seconds: float, prevalence: dict[str, Any] | None = None) -> dict[str, Any]:
     summary = summarize(rows)
     per_run = {run: summarize([r for r in rows if r["run"] == run]) for run in settings.runs}
     return {
@@ -237,6 +269,7 @@ def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, 
         "seconds": seconds, "summary": summary,
         "smallest_n": {site: smallest_n(summary, site)
                        for site in [TEST, *(s.name for s in shifts)]},
+        "train_prevalence": settings.train_prevalence, "prevalence": prevalence or {},
         "per_run": per_run, "draws": rows,
     }
 
@@ -259,7 +292,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shifts", default=None, metavar="A,B",
                         help="robustness shifts to measure (default all; none: '-')")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-prevalence", type=float, default=0.5,
+                        help="for the Saerens EM prevalence estimate (as site check)")
     parser.add_argument("--out", default="metrics/site-check")
+    parser.add_argument("--reuse", metavar="FILE.json", default=None,
+                        help="a previous output with the same settings: its draws are kept, "
+                        "the prevalence estimates measured again")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -267,8 +305,9 @@ def command(args: argparse.Namespace) -> int:
                         shift_repeats=args.shift_repeats, sizes=list(args.sizes),
                         permutations=args.permutations, permutations_all=args.permutations_all,
                         max_images=args.max_images, shifts=args.shifts, seed=args.seed,
-                        out=args.out)
-    measure(settings, lambda line: print(line, file=sys.stderr, flush=True))
+                        out=args.out, train_prevalence=args.train_prevalence)
+    measure(settings, lambda line: print(line, file=sys.stderr, flush=True),
+            Path(args.reuse) if args.reuse else None)
     out = Path(args.out)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
@@ -333,6 +372,18 @@ def markdown(doc: dict[str, Any]) -> str:
                 + f" | {need if need is not None else '> ' + sizes[-2]} |")
         lines += ["", "Shifts: " + "; ".join(f"`{k}` {v}" for k, v in doc["shifts"].items())
                   + "."]
+    if doc.get("prevalence"):
+        lines += ["", "## Pneumonia prevalence without labels", "",
+                  ("Saerens et al.'s EM from each model's P(PNEUMONIA), training prior "
+                   f"{doc['train_prevalence']:g}, 95 % bootstrap interval over images"
+                   + (f" (measured {doc['reused']['prevalence_measured']} UTC, the draws above "
+                      "reused)" if doc.get("reused") else "") + "; against the true share:"),
+                  "", "| model | images | estimate | true |", "|---|---|---|---|"]
+        for run, sites in doc["prevalence"].items():
+            for name, d in sites.items():
+                e = d["estimate"]
+                lines.append(f"| `{Path(run).name}` | {name} | {e[0]:.3f} [{e[1]:.3f}, "
+                             f"{e[2]:.3f}] | {d['true']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
