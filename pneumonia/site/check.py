@@ -22,10 +22,7 @@ prior adjustment; both are a few lines of numpy here.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,26 +122,6 @@ def reference_images(ref: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     return rundata.images(ref, val, size), val["patient_id"].astype(str).to_numpy()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="IMAGES",
-                        help="the site's images: files, folders, .zip (as predict)")
-    parser.add_argument("--model", metavar="M", default=None,
-                        help="default: the champion, else models/model.keras")
-    parser.add_argument("--reference", default="data", metavar="DIR",
-                        help="the model's training data: DIR/split.csv and its images "
-                        "(default data/, the workspace's)")
-    parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--max-images", type=int, default=500,
-                        help="at most this many images per sample (a random subset)")
-    parser.add_argument("--train-prevalence", type=float, default=0.5,
-                        help="pneumonia share the model was trained at (default 0.5: balanced)")
-    parser.add_argument("--patients", metavar="FILE.csv", default=None,
-                        help="columns file, patient_id: keeps a patient's images together in "
-                        "the test (default: Kermany-style file names, else one patient each)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", metavar="FILE.json", default=None)
-
-
 def site_patients(names: list[str], patients_csv: str | None) -> tuple[np.ndarray, str]:
     """(patient id of each image, where the ids came from): `--patients` CSV (columns file,
     patient_id; `file` a path as listed or its base name), else Kermany-style file names
@@ -242,17 +219,3 @@ def run(paths: list[str], model_spec: str | None = None, reference: str = "data"
             "patients_from": patients_from, "mmd2": stat, "p_value": p, "shifted": shifted,
             "verdict": verdict, "prevalence": prev, "prevalence_ci": [lo, hi],
             "train_prevalence": train_prevalence, "model": base.spec}
-
-
-def command(args: argparse.Namespace) -> int:
-    doc = run(args.paths, args.model, args.reference, args.permutations, args.max_images,
-              args.train_prevalence, args.patients, args.seed)
-    if doc["unreadable"]:
-        print(f"{doc['skipped']} file(s) could not be read and were left out of the test:\n"
-              + "\n".join(f"  {b}" for b in doc["unreadable"]), file=sys.stderr)
-    lo, hi = doc["prevalence_ci"]
-    print(doc["verdict"] + f"\nestimated pneumonia prevalence {doc['prevalence']:.3f} "
-          f"[{lo:.3f}, {hi:.3f}] (Saerens EM, label shift assumed)")
-    if args.out:
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return 1 if doc["unreadable"] else 0

@@ -21,11 +21,9 @@ the uncertainty).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -60,16 +58,6 @@ class Sample:
     test_groups: np.ndarray
     shifted: dict[str, np.ndarray]
     prevalence: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Draw:
-    """The indices of one repeat: the reference (validation), the site (held-out validation,
-    or test) for one size."""
-
-    reference: np.ndarray
-    held_out: np.ndarray
-    site: np.ndarray
 
 
 def split_reference(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -272,45 +260,6 @@ def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, 
         "train_prevalence": settings.train_prevalence, "prevalence": prevalence or {},
         "per_run": per_run, "draws": rows,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="trained runs: RUN_DIR/models/model.keras (results pooled)")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="their training data: DIR/split.csv (train/val/test) and images")
-    parser.add_argument("--repeats", type=int, default=20, help="per run")
-    parser.add_argument("--shift-repeats", type=int, default=None,
-                        help="test the shifts in this many of the repeats (default all)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200])
-    parser.add_argument("--permutations", type=int, default=200,
-                        help="per test at the sizes (p-values resolve to 1/(P+1))")
-    parser.add_argument("--permutations-all", type=int, default=1000,
-                        help="per test with every image (site check's default)")
-    parser.add_argument("--max-images", type=int, default=500,
-                        help="cap per sample, as site check's --max-images")
-    parser.add_argument("--shifts", default=None, metavar="A,B",
-                        help="robustness shifts to measure (default all; none: '-')")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-prevalence", type=float, default=0.5,
-                        help="for the Saerens EM prevalence estimate (as site check)")
-    parser.add_argument("--out", default="metrics/site-check")
-    parser.add_argument("--reuse", metavar="FILE.json", default=None,
-                        help="a previous output with the same settings: its draws are kept, "
-                        "the prevalence estimates measured again")
-
-
-def command(args: argparse.Namespace) -> int:
-    settings = Settings(runs=list(args.runs), data=args.data, repeats=args.repeats,
-                        shift_repeats=args.shift_repeats, sizes=list(args.sizes),
-                        permutations=args.permutations, permutations_all=args.permutations_all,
-                        max_images=args.max_images, shifts=args.shifts, seed=args.seed,
-                        out=args.out, train_prevalence=args.train_prevalence)
-    measure(settings, lambda line: print(line, file=sys.stderr, flush=True),
-            Path(args.reuse) if args.reuse else None)
-    out = Path(args.out)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    return 0
 
 
 def _rate(s: dict[str, Any]) -> str:
