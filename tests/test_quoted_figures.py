@@ -202,3 +202,11 @@ def test_site_check_figures_are_the_committed_study() -> None:
     for shift in ("resolution_0.5x", "resolution_2x", "gamma_0.67", "gamma_1.5", "contrast_0.6",
                   "contrast_1.4", "noise_8", "jpeg_30", "jpeg_10", "rotate_5"):
         assert need[shift] is None, shift  # "more than 200" in the docs
+    prevalence = doc["prevalence"]
+    test = [prevalence[r]["test"]["estimate"] for r in doc["runs"]]
+    val = [prevalence[r]["validation"]["estimate"] for r in doc["runs"]]
+    assert f"{min(e[0] for e in test):.3f}–{max(e[0] for e in test):.3f} across the five" in text
+    assert f"{min(e[0] for e in val):.3f}–{max(e[0] for e in val):.3f} against" in text
+    assert all(e[1] > prevalence[r]["test"]["true"] for r, e in zip(doc["runs"], test, strict=True))
+    s1 = prevalence[doc["runs"][0]]["test"]["estimate"]
+    assert f"seed 1: {s1[0]:.3f} [{s1[1]:.3f}, {s1[2]:.3f}]" in text
