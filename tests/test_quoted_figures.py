@@ -179,3 +179,48 @@ def test_robustness_of_the_cpu_preset_in_further_work() -> None:
         names = ", ".join(f"`{n}`" for n, s in shifts.items()
                           if s["accuracy_delta"]["verdict"] == verdict)
         assert lead + names in text, f"docs/further-work.md: the shifts {verdict}"
+
+
+def test_site_check_figures_are_the_committed_study() -> None:
+    """docs/new-site.md quotes metrics/site-check.json: false alarms and the test set with all
+    images, and the images each robustness shift needs."""
+    doc = json.loads((METRICS / "site-check.json").read_text())
+    cell = {(s["site"], str(s["images"])): s for s in doc["summary"]}
+    text = " ".join(_text("docs/new-site.md").split())
+
+    def rate(s: dict) -> str:
+        return f"{s['rate']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+
+    assert f"{rate(cell[('validation (held out)', 'all')])} of " \
+           f"{cell[('validation (held out)', 'all')]['draws']}" in text
+    assert rate(cell[("validation (held out), patient ids ignored", "all")]) in text
+    assert f"**{rate(cell[('test', 'all')])}**" in text
+    need = doc["smallest_n"]
+    assert need["inverted"] == 25 and "25 images for inverted grey levels" in text
+    assert need["resolution_0.25x"] == need["noise_20"] == 100
+    assert need["rotate_10"] == 200 and "200 for a 10° rotation" in text
+    for shift in ("resolution_0.5x", "resolution_2x", "gamma_0.67", "gamma_1.5", "contrast_0.6",
+                  "contrast_1.4", "noise_8", "jpeg_30", "jpeg_10", "rotate_5"):
+        assert need[shift] is None, shift  # "more than 200" in the docs
+    prevalence = doc["prevalence"]
+    test = [prevalence[r]["test"]["estimate"] for r in doc["runs"]]
+    val = [prevalence[r]["validation"]["estimate"] for r in doc["runs"]]
+    assert f"{min(e[0] for e in test):.3f}–{max(e[0] for e in test):.3f} across the five" in text
+    assert f"{min(e[0] for e in val):.3f}–{max(e[0] for e in val):.3f} against" in text
+    assert all(e[1] > prevalence[r]["test"]["true"] for r, e in zip(doc["runs"], test, strict=True))
+    s1 = prevalence[doc["runs"][0]]["test"]["estimate"]
+    assert f"seed 1: {s1[0]:.3f} [{s1[1]:.3f}, {s1[2]:.3f}]" in text
+
+
+def test_site_calibrate_timing_in_new_site_md_is_the_committed_benchmark() -> None:
+    """docs/new-site.md quotes benchmarks/site_calibrate.json: the CPU seconds of both runs and
+    the total of the per-step breakdown."""
+    doc = json.loads((Path(__file__).resolve().parent.parent / "benchmarks/site_calibrate.json")
+                     .read_text())
+    text = " ".join(_text("docs/new-site.md").split())
+    cpu = [f"{r['cpu_s']:.1f}" for r in doc["runs"]]
+    assert f"**{cpu[0]} and {cpu[1]} CPU-seconds**" in text
+    walls = [f"{r['wall_s']:.0f} s" for r in doc["runs"]]
+    assert f"{walls[0]} and {walls[1]} wall" in text
+    assert f"{doc['phases']['cpu_s_total']} CPU-seconds in all" in text
+    assert doc["best_wall_s"] > doc["goal_s"]  # the docs say the goal is not shown met
