@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from pneumonia.errors import PipelineError
@@ -267,6 +268,46 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up waiting after this many minutes (default 1200)")
 
 
+def _queue_and_wait(runs: list[tuple[str, dict[str, str]]], data: dict[str, str],
+                    args: argparse.Namespace, report_cmd: str
+                    ) -> tuple[dict[str, int] | None, list[str], set[str]]:
+    """Queue what is not finished nor pending, start the queue, wait (re-queueing once the runs
+    a dead worker lost): (the queue's counts or None for --no-wait, missing runs, failed runs)."""
+    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
+    if dead:
+        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
+    queued = queue_rows()
+    todo, skipped = to_queue(runs, finished_experiments(),
+                             {n for _, n, s in queued if s in ("Queued", "Running")})
+    for line in skipped:
+        print(line)
+    for name, overrides in todo:
+        _queue(name, overrides | data)
+    start_queue(args.jobs)
+    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {args.jobs} "
+          "worker(s): `dvc queue status` to follow; Ctrl-C stops them", flush=True)
+    if args.no_wait:
+        return None, [], set()
+    deadline = time.monotonic() + args.timeout_min * 60
+    for attempt in (1, 2):
+        counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
+                                jobs=args.jobs)
+        print(f"queue finished: {counts}")
+        missing = sorted({name for name, _ in runs} - finished_experiments())
+        failed = {n for _, n, s in queue_rows() if s == "Failed"}
+        lost = [n for n in missing if n not in failed]
+        if not lost or attempt == 2:
+            break
+        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
+        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
+              f"{', '.join(lost)}", flush=True)
+        for name, overrides in runs:
+            if name in lost:
+                _queue(name, overrides | data)
+        start_queue(args.jobs)
+    return counts, missing, failed
+
+
 def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, what: str,
              report_cmd: str) -> dict[str, int] | None:
     """Queue `runs` ((name, overrides) pairs) and run them; None for --dry-run / --no-wait, else
@@ -281,42 +322,14 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         return None
     if not Path("dvc.yaml").is_file():
         raise PipelineError(f"run `pneumonia {what}` from the repository root (where dvc.yaml is).")
-    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
-    if dead:
-        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
-    queued = queue_rows()
-    todo, skipped = to_queue(runs, finished_experiments(),
-                             {n for _, n, s in queued if s in ("Queued", "Running")})
-    for line in skipped:
-        print(line)
-    for name, overrides in todo:
-        _queue(name, overrides | data)
-    start_queue(args.jobs)
-    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {args.jobs} "
-          "worker(s): `dvc queue status` to follow", flush=True)
-    if args.no_wait:
+    names = [name for name, _ in runs]
+    try:
+        counts, missing, failed = _queue_and_wait(runs, data, args, report_cmd)
+    except KeyboardInterrupt:
+        _stop_on_interrupt(names)
+        raise
+    if counts is None:
         return None
-    deadline = time.monotonic() + args.timeout_min * 60
-    for attempt in (1, 2):
-        try:
-            counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
-                                    jobs=args.jobs)
-        except KeyboardInterrupt:
-            print(interrupted_message(), file=sys.stderr, flush=True)
-            raise
-        print(f"queue finished: {counts}")
-        missing = sorted({name for name, _ in runs} - finished_experiments())
-        failed = {n for _, n, s in queue_rows() if s == "Failed"}
-        lost = [n for n in missing if n not in failed]
-        if not lost or attempt == 2:
-            break
-        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
-        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
-              f"{', '.join(lost)}", flush=True)
-        for name, overrides in runs:
-            if name in lost:
-                _queue(name, overrides | data)
-        start_queue(args.jobs)
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
             f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"
@@ -343,14 +356,106 @@ def _queue(name: str, overrides: dict[str, str]) -> None:
     _dvc(*cmd)
 
 
-def interrupted_message() -> str:
-    """What Ctrl-C leaves behind: the queue runs on in the background, and how to stop it."""
-    rows = queue_rows()
-    queued = [n for _, n, s in rows if s == "Queued"]
-    running = [n for _, n, s in rows if s == "Running"]
+def pending_runs(names: Collection[str]) -> tuple[list[str], list[str]]:
+    """(queued, running): those of `names` that DVC's queue still holds, read from its broker and
+    result files (DVC's API), not `dvc queue status`, which also broadcasts to the workers (see
+    wait_for_queue): this is read every poll_s while a worker runs."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        queue = repo.experiments.celery_queue
+        queued = [e.name for e in queue.iter_queued() if e.name in names]
+        running = [e.name for e in queue.iter_active() if e.name in names]
+    return sorted(set(queued)), sorted(set(running))
+
+
+def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0,
+              limit_s: float = 180.0) -> dict[str, list[str]]:
+    """Stop the runs of `names` that DVC's queue holds: the queued ones removed (`dvc queue
+    remove`), the running ones interrupted (`dvc queue kill`: SIGINT to the run's process group,
+    as Ctrl-C would; `-f`, SIGKILL, once `grace_s` has passed) and, once their worker has
+    finished them (it deletes the run's temporary copy), their "Failed" rows removed.
+
+    Returns {"removed": queued runs removed, "killed": running runs stopped, "finished": runs
+    that finished before they could be stopped (kept: experiments), "left": runs still queued
+    or running after `limit_s`}. Other experiments in the queue are not touched. A run can move
+    from queued to running between a listing and a `dvc queue remove` (which then refuses the
+    whole list): every step re-reads the queue and retries until nothing of `names` is left."""
+    names = set(names)
+    removed: set[str] = set()
+    killed: dict[str, float] = {}  # name: when last asked to stop
+    start = time.monotonic()
+    while True:
+        queued, running = pending_runs(names)
+        if not queued and not running:
+            break
+        if time.monotonic() - start > limit_s:
+            return {"removed": sorted(removed), "killed": sorted(set(killed) - set(running)),
+                    "finished": [], "left": sorted(queued + running)}
+        if queued and _dvc("queue", "remove", *queued, check=False).returncode == 0:
+            removed.update(queued)
+        # Asked again every 10 s: a run whose process has not started yet cannot be killed
+        # (DVC: "ProcessLookupError"); past grace_s, with SIGKILL.
+        now = time.monotonic()
+        to_kill = [n for n in running if now - killed.get(n, -1e9) >= 10.0]
+        if to_kill:
+            _dvc("queue", "kill", *(["-f"] if now - start > grace_s else []), *to_kill,
+                 check=False)
+            killed.update(dict.fromkeys(to_kill, now))
+        time.sleep(poll_s)
+        if not workers_alive():  # a killed worker leaves its run "Running" forever
+            clean_dead_runs()
+    finished = sorted(set(killed) & finished_experiments())
+    stopped = sorted(set(killed) - set(finished))
+    if stopped:  # their rows say "Failed": not failures of the grid, an interruption
+        _dvc("queue", "remove", *stopped, check=False)
+    return {"removed": sorted(removed - set(killed)), "killed": stopped, "finished": finished,
+            "left": []}
+
+
+def _stop_on_interrupt(names: list[str]) -> None:
+    """Ctrl-C during a grid: stop its own runs in DVC's queue and say what was stopped and what
+    was not. A second Ctrl-C leaves the rest as it is, and says what that is."""
+    print("\ninterrupted: stopping this grid's runs in DVC's queue (Ctrl-C again to leave them "
+          "running)...", file=sys.stderr, flush=True)
+    try:
+        result = stop_runs(names)
+    except KeyboardInterrupt:
+        print(left_running_message(names), file=sys.stderr, flush=True)
+        return
+    except (PipelineError, OSError) as exc:  # DVC's repository unreadable, a dvc call failed
+        print(f"could not stop the grid's runs: {exc}\n{left_running_message(names)}",
+              file=sys.stderr, flush=True)
+        return
+    lines = []
+    if result["killed"]:
+        lines.append(f"stopped (were running, their temporary copies removed): "
+                     f"{', '.join(result['killed'])}")
+    if result["removed"]:
+        lines.append(f"removed from the queue (not started): {', '.join(result['removed'])}")
+    if result["finished"]:
+        lines.append(f"finished before they could be stopped (kept as experiments): "
+                     f"{', '.join(result['finished'])}")
+    if result["left"]:
+        lines.append(f"COULD NOT STOP {', '.join(result['left'])}: still in DVC's queue. "
+                     "`dvc queue status`; `dvc queue kill -f NAME`, `dvc queue remove NAME`, or "
+                     "`dvc queue stop --kill` (every worker and run)")
+    if not lines:
+        lines.append("nothing of this grid was queued or running")
+    finished = sorted(finished_experiments() & set(names))
+    lines.append(f"{len(finished)} of the grid's {len(names)} runs are finished experiments "
+                 "(kept); running the same command again queues only the others.")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def left_running_message(names: Collection[str]) -> str:
+    """What is left in DVC's queue of `names` when stopping was not possible, and how to stop it."""
+    try:
+        queued, running = pending_runs(set(names))
+    except Exception:  # noqa: BLE001 - a best-effort message on the way out
+        queued, running = [], []
     return (
-        f"interrupted: DVC's queue keeps running in the background (running: "
-        f"{', '.join(running) or 'none'}; queued: {len(queued)}; workers: "
-        f"{', '.join(map(str, workers_alive())) or 'none'}). `dvc queue status` to follow; to "
-        "stop it: `dvc queue remove --queued` (the runs not started), then `dvc queue stop "
-        "--kill` (the worker and its running experiment).")
+        f"left in DVC's queue: running: {', '.join(running) or 'none'}; queued: "
+        f"{', '.join(queued) or 'none'} (workers: {', '.join(map(str, workers_alive())) or 'none'})"
+        ". To stop them: `dvc queue remove NAME` (queued), `dvc queue kill NAME` (running); "
+        "`dvc queue status` to follow.")
