@@ -179,3 +179,24 @@ def test_robustness_of_the_cpu_preset_in_further_work() -> None:
         names = ", ".join(f"`{n}`" for n, s in shifts.items()
                           if s["accuracy_delta"]["verdict"] == verdict)
         assert lead + names in text, f"docs/further-work.md: the shifts {verdict}"
+
+
+def test_served_memory_figures_in_reliability_are_the_committed_benchmark() -> None:
+    """docs/reliability.md quotes benchmarks/serve_memory.json: idle, peak and growth per
+    `serve.max_concurrent_decodes`, and the RSS 3 s after the last answer."""
+    bench = json.loads((ROOT / "benchmarks/serve_memory.json").read_text())
+    runs = {r["max_concurrent_decodes"]: r for r in bench["runs"]}
+    text = " ".join(_text("docs/reliability.md").split())
+    assert bench["machine"]["cpu"] in text and bench["machine"]["date"][:10] in text
+    idle = {f"{r['idle_gb']:.2f}" for r in runs.values()}
+    assert len(idle) == 1 and f"idle {idle.pop()} GB" in text
+    import yaml
+
+    assert yaml.safe_load(_text("params.yaml"))["serve"]["max_concurrent_decodes"] == 2
+    assert (f"peak **{runs[2]['peak_gb']:.2f} GB (+{runs[2]['growth_gb']:.2f} GB)** with the "
+            "default limit of 2") in text
+    for limit in (1, 8):
+        r = runs[limit]
+        assert f"{r['peak_gb']:.2f} GB (+{r['growth_gb']:.2f}) with {limit}" in text, limit
+    after = {f"{r['after_3s_gb']:.2f}" for r in runs.values()}
+    assert len(after) == 1 and f"3 s after the last answer {after.pop()} GB in every case" in text
