@@ -2,7 +2,8 @@
 
 A grid is a list of (experiment name, `-S` overrides). `run_grid` queues each as
 `dvc exp run --queue -n NAME -S ...`, starts the queue (one worker by default: DVC's queue has
-open races with several), waits for it and says why when every run failed. The reports read the
+open races with several), waits for it and says why when every run failed. Ctrl-C stops the
+grid's own queued and running runs (stop_runs) and says what it stopped. The reports read the
 finished experiments from their git commits (pneumonia.experiments.revisions).
 """
 
