@@ -9,6 +9,7 @@ finished experiments from their git commits (pneumonia.experiments.revisions).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -140,7 +141,6 @@ def clean_dead_runs() -> list[str]:
     is what `dvc queue remove` does for a finished task (forget the celery result, purge its
     message: dvc/repo/experiments/queue/remove.py, DVC 3.67), done for an orphaned one, whose
     name `dvc queue remove` does not resolve; the copy's path is in the run's info file."""
-    import json
     import shutil
 
     if workers_alive():
@@ -347,60 +347,111 @@ def _queue(name: str, overrides: dict[str, str]) -> None:
     _dvc(*cmd)
 
 
-def pending_runs(names: Collection[str]) -> tuple[list[str], list[str]]:
-    """(queued, running): those of `names` that DVC's queue still holds, read from its broker and
-    result files (DVC's API), not `dvc queue status`, which also broadcasts to the workers (see
-    wait_for_queue): this is read every poll_s while a worker runs."""
+def pending_runs(names: Collection[str]) -> tuple[list[str], dict[str, dict]]:
+    """(queued names, {running name: its run}) for those of `names` that DVC's queue still
+    holds. A run is {"process": True / False / None (its `dvc exp exec-run` process alive /
+    exited / not started yet), "copy": its temporary copy of the repository or None}. Read from
+    the queue's broker, result and process files (DVC's API), not `dvc queue status`, which also
+    broadcasts to the workers (see wait_for_queue): this is read every second while a worker
+    runs."""
     from dvc.repo import Repo
 
     with Repo(".") as repo:
         queue = repo.experiments.celery_queue
-        queued = [e.name for e in queue.iter_queued() if e.name in names]
-        running = [e.name for e in queue.iter_active() if e.name in names]
-    return sorted(set(queued)), sorted(set(running))
+        queued = sorted({e.name for e in queue.iter_queued() if e.name in names})
+        running: dict[str, dict] = {}
+        for entry in queue.iter_active():
+            if entry.name not in names:
+                continue
+            info = queue.proc.get(entry.stash_rev)
+            alive = None if info is None else info.returncode is None and _alive(info.pid)
+            running[entry.name] = {"process": alive,
+                                   "copy": _copy_of(queue.get_infofile_path(entry.stash_rev))}
+    return queued, running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or ") Z " not in stat.read_text(errors="replace")
+
+
+def _copy_of(infofile: str) -> str | None:
+    """The temporary copy a queued run works in (its info file's root_dir), or None."""
+    try:
+        return str(json.loads(Path(infofile).read_text())["root_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0,
               limit_s: float = 180.0) -> dict[str, list[str]]:
     """Stop the runs of `names` that DVC's queue holds: the queued ones removed (`dvc queue
     remove`), the running ones interrupted (`dvc queue kill`: SIGINT to the run's process group,
-    as Ctrl-C would; `-f`, SIGKILL, once `grace_s` has passed) and, once their worker has
-    finished them (it deletes the run's temporary copy), their "Failed" rows removed.
+    as Ctrl-C would; `-f`, SIGKILL, once `grace_s` has passed), then waited for until their
+    worker has finished them and deleted their temporary copies; their "Failed" rows removed.
 
     Returns {"removed": queued runs removed, "killed": running runs stopped, "finished": runs
     that finished before they could be stopped (kept: experiments), "left": runs still queued
-    or running after `limit_s`}. Other experiments in the queue are not touched. A run can move
-    from queued to running between a listing and a `dvc queue remove` (which then refuses the
-    whole list): every step re-reads the queue and retries until nothing of `names` is left."""
+    or running, or whose copy is still there, after `limit_s`}. Other experiments in the queue
+    are not touched. Two races of DVC 3.67 are avoided: a run can move from queued to running
+    between a listing and a `dvc queue remove` (which then refuses the whole list: every step
+    re-reads the queue and retries); and `dvc queue kill` of a run whose process has not started
+    yet, or has already exited, marks it failed in the result store while its worker goes on
+    (setting up, or collecting and deleting its copy) — so a run is asked to stop only while
+    its process is alive, and it counts as stopped only once it has left the queue's active
+    runs and its copy is gone."""
+    import shutil
+
     names = set(names)
     removed: set[str] = set()
-    killed: dict[str, float] = {}  # name: when last asked to stop
+    asked: dict[str, float] = {}  # name: when first asked to stop
+    forced: set[str] = set()
+    copies: dict[str, str] = {}
     start = time.monotonic()
     while True:
         queued, running = pending_runs(names)
-        if not queued and not running:
+        for name, run in running.items():
+            if run["copy"]:
+                copies[name] = run["copy"]
+        left_copies = [n for n, c in copies.items() if n not in running and Path(c).exists()]
+        if not queued and not running and not left_copies:
             break
         if time.monotonic() - start > limit_s:
-            return {"removed": sorted(removed), "killed": sorted(set(killed) - set(running)),
-                    "finished": [], "left": sorted(queued + running)}
+            if not workers_alive():  # nothing will delete them: as clean_dead_runs does
+                exps = Path(".dvc/tmp/exps").resolve()
+                for name in left_copies:
+                    copy = Path(copies[name]).resolve()
+                    if exps in copy.parents:
+                        shutil.rmtree(copy, ignore_errors=True)
+                left_copies = [n for n in left_copies if Path(copies[n]).exists()]
+            return {"removed": sorted(removed), "killed": sorted(set(asked) - set(running)),
+                    "finished": [], "left": sorted(set(queued) | set(running) | set(left_copies))}
         if queued and _dvc("queue", "remove", *queued, check=False).returncode == 0:
             removed.update(queued)
-        # Asked again every 10 s: a run whose process has not started yet cannot be killed
-        # (DVC: "ProcessLookupError"); past grace_s, with SIGKILL.
         now = time.monotonic()
-        to_kill = [n for n in running if now - killed.get(n, -1e9) >= 10.0]
-        if to_kill:
-            _dvc("queue", "kill", *(["-f"] if now - start > grace_s else []), *to_kill,
-                 check=False)
-            killed.update(dict.fromkeys(to_kill, now))
+        for name, run in running.items():
+            if run["process"] is not True:
+                continue  # not started yet, or exited: its worker finishes it, then we look again
+            if name not in asked:
+                _dvc("queue", "kill", name, check=False)
+                asked[name] = now
+            elif now - asked[name] > grace_s and name not in forced:
+                _dvc("queue", "kill", "-f", name, check=False)
+                forced.add(name)
         time.sleep(poll_s)
         if not workers_alive():  # a killed worker leaves its run "Running" forever
             clean_dead_runs()
-    finished = sorted(set(killed) & finished_experiments())
-    stopped = sorted(set(killed) - set(finished))
+    finished = sorted(set(asked) & finished_experiments())
+    stopped = sorted(set(asked) - set(finished))
     if stopped:  # their rows say "Failed": not failures of the grid, an interruption
         _dvc("queue", "remove", *stopped, check=False)
-    return {"removed": sorted(removed - set(killed)), "killed": stopped, "finished": finished,
+    return {"removed": sorted(removed - set(asked)), "killed": stopped, "finished": finished,
             "left": []}
 
 
@@ -442,7 +493,8 @@ def _stop_on_interrupt(names: list[str]) -> None:
 def left_running_message(names: Collection[str]) -> str:
     """What is left in DVC's queue of `names` when stopping was not possible, and how to stop it."""
     try:
-        queued, running = pending_runs(set(names))
+        queued, active = pending_runs(set(names))
+        running = sorted(active)
     except Exception:  # noqa: BLE001 - a best-effort message on the way out
         queued, running = [], []
     return (
