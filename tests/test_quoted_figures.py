@@ -247,7 +247,7 @@ def test_same_seed_on_another_cpu_in_reliability() -> None:
     assert f"its one pair moved {abs(round(amd, 3) - round(intel, 3)):.3f}" in flat
 
 
-DEMO_RUNS = {"demo-s42": 42, "demo-s1": 1}  # metrics/runs/<name>/: the seed
+DEMO_RUNS = {"demo-s42": 42, "demo-s1": 1, "demo-s2": 2}  # metrics/runs/<name>/: the seed
 
 
 def _demo(name: str) -> dict:
