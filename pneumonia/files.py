@@ -24,6 +24,16 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def write_json_and_markdown(doc: Any, markdown: str, out: Path) -> tuple[Path, Path]:
+    """A measurement's record and its report side by side: OUT.json (`doc`, indent 1) and OUT.md
+    (`markdown`), parent folder created. Returns the two paths (.md first)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    md_path.write_text(markdown, encoding="utf-8")
+    return md_path, json_path
+
+
 def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The values of ``doc`` at the dotted ``keys``, nested as in ``doc``, in the keys' order;
     a key the record lacks is left out (e.g. train's `seconds` before training finished)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import cpu_name
+from pneumonia.files import write_json_and_markdown
 from pneumonia.site import adapt, adapt_study, calibrate, check, study
 
 
@@ -146,11 +147,8 @@ def adapt_study_command(args: argparse.Namespace) -> int:
            "machine": f"{platform.machine()}, {cpu_name()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
            "conditions": table, "per_run": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(adapt_study.markdown(doc), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    print("wrote {} and {}".format(*write_json_and_markdown(doc, adapt_study.markdown(doc),
+                                                            Path(args.out))))
     return 0
 
 
@@ -402,29 +400,8 @@ def check_study_command(args: argparse.Namespace) -> int:
            "seconds": round(time.perf_counter() - t0, 1), "tests": rows,
            "prevalence": {"test": {"estimate": prev_t, "true": truth_t},
                           "validation": {"estimate": prev_v, "true": truth_v}}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    lines = ["# `site check`: false alarms and power, measured", "",
-             (f"Command: `pneumonia site check-study {run} --data {data}` ({doc['measured']} UTC, "
-             f"{doc['machine']}, {doc['seconds']:.0f} s). One trained model; the 64-px "
-             "development copy of the dataset it was trained on (5840 of its 5856 images are "
-             "224-px re-encodings, not the public download). Each repeat: a random half of the "
-             "validation originals is the reference; the site is n images of the other half "
-             "(an unshifted site: its rejections are false alarms) or of the official test set. "
-             f"MMD on penultimate embeddings, {args.permutations} permutations."), "",
-             "| site | images | rejected at p < 0.01 | rejected at p < 0.05 | median p |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['site']} | {r['images']} | {r['rejection_rate_p<0.01']:.2f} | "
-              f"{r['rejection_rate_p<0.05']:.2f} | {r['median_p']:.3g} |" for r in rows]
-    lines += ["", ("Pneumonia prevalence without labels (Saerens EM, training prior "
-              f"{args.train_prevalence:g}; 95 % bootstrap interval) against the true share:"), "",
-              "| images | estimate | true |", "|---|---|---|"]
-    for name, d in doc["prevalence"].items():
-        e = d["estimate"]
-        lines.append(f"| {name} | {e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}] | {d['true']:.3f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    md = check.study_markdown(doc, args.train_prevalence)
+    print("wrote {} and {}".format(*write_json_and_markdown(doc, md, Path(args.out))))
     return 0
 
 
@@ -489,11 +466,8 @@ def study_command(args: argparse.Namespace) -> int:
                                             "all of them)" if one else "")],
                 "k": {str(k): {key: study.summarise(v, one) for key, v in d.items()}
                       for k, d in res.items()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(study.markdown(result), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    print("wrote {} and {}".format(*write_json_and_markdown(result, study.markdown(result),
+                                                            Path(args.out))))
     return 0
 
 

@@ -111,3 +111,27 @@ def reference_images(ref: Path, size: int) -> np.ndarray:
     if val.empty:
         raise PipelineError(f"{split}: no validation originals (subset val)")
     return _images(ref, val.reset_index(drop=True), size)
+
+
+def study_markdown(doc: dict[str, Any], train_prevalence: float) -> str:
+    """metrics/site-check.md from `pneumonia site check-study`'s record (`doc`)."""
+    lines = ["# `site check`: false alarms and power, measured", "",
+             (f"Command: `pneumonia site check-study {doc['run']} --data {doc['data']}` "
+             f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). One trained "
+             "model; the 64-px "
+             "development copy of the dataset it was trained on (5840 of its 5856 images are "
+             "224-px re-encodings, not the public download). Each repeat: a random half of the "
+             "validation originals is the reference; the site is n images of the other half "
+             "(an unshifted site: its rejections are false alarms) or of the official test set. "
+             f"MMD on penultimate embeddings, {doc['permutations']} permutations."), "",
+             "| site | images | rejected at p < 0.01 | rejected at p < 0.05 | median p |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['site']} | {r['images']} | {r['rejection_rate_p<0.01']:.2f} | "
+              f"{r['rejection_rate_p<0.05']:.2f} | {r['median_p']:.3g} |" for r in doc["tests"]]
+    lines += ["", ("Pneumonia prevalence without labels (Saerens EM, training prior "
+              f"{train_prevalence:g}; 95 % bootstrap interval) against the true share:"), "",
+              "| images | estimate | true |", "|---|---|---|"]
+    for name, d in doc["prevalence"].items():
+        e = d["estimate"]
+        lines.append(f"| {name} | {e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}] | {d['true']:.3f} |")
+    return "\n".join(lines) + "\n"
