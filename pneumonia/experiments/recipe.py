@@ -36,13 +36,13 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
-from pneumonia.experiments.presets import CANDIDATES
-from pneumonia.experiments.report import (
+from pneumonia.experiments.ablation_stats import (
     ALPHA,
     POWER,
     POWER_DIFFERENCE,
 )
+from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
+from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams
 from pneumonia.paths import METRICS, TRAIN_JSON
