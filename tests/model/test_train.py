@@ -490,7 +490,7 @@ def test_resume_key_covers_the_training_code(tmp_path: Path) -> None:
     train stage imports (the closure dvc.yaml lists), and nothing else."""
     import shutil
 
-    from pneumonia.model.train import code_digest, code_files, resume_key
+    from pneumonia.model.resume import code_digest, code_files, resume_key
     from tests.pipeline.test_layout import REPO, import_closure
 
     assert {f.relative_to(REPO).as_posix() for f in code_files()} == import_closure("train")
