@@ -1,4 +1,6 @@
 """Typed, validated parameters (params.yaml).
+Over 400 lines on purpose: one dataclass per params.yaml section with every field's rule and
+description (the single source of docs/params.md); the caster is in params_cast.py.
 
 params.yaml is parsed once, at the edge, into frozen dataclasses. A wrong key, type or range fails
 with a `ParamsError` that names the key and says how to fix it. Values DVC writes back after

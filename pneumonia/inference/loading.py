@@ -1,4 +1,6 @@
 """Which model `pneumonia predict` / `explain` use, and its decision threshold.
+Over 400 lines on purpose: one subject, resolving `--model` to a model with its threshold,
+calibration and provenance, whose lookups share the registry and run readers below.
 
 `--model` takes a Keras file (`models/model.keras`), a run's model (`runs:/<run_id>/model`), or a
 registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<id>`). Without it:

@@ -1,4 +1,7 @@
 """Stage `train`: fine-tune the classifier on the split's train subset, validate on its val subset.
+Over 400 lines on purpose: the stage's run and the pieces it composes (dataset, compile,
+callbacks, best-weights restore, validation scoring, MLflow logging); resume.py and devices.py
+hold the resume state and the device choice.
 
 Paper setup (Sec. IV-E): Adam (lr 2e-6), ReduceLROnPlateau (patience 2), EarlyStopping (patience 5),
 online augmentation without flips. The paper does not state the loss: binary cross-entropy on

@@ -1,4 +1,6 @@
 """Patient-grouped (cluster) bootstrap of the test metrics, vectorised over all resamples.
+Over 400 lines on purpose: the weighted metrics, their resampling and the guarded intervals are
+one algorithm (every function works on the same weight matrix).
 
 Several test images can come from one patient, and images of one patient are correlated, so
 resampling images as if they were independent understates the uncertainty. This module resamples
