@@ -245,9 +245,8 @@ class EvaluateParams:
     )
     champion_min_accuracy: float = field(default=0.9, metadata=_prob)  # see registry_name
     # Non-inferiority margin against the champion and the anchor: a chain of slightly worse
-    # models cannot take the champion more than this below the best one. Error rates at 0.02
-    # (Monte Carlo, docs/statistics.md): a model 0.02 worse promoted 3 %, an equally good one
-    # blocked 24-64 %.
+    # models cannot take the champion more than this below the best one (the gate's measured
+    # error rates at this margin: docs/statistics.md).
     champion_margin: float = field(default=0.02, metadata=_prob)
     # Grad-CAM overlays (metrics/gradcam/, MLflow evaluate/gradcam/): the most confident test
     # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.

@@ -443,12 +443,13 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
     promotion = None
     if spec.startswith("models:/"):
-        promotion = promotion_note(_version_tags(spec))
+        promotion = promotion_note(version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
                   provenance=provenance_of(spec), site=site, promotion=promotion)
 
 
-def _version_tags(uri: str) -> dict[str, str]:
+def version_tags(uri: str) -> dict[str, str]:
+    """The tags of the registered version `uri` (models:/NAME@ALIAS or /VERSION) names."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -480,7 +481,7 @@ def provenance_of(spec: str) -> dict[str, str]:
         prov = meta.get("provenance")
         if isinstance(prov, dict) and prov:
             return {str(k): str(v) for k, v in prov.items()}
-        return provenance.from_tags(_version_tags(spec)) if spec.startswith("models:/") else {}
+        return provenance.from_tags(version_tags(spec)) if spec.startswith("models:/") else {}
     if Path(spec).resolve() != MODEL_FILE.resolve():
         return {}
     try:  # the workspace's model: its training run's tags, else the workspace's manifest

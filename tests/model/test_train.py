@@ -441,9 +441,9 @@ def test_train_dataset_augments_within_the_ranges_and_never_flips(tmp_path: Path
     plain = [(x.numpy(), y.numpy()) for x, y in train_dataset(rows, plain_params, 48)]
     assert len(augmented) == len(plain) == 2 * 3  # 144 images, batch 48, 2 epochs
 
-    from pneumonia.model.inputs import _affine_layer_class
+    from pneumonia.model.inputs import affine_layer_class
 
-    layer = _affine_layer_class()(10, 0.1, 0.1, 0.1, brightness_mode="multiplicative",
+    layer = affine_layer_class()(10, 0.1, 0.1, 0.1, brightness_mode="multiplicative",
                                   zoom_independent=True)
     for k, ((x, y), (src, y_src)) in enumerate(zip(augmented, plain, strict=True)):
         epoch, batch = divmod(k, 3)
