@@ -34,6 +34,18 @@ def write_json_and_markdown(doc: Any, markdown: str, out: Path) -> tuple[Path, P
     return md_path, json_path
 
 
+def with_generated_block(path: Path, block: str, begin: str, end: str, goes: str) -> str:
+    """`path`'s text with the block between its `begin` and `end` markers replaced by `block`
+    (which holds both markers). PipelineError when the markers are missing; `goes` says what
+    goes there ("the numbers go")."""
+    text = path.read_text(encoding="utf-8")
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise PipelineError(f"{path}: the markers of the generated block are missing; put "
+                            f"'{begin}' and '{end}' where {goes}.")
+    return text[:start] + block + text[stop + len(end):]
+
+
 def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The values of ``doc`` at the dotted ``keys``, nested as in ``doc``, in the keys' order;
     a key the record lacks is left out (e.g. train's `seconds` before training finished)."""

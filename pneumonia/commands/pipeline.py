@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from pneumonia import demo, params, params_doc
 
@@ -30,15 +31,23 @@ def add_params_doc_arguments(parser: argparse.ArgumentParser) -> None:
 
 def params_doc_command(args: argparse.Namespace) -> int:
     """`pneumonia params-doc [--check]` in the repository root."""
-    doc = params_doc.DOC
-    new = params_doc.update(doc, params_doc.reference())
-    if new == doc.read_text(encoding="utf-8"):
-        print(f"{doc} is up to date with pneumonia/params.py")
+    return rewrite_generated(params_doc.DOC, params_doc.update(params_doc.DOC,
+                                                               params_doc.reference()),
+                             args.check, "reference", "differs", "pneumonia/params.py",
+                             "pneumonia params-doc")
+
+
+def rewrite_generated(path: Path, new: str, check: bool, what: str, differ: str, source: str,
+                      command: str) -> int:
+    """Write `new` (the file with its generated block regenerated from `source`) to `path`, or with
+    `check` only compare: exit status 1 when the file is stale."""
+    if new == path.read_text(encoding="utf-8"):
+        print(f"{path} is up to date with {source}")
         return 0
-    if args.check:
-        print(f"{doc} is stale: its reference differs from pneumonia/params.py. Run "
-              "`pneumonia params-doc` and commit the result.", file=sys.stderr)
+    if check:
+        print(f"{path} is stale: its {what} {differ} from {source}. Run `{command}` and commit "
+              "the result.", file=sys.stderr)
         return 1
-    doc.write_text(new, encoding="utf-8")
-    print(f"updated the parameter reference in {doc} from pneumonia/params.py")
+    path.write_text(new, encoding="utf-8")
+    print(f"updated the {what} in {path} from {source}")
     return 0
