@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pneumonia.commands.pipeline", "all six stages on the bundled sample, as a DVC experiment"),
     "params": ("pneumonia.commands.pipeline", "print params.yaml as validated (every key, with defaults)"),
+    "params-doc": ("pneumonia.commands.pipeline",
+                   ("regenerate docs/params.md's reference from pneumonia/params.py (--check: only "
+                   "compare)")),
     "ablation": ("pneumonia.commands.experiments",
                  "queue and run the ablation grid (params.yaml `ablation:`), then report"),
     "recipe": ("pneumonia.commands.experiments",

@@ -24,6 +24,28 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def write_json_and_markdown(doc: Any, markdown: str, out: Path) -> tuple[Path, Path]:
+    """A measurement's record and its report side by side: OUT.json (`doc`, indent 1) and OUT.md
+    (`markdown`), parent folder created. Returns the two paths (.md first)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    md_path.write_text(markdown, encoding="utf-8")
+    return md_path, json_path
+
+
+def with_generated_block(path: Path, block: str, begin: str, end: str, goes: str) -> str:
+    """`path`'s text with the block between its `begin` and `end` markers replaced by `block`
+    (which holds both markers). PipelineError when the markers are missing; `goes` says what
+    goes there ("the numbers go")."""
+    text = path.read_text(encoding="utf-8")
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise PipelineError(f"{path}: the markers of the generated block are missing; put "
+                            f"'{begin}' and '{end}' where {goes}.")
+    return text[:start] + block + text[stop + len(end):]
+
+
 def headline(doc: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The values of ``doc`` at the dotted ``keys``, nested as in ``doc``, in the keys' order;
     a key the record lacks is left out (e.g. train's `seconds` before training finished)."""

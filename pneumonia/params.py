@@ -1,4 +1,6 @@
 """Typed, validated parameters (params.yaml).
+Over 400 lines on purpose: one dataclass per params.yaml section with every field's rule and
+description (the single source of docs/params.md); the caster is in params_cast.py.
 
 params.yaml is parsed once, at the edge, into frozen dataclasses. A wrong key, type or range fails
 with a `ParamsError` that names the key and says how to fix it. Values DVC writes back after
@@ -45,6 +47,7 @@ Backbone = Literal[
 @dataclass(frozen=True)
 class DataParams:
     raw: str  # dataset folder or .zip (Kaggle/Mendeley layout, or any tree: `layout: folders`)
+    # images are decoded once and squashed to image_size x image_size pixels
     image_size: int = field(
         default=224, metadata=_rule(lambda v: 32 <= v <= 1024, "must be between 32 and 1024 pixels")
     )
@@ -52,15 +55,15 @@ class DataParams:
     # folders: any tree of class folders, any file names (pneumonia/dataset/folders.py).
     layout: Literal["kermany", "folders"] = "kermany"
     # folders layout: the class-folder names (case-insensitive) of each label.
-    normal_folders: tuple[str, ...] = ("normal",)
-    pneumonia_folders: tuple[str, ...] = ("pneumonia",)
+    normal_folders: tuple[str, ...] = ("normal",)  # ... of NORMAL images
+    pneumonia_folders: tuple[str, ...] = ("pneumonia",)  # ... of PNEUMONIA images
     # folders layout: a CSV inside data.raw with columns path, patient_id (optional: split,
     # label, cause); "" = none (every image its own patient).
     metadata: str = ""
     # folders layout without train/test folders or a split column: the share of images (whole
     # patients, per label) drawn for test at ingest, before balancing can see them.
     test_fraction: float = field(default=0.2, metadata=_frac_open)
-    test_seed: int = 42
+    test_seed: int = 42  # seeds that draw (folders layout)
     # Decompression-bomb cap for every decoder (ingest, predict, the served model): an image whose
     # header announces more pixels is refused before decoding. At most 89: Pillow refuses more
     # than 89.5 MP (Image.MAX_IMAGE_PIXELS) anyway.
@@ -71,6 +74,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class IngestParams:
+    # fail: stop at an undecodable file; skip: go on (listed in data/ingest_report.json)
     on_bad_file: Literal["fail", "skip"] = "fail"
     workers: int = field(default=0, metadata=_nonneg)  # 0 = one per CPU core
 
@@ -80,7 +84,7 @@ class ValidateParams:
     table1_counts: bool = True  # expect the paper's Table I counts per split and label
     leakage: Literal["warn", "error"] = "warn"  # duplicates / patient overlap: warning or error
     min_side: int = field(default=64, metadata=_pos)  # smallest accepted original width/height
-    max_side: int = field(default=10000, metadata=_pos)
+    max_side: int = field(default=10000, metadata=_pos)  # largest accepted width/height
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,19 @@ class BalanceParams:
     # augmentor: the paper (Augmentor grows NORMAL to target_normal); class_weight: train on the
     # originals, the loss weighs each class by n / (2 n_class); none: originals, unweighted.
     method: Literal["augmentor", "class_weight", "none"] = "augmentor"
-    target_normal: int = field(default=3849, metadata=_nonneg)  # NORMAL training images after
-    seed: int = 42
+    # NORMAL training images after Augmentor (the paper: 3849 vs 3883 PNEUMONIA)
+    target_normal: int = field(default=3849, metadata=_nonneg)
+    seed: int = 42  # seeds Augmentor's draws
     workers: int = field(default=0, metadata=_nonneg)  # 0 = one per CPU core
     skew_magnitude: float = field(default=0.1, metadata=_prob)  # Augmentor Skew magnitude
     distortion_grid: int = field(default=4, metadata=_pos)  # Augmentor Distort grid width/height
-    distortion_magnitude: int = field(default=2, metadata=_nonneg)
+    distortion_magnitude: int = field(default=2, metadata=_nonneg)  # Augmentor Distort magnitude
     # Magnification factor range (1.1 = up to 10 % zoom-in at a random position), applied with
     # Augmentor ZoomRandom(percentage_area=1/factor). Below 1 would crop outside the image.
     zoom_min: float = field(default=1.0, metadata=_rule(lambda v: v >= 1, "must be >= 1"))
-    zoom_max: float = field(default=1.1, metadata=_rule(lambda v: 1 <= v <= 2, "must be 1 to 2"))
+    zoom_max: float = field(default=1.1, metadata=_rule(lambda v: 1 <= v <= 2,
+                                                        "must be 1 to 2"))  # see zoom_min
+    # Augmentor RotateRange(max_left=max_right = rotation), degrees
     rotation: int = field(
         default=5, metadata=_rule(lambda v: 0 <= v <= 25, "must be between 0 and 25 degrees")
     )
@@ -105,8 +112,10 @@ class BalanceParams:
 
 @dataclass(frozen=True)
 class SplitParams:
+    # share of the training patients held out for validation (the paper: 80 % / 20 %; grouping
+    # by patient is ours)
     val_fraction: float = field(default=0.2, metadata=_frac_open)
-    seed: int = 42
+    seed: int = 42  # seeds the patient draw
     # true (the paper's order: balance, then split): generated images are split with their
     # source's patient, so validation holds generated NORMAL images too. false: validation holds
     # original images only; a generated image goes to train when its source does, and is left
@@ -122,10 +131,11 @@ class ModelParams:
     backbone: Backbone = "densenet201"
     weights: str = "imagenet"  # imagenet | none | path to a weights file (.h5 / .weights.h5)
     trainable_layers: int = field(default=30, metadata=_nonneg)  # last N backbone layers
+    # the head: global average pooling -> Dense(dense_units, relu) -> Dropout(dropout) -> output
     dense_units: int = field(default=256, metadata=_pos)
     dropout: float = field(
         default=0.5, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
-    )
+    )  # dropout rate of the head
     # Pretrained backbones: keep BatchNormalization in inference mode among the trainable layers
     # (Keras transfer-learning guide). false = the paper's literal reading: all parameters of the
     # last `trainable_layers` layers are fitted, BN statistics included.
@@ -142,9 +152,13 @@ class AugmentParams:
     """Online augmentation ranges (Keras preprocessing layers). Never flips: X-ray views are
     standardised, a mirrored heart is not a chest X-ray."""
 
+    # random rotation, degrees either way
     rotation: float = field(default=10.0, metadata=_rule(lambda v: 0 <= v <= 45, "must be 0-45 degrees"))
+    # random zoom: scale in [1 - zoom, 1 + zoom]
     zoom: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    # random shift, a share of the width / height
     shift: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    # random brightness change by up to this share (see brightness_mode)
     brightness: float = field(default=0.1, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
     # multiplicative: pixels x U(1 - brightness, 1 + brightness), as the paper's
     # ImageDataGenerator(brightness_range=...) does (black stays black); additive: + U(-b, b) x 255,
@@ -157,12 +171,15 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = field(default=100, metadata=_pos)
+    epochs: int = field(default=100, metadata=_pos)  # at most; EarlyStopping decides
     batch_size: int = field(default=32, metadata=_pos)  # per replica
-    seed: int = 42
+    seed: int = 42  # seeds weights, shuffling, augmentation and dropout
+    # ReduceLROnPlateau(val_loss): lr x reduce_lr_factor after reduce_lr_patience epochs without
+    # improvement, down to min_lr (lr_schedule plateau)
     reduce_lr_factor: float = field(default=0.3, metadata=_frac_open)
-    reduce_lr_patience: int = field(default=2, metadata=_nonneg)
-    min_lr: float = field(default=1e-9, metadata=_nonneg)
+    reduce_lr_patience: int = field(default=2, metadata=_nonneg)  # epochs, see reduce_lr_factor
+    min_lr: float = field(default=1e-9, metadata=_nonneg)  # the floor of ReduceLROnPlateau
+    # EarlyStopping(val_loss): stop after this many epochs without improvement
     early_stopping_patience: int = field(default=5, metadata=_nonneg)
     # auto = mixed float16 when a GPU is visible; on = mixed float16; bfloat16 = mixed bfloat16
     # (pays only on CPUs/GPUs with bf16 matrix units: measure, docs/experiments.md); off = float32
@@ -180,7 +197,7 @@ class TrainParams:
     # plateau: the paper's ReduceLROnPlateau(val_loss, reduce_lr_patience) at a constant `lr`;
     # cosine: linear warm-up over warmup_epochs, then cosine decay to 0 at train.epochs (per step).
     lr_schedule: Literal["plateau", "cosine"] = "plateau"
-    warmup_epochs: int = field(default=0, metadata=_nonneg)
+    warmup_epochs: int = field(default=0, metadata=_nonneg)  # linear warm-up (lr_schedule cosine)
     # Exponential moving average of the weights (Adam's use_ema): validation, the best-epoch
     # checkpoint and the saved model use the average. 0 = off (the paper); 0.99-0.999 typical.
     ema_momentum: float = field(
@@ -202,7 +219,7 @@ class EvaluateParams:
     # threshold is chosen on the validation images by `threshold_rule: youden` (reported beside
     # it; `pneumonia predict --threshold chosen` uses it).
     threshold: float = field(default=0.5, metadata=_frac_open)
-    batch_size: int = field(default=64, metadata=_pos)
+    batch_size: int = field(default=64, metadata=_pos)  # images per forward pass
     # fixed: threshold_chosen = threshold; youden: maximise sensitivity + specificity - 1 on the
     # validation images (originals only), reported as threshold_chosen with its test metrics.
     threshold_rule: Literal["fixed", "youden"] = "fixed"
@@ -226,16 +243,15 @@ class EvaluateParams:
         metadata=_rule(lambda v: bool(v.strip()) and "/" not in v and "@" not in v,
                      "must be a non-empty name without '/' or '@'"),
     )
-    champion_min_accuracy: float = field(default=0.9, metadata=_prob)
+    champion_min_accuracy: float = field(default=0.9, metadata=_prob)  # see registry_name
     # Non-inferiority margin against the champion and the anchor: a chain of slightly worse
-    # models cannot take the champion more than this below the best one. Error rates at 0.02
-    # (Monte Carlo, docs/statistics.md): a model 0.02 worse promoted 3 %, an equally good one
-    # blocked 24-64 %.
+    # models cannot take the champion more than this below the best one (the gate's measured
+    # error rates at this margin: docs/statistics.md).
     champion_margin: float = field(default=0.02, metadata=_prob)
     # Grad-CAM overlays (metrics/gradcam/, MLflow evaluate/gradcam/): the most confident test
     # errors (at most explain_max_errors) and explain_correct_per_class correct cases per class.
     explain_max_errors: int = field(default=6, metadata=_nonneg)
-    explain_correct_per_class: int = field(default=1, metadata=_nonneg)
+    explain_correct_per_class: int = field(default=1, metadata=_nonneg)  # see explain_max_errors
     # Split conformal prediction sets (pneumonia.evaluation.confidence): calibrated on the
     # validation originals so that a set holds the true label for >= 1 - alpha of images
     # exchangeable with them; a set that is not one label = refer to a radiologist.
@@ -248,10 +264,11 @@ class AblationParams:
     seed. No stage reads this section; the command turns it into `-S` overrides."""
 
     preset: Literal["cpu", "paper"] = "cpu"  # cpu: 2 cores, from scratch; paper: params.yaml
-    backbones: tuple[Backbone, ...] = ("densenet121",)
+    backbones: tuple[Backbone, ...] = ("densenet121",)  # the arms' model.backbone values
+    # the arms' balance.method values
     balance_methods: tuple[Literal["augmentor", "class_weight", "none"], ...] = (
         "augmentor", "class_weight", "none")
-    freeze_batchnorm: tuple[bool, ...] = (True,)
+    freeze_batchnorm: tuple[bool, ...] = (True,)  # the arms' model.freeze_batchnorm values
     seeds: tuple[int, ...] = (1, 2, 3)  # train.seed of each repetition
 
 
@@ -260,8 +277,8 @@ class RecipeParams:
     """`pneumonia recipe`: the CPU recipe search, candidates (pneumonia/experiments/presets.py)
     x seeds. No stage reads this section."""
 
-    candidates: tuple[str, ...] = ("prev-cpu",)
-    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    candidates: tuple[str, ...] = ("prev-cpu",)  # names of presets.CANDIDATES
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # train.seed of each repetition
 
 
 @dataclass(frozen=True)

@@ -1,44 +1,8 @@
-"""Model registry: every evaluated model is a version; `champion` moves only through the gate.
-
-The evaluate stage registers the model it evaluated as a version of the registered model
-`evaluate.registry_name` (MLflow Model Registry, in the pipeline's store, local or a tracking
-server) and settles its alias with the gate (pneumonia.gate: floor, provenance, defined primary
-metrics, same test set, non-inferiority to the champion and to the anchor version by the paired
-bootstrap). `pneumonia predict` uses `models:/<name>@champion`.
-
-**Races without a shared lock.** Two evaluations may finish at once on a tracking server (clients
-of a server share no file to lock). Reading the champion, deciding and setting the alias is not
-atomic in MLflow, so instead of locking, the registry is treated as a log ordered by version
-number, which the store assigns atomically (unique (name, version) rows): the champion is, by
-definition, what the gate gives when the versions are gated one at a time in version order.
-
-- A version is created with everything the gate needs as tags (`gate.*` inputs: floor, margin,
-  test-set id; `threshold`, `test_accuracy`, `evaluate_run_id` whose run holds the predictions;
-  `provenance.*`), in the same call, so no one ever sees half of it.
-- Each evaluation replays every version in order: a version already decided (tag
-  `gate.champion_after`, written last) is read back; an undecided one (its own, or another
-  evaluation's still running or dead) it decides itself. The gate is a pure function of those
-  tags and artifacts (fixed bootstrap seed), so two processes deciding the same version write
-  the same tags; only the evaluation that registered a version may record "cannot compare" for
-  it (an unreadable artifact elsewhere is never written down as a decision).
-- The aliases are then set from the state after the highest decided version, and the versions
-  are read again: if anything was decided meanwhile, the replay runs again. The last process to
-  set an alias has seen every decision made before its set, so the aliases end where a one-at-a-
-  time order would have put them, and nobody becomes champion without being compared with the
-  champion before it in that order.
-
-Residual windows (documented, not closed): a process that dies between its decision and its
-alias set leaves the alias behind the recorded decisions until the next evaluation settles it;
-two processes deciding the same version at the same moment only agree if both read the same
-artifacts (a transient read error on one side makes it write `challenger` while the other
-writes its decision: last write wins, the stage that erred says so); and a champion alias moved
-by hand is overwritten by the next settle (set the tag `gate.champion_after` of the newest
-version too, docs/using-the-model.md).
-
-**Fail closed.** Only "no such registered model" means there is no champion; any other error of
-the store (e.g. "database is locked", a server gone) stops the stage with the reason, the
-champion unchanged. metrics/registry.json says `champion` only for the version holding the
-alias when the stage ended.
+"""Model registry: every evaluated model is a version; `champion` moves only through the gate
+(pneumonia.gate). Without a shared lock: the champion is what the gate gives when the versions
+are gated one at a time in version order, each evaluation replays them and settles the aliases;
+any store error other than "no such model" fails closed. The design, its races and the windows
+it leaves open: docs/using-the-model.md ("Two evaluations at once", "Fails closed").
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ def test_promote_by_hand_after_the_test_set_changed(store: dict) -> None:
     (nothing to compare). `pneumonia promote` shows what the gate says, moves `champion`,
     records who / why / when, and the next evaluation is gated against the promoted version
     instead of undoing the move."""
-    from pneumonia.inference.loading import _version_tags
+    from pneumonia.inference.loading import version_tags
     from pneumonia.promote import promote, promotion_note
 
     exp, model, client = store["experiment"], store["model"], store["client"]
@@ -439,11 +439,11 @@ def test_promote_by_hand_after_the_test_set_changed(store: dict) -> None:
     assert "promoted by hand by alice" in mv.description
     assert "by alice" in client.get_registered_model("promo").tags["champion.promoted_by_hand"]
     # `pneumonia predict` reads the same note from the champion's tags
-    note = promotion_note(_version_tags("models:/promo@champion"))
+    note = promotion_note(version_tags("models:/promo@champion"))
     assert note is not None and "by hand by alice" in note and "site B" in note
     # the next evaluation on the new test set is compared with the promoted version
     again, v3, _ = evaluate_once(exp, GOOD, gate_params(floor=0.9, name="promo"), model,
                                  frame=new_set)
     assert client.get_model_version("promo", v3).tags["gate.compared_with"] == v2
     assert again.alias == CHAMPION and aliases(client, "promo")[CHAMPION] == v3
-    assert promotion_note(_version_tags("models:/promo@champion")) is None  # gated, not by hand
+    assert promotion_note(version_tags("models:/promo@champion")) is None  # gated, not by hand

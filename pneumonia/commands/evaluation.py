@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia.commands.pipeline import rewrite_generated
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation import card, robustness
 from pneumonia.files import workers as resolve_workers
@@ -25,17 +26,8 @@ def add_model_card_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_card_command(args: argparse.Namespace) -> int:
     """`pneumonia model-card [--check]` in the repository root."""
-    new = card.update(card.CARD, card.render())
-    if new == card.CARD.read_text(encoding="utf-8"):
-        print(f"{card.CARD} is up to date with metrics/ and dvc.lock")
-        return 0
-    if args.check:
-        print(f"{card.CARD} is stale: its numbers differ from metrics/ and dvc.lock. Run "
-              "`pneumonia model-card` and commit the result.", file=sys.stderr)
-        return 1
-    card.CARD.write_text(new, encoding="utf-8")
-    print(f"updated the numbers in {card.CARD} from metrics/ and dvc.lock")
-    return 0
+    return rewrite_generated(card.CARD, card.update(card.CARD, card.render()), args.check,
+                             "numbers", "differ", "metrics/ and dvc.lock", "pneumonia model-card")
 
 
 def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pneumonia.errors import PipelineError
+from pneumonia.files import with_generated_block
 
 CARD = Path("MODEL_CARD.md")
 METRICS = Path("metrics")
@@ -173,11 +174,6 @@ def render(metrics: Path = METRICS, lock: Path = LOCK) -> str:
 
 def update(card: Path, block: str) -> str:
     """The card's text with its generated block replaced by `block`."""
-    text = card.read_text(encoding="utf-8")
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise PipelineError(f"{card}: the markers of the generated block are missing; put "
-                            f"'{BEGIN}' and '{END}' where the numbers go.")
-    return text[:start] + block + text[end + len(END):]
+    return with_generated_block(card, block, BEGIN, END, "the numbers go")
 
 

@@ -54,9 +54,8 @@ import numpy as np
 import pandas as pd
 
 from pneumonia import pipeline_run, registry, tracking
-from pneumonia.dataset.validate import PATIENT_RULES, leaking_test_images
 from pneumonia.errors import PipelineError
-from pneumonia.evaluation import further, reference_runs
+from pneumonia.evaluation import further, leakage, reference_runs
 from pneumonia.evaluation.metrics import (
     LEVEL,
     THRESHOLD_METRICS,
@@ -76,7 +75,7 @@ from pneumonia.evaluation.plots import (
     reliability_frame,
     roc_table,
 )
-from pneumonia.evaluation.reports import LeakfreeSubset, report_text, table3_report
+from pneumonia.evaluation.reports import report_text, table3_report
 from pneumonia.files import sha256_file, write_json, write_metrics
 from pneumonia.inference.gradcam import explain_test_cases
 from pneumonia.model.inputs import check_images, labels_of, make_dataset, read_split, subset_rows
@@ -88,7 +87,6 @@ from pneumonia.paths import (
     EVALUATE_JSON,
     GRADCAM_DIR,
     LABELS,
-    MANIFEST,
     MODEL_FILE,
     PR_CSV,
     PREDICTIONS_CSV,
@@ -153,31 +151,6 @@ def choose_threshold(params: Params, y_val: np.ndarray, prob_val: np.ndarray) ->
     return choose(y_val, prob_val, "youden")
 
 
-def leakage_of(rows: pd.DataFrame, rule: str = "strict") -> pd.DataFrame:
-    """validate's two kinds of leakage for each test row (in the rows' order), from
-    data/manifest.csv, the patients read by ``rule`` (validate.PATIENT_RULES): `patient`,
-    `patient_in_train`, `duplicate_of_train`, `leakfree`."""
-    if not MANIFEST.is_file():
-        raise PipelineError(f"{MANIFEST} not found: run the ingest stage first (`dvc repro`).")
-    manifest = pd.read_csv(MANIFEST, dtype=str, keep_default_na=False, na_values=[""])
-    needed = {"image_id", "patient_id", "split", "sha256", "label"}
-    missing = sorted(needed - set(manifest.columns))
-    if missing:
-        raise PipelineError(
-            f"{MANIFEST} lacks column(s) {', '.join(missing)}: it was written by an older ingest "
-            "stage. Run `dvc repro` to rebuild it."
-        )
-    leaks = leaking_test_images(manifest, rule).set_index("image_id")
-    unknown = sorted(set(rows["image_id"]) - set(leaks.index))
-    if unknown:
-        raise PipelineError(
-            f"{len(unknown)} test image(s) of {SPLIT_CSV} are not test images of {MANIFEST} "
-            f"(e.g. {', '.join(unknown[:3])}): the two files come from different ingest runs. "
-            "Run `dvc repro` to rebuild them together."
-        )
-    return leaks.loc[rows["image_id"]].reset_index()
-
-
 def validation_metrics(y_val: np.ndarray, prob_val: np.ndarray, threshold: float) -> dict[str, Any]:
     """The validation originals at the decision threshold: `val_accuracy`, `val_roc_auc` (None
     with one class) and `val_loss` (binary cross-entropy of P(PNEUMONIA), clipped as Keras does).
@@ -218,11 +191,8 @@ def run(params: Params) -> dict[str, Any]:
     e = params.evaluate
     df = read_split()
     rows = subset_rows(df, "test")
-    # The leak-free subset under evaluate's reading of the file names, and under the other one
-    # (`leakfree_alt_`): a conclusion that depends on the reading shows in table3.md.
-    rules = (e.leakfree_patient_rule,
-             *(r for r in PATIENT_RULES if r != e.leakfree_patient_rule))
-    leaks = {rule: leakage_of(rows, rule) for rule in rules}
+    rules = leakage.patient_rules(e.leakfree_patient_rule)
+    leaks = {rule: leakage.leakage_of(rows, rule) for rule in rules}  # input errors before work
     run_info = pipeline_run.read_run_file()
     pipeline_run.check_params_unchanged(run_info, params_digest(params))  # before registering
     experiment_id = tracking.setup()
@@ -266,20 +236,8 @@ def run(params: Params) -> dict[str, Any]:
     }
     metrics.update(compute_metrics(y_true, prob, t, groups, **boot))
     metrics.update(calibration_metrics(y_true, prob, groups, **boot))
-    subsets = []
-    for prefix, rule in zip(("leakfree_", "leakfree_alt_"), rules, strict=True):
-        leak = leaks[rule]
-        keep = leak["leakfree"].to_numpy(dtype=bool)
-        patients = leak["patient"].astype(str).to_numpy()  # as the rule reads them
-        subset = LeakfreeSubset(rule, y_true[keep], prob[keep], patients[keep],
-                                int(leak["patient_in_train"].sum()),
-                                int(leak["duplicate_of_train"].sum()))
-        subsets.append(subset)
-        metrics.update(compute_metrics(subset.y, subset.prob, t, subset.groups, **boot,
-                                       prefix=prefix))
-        metrics[f"{prefix}patient_rule"] = rule
-        metrics[f"{prefix}excluded_patient_in_train"] = subset.excluded_patient_in_train
-        metrics[f"{prefix}excluded_duplicate_of_train"] = subset.excluded_duplicate_of_train
+    leakfree, subsets = leakage.leakfree_metrics(leaks, rules, y_true, prob, t, boot)
+    metrics.update(leakfree)
     chosen_iv = reported_intervals(y_true, prob, threshold=chosen, groups=groups, **boot)
     metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
     metrics["threshold_warning"] = warning

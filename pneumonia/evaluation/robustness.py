@@ -61,7 +61,8 @@ class Shift:
     apply: Callable[[Any, np.random.Generator], bytes]
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """`pixels` (8-bit grayscale) as PNG file bytes, as the shifted images are scored."""
     from PIL import Image
 
     return encode_png(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L"))
@@ -80,19 +81,19 @@ def _resized(factor: float) -> Callable[[Any, np.random.Generator], bytes]:
 
 
 def _gamma(g: float) -> Callable[[Any, np.random.Generator], bytes]:
-    return lambda img, rng: _png(255.0 * (np.asarray(img, np.float64) / 255.0) ** g)
+    return lambda img, rng: png_bytes(255.0 * (np.asarray(img, np.float64) / 255.0) ** g)
 
 
 def _contrast(factor: float) -> Callable[[Any, np.random.Generator], bytes]:
     def apply(img: Any, rng: np.random.Generator) -> bytes:
         x = np.asarray(img, np.float64)
-        return _png(x.mean() + factor * (x - x.mean()))  # around the image's mean gray
+        return png_bytes(x.mean() + factor * (x - x.mean()))  # around the image's mean gray
 
     return apply
 
 
 def _noise(sigma: float) -> Callable[[Any, np.random.Generator], bytes]:
-    return lambda img, rng: _png(np.asarray(img, np.float64)
+    return lambda img, rng: png_bytes(np.asarray(img, np.float64)
                                  + rng.normal(0.0, sigma, (img.height, img.width)))
 
 
@@ -117,7 +118,7 @@ def _rotated(degrees: float) -> Callable[[Any, np.random.Generator], bytes]:
 
 
 def _inverted(img: Any, rng: np.random.Generator) -> bytes:
-    return _png(255.0 - np.asarray(img, np.float64))
+    return png_bytes(255.0 - np.asarray(img, np.float64))
 
 
 SHIFTS: tuple[Shift, ...] = (

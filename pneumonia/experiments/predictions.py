@@ -23,22 +23,29 @@ from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV
 COLUMNS = ("image_id", "patient_id", "actual", "probability")
 
 
-def parse_predictions(text: str, where: str) -> pd.DataFrame:
-    """A predictions.csv's rows, sorted by image_id, checked; `where` names it in errors."""
+def parse_predictions(source: str | Path, where: str) -> pd.DataFrame:
+    """The one checked reader of a run's predictions (test or validation; `source`: a CSV file or
+    its text), sorted by image_id, probability numeric. PipelineError naming `where` when the CSV
+    cannot be read, a column is missing, a label is not NORMAL / PNEUMONIA, a probability is not
+    in [0, 1], an image is listed twice or there is no row."""
     frame = read_csv_checked(
-        text, where, COLUMNS, dtype={"image_id": str, "patient_id": str},
+        source, where, COLUMNS, dtype={"image_id": str, "patient_id": str},
         damaged="re-run the evaluate stage there (`dvc repro evaluate`).",
         outdated="written by an older evaluate stage: re-run the evaluate stage there "
         "(`dvc repro evaluate`) and commit the result.")
-    bad_labels = sorted(set(frame["actual"]) - set(LABELS))
+    bad_labels = sorted(set(frame["actual"]) - set(LABELS), key=str)
+    if bad_labels:
+        raise PipelineError(f"{where}: column `actual` holds a label other than NORMAL / "
+                            f"PNEUMONIA ({', '.join(map(str, bad_labels[:3]))}): re-run the "
+                            "evaluate stage there.")
     prob = pd.to_numeric(frame["probability"], errors="coerce")
-    if bad_labels or prob.isna().any() or not prob.between(0, 1).all():
-        raise PipelineError(
-            f"{where}: `actual` must be NORMAL/PNEUMONIA and `probability` a number in [0, 1] on "
-            "every row. Re-run the evaluate stage there."
-        )
+    if prob.isna().any() or not prob.between(0, 1).all():
+        raise PipelineError(f"{where}: a `probability` is missing or outside [0, 1]: re-run the "
+                            "evaluate stage there.")
     if frame["image_id"].duplicated().any():
-        raise PipelineError(f"{where} lists an image twice: re-run the evaluate stage there.")
+        twice = frame["image_id"][frame["image_id"].duplicated()].iloc[0]
+        raise PipelineError(f"{where}: image {twice} is listed twice: re-run the evaluate stage "
+                            "there.")
     if frame.empty:
         raise PipelineError(f"{where} has no rows: re-run the evaluate stage there.")
     return frame.assign(probability=prob).sort_values("image_id", ignore_index=True)

@@ -25,7 +25,6 @@ choice made on the same numbers.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -37,13 +36,13 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.predictions import read_results
-from pneumonia.experiments.presets import CANDIDATES
-from pneumonia.experiments.report import (
+from pneumonia.experiments.ablation_stats import (
     ALPHA,
     POWER,
     POWER_DIFFERENCE,
 )
+from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
+from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams
 from pneumonia.paths import METRICS, TRAIN_JSON
@@ -61,7 +60,7 @@ RECIPE_DIR = METRICS / "recipe"
 RECIPE_JSON = METRICS / "recipe.json"
 RECIPE_MD = METRICS / "recipe.md"
 METRICS_SHOWN = ("accuracy", "roc_auc", "NORMAL_recall", "PNEUMONIA_recall")
-RUN_COLUMNS = ["image_id", "patient_id", "actual", "probability"]
+RUN_COLUMNS = list(COLUMNS)
 # The targets of the recipe (issue 21): seed-to-seed spread, level, time per run.
 TARGETS = {"accuracy_sd": 0.015, "NORMAL_recall_sd": 0.05, "accuracy_mean": 0.92,
            "roc_auc_mean": 0.97, "train_minutes": 15.0}
@@ -83,29 +82,9 @@ class RecipeRun:
 
 
 def read_predictions(source: str | Path, where: str) -> pd.DataFrame:
-    """The one checked reader of a run's predictions (test or validation): a CSV file or its
-    text. PipelineError naming ``where`` when a column is missing, an image is listed twice, a
-    label is not NORMAL / PNEUMONIA or a probability is not in [0, 1]. Sorted by image_id."""
-    text = io.StringIO(source) if isinstance(source, str) else source
-    try:
-        frame = pd.read_csv(text, dtype={"patient_id": str, "image_id": str})
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{where}: not a readable predictions CSV ({exc}).") from None
-    missing = sorted(set(RUN_COLUMNS) - set(frame.columns))
-    if missing:
-        raise PipelineError(f"{where}: lacks column(s) {', '.join(missing)} (written by an older "
-                            "evaluate stage): re-run that experiment.")
-    frame = frame[RUN_COLUMNS]
-    if frame["image_id"].duplicated().any():
-        twice = frame["image_id"][frame["image_id"].duplicated()].iloc[0]
-        raise PipelineError(f"{where}: image {twice} is listed twice.")
-    if not frame["actual"].isin(("NORMAL", "PNEUMONIA")).all():
-        raise PipelineError(f"{where}: column `actual` holds a label other than NORMAL / "
-                            "PNEUMONIA.")
-    prob = pd.to_numeric(frame["probability"], errors="coerce")
-    if not prob.between(0, 1).all():
-        raise PipelineError(f"{where}: a `probability` is missing or outside [0, 1].")
-    return frame.sort_values("image_id", ignore_index=True)
+    """A run's predictions (test or validation), checked by the one reader
+    (experiments/predictions.py), in RUN_COLUMNS, sorted by image_id."""
+    return parse_predictions(source, where)[RUN_COLUMNS]
 
 
 def experiment_name(candidate: str, seed: int) -> str:

@@ -1,4 +1,6 @@
 """Which model `pneumonia predict` / `explain` use, and its decision threshold.
+Over 400 lines on purpose: one subject, resolving `--model` to a model with its threshold,
+calibration and provenance, whose lookups share the registry and run readers below.
 
 `--model` takes a Keras file (`models/model.keras`), a run's model (`runs:/<run_id>/model`), or a
 registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-<id>`). Without it:
@@ -441,12 +443,13 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
         chosen, origin = recorded or _params_threshold() or (0.5, "default 0.5")
     promotion = None
     if spec.startswith("models:/"):
-        promotion = promotion_note(_version_tags(spec))
+        promotion = promotion_note(version_tags(spec))
     return Loaded(model, source, float(chosen), origin, *(qhat or (None, "")),
                   provenance=provenance_of(spec), site=site, promotion=promotion)
 
 
-def _version_tags(uri: str) -> dict[str, str]:
+def version_tags(uri: str) -> dict[str, str]:
+    """The tags of the registered version `uri` (models:/NAME@ALIAS or /VERSION) names."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -478,7 +481,7 @@ def provenance_of(spec: str) -> dict[str, str]:
         prov = meta.get("provenance")
         if isinstance(prov, dict) and prov:
             return {str(k): str(v) for k, v in prov.items()}
-        return provenance.from_tags(_version_tags(spec)) if spec.startswith("models:/") else {}
+        return provenance.from_tags(version_tags(spec)) if spec.startswith("models:/") else {}
     if Path(spec).resolve() != MODEL_FILE.resolve():
         return {}
     try:  # the workspace's model: its training run's tags, else the workspace's manifest

@@ -1,4 +1,6 @@
 """The served model: an MLflow pyfunc that takes image bytes and answers P(PNEUMONIA).
+Over 400 lines on purpose: one MLflow PythonModel, its request limits and its logging, which
+must travel together as the served model's code.
 
 `PneumoniaModel` wraps the Keras model (an artifact, `models/model.keras` as trained) with the
 preprocessing: each row's `image` column holds one image file (PNG, JPEG or DICOM) as base64

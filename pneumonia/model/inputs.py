@@ -96,7 +96,7 @@ def check_images(rows: pd.DataFrame, image_size: int) -> None:
 
 
 @functools.cache
-def _affine_layer_class() -> type:
+def affine_layer_class() -> type:
     """The augmentation layer class, defined on first use (keras is imported lazily)."""
     import keras
     from keras import ops
@@ -239,7 +239,7 @@ def build_augmentation(aug: AugmentParams, seed: int) -> keras.Sequential:
     if not (aug.rotation or aug.zoom or aug.shift or aug.brightness):
         # An empty Sequential cannot be called: all-zero ranges give an explicit Identity.
         return keras.Sequential([layers.Identity(name="no_augmentation")], name="augmentation")
-    layer = _affine_layer_class()(aug.rotation, aug.zoom, aug.shift, aug.brightness,
+    layer = affine_layer_class()(aug.rotation, aug.zoom, aug.shift, aug.brightness,
                                   brightness_mode=aug.brightness_mode,
                                   zoom_independent=aug.zoom_independent, seed=seed,
                                   name="random_affine_brightness")

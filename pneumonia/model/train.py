@@ -1,4 +1,7 @@
 """Stage `train`: fine-tune the classifier on the split's train subset, validate on its val subset.
+Over 400 lines on purpose: the stage's run and the pieces it composes (dataset, compile,
+callbacks, best-weights restore, validation scoring, MLflow logging); resume.py and devices.py
+hold the resume state and the device choice.
 
 Paper setup (Sec. IV-E): Adam (lr 2e-6), ReduceLROnPlateau (patience 2), EarlyStopping (patience 5),
 online augmentation without flips. The paper does not state the loss: binary cross-entropy on
@@ -17,8 +20,6 @@ metrics/train.json, models/mlflow_run.json.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import math
@@ -26,15 +27,14 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia import pipeline_run, provenance, tracking
-from pneumonia.code_closure import import_closure
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file, write_json, write_metrics
 from pneumonia.model import backup
+from pneumonia.model.devices import configure_determinism, select_device
 from pneumonia.model.inputs import (
     check_images,
     labels_of,
@@ -45,6 +45,13 @@ from pneumonia.model.inputs import (
 )
 from pneumonia.model.network import build_model, resolve_weights
 from pneumonia.model.optimization import ema_callbacks, load_average, make_loss, make_optimizer
+from pneumonia.model.resume import (
+    code_digest,
+    history_callback,
+    read_history,
+    resume_key,
+    write_history,
+)
 from pneumonia.model.tasks import n_outputs, target_indices, targets
 from pneumonia.params import Params, arm_of, params_digest, training_params
 from pneumonia.paths import (
@@ -62,161 +69,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKUP_ROOT = MODELS / ".train-backup"
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
-# The repository root of the code that runs (pneumonia/model/train.py -> ../../..).
-CODE_ROOT = Path(__file__).resolve().parents[2]
 FINISHED = "finished.json"  # in the backup folder: fit() completed, only the logging remains
-
-
-# --------------------------------------------------------------------------------------------
-# Resume state
-# --------------------------------------------------------------------------------------------
-def resume_key(params: Params, split_sha256: str, code_sha256: str = "") -> str:
-    """Short hash of everything that shapes training — params, split.csv and the training code
-    — so only an identical run resumes (a backup made by older code is never continued)."""
-    relevant = {
-        "lr": params.lr,
-        "image_size": params.data.image_size,
-        "model": asdict(params.model),
-        "train": asdict(params.train),
-        "balance_method": params.balance.method,  # class_weight changes the loss
-        "task": params.task,  # the head and the loss
-        "split_sha256": split_sha256,
-        "code_sha256": code_sha256,
-    }
-    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def code_files(root: Path = CODE_ROOT, module: str = "stages.train") -> list[Path]:
-    """The project files `python -m <module>` imports: the same closure dvc.yaml lists as the
-    stage's deps (pneumonia.code_closure; tests/pipeline/test_layout.py)."""
-    return import_closure(root, module)
-
-
-def code_digest(root: Path = CODE_ROOT) -> str:
-    """sha256 over the training code (path and bytes of every file in `code_files`)."""
-    h = hashlib.sha256()
-    for f in code_files(root):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Per-epoch rows of the history CSV, one per epoch (the last written wins: an epoch
-    re-run after a kill replaces the interrupted attempt), sorted by epoch."""
-    if not path.is_file():
-        return []
-    rows: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                parsed = {k: float(row[k]) for k in HISTORY_COLUMNS}
-            except (KeyError, TypeError, ValueError):
-                continue  # a line cut short by a kill
-            rows[int(parsed["epoch"])] = parsed
-    return [rows[e] | {"epoch": e} for e in sorted(rows)]
-
-
-def write_history(rows: list[dict[str, float]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def history_callback(path: Path) -> keras.callbacks.Callback:
-    """Append one CSV row per finished epoch (flushed to disk before the epoch's backup)."""
-    import keras
-
-    class EpochHistory(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            # The rate used *during* the epoch (ReduceLROnPlateau changes it at the epoch's end).
-            self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs or {}
-            row = {"epoch": epoch + 1, "lr": self._lr}
-            row |= {k: float(logs.get(k, math.nan)) for k in HISTORY_COLUMNS[1:5]}
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-                f.flush()
-                os.fsync(f.fileno())
-
-    return EpochHistory()
-
-
-# --------------------------------------------------------------------------------------------
-# Device
-# --------------------------------------------------------------------------------------------
-def select_device(params: Params) -> tuple[Any, str, str, int]:
-    """Choose the distribution strategy and precision from what is visible.
-
-    Returns (strategy or None, device description, precision, replicas). Never hard-codes a
-    device: a GPU machine trains on its GPU(s), any other on the CPU.
-    """
-    import keras
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for gpu in gpus:
-        try:
-            names.append(
-                tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-            )
-        except (ValueError, RuntimeError):
-            names.append(gpu.name)
-    mp = params.train.mixed_precision
-    use_mp = mp == "on" or (mp == "auto" and bool(gpus))
-    if mp == "on" and not gpus:
-        log.warning("train.mixed_precision is `on` without a GPU: float16 on CPU is slow")
-    precision = "mixed_float16" if use_mp else "float32"
-    if mp == "bfloat16":
-        precision = "mixed_bfloat16"
-    keras.mixed_precision.set_global_policy(precision)
-
-    if gpus:
-        device = f"{len(gpus)} x GPU ({', '.join(names)})"
-    else:
-        device = f"CPU ({os.cpu_count()} cores)"
-    strategy = None
-    devices = None  # MirroredStrategy's default: every GPU
-    if not gpus and params.train.cpu_devices > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * params.train.cpu_devices
-        )
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        device += f", {len(devices)} logical devices"
-    dist = params.train.distribute
-    if dist == "mirrored" or (dist == "auto" and len(devices or gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy(devices)
-    replicas = strategy.num_replicas_in_sync if strategy else 1
-    return strategy, device, precision, replicas
 
 
 # --------------------------------------------------------------------------------------------
 # The pieces of a run (each testable alone)
 # --------------------------------------------------------------------------------------------
-def configure_determinism(params: Params) -> None:
-    """Seed Python, NumPy and TensorFlow (always); with `train.deterministic`, also make every
-    TensorFlow op deterministic, so the same seeded run repeats exactly on this machine. (The
-    input pipeline is deterministic in any case: ordered tf.data, stateless augmentation.)"""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(params.train.seed)
-    if params.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-        log.info("train.deterministic: TensorFlow op determinism on")
-
-
 def train_dataset(rows: Any, params: Params, global_batch: int, first_epoch: int = 0) -> Any:
     """The training input of epochs first_epoch .. train.epochs - 1: seeded order, online
     augmentation with `train.augment` (stateless, from (train.seed, epoch, batch))."""

@@ -122,7 +122,9 @@ def summarize(rows: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str
     out = []
     for (site, size), g in frame.groupby(["site", "images"], sort=False):
         k, total = int((g["p"] < alpha).sum()), len(g)
-        lo, hi = wilson_interval(k / total, total)
+        lo, hi = wilson_interval(k, total)
+        # statsmodels can put a bound a hair past the point at k = 0 or k = total: clamp to it
+        lo, hi = min(lo, k / total), max(hi, k / total)
         out.append({"site": site, "images": size, "draws": total, "rejected": k,
                     "rate": k / total, "ci": [lo, hi],
                     "rate_p<0.05": float((g["p"] < 0.05).mean()),

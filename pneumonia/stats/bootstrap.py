@@ -1,4 +1,6 @@
 """Patient-grouped (cluster) bootstrap of the test metrics, vectorised over all resamples.
+Over 400 lines on purpose: the weighted metrics, their resampling and the guarded intervals are
+one algorithm (every function works on the same weight matrix).
 
 Several test images can come from one patient, and images of one patient are correlated, so
 resampling images as if they were independent understates the uncertainty. This module resamples
@@ -327,17 +329,16 @@ def degenerate(values: ArrayLike) -> bool:
     return bool(v.size) and bool((v == v[0]).all())
 
 
-def wilson_interval(value: float, n: float, level: float = 0.95) -> tuple[float, float]:
-    """Wilson's score interval of a proportion ``value`` of ``n`` (statsmodels
-    ``proportion_confint``): never zero-width for n >= 1, and inside [0, 1] at 0 and 1 (148/148
-    gives [0.975, 1])."""
+def wilson_interval(count: int, nobs: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of ``count`` successes in ``nobs`` (statsmodels
+    ``proportion_confint(method="wilson")``): never zero-width for nobs >= 1, and inside [0, 1]
+    at 0 and 1 (148/148 gives [0.975, 1]); NaN for nobs <= 0."""
     from statsmodels.stats.proportion import proportion_confint
 
-    k = round(float(value) * n)
-    low, high = proportion_confint(k, round(n), alpha=1 - level, method="wilson")
-    # At k = 0 or k = n the bound is exactly 0 or 1, but statsmodels' float arithmetic can give
-    # 0.9999999999999999 (seen at 62/62): an interval must contain its point, so clamp to it.
-    return float(min(low, value)), float(max(high, value))
+    if nobs <= 0:
+        return float("nan"), float("nan")
+    low, high = proportion_confint(count, nobs, alpha=1 - level, method="wilson")
+    return float(low), float(high)
 
 
 def point_denominators(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, float]:
@@ -375,7 +376,11 @@ def intervals_from_distributions(
         if not g["withheld"] and np.isfinite(value) and degenerate(boot[m]):
             n = (denominators or {}).get(m)
             if n is not None and n >= 1:
-                low, high = wilson_interval(value, n, level)
+                low, high = wilson_interval(round(float(value) * n), round(n), level)
+                # At k = 0 or k = n the bound is exactly 0 or 1, but statsmodels' float
+                # arithmetic can give 0.9999999999999999 (seen at 62/62): an interval must
+                # contain its point, so clamp to it.
+                low, high = float(min(low, value)), float(max(high, value))
                 method = WILSON + (" (approximate n)" if m in APPROXIMATE_DENOMINATOR else "")
             else:
                 method = f"{BOOTSTRAP} (degenerate)"

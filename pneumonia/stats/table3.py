@@ -45,6 +45,7 @@ from pneumonia.stats.bootstrap import (
     point_denominators,
     point_metrics,
     threshold_metrics,
+    wilson_interval,
 )
 
 # The Table III cells with an interval and a verdict (support is a count, not an estimate).
@@ -94,16 +95,6 @@ def proportion_counts(cm: ArrayLike) -> dict[str, tuple[int, int]]:
         "PNEUMONIA_precision": (tp, tp + fp),
         "PNEUMONIA_recall": (tp, tp + fn),
     }
-
-
-def wilson_interval(count: int, nobs: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval (``statsmodels ... proportion_confint(method="wilson")``)."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    if nobs <= 0:
-        return float("nan"), float("nan")
-    low, high = proportion_confint(count, nobs, alpha=1 - level, method="wilson")
-    return float(low), float(high)
 
 
 def confusion_bootstrap(

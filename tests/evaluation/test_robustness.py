@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pneumonia.dataset.images import encode_png
-from pneumonia.evaluation.robustness import SHIFTS, Shift, _png, score_shifts, select_shifts
+from pneumonia.evaluation.robustness import SHIFTS, Shift, png_bytes, score_shifts, select_shifts
 from tests.synthkit import synthetic_image, write_project
 
 SIZE = 64
@@ -53,7 +53,7 @@ def trained():
 
 def _destroyed(img, rng: np.random.Generator) -> bytes:
     """Nothing of the image is left: background-like noise (NORMAL's texture) everywhere."""
-    return _png(rng.normal(100, 20, (img.height, img.width)))
+    return png_bytes(rng.normal(100, 20, (img.height, img.width)))
 
 
 def test_destroying_shift_is_significantly_worse(trained) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from pneumonia.commands.experiments import report_command
 from pneumonia.errors import PipelineError
-from pneumonia.experiments import ablation, report
+from pneumonia.experiments import ablation, ablation_markdown, ablation_stats, report
 from pneumonia.experiments.grid import dataset_override
 from pneumonia.formatting import p_value_phrase
 from pneumonia.params import arm_of, load_params, parse_params
@@ -94,7 +94,7 @@ def test_identical_arms_are_within_noise_and_a_much_better_arm_is_better(test_se
     assert s["arms"][good]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     lo, hi = s["arms"][good]["accuracy"]["ci_low"], s["arms"][good]["accuracy"]["ci_high"]
     assert lo <= np.mean(accs) <= hi
-    md = report.markdown(s)
+    md = ablation_markdown.markdown(s)
     assert md.splitlines()[2] == f"**{s['answer']}**" and "| abl-good-s1 |" in md
     assert "Power: the seed-to-seed standard deviation of accuracy" in md
 
@@ -108,7 +108,7 @@ def test_only_noise_between_arms_says_so(test_set) -> None:
             for m in ("augmentor", "none") for seed in (1, 2)]
     s = report.summarize(runs, n_resamples=500)
     verdicts = {s["comparisons"]["densenet121/none/bn-frozen"]["metrics"][m]["verdict"]
-                for m in report.ANSWER_METRICS}
+                for m in ablation_stats.ANSWER_METRICS}
     assert verdicts == {"within noise"}
     assert s["answer"].startswith("No arm differs from the reference arm")
 
@@ -178,7 +178,7 @@ def test_two_factor_grid_compares_with_the_papers_arm_and_reports_main_effects(t
     inter = {n for n, c in s["comparisons"].items() if c["kind"] == "interaction"}
     assert len(inter) == 2  # resnet50 x class_weight, resnet50 x none
     assert s["n_tests"] == 2 * (5 + 3 + 2)  # Holm over every primary comparison
-    md = report.markdown(s)
+    md = ablation_markdown.markdown(s)
     assert "balance: none - augmentor (main effect)" in md and "averaged over" in md
     # Power for the report's own test (simulated): a main effect (each level the average of
     # several arms) needs fewer seeds per arm than one arm against another; Holm over all 20
@@ -200,12 +200,12 @@ def test_two_factor_grid_compares_with_the_papers_arm_and_reports_main_effects(t
 def test_seed_interval_is_the_t_interval_kept_inside_the_metric_range() -> None:
     from scipy import stats
 
-    low, high = report._t_interval([0.80, 0.82, 0.84])
+    low, high = ablation_stats.seed_t_interval([0.80, 0.82, 0.84])
     half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
     assert (low, high) == pytest.approx((0.82 - half, 0.82 + half))
     # three widely spread recalls: the raw t-interval runs past 1 and below 0
-    assert report._t_interval([0.30, 0.99, 0.85]) == (0.0, 1.0)
-    assert report._t_interval([0.9, None]) == (None, None)
+    assert ablation_stats.seed_t_interval([0.30, 0.99, 0.85]) == (0.0, 1.0)
+    assert ablation_stats.seed_t_interval([0.9, None]) == (None, None)
 
 
 def test_runs_on_different_test_sets_are_refused(test_set) -> None:
@@ -246,7 +246,7 @@ def test_committed_ablation_report_recomputes_from_its_predictions(
                              header=committed["header"])
     again["selection_note"] = report.selection_note(again, runs)
     assert again["answer"] == committed["answer"]
-    assert report.ABLATION_MD.read_text() == report.markdown(again)
+    assert report.ABLATION_MD.read_text() == ablation_markdown.markdown(again)
     # floats to 1e-9, not bit for bit: NumPy's SIMD reductions differ in the last bits between
     # CPUs (AVX2 vs AVX-512), and the suite runs on either
     _assert_same(json.loads(json.dumps(again)), committed, "ablation.json")
@@ -343,7 +343,7 @@ def test_an_interaction_is_reported_and_qualifies_the_main_effect(test_set) -> N
             runs.append(_run(f"abl-{backbone}-{method}-s{seed}",
                              f"{backbone}/{method}/bn-frozen", seed, prob, patients, labels))
     s = report.summarize(runs, n_resamples=300)
-    name = report.interaction_name("backbone", "resnet50", "densenet121", "balance", "none",
+    name = ablation_stats.interaction_name("backbone", "resnet50", "densenet121", "balance", "none",
                                    "augmentor")
     inter = s["comparisons"][name]
     assert inter["kind"] == "interaction" and not inter["main_effect"]
@@ -357,8 +357,8 @@ def test_an_interaction_is_reported_and_qualifies_the_main_effect(test_set) -> N
     assert acc["delta"] == pytest.approx(want) and acc["ci_high"] < 0
     assert acc["verdict"] == "interaction" and acc["pvalue_holm"] < 0.05
     main = "balance: none - augmentor (main effect)"
-    assert report.qualifying_interactions(main, "accuracy", s["comparisons"]) == [name]
-    md = report.markdown(s)
+    assert ablation_markdown.qualifying_interactions(main, "accuracy", s["comparisons"]) == [name]
+    md = ablation_markdown.markdown(s)
     assert f"| {name} | accuracy |" in md
     assert f"{main} is worse on accuracy" in s["answer"]
     sentence = s["answer"].split(f"{main} is worse on accuracy", 1)[1].split(";")[0]
@@ -369,7 +369,7 @@ def test_an_interaction_is_reported_and_qualifies_the_main_effect(test_set) -> N
                               "resnet50/none/bn-frozen", r.seed, r.threshold, r.predictions)
              for r in runs if r.arm == "densenet121/none/bn-frozen"]
     s2 = report.summarize(flat, n_resamples=300)
-    assert report.qualifying_interactions(main, "accuracy", s2["comparisons"]) == []
+    assert ablation_markdown.qualifying_interactions(main, "accuracy", s2["comparisons"]) == []
 
 
 def test_reference_runs_chosen_on_test_are_labelled_post_selection(test_set, tmp_path) -> None:

@@ -216,5 +216,5 @@ def test_the_checked_reader_names_the_file_and_the_problem(tmp_path: Path) -> No
                           (good + "a,p2,NORMAL,0.1\n", "listed twice"),
                           (good.replace("NORMAL", "normal"), "label other than"),
                           (good.replace("0.9", "1.5"), r"outside \[0, 1\]")):
-        with pytest.raises(PipelineError, match=f"x.csv: .*{message}"):
+        with pytest.raises(PipelineError, match=f"x.csv:? .*{message}"):
             recipe.read_predictions(text, "x.csv")

@@ -14,15 +14,8 @@ import pytest
 
 from pneumonia import cli
 from tests.conftest import SAMPLE, zeros_png
+from tests.inference import dicomkit
 from tests.inference.conftest import reference_probs
-from tests.inference.dicomkit import (
-    dicom16_of,
-    dicom_bomb,
-    dicom_bytes,
-    gray_of,
-    hostile_dicoms,
-    png_bytes,
-)
 from tests.synthkit import brightness_model
 
 NORMAL = sorted((SAMPLE / "test" / "NORMAL").iterdir())
@@ -58,9 +51,9 @@ def test_files_folders_zip_and_dicom_match_the_model(tmp_path: Path, model_file:
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     shutil.copy(NORMAL[0], folder / "a.jpeg")
-    gray = gray_of(PNEUMONIA[0])
-    (folder / "sub" / "b.png").write_bytes(png_bytes(gray))
-    (folder / "sub" / "c.dcm").write_bytes(dicom16_of(gray, monochrome1=True))
+    gray = dicomkit.gray_of(PNEUMONIA[0])
+    (folder / "sub" / "b.png").write_bytes(dicomkit.png_bytes(gray))
+    (folder / "sub" / "c.dcm").write_bytes(dicomkit.dicom16_of(gray, monochrome1=True))
     archive = tmp_path / "more.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(PNEUMONIA[1], "x/p.jpeg")
@@ -90,7 +83,7 @@ def test_bad_files_are_listed_skipped_and_exit_1(tmp_path: Path, model_file: Pat
     data = NORMAL[1].read_bytes()
     (folder / "truncated.jpeg").write_bytes(data[: len(data) // 2])
     (folder / "text.png").write_text("hello, I am text")
-    (folder / "nopixels.dcm").write_bytes(dicom_bytes(None))
+    (folder / "nopixels.dcm").write_bytes(dicomkit.dicom_bytes(None))
     out = tmp_path / "out.json"
     code, _, err = run([str(folder), "--model", str(model_file), "--out", str(out)], capsys)
     assert code == 1
@@ -264,9 +257,9 @@ def test_bombs_and_hostile_dicoms_are_listed_with_the_limit_or_the_attribute(
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(NORMAL[0], folder / "good.jpeg")
-    (folder / "bomb.dcm").write_bytes(dicom_bomb(8192, 8192))
+    (folder / "bomb.dcm").write_bytes(dicomkit.dicom_bomb(8192, 8192))
     (folder / "bomb16.png").write_bytes(zeros_png(8000, 8000, bit_depth=16))
-    hostile = hostile_dicoms()
+    hostile = dicomkit.hostile_dicoms()
     expected = {"bomb.dcm": "8192 x 8192 = 67.1 megapixels, over the limit of 50 megapixels "
                             "(data.max_megapixels)",
                 "bomb16.png": "8000 x 8000 = 64.0 megapixels, over the limit of 50 megapixels"}
@@ -291,7 +284,7 @@ def test_the_pixel_cap_is_params_yaml_data_max_megapixels(
     (no_store / "params.yaml").write_text(
         "lr: 0.001\ndata:\n  raw: data/raw\n  max_megapixels: 0.001\n")
     image = tmp_path / "small.png"
-    image.write_bytes(png_bytes(np.full((40, 40), 100, np.uint8)))  # 1600 pixels
+    image.write_bytes(dicomkit.png_bytes(np.full((40, 40), 100, np.uint8)))  # 1600 pixels
     code, _, err = run([str(image), "--model", str(half_model)], capsys)
     assert code == 1
     assert "at most 0.001 megapixels each (params.yaml data.max_megapixels)" in err

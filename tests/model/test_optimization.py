@@ -202,7 +202,7 @@ def test_small_cnn_has_no_pretrained_weights() -> None:
 def test_bfloat16_sets_the_mixed_bfloat16_policy() -> None:
     code = (
         "import json, sys; from pneumonia.params import parse_params;"
-        "from pneumonia.model.train import select_device;"
+        "from pneumonia.model.devices import select_device;"
         f"raw = {json.dumps(TINY_PARAMS)!r};"
         "raw = json.loads(raw); raw['train']['mixed_precision'] = 'bfloat16';"
         "_, _, precision, _ = select_device(parse_params(raw));"
@@ -219,7 +219,7 @@ def test_a_gpu_is_used_with_mixed_float16_when_visible() -> None:
     (`train.mixed_precision: auto`), never on the CPU."""
     code = (
         "import json; from pneumonia.params import parse_params;"
-        "from pneumonia.model.train import select_device;"
+        "from pneumonia.model.devices import select_device;"
         f"raw = json.loads({json.dumps(TINY_PARAMS)!r});"
         "_, device, precision, replicas = select_device(parse_params(raw));"
         "print(json.dumps([device, precision, replicas]))"

@@ -441,9 +441,9 @@ def test_train_dataset_augments_within_the_ranges_and_never_flips(tmp_path: Path
     plain = [(x.numpy(), y.numpy()) for x, y in train_dataset(rows, plain_params, 48)]
     assert len(augmented) == len(plain) == 2 * 3  # 144 images, batch 48, 2 epochs
 
-    from pneumonia.model.inputs import _affine_layer_class
+    from pneumonia.model.inputs import affine_layer_class
 
-    layer = _affine_layer_class()(10, 0.1, 0.1, 0.1, brightness_mode="multiplicative",
+    layer = affine_layer_class()(10, 0.1, 0.1, 0.1, brightness_mode="multiplicative",
                                   zoom_independent=True)
     for k, ((x, y), (src, y_src)) in enumerate(zip(augmented, plain, strict=True)):
         epoch, batch = divmod(k, 3)
@@ -490,7 +490,7 @@ def test_resume_key_covers_the_training_code(tmp_path: Path) -> None:
     train stage imports (the closure dvc.yaml lists), and nothing else."""
     import shutil
 
-    from pneumonia.model.train import code_digest, code_files, resume_key
+    from pneumonia.model.resume import code_digest, code_files, resume_key
     from tests.pipeline.test_layout import REPO, import_closure
 
     assert {f.relative_to(REPO).as_posix() for f in code_files()} == import_closure("train")

@@ -12,7 +12,7 @@ import pytest
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 
-from pneumonia.experiments import report
+from pneumonia.experiments import ablation_stats, report
 from pneumonia.stats.seeds import pooled_sd, seed_contrast, seeds_needed, t_interval
 
 # The first CPU grid's accuracies (prev-cpu preset, 2026-11-29; metrics/ablation.json at commit
@@ -173,7 +173,7 @@ def test_report_interval_covers_no_difference_in_at_least_93_percent_of_grids(
     regime: 95-97 % coverage, 2-4 % of grids with a word.)"""
     rng = np.random.default_rng(2024)
     n_grids = 200
-    covered = {m: 0 for m in report.ANSWER_METRICS}
+    covered = {m: 0 for m in ablation_stats.ANSWER_METRICS}
     welch_covered = worded = 0
     for g in range(n_grids):
         s = report.summarize(_grid(rng, **REGIMES[regime]), seed=g, n_resamples=200,

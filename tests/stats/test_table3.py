@@ -9,6 +9,7 @@ import pytest
 
 from pneumonia import published
 from pneumonia.evaluation.paper import table3_cells
+from pneumonia.stats.bootstrap import wilson_interval
 from pneumonia.stats.table3 import (
     CELLS,
     cells_from_confusion,
@@ -18,7 +19,6 @@ from pneumonia.stats.table3 import (
     paper_cells,
     paper_confusion,
     verdict,
-    wilson_interval,
 )
 
 # Table III of the paper, as printed (support: the official test set's class counts).
