@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,9 @@ class PairedBootstrap:
         """(low, high) of b - a; ``groups``: patient slot 0..G-1 per image, ``sizes``: images
         per slot."""
         per = np.bincount(groups, weights=correct_b - correct_a, minlength=sizes.size)
-        diff = (self.counts @ per) / (self.counts @ sizes)
+        return self.percentiles((self.counts @ per) / (self.counts @ sizes))
+
+    def percentiles(self, diff: np.ndarray) -> tuple[float, float]:
         low, high = np.percentile(diff, self.q)
         return float(low), float(high)
 
@@ -97,19 +100,31 @@ def _flips(champion: np.ndarray, delta: float, discordance: float) -> tuple[floa
     return flip_right, flip_wrong
 
 
-def _draw(rng: np.random.Generator, members: list[np.ndarray]
+@dataclass(frozen=True)
+class Members:
+    """The population's images by patient: ``order[start[g]:start[g] + size[g]]`` are patient
+    g's images, in ascending order."""
+
+    order: np.ndarray
+    start: np.ndarray
+    size: np.ndarray
+
+
+def _draw(rng: np.random.Generator, members: Members
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A new test set: as many patients as the population's, drawn with replacement, all images
     of each. (image indices into the population, patient slot per image, images per slot)."""
-    n = len(members)
+    n = members.size.size
     drawn = rng.integers(0, n, n)
-    sizes = np.array([members[g].size for g in drawn])
-    return (np.concatenate([members[g] for g in drawn]), np.repeat(np.arange(n), sizes),
-            sizes.astype(float))
+    sizes = members.size[drawn]
+    slot = np.repeat(np.arange(n), sizes)
+    within = np.arange(slot.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return members.order[members.start[drawn][slot] + within], slot, sizes.astype(float)
 
 
-def _members(codes: np.ndarray) -> list[np.ndarray]:
-    return [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+def _members(codes: np.ndarray) -> Members:
+    size = np.bincount(codes)
+    return Members(np.argsort(codes, kind="stable"), np.cumsum(size) - size, size)
 
 
 def promote_rates(delta: float, discordance: float, margin: float, reps: int, seed: int,
@@ -120,7 +135,7 @@ def promote_rates(delta: float, discordance: float, margin: float, reps: int, se
     flip_right, flip_wrong = _flips(champion, delta, discordance)
     rng = np.random.default_rng(seed)
     members = _members(codes)
-    boot = PairedBootstrap(len(members))
+    boot = PairedBootstrap(members.size.size)
     new_rule = old_rule = 0
     for _ in range(reps):
         idx, groups, sizes = _draw(rng, members)
@@ -157,7 +172,7 @@ def sequence_block_rates(discordance: float, margin: float, histories: int, seed
     flip_right, flip_wrong = _flips(champion, 0.0, discordance / 2)
     rng = np.random.default_rng(seed)
     members = _members(codes)
-    boot = PairedBootstrap(len(members))
+    boot = PairedBootstrap(members.size.size)
     blocked = {"non_inferiority": np.zeros(n), "point_anchor": np.zeros(n)}
     for _ in range(histories):
         idx, groups, sizes = _draw(rng, members)
@@ -165,20 +180,27 @@ def sequence_block_rates(discordance: float, margin: float, histories: int, seed
         flips = rng.uniform(size=(n + 1, idx.size)) < np.where(base == 1, flip_right, flip_wrong)
         models = np.where(flips, 1 - base, base).astype(float)  # model 0: the first champion
         acc = models.mean(axis=1)
+        # every model's resampled accuracy at once: (resamples, models); a paired difference
+        # is then a difference of two columns (PairedBootstrap.interval's arithmetic)
+        per = np.stack([np.bincount(groups, weights=m, minlength=sizes.size) for m in models])
+        resampled = (boot.counts @ per.T) / (boot.counts @ sizes)[:, None]
+
+        def interval(a: int, b: int) -> tuple[float, float]:
+            return boot.percentiles(resampled[:, b] - resampled[:, a])  # noqa: B023
+
         champ = anchor = 0  # today's gate
         old_champ, old_anchor = 0, acc[0]  # the replaced rule
         for k in range(1, n + 1):
-            ok = non_inferior(boot.interval(groups, models[champ], models[k], sizes)[0], margin)
+            ok = non_inferior(interval(champ, k)[0], margin)
             if ok and anchor != champ:
-                ok = non_inferior(boot.interval(groups, models[anchor], models[k], sizes)[0],
-                                  margin)
+                ok = non_inferior(interval(anchor, k)[0], margin)
             if ok:
                 champ = k
                 anchor = k if acc[k] > acc[anchor] else anchor
             else:
                 blocked["non_inferiority"][k - 1] += 1
             old_ok = (acc[k] >= old_anchor - margin - 1e-9
-                      and not boot.interval(groups, models[old_champ], models[k], sizes)[1] < 0)
+                      and not interval(old_champ, k)[1] < 0)
             if old_ok:
                 old_champ, old_anchor = k, max(old_anchor, acc[k])
             else:
@@ -200,12 +222,32 @@ MARGIN_DELTAS = (0.02, 0.01, 0.0, -0.01, -0.02, -0.03)
 
 
 def margin_table(reps: int, seed: int, margins: tuple[float, ...]) -> list[dict[str, float]]:
-    """Issue 33 item 3: the promote rate of candidates better, equal and worse, per margin."""
+    """Issue 33 item 3: the promote rate of candidates better, equal and worse, per margin. On
+    each simulated test set one candidate per (discordance, delta) is drawn as in
+    ``promote_rates`` and all are judged at every margin (common random numbers: the margins
+    differ only by the margin)."""
+    from pneumonia.gate import non_inferior
+
     codes, champion = population()
-    return [{"margin": m, "discordance": d, "delta": delta,
-             "promoted": promote_rates(delta, d, m, reps, seed, codes, champion)[
-                 "non_inferiority"]}
-            for m in margins for d in DISCORDANCES for delta in MARGIN_DELTAS]
+    cells = [(d, delta) for d in DISCORDANCES for delta in MARGIN_DELTAS]
+    flips = np.array([_flips(champion, delta, d) for d, delta in cells])  # (cells, 2)
+    rng = np.random.default_rng(seed)
+    members = _members(codes)
+    boot = PairedBootstrap(members.size.size)
+    promoted = np.zeros((len(margins), len(cells)))
+    for _ in range(reps):
+        idx, groups, sizes = _draw(rng, members)
+        champ = champion[idx].astype(float)
+        p = np.where(champ == 1, flips[:, :1], flips[:, 1:])  # (cells, images)
+        cands = np.where(rng.uniform(size=p.shape) < p, 1 - champ, champ)
+        per = np.stack([np.bincount(groups, weights=c - champ, minlength=sizes.size)
+                        for c in cands])
+        diffs = (boot.counts @ per.T) / (boot.counts @ sizes)[:, None]
+        lows = [boot.percentiles(diffs[:, j])[0] for j in range(len(cells))]
+        for i, m in enumerate(margins):
+            promoted[i] += [non_inferior(low, m) for low in lows]
+    return [{"margin": m, "discordance": d, "delta": delta, "promoted": promoted[i, j] / reps}
+            for i, m in enumerate(margins) for j, (d, delta) in enumerate(cells)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,13 +264,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="the trade-off table's margins (none: skip it)")
     parser.add_argument("--histories", type=int, default=1000,
                         help="sequences of 20 equal candidates per row (0: skip them)")
+    parser.add_argument("--only", nargs="+", choices=("single", "margins", "sequence"),
+                        default=["single", "margins", "sequence"], help="the tables to print")
     args = parser.parse_args(argv)
     margin = (load_params(ROOT / "params.yaml").evaluate.champion_margin
               if args.margin is None else args.margin)
     start = time.perf_counter()
-    rows = table(args.reps, args.seed, margin)
     print(f"champion gate error rates: margin {margin:g}, {args.reps} simulated test sets per "
           f"row, seed {args.seed}; {cpu_name()}, {time.strftime('%Y-%m-%d', time.gmtime())}")
+    if "single" in args.only:
+        single(table(args.reps, args.seed, margin), margin)
+    if args.margins and "margins" in args.only:
+        margins(args.reps, args.seed, args.margins)
+    if args.histories and "sequence" in args.only:
+        sequences(args.histories, args.seed, args.margins or [margin])
+    print(f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def single(rows: list[dict[str, float]], margin: float) -> None:
     print("| discordance | true delta | promoted (non-inferiority) | promoted (old: not "
           "significantly worse) |")
     print("|---:|---:|---:|---:|")
@@ -240,35 +294,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"discordance {d:.3f}: type I (promoted at delta = -margin) "
               f"{at[-margin]['non_inferiority']:.3f}; type II (blocked at delta = 0) "
               f"{1 - at[0.0]['non_inferiority']:.3f}")
-    if args.margins:
-        print(f"\npromoted by margin (non-inferiority; {args.reps} test sets per cell, seed "
-              f"{args.seed}); columns: true delta")
-        print("| margin | discordance | " + " | ".join(f"{d:+.2f}" for d in MARGIN_DELTAS)
-              + " |")
-        print("|---:|---:|" + "---:|" * len(MARGIN_DELTAS))
-        cells = margin_table(args.reps, args.seed, tuple(args.margins))
-        for m in args.margins:
-            for d in DISCORDANCES:
-                got = [c["promoted"] for c in cells if c["margin"] == m and c["discordance"] == d]
-                print(f"| {m:.3f} | {d:.3f} | " + " | ".join(f"{x:.3f}" for x in got) + " |")
-    if args.histories:
-        codes, champion = population()
-        print(f"\n{SEQUENCE} candidates of equal true quality in a row, {args.histories} "
-              f"histories per row, seed {args.seed}: share blocked at try k")
-        print("| margin | discordance | rule | " + " | ".join(f"k={k}" for k in TRIES)
-              + " | mean over 20 |")
-        print("|---:|---:|---|" + "---:|" * (len(TRIES) + 1))
-        for m in args.margins or [margin]:
-            for d in DISCORDANCES:
-                got = sequence_block_rates(d, m, args.histories, args.seed, codes, champion)
-                for rule, label in (("non_inferiority", "paired, anchor's predictions (today)"),
-                                    ("point_anchor", "point anchor, not sig. worse (old)")):
-                    b = got[rule]
-                    print(f"| {m:.3f} | {d:.3f} | {label} | "
-                          + " | ".join(f"{b[k - 1]:.3f}" for k in TRIES)
-                          + f" | {b.mean():.3f} |")
-    print(f"{time.perf_counter() - start:.0f} s")
-    return 0
+
+
+def margins(reps: int, seed: int, values: list[float]) -> None:
+    print(f"\npromoted by margin (non-inferiority; {reps} test sets, seed {seed}, the same "
+          "candidates judged at every margin); columns: true delta")
+    print("| margin | discordance | " + " | ".join(f"{d:+.2f}" for d in MARGIN_DELTAS) + " |")
+    print("|---:|---:|" + "---:|" * len(MARGIN_DELTAS))
+    cells = margin_table(reps, seed, tuple(values))
+    for m in values:
+        for d in DISCORDANCES:
+            got = [c["promoted"] for c in cells if c["margin"] == m and c["discordance"] == d]
+            print(f"| {m:.3f} | {d:.3f} | " + " | ".join(f"{x:.3f}" for x in got) + " |")
+
+
+def sequences(histories: int, seed: int, values: list[float]) -> None:
+    codes, champion = population()
+    print(f"\n{SEQUENCE} candidates of equal true quality in a row, {histories} histories per "
+          f"row, seed {seed}: share blocked at try k")
+    print("| margin | discordance | rule | " + " | ".join(f"k={k}" for k in TRIES)
+          + " | mean over 20 |")
+    print("|---:|---:|---|" + "---:|" * (len(TRIES) + 1))
+    for m in values:
+        for d in DISCORDANCES:
+            got = sequence_block_rates(d, m, histories, seed, codes, champion)
+            for rule, label in (("non_inferiority", "paired, anchor's predictions (today)"),
+                                ("point_anchor", "point anchor, not sig. worse (old)")):
+                b = got[rule]
+                print(f"| {m:.3f} | {d:.3f} | {label} | "
+                      + " | ".join(f"{b[k - 1]:.3f}" for k in TRIES) + f" | {b.mean():.3f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

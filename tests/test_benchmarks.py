@@ -69,7 +69,7 @@ def test_the_simulation_s_interval_is_the_gate_s() -> None:
 
     codes, champion = population()
     members = _members(codes)
-    boot, rng = PairedBootstrap(len(members)), np.random.default_rng(4)
+    boot, rng = PairedBootstrap(members.size.size), np.random.default_rng(4)
     for share in (0.02, 0.1):
         idx, groups, sizes = _draw(rng, members)
         a = champion[idx].astype(float)
