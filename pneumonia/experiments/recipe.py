@@ -30,7 +30,6 @@ search re-run with validation predictions, compared with metrics/recipe.md's tes
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -43,14 +42,12 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.predictions import read_results
 from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.experiments.report import (
     ALPHA,
     POWER,
     POWER_DIFFERENCE,
-    add_report_arguments,
     committed_header,
 )
 from pneumonia.files import write_json
@@ -612,41 +609,3 @@ def _no_twins(runs: list[RecipeRun]) -> None:
                                 "predictions: one folder is a copy of the other run's metrics "
                                 "(did a `dvc exp run` fail?). Leave it out.")
         seen[key] = run.name
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_queue_arguments(parser)
-    parser.add_argument("--report-only", action="store_true",
-                        help="queue nothing: (re)write the report from the finished rcp-* runs")
-    parser.add_argument(
-        "--from-runs", nargs="*", metavar="[NAME=]FOLDER", default=None,
-        help=("queue nothing: add run folders (copies of a finished run's metrics/ and models/, "
-              "named rcp-<candidate>-s<seed> or given as NAME=FOLDER) to the re-run's report, "
-              f"{RERUN.md}, which chooses on validation; with no folder, rewrite that report "
-              "from its committed runs"))
-    parser.add_argument(
-        "--data", type=Path, default=None, metavar="DIR",
-        help=("with --from-runs: the data folder (split.csv, images/) the runs were trained on; "
-              "a run without metrics/predictions_val.csv gets its validation predictions from "
-              "its models/model.keras on it"))
-    add_report_arguments(parser, RECIPE_DIR)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
-    if getattr(args, "from_runs", None) is not None:
-        from_runs(args.from_runs, args.data, args.header)
-        return 0
-    if args.from_committed:
-        header = committed_header(RECIPE_JSON) if args.header is None else args.header
-        write_report(header, load_committed())
-        return 0
-    if not args.report_only:
-        counts = run_grid(grid(load_params().recipe), args, "recipe",
-                          "pneumonia recipe --report-only")
-        if counts is None:
-            return 0
-        if counts.get("Failed"):
-            print("some runs failed: `dvc queue status`; the report covers the finished ones")
-    write_report(args.header or "")
-    return 0

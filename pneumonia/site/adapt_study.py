@@ -15,39 +15,15 @@ Writes ``--out``.md/.json. DIR: the data the runs were trained on (split.csv, im
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pneumonia.errors import PipelineError
-from pneumonia.evaluation.robustness import cpu_name as _cpu
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="trained runs: each holds models/model.keras")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="the runs' data: DIR/split.csv (subset train/val/test) and images")
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 100],
-                        help="unlabelled images to adapt on, besides the whole half")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="metrics/site-adapt")
-    parser.add_argument("--reuse", metavar="FILE.json", default=None,
-                        help="a previous output with the same settings: its runs are not "
-                        "measured again (add seeds as they finish)")
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -134,51 +110,6 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
         lo, hi = np.percentile(allv, [2.5, 97.5])
         over = "splits"
     return {"mean": float(allv.mean()), "low": float(lo), "high": float(hi), "over": over}
-
-
-def command(args: argparse.Namespace) -> int:
-    data = Path(args.data)
-    if not (data / "split.csv").is_file():
-        raise PipelineError(f"--data {data}: no split.csv there")
-    runs = [Path(r) for r in args.runs]
-    for r in runs:
-        if not (r / "models" / "model.keras").is_file():
-            raise PipelineError(f"{r}: no models/model.keras")
-    t0 = time.perf_counter()
-    settings = {"splits": args.splits, "sizes": args.sizes, "threshold": args.threshold,
-                "seed": args.seed, "data": str(data)}
-    previous: dict[str, Any] = {}
-    if args.reuse and Path(args.reuse).is_file():
-        old = json.loads(Path(args.reuse).read_text(encoding="utf-8"))
-        if {k: old.get(k) for k in settings} == settings:
-            previous = old.get("per_run", {})
-        else:
-            print(f"--reuse {args.reuse}: other settings, measuring every run", file=sys.stderr)
-    results = {r.name: previous[r.name] if r.name in previous else
-               measure_run(r, data, args.splits, args.sizes, args.threshold, args.seed)
-               for r in runs}
-    conditions = list(next(iter(results.values())))
-    table: dict[str, dict[str, Any]] = {}
-    for cond in conditions:
-        table[cond] = {}
-        for m in METRICS:
-            adapted = [np.array([row[m] for row in results[r][cond]]) for r in results]
-            base = [np.array([row[f"base_{m}"] for row in results[r][cond]]) for r in results]
-            table[cond][m] = {"adapted": summarise(adapted), "base": summarise(base),
-                              "difference": summarise([a - b for a, b in
-                                                       zip(adapted, base, strict=True)])}
-    doc = {"runs": [str(r) for r in runs], **settings,
-           "reused": sorted(set(previous) & set(results)),
-           "measured": datetime.now(UTC).isoformat(timespec="minutes"),
-           "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
-                                                                          - t0, 1),
-           "conditions": table, "per_run": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    return 0
 
 
 def _cell(s: dict[str, Any], signed: bool = False) -> str:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pneumonia.commands.experiments import recipe_command
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import presets, recipe
 from pneumonia.params import parse_params
@@ -124,7 +125,7 @@ def test_committed_recipe_report_recomputes_from_its_predictions(
     for path in (recipe.RECIPE_JSON, recipe.RECIPE_MD):
         shutil.copy(REPO / path, tmp_path / path)
     monkeypatch.chdir(tmp_path)
-    assert recipe.command(argparse.Namespace(from_committed=True, header=None,
+    assert recipe_command(argparse.Namespace(from_committed=True, header=None,
                                              report_only=False)) == 0
     assert recipe.RECIPE_MD.read_text() == (REPO / recipe.RECIPE_MD).read_text()
     again = json.loads(recipe.RECIPE_JSON.read_text())
@@ -299,11 +300,11 @@ def test_from_runs_writes_the_rerun_report_and_compares_with_the_test_choice(
         folders.append(f"rcp-b-s{seed}={theirs}")
     args = argparse.Namespace(from_runs=folders[:3], data=None, header="Rerun on X.",
                               from_committed=False, report_only=False)
-    assert recipe.command(args) == 0
+    assert recipe_command(args) == 0
     first = json.loads(recipe.RERUN.json.read_text())
     assert sorted(first["runs"]) == ["rcp-a-s1", "rcp-a-s2", "rcp-b-s1"]
     assert first["validation_seeds"] == [1]
-    assert recipe.command(argparse.Namespace(**{**vars(args), "from_runs": folders[3:],
+    assert recipe_command(argparse.Namespace(**{**vars(args), "from_runs": folders[3:],
                                                 "header": None})) == 0
     summary = json.loads(recipe.RERUN.json.read_text())
     assert sorted(summary["runs"]) == ["rcp-a-s1", "rcp-a-s2", "rcp-b-s1", "rcp-b-s2"]
