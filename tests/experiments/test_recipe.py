@@ -320,6 +320,9 @@ def test_from_runs_writes_the_rerun_report_and_compares_with_the_test_choice(
     shutil.copytree(out / "rcp-a-s1", twin)
     with pytest.raises(PipelineError, match="rcp-a-s1 and rcp-c-s1 hold identical test"):
         recipe.from_runs([str(twin)], None, None)
+    (twin / "metrics" / "train.json").write_text(json.dumps({"task": "three_class"}))
+    with pytest.raises(PipelineError, match="rcp-c-s1: .*task 'three_class'"):
+        recipe.from_runs([str(twin)], None, None)
     with pytest.raises(PipelineError, match="not named rcp-<candidate>-s<seed>"):
         recipe.from_runs([str(out / "b-1")], None, None)
 
