@@ -96,6 +96,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
               f"{recipe.RERUN.md}, which chooses on validation; with no folder, rewrite that "
               "report from its committed runs"))
     parser.add_argument(
+        "--candidates", nargs="+", default=None, metavar="NAME",
+        help=("with --from-runs: the candidates the choice is among (default params.yaml "
+              "recipe.candidates); the report names those it leaves out"))
+    parser.add_argument(
         "--data", type=Path, default=None, metavar="DIR",
         help=("with --from-runs: the data folder (split.csv, images/) the runs were trained on; "
               "a run without metrics/predictions_val.csv gets its validation predictions from "
@@ -107,7 +111,8 @@ def recipe_command(args: argparse.Namespace) -> int:
     """Queue candidates x seeds, run them, wait, and write metrics/recipe.md (or, with
     --from-runs, metrics/recipe-rerun.md from run folders)."""
     if getattr(args, "from_runs", None) is not None:
-        recipe.from_runs(args.from_runs, args.data, args.header)
+        recipe.from_runs(args.from_runs, args.data, args.header,
+                         getattr(args, "candidates", None))
         return 0
     if args.from_committed:
         header = committed_header(recipe.RECIPE_JSON) if args.header is None else args.header

@@ -236,21 +236,23 @@ def summarize(runs: list[RecipeRun], previous: dict[str, Any] | None = None,
     # Validation: over the seeds that have validation predictions for EVERY candidate, so that
     # each candidate's mean is over the same seeds.
     with_val = {c: {per_run[n]["seed"] for n in names if per_run[n]["val_accuracy"] is not None}
-                for c, names in by_candidate.items()}
-    common = sorted(set.intersection(*with_val.values()))
+                for c, names in by_candidate.items() if expected is None or c in expected}
+    common = sorted(set.intersection(*with_val.values())) if with_val else []
     # Without such seeds (a candidate has none): the seeds common to those that have some, for
     # the validation table and a provisional leader only.
     some = [v for v in with_val.values() if v]
     shown = common or (sorted(set.intersection(*some)) if some else [])
     candidates: dict[str, Any] = {}
     for cand, names in by_candidate.items():
+        own = {per_run[n]["seed"] for n in names if per_run[n]["val_accuracy"] is not None}
         entry: dict[str, Any] = {"runs": names, "seeds": [per_run[n]["seed"] for n in names],
                                  "overrides": CANDIDATES.get(cand),
-                                 "validation_seeds": sorted(with_val[cand])}
+                                 "validation_seeds": sorted(own),
+                                 "in_choice": cand in with_val}
         for metric in METRICS_SHOWN:
             entry[metric] = _seed_stats([per_run[n][metric] for n in names])
         secs = [per_run[n]["train_seconds"] for n in names if per_run[n]["train_seconds"]]
-        used = [n for n in names if per_run[n]["seed"] in shown and with_val[cand]]
+        used = [n for n in names if per_run[n]["seed"] in shown and own]
         if used:
             entry["validation"] = {k: _seed_stats([per_run[n][k] for n in used])
                                    for k in VALIDATION_METRICS}
@@ -264,7 +266,8 @@ def summarize(runs: list[RecipeRun], previous: dict[str, Any] | None = None,
                                       else seeds_needed(sd, POWER_DIFFERENCE, ALPHA, POWER))
         candidates[cand] = entry
     missing = sorted(set(expected or ()) - set(candidates))
-    best, chosen_on, rule = choose(candidates, common, missing)
+    pool = {c: e for c, e in candidates.items() if e["in_choice"]}
+    best, chosen_on, rule = choose(pool, common, missing)
     for cand, entry in candidates.items():
         if best is None or cand == best:
             continue
@@ -285,7 +288,7 @@ def summarize(runs: list[RecipeRun], previous: dict[str, Any] | None = None,
            # readers use).
            "best_by_accuracy": best, "candidates": candidates, "runs": per_run}
     if chosen_on == "none":
-        out["provisional"] = provisional(candidates)
+        out["provisional"] = provisional(pool)
     if previous:
         out["previous_choice"] = previous
         out["choice_changed"] = None if best is None else best != previous["candidate"]
@@ -572,13 +575,19 @@ def previous_choice(files: ReportFiles = COMMITTED) -> dict[str, Any] | None:
             "report": files.md.as_posix()}
 
 
-def from_runs(specs: list[str], data: Path | None, header: str | None) -> dict[str, Any]:
+def from_runs(specs: list[str], data: Path | None, header: str | None,
+              candidates: list[str] | None = None) -> dict[str, Any]:
     """`pneumonia recipe --from-runs`: the re-run's report (RERUN) from run folders
     (pneumonia.experiments.recipe_runs), added to (or replacing, by name) the runs it already
-    holds, compared with metrics/recipe.md's choice."""
+    holds, compared with metrics/recipe.md's choice. ``candidates``: the search's candidates
+    (default params.yaml `recipe.candidates`); runs of others are left out of the report, and
+    the report names the candidates of params.yaml it leaves out (their runs stay in the
+    tables, outside the choice)."""
     from pneumonia.experiments import recipe_runs
 
     params = load_params()
+    declared = list(params.recipe.candidates)
+    expected = list(candidates) if candidates else declared
     runs = {r.name: r for r in (load_committed(RERUN) if RERUN.json.is_file() else [])}
     for spec in specs:
         name, folder = recipe_runs.parse_spec(spec)
@@ -594,8 +603,13 @@ def from_runs(specs: list[str], data: Path | None, header: str | None) -> dict[s
     _no_twins(ordered)
     if header is None:
         header = committed_header(RERUN.json)
-    return write_report(header, ordered, RERUN, previous_choice(COMMITTED),
-                        list(params.recipe.candidates))
+    left_out = [c for c in declared if c not in expected]
+    if left_out and "left out of this search" not in header:
+        header = (header + " " if header else "") + (
+            f"Candidates: {', '.join(expected)}; left out of this search by `--candidates` "
+            f"(params.yaml lists them): {', '.join(left_out)} — the choice is among the "
+            "candidates named only.")
+    return write_report(header, ordered, RERUN, previous_choice(COMMITTED), expected)
 
 
 def _no_twins(runs: list[RecipeRun]) -> None:

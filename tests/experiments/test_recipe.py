@@ -316,6 +316,12 @@ def test_from_runs_writes_the_rerun_report_and_compares_with_the_test_choice(
     assert "the choice CHANGES, from `a` to `b`" in text and "untouched estimate" in text
     assert (recipe.RERUN.dir / "rcp-b-s2.val.csv").is_file()
     assert not recipe.RECIPE_MD.exists()  # the committed search's report is not touched
+    # a search narrowed by --candidates: the choice among those named, the others said
+    narrowed = recipe.from_runs([], None, None, ["b"])
+    assert narrowed["chosen"] == "b" and len(narrowed["runs"]) == 4  # a's runs kept, not chosen
+    assert narrowed["candidates"]["a"]["in_choice"] is False
+    assert "left out of this search by `--candidates` (params.yaml lists them): a" in (
+        recipe.RERUN.md.read_text())
     twin = out / "rcp-c-s1"
     shutil.copytree(out / "rcp-a-s1", twin)
     with pytest.raises(PipelineError, match="rcp-a-s1 and rcp-c-s1 hold identical test"):
