@@ -90,10 +90,12 @@ def read_run_folder(name: str, folder: Path, data: Path | None, params: Params) 
     metrics = folder / "metrics"
     evaluation = _json(metrics / "evaluate.json", name)
     train = _json(metrics / "train.json", name)
-    if train.get("task", "binary") != "binary":
-        raise PipelineError(f"run {name}: {metrics / 'train.json'} says task "
-                            f"{train['task']!r}; the recipe search compares binary runs (is "
-                            "the folder a copy of another run's metrics?).")
+    details = metrics / "details" / "train.json"  # the complete record (headline: train.json)
+    record = _json(details, name) if details.is_file() else train
+    if record.get("task", "binary") != "binary":
+        raise PipelineError(f"run {name}: {details if details.is_file() else metrics / 'train.json'}"
+                            f" says task {record['task']!r}; the recipe search compares binary "
+                            "runs (is the folder a copy of another run's metrics?).")
     if "threshold" not in evaluation:
         raise PipelineError(f"run {name}: {metrics / 'evaluate.json'} has no `threshold`.")
     test_csv = metrics / "predictions.csv"
