@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumonia.site import draws
+from pneumonia.site.adapt import adapt_batchnorm
+from pneumonia.site.check import embed, mmd_test
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
@@ -45,9 +48,6 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     """{condition: [per split {metric, base_metric}]} for one trained run."""
     import keras
 
-    from pneumonia.site import draws
-    from pneumonia.site.adapt import adapt_batchnorm
-
     model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
     weights = model.get_weights()
     size = int(model.input_shape[1])
@@ -55,7 +55,6 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     sites = {"test": split[split["subset"] == "test"],
              "validation (control)": split[(split["subset"] == "val")
                                            & split["source_image_id"].isna()]}
-    from pneumonia.site.check import embed, mmd_test
 
     out: dict[str, list[dict[str, float]]] = {}
     xs = {site: _images(data, frame.reset_index(drop=True), size)
