@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import run as bench
@@ -58,3 +59,35 @@ def test_gate_error_rates_at_reduced_reps() -> None:
     assert equal["non_inferiority"] >= 0.5 > worse["non_inferiority"]
     with pytest.raises(ValueError, match="discordance"):
         promote_rates(-0.05, 0.02, 0.02, 1, 0, codes, champion)
+
+
+def test_the_simulation_s_interval_is_the_gate_s() -> None:
+    """benchmarks/gate_error_rates.py sums per patient before resampling (fast); its interval
+    must be the gate's own (pneumonia.gate.paired_accuracy) on the same simulated test set."""
+    from benchmarks.gate_error_rates import PairedBootstrap, _draw, _members, population
+    from pneumonia.gate import paired_accuracy
+
+    codes, champion = population()
+    members = _members(codes)
+    boot, rng = PairedBootstrap(members.size.size), np.random.default_rng(4)
+    for share in (0.02, 0.1):
+        idx, groups, sizes = _draw(rng, members)
+        a = champion[idx].astype(float)
+        b = np.where(rng.uniform(size=a.size) < share, 1 - a, a)
+        ref = paired_accuracy(np.zeros(a.size), a, b, groups)
+        assert boot.interval(groups, a, b, sizes) == pytest.approx(
+            (ref["ci_low"], ref["ci_high"]), abs=1e-12)
+
+
+def test_equal_candidates_in_a_row_are_blocked_more_as_the_anchor_rises() -> None:
+    """Issue 33 item 5 under today's gate: 20 candidates of equal true quality in a row. The
+    anchor is the best of the champions' accuracies on this test set, so later candidates are
+    blocked more often than the first; with a margin nothing can fail, nothing is blocked."""
+    from benchmarks.gate_error_rates import population, sequence_block_rates
+
+    codes, champion = population()
+    got = sequence_block_rates(0.035, 0.02, 40, 1, codes, champion)
+    ni = got["non_inferiority"]
+    assert ni.shape == (20,) and ni[10:].mean() > ni[0] + 0.15
+    assert (sequence_block_rates(0.035, 1.0, 5, 1, codes, champion)["non_inferiority"]
+            == 0).all()

@@ -181,6 +181,32 @@ def test_robustness_of_the_cpu_preset_in_further_work() -> None:
         assert lead + names in text, f"docs/further-work.md: the shifts {verdict}"
 
 
+def test_the_default_margin_and_its_trade_off_are_the_committed_run() -> None:
+    """docs/statistics.md's margin and 20-candidates tables are benchmarks/gate_margins.txt's,
+    row by row, and the margin it says was decided is params.yaml's and EvaluateParams'
+    default (changing the default without re-deciding it fails here)."""
+    import yaml
+
+    from pneumonia.params import EvaluateParams
+
+    measured = _text("benchmarks/gate_margins.txt")
+    text = _text("docs/statistics.md")
+    margins = re.findall(r"^\| (0\.0\d0) \| (0\.\d+) \| ((?:[01]\.\d{3} \| ){5}[01]\.\d{3}) \|$",
+                         measured, re.MULTILINE)
+    assert len(margins) == 6
+    plain = text.replace("**", "")  # the docs bold the default's cells
+    for _, _, cells in margins:
+        assert cells in plain, cells
+    today = re.findall(r"^\| (0\.0\d0) \| (0\.\d+) \| paired.*? \| ((?:[01]\.\d{3} \| ){5}"
+                       r"[01]\.\d{3}) \|$", measured, re.MULTILINE)
+    assert len(today) == 6
+    for _, _, cells in today:
+        assert cells in plain, cells
+    decided = float(re.search(r"\*\*The default margin: (0\.\d+), decided", text).group(1))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert decided == params["evaluate"]["champion_margin"] == EvaluateParams().champion_margin
+
+
 def test_site_check_figures_are_the_committed_study() -> None:
     """docs/new-site.md quotes metrics/site-check.json: false alarms and the test set with all
     images, and the images each robustness shift needs."""

@@ -89,11 +89,31 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     add_queue_arguments(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="queue nothing: (re)write the report from the finished rcp-* runs")
+    parser.add_argument(
+        "--from-runs", nargs="*", metavar="[NAME=]FOLDER", default=None,
+        help=("queue nothing: add run folders (copies of a finished run's metrics/ and models/, "
+              "named rcp-<candidate>-s<seed> or given as NAME=FOLDER) to the re-run's report, "
+              f"{recipe.RERUN.md}, which chooses on validation; with no folder, rewrite that "
+              "report from its committed runs"))
+    parser.add_argument(
+        "--candidates", nargs="+", default=None, metavar="NAME",
+        help=("with --from-runs: the candidates the choice is among (default params.yaml "
+              "recipe.candidates); the report names those it leaves out"))
+    parser.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help=("with --from-runs: the data folder (split.csv, images/) the runs were trained on; "
+              "a run without metrics/predictions_val.csv gets its validation predictions from "
+              "its models/model.keras on it"))
     add_report_file_arguments(parser, recipe.RECIPE_DIR)
 
 
 def recipe_command(args: argparse.Namespace) -> int:
-    """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
+    """Queue candidates x seeds, run them, wait, and write metrics/recipe.md (or, with
+    --from-runs, metrics/recipe-rerun.md from run folders)."""
+    if getattr(args, "from_runs", None) is not None:
+        recipe.from_runs(args.from_runs, args.data, args.header,
+                         getattr(args, "candidates", None))
+        return 0
     if args.from_committed:
         header = committed_header(recipe.RECIPE_JSON) if args.header is None else args.header
         recipe.write_report(header, recipe.load_committed())

@@ -138,6 +138,15 @@ def validation_originals(df: pd.DataFrame) -> pd.DataFrame:
     return rows[(source == "") | (source == rows["image_id"])].reset_index(drop=True)
 
 
+def validation_predictions(val: pd.DataFrame, val_prob: np.ndarray) -> pd.DataFrame:
+    """metrics/predictions_val.csv's rows: one per validation original (image_id, patient_id,
+    actual, probability rounded to 6 places), sorted by image_id. `pneumonia recipe --from-runs`
+    writes the same frame for runs whose evaluate stage predated the file."""
+    return pd.DataFrame({"image_id": val["image_id"], "patient_id": val["patient_id"],
+                         "actual": val["label"], "probability": np.round(val_prob, 6)}
+                        ).sort_values("image_id", ignore_index=True)
+
+
 def choose_threshold(params: Params, y_val: np.ndarray, prob_val: np.ndarray) -> float:
     """threshold_chosen: evaluate.threshold (rule fixed) or Youden's J on validation images."""
     if params.evaluate.threshold_rule == "fixed":
@@ -275,10 +284,8 @@ def run(params: Params) -> dict[str, Any]:
     ).sort_values("image_id")
     predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
     # The validation originals the same way (what a recipe or threshold is chosen on).
-    pd.DataFrame({"image_id": val["image_id"], "patient_id": val["patient_id"],
-                  "actual": val["label"], "probability": np.round(val_prob, 6)}
-                 ).sort_values("image_id").to_csv(PREDICTIONS_VAL_CSV, index=False,
-                                                  lineterminator="\n")
+    validation_predictions(val, val_prob).to_csv(PREDICTIONS_VAL_CSV, index=False,
+                                                 lineterminator="\n")
     roc_table(y_true, prob).to_csv(ROC_CSV, index=False)
     reliability = reliability_frame(y_true, prob)
     reliability.to_csv(RELIABILITY_CSV, index=False, lineterminator="\n")

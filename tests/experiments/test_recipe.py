@@ -201,9 +201,12 @@ def test_the_recipe_is_chosen_on_validation_not_on_test(tmp_path: Path,
     assert (recipe.RECIPE_DIR / "rcp-b-s1.val.csv").is_file()
     again = recipe.summarize(recipe.load_committed())
     assert again["chosen"] == "b" and again["chosen_on"] == "validation"
-    # one run without validation predictions: the choice falls back to test, labelled
+    # one run without validation predictions: chosen over the other seeds, still on validation
     runs[0] = dataclasses.replace(runs[0], validation=None)
-    fallback = recipe.summarize(runs)
+    partial = recipe.summarize(runs)
+    assert partial["chosen"] == "b" and partial["validation_seeds"] == [2, 3]
+    # no run with validation predictions (the 2026-11-30 search): on test, labelled
+    fallback = recipe.summarize([dataclasses.replace(r, validation=None) for r in runs])
     assert fallback["chosen"] == "a" and fallback["chosen_on"] == "test"
     assert "Chosen on the TEST set" in recipe.markdown(fallback)
 
@@ -218,3 +221,153 @@ def test_the_checked_reader_names_the_file_and_the_problem(tmp_path: Path) -> No
                           (good.replace("0.9", "1.5"), r"outside \[0, 1\]")):
         with pytest.raises(PipelineError, match=f"x.csv:? .*{message}"):
             recipe.read_predictions(text, "x.csv")
+
+
+def _probs(rng: np.random.Generator, labels: np.ndarray, wrong: float) -> np.ndarray:
+    right = np.where(labels == 1, 0.8, 0.2) + rng.normal(0, 0.02, labels.size)
+    return np.clip(np.where(rng.random(labels.size) < wrong, 1 - right, right), 0, 1)
+
+
+def test_the_choice_uses_only_seeds_every_candidate_has_on_validation() -> None:
+    """A candidate with validation predictions for fewer seeds: the choice is made over the seeds
+    every candidate has (and says which); a candidate with none: no choice at all, not a
+    fallback to the test set, and the leader among the others is labelled provisional."""
+    rng = np.random.default_rng(2)
+    y, vy = (np.arange(200) % 3 > 0).astype(int), (np.arange(120) % 2).astype(int)
+    runs = []
+    for seed in (1, 2, 3):
+        # a: better on validation at seed 1, much worse at seeds 2-3; b: middling everywhere
+        runs.append(_with_validation(_run("a", seed, _probs(rng, y, 0.05), y, 5.0),
+                                     _probs(rng, vy, 0.0 if seed == 1 else 0.4), vy))
+        b = _run("b", seed, _probs(rng, y, 0.10), y, 5.0)
+        runs.append(_with_validation(b, _probs(rng, vy, 0.10), vy) if seed == 1 else b)
+    summary = recipe.summarize(runs)
+    assert summary["validation_seeds"] == [1] and summary["chosen_on"] == "validation"
+    assert summary["chosen"] == "a"  # over seed 1 only; over all of a's seeds b would lead
+    assert summary["candidates"]["a"]["validation"]["val_accuracy"]["values"] == [
+        summary["runs"]["rcp-a-s1"]["val_accuracy"]]
+    assert "over seed(s) 1 only" in recipe.markdown(summary)
+    runs += [_run("c", 1, _probs(rng, y, 0.02), y, 5.0)]  # best on test, no validation
+    none = recipe.summarize(runs)
+    assert none["chosen"] is None and none["chosen_on"] == "none"
+    assert none["provisional"] == {"candidate": "a", "among": ["a", "b"], "seeds": [1],
+                                   "without": ["c"]}
+    text = recipe.markdown(none)
+    assert "**No choice yet**" in text and "provisional" in text and "(chosen" not in text
+    assert all("vs_chosen" not in e for e in none["candidates"].values())
+    missing = recipe.summarize(runs[:6], expected=["a", "b", "z"])  # z: in params, never run
+    assert missing["chosen"] is None and missing["missing_candidates"] == ["z"]
+    assert "z of the search have no finished run" in recipe.markdown(missing)
+    b_val = dataclasses.replace(runs[1], validation=runs[1].validation.iloc[1:])
+    with pytest.raises(PipelineError, match="different validation images"):
+        recipe.summarize([runs[0], b_val])
+
+
+def _run_folder(root: Path, name: str, prob: np.ndarray, labels: np.ndarray,
+                val: tuple[np.ndarray, np.ndarray] | None) -> Path:
+    """A run folder as the training chain copies it: metrics/ (and nothing of models/)."""
+    metrics = root / name / "metrics"
+    metrics.mkdir(parents=True)
+    _run("x", 1, prob, labels, 1).predictions.to_csv(metrics / "predictions.csv", index=False)
+    (metrics / "evaluate.json").write_text(json.dumps({"threshold": 0.5, "accuracy": 0.0}))
+    (metrics / "train.json").write_text(json.dumps({"seconds": 600.0, "epochs_run": 6}))
+    if val is not None:
+        _with_validation(_run("x", 1, prob, labels, 1), *val).validation.to_csv(
+            metrics / "predictions_val.csv", index=False)
+    return root / name
+
+
+def test_from_runs_writes_the_rerun_report_and_compares_with_the_test_choice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumonia recipe --from-runs`: run folders (named, or NAME=FOLDER) become
+    metrics/recipe-rerun{/,.json,.md}; a later call adds to the runs already there; the report
+    says whether its validation choice changes metrics/recipe.md's test-set choice; a folder
+    holding another run's predictions is refused."""
+    rng = np.random.default_rng(3)
+    y, vy = (np.arange(200) % 3 > 0).astype(int), (np.arange(120) % 2).astype(int)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["recipe"]["candidates"] = ["a", "b"]  # the search's candidates: a run of each needed
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    recipe.RECIPE_DIR.mkdir(parents=True)
+    recipe.RECIPE_JSON.write_text(json.dumps({"chosen": "a", "chosen_on": "test", "runs": {}}))
+    out = tmp_path / "out"
+    folders = []
+    for seed in (1, 2):
+        folders.append(str(_run_folder(out, f"rcp-a-s{seed}", _probs(rng, y, 0.05), y,
+                                       (_probs(rng, vy, 0.30), vy))))
+        theirs = _run_folder(out, f"b-{seed}", _probs(rng, y, 0.15), y, (_probs(rng, vy, 0.05), vy))
+        folders.append(f"rcp-b-s{seed}={theirs}")
+    args = argparse.Namespace(from_runs=folders[:3], data=None, header="Rerun on X.",
+                              from_committed=False, report_only=False)
+    assert recipe_command(args) == 0
+    first = json.loads(recipe.RERUN.json.read_text())
+    assert sorted(first["runs"]) == ["rcp-a-s1", "rcp-a-s2", "rcp-b-s1"]
+    assert first["validation_seeds"] == [1]
+    assert recipe_command(argparse.Namespace(**{**vars(args), "from_runs": folders[3:],
+                                                "header": None})) == 0
+    summary = json.loads(recipe.RERUN.json.read_text())
+    assert sorted(summary["runs"]) == ["rcp-a-s1", "rcp-a-s2", "rcp-b-s1", "rcp-b-s2"]
+    assert summary["chosen"] == "b" and summary["chosen_on"] == "validation"
+    assert summary["validation_seeds"] == [1, 2] and summary["choice_changed"] is True
+    assert summary["header"] == "Rerun on X."  # kept from the first call
+    assert summary["runs"]["rcp-b-s2"]["source"] == folders[3].split("=", 1)[1]
+    text = recipe.RERUN.md.read_text()
+    assert "the choice CHANGES, from `a` to `b`" in text and "untouched estimate" in text
+    assert (recipe.RERUN.dir / "rcp-b-s2.val.csv").is_file()
+    assert not recipe.RECIPE_MD.exists()  # the committed search's report is not touched
+    # a search narrowed by --candidates: the choice among those named, the others said
+    narrowed = recipe.from_runs([], None, None, ["b"])
+    assert narrowed["chosen"] == "b" and len(narrowed["runs"]) == 4  # a's runs kept, not chosen
+    assert narrowed["candidates"]["a"]["in_choice"] is False
+    assert "left out of this search by `--candidates` (params.yaml lists them): a" in (
+        recipe.RERUN.md.read_text())
+    twin = out / "rcp-c-s1"
+    shutil.copytree(out / "rcp-a-s1", twin)
+    with pytest.raises(PipelineError, match="rcp-a-s1 and rcp-c-s1 hold identical test"):
+        recipe.from_runs([str(twin)], None, None)
+    (twin / "metrics" / "train.json").write_text(json.dumps({"task": "three_class"}))
+    with pytest.raises(PipelineError, match="rcp-c-s1: .*task 'three_class'"):
+        recipe.from_runs([str(twin)], None, None)
+    with pytest.raises(PipelineError, match="not named rcp-<candidate>-s<seed>"):
+        recipe.from_runs([str(out / "b-1")], None, None)
+
+
+def test_from_runs_predicts_missing_validation_with_the_evaluate_stage_functions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder without metrics/predictions_val.csv but with its model: `--data` (the split
+    the run was trained on) gives the validation originals' predictions — augmented copies left
+    out, the model's own outputs, evaluate's CSV format."""
+    import keras
+    from PIL import Image
+
+    from tests.trainkit import make_split
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    data_root = tmp_path / "copy"
+    split = make_split(data_root, size=32)
+    originals = split[split["subset"] == "val"]
+    copy = originals.iloc[[0]].assign(image_id="aug-copy", source_image_id=originals[
+        "image_id"].iloc[0])  # a balance-stage copy: not an original, not predicted
+    pd.concat([split, copy]).to_csv(data_root / "data" / "split.csv", index=False)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(
+        keras.layers.Rescaling(1 / 255.0)(inp)))
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x))
+    test = split[split["subset"] == "test"]
+    folder = _run_folder(tmp_path / "out", "rcp-a-s1", np.linspace(0, 1, len(test)),
+                         (test["label"] == "PNEUMONIA").to_numpy(int), None)
+    (folder / "models").mkdir()
+    model.save(folder / "models" / "model.keras")
+    recipe.from_runs([str(folder)], data_root / "data", "h")
+    val = pd.read_csv(recipe.RERUN.dir / "rcp-a-s1.val.csv", dtype={"image_id": str})
+    assert val["image_id"].tolist() == sorted(originals["image_id"])  # no aug-copy
+    assert list(val.columns) == ["image_id", "patient_id", "actual", "probability"]
+    pixels = np.stack([np.asarray(Image.open(data_root / p), dtype="float32")[..., None]
+                       for p in originals.sort_values("image_id")["path"]])
+    expected = model.predict(pixels, verbose=0).ravel()
+    assert np.allclose(val["probability"], expected, atol=2e-6)
+    run = json.loads(recipe.RERUN.json.read_text())["runs"]["rcp-a-s1"]
+    assert "predicted afterwards" in run["val_source"]
