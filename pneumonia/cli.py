@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "the CPU recipe search: candidates x seeds as DVC experiments, metrics/recipe.md"),
     "preset": ("pneumonia.experiments.presets",
                "a preset's params overrides as -S flags: dvc exp run $(pneumonia preset cpu)"),
+    "further-work": ("pneumonia.experiments.further_work_command",
+                     ("the paper's further work over seeds: PNEUMONIA recall by cause "
+                     "(metrics/causes.md), three-class runs (metrics/three-class.md)")),
     "report": ("pneumonia.experiments.report",
                "aggregate the finished ablation experiments into metrics/ablation.md"),
     "compare": ("pneumonia.experiments.compare",
