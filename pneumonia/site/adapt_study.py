@@ -1,4 +1,5 @@
-"""`pneumonia site adapt-study RUN_DIR... --data DIR`: what AdaBN does, measured.
+"""`pneumonia site adapt-study RUN_DIR... --data DIR --family NAME`: what AdaBN and test-time
+augmentation do, measured.
 
 For each trained run (RUN_DIR/models/model.keras) and each of ``--splits`` random patient-grouped
 halves of the official test set: the BatchNorm statistics are re-estimated (pneumonia.site.adapt)
@@ -10,7 +11,13 @@ site: halves of the images the model was calibrated on), where AdaBN should chan
 Reported per condition: accuracy, NORMAL recall, PNEUMONIA recall and ROC AUC, adapted and
 unadapted, and their paired difference: mean over seeds x splits, with the 95 % t-interval over
 seeds (each seed's mean over its splits); one seed: the 2.5-97.5 % range over splits.
-Writes ``--out``.md/.json. DIR: the data the runs were trained on (split.csv, images/).
+Test-time augmentation (``--tta``, pneumonia.inference.tta), on halves of the same kind: alone
+against the plain model, and on top of AdaBN (whole half) against the plain model and against
+AdaBN alone.
+
+Writes ``--out``.md/.json: one section per ``--family`` (the runs' recipe); a family already in
+the file is kept, the one measured replaces its own. DIR: the data the runs were trained on
+(split.csv, images/).
 """
 
 from __future__ import annotations
@@ -48,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", metavar="FILE.json", default=None,
                         help="a previous output with the same settings: its runs are not "
                         "measured again (add seeds as they finish)")
+    parser.add_argument("--family", default="runs", metavar="NAME",
+                        help="the runs' recipe (e.g. cnn-ema, dn121-ema): one section of --out; "
+                        "the other families already there are kept")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure test-time augmentation (pneumonia.inference.tta), "
+                        "alone and on top of AdaBN")
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -121,6 +134,58 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     return out
 
 
+def measure_tta(run: Path, data: Path, splits: int, threshold: float,
+                seed: int) -> dict[str, list[dict[str, float]]]:
+    """Test-time augmentation on one trained run: {condition: [per split rows]}, on the same kind
+    of random patient-grouped halves as `measure_run` (its own draws): TTA alone against the
+    plain model; AdaBN on the whole half + TTA against the plain model and against AdaBN alone."""
+    import keras
+
+    from pneumonia.inference import tta
+    from pneumonia.site import draws
+    from pneumonia.site.adapt import adapt_batchnorm
+
+    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
+    weights = model.get_weights()
+    size = int(model.input_shape[1])
+    split = pd.read_csv(data / "split.csv", dtype=str)
+    sites = {"test": split[split["subset"] == "test"],
+             "validation (control)": split[(split["subset"] == "val")
+                                           & split["source_image_id"].isna()]}
+    out: dict[str, list[dict[str, float]]] = {}
+    for site, frame in sites.items():
+        frame = frame.reset_index(drop=True)
+        x = _images(data, frame, size)
+        y = (frame["label"] == "PNEUMONIA").to_numpy()
+        base = _scores(model, x)
+        base_tta = tta.outputs(model, x).reshape(-1)
+        rng = np.random.default_rng([seed, len(frame), 7])
+        for _ in range(splits):
+            half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
+            adapt_batchnorm(model, x[half])
+            adapted = _scores(model, x[~half])
+            adapted_tta = tta.outputs(model, x[~half]).reshape(-1)
+            model.set_weights(weights)
+            for cond, lever, ref in (
+                    (f"{site}, TTA ({len(tta.VIEWS)} views), no adaptation", base_tta[~half],
+                     base[~half]),
+                    (f"{site}, AdaBN on the whole half + TTA", adapted_tta, base[~half]),
+                    (f"{site}, TTA added to AdaBN (whole half)", adapted_tta, adapted)):
+                row = _metrics(y[~half], lever, threshold)
+                row |= {f"base_{k}": v for k, v in _metrics(y[~half], ref, threshold).items()}
+                out.setdefault(cond, []).append(row)
+    return out
+
+
+# The two columns each condition compares (default: the model as trained, and AdaBN).
+COLUMNS = {"TTA (": ("plain", "TTA"), "+ TTA": ("unadapted", "AdaBN + TTA"),
+           "TTA added": ("AdaBN", "AdaBN + TTA")}
+
+
+def columns(condition: str) -> tuple[str, str]:
+    return next((v for k, v in COLUMNS.items() if k in condition), ("unadapted", "AdaBN"))
+
+
 def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
     from scipy import stats
 
@@ -147,16 +212,27 @@ def command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     settings = {"splits": args.splits, "sizes": args.sizes, "threshold": args.threshold,
                 "seed": args.seed, "data": str(data)}
+    family = args.family
     previous: dict[str, Any] = {}
     if args.reuse and Path(args.reuse).is_file():
-        old = json.loads(Path(args.reuse).read_text(encoding="utf-8"))
+        old = families(json.loads(Path(args.reuse).read_text(encoding="utf-8"))).get(family, {})
         if {k: old.get(k) for k in settings} == settings:
             previous = old.get("per_run", {})
         else:
-            print(f"--reuse {args.reuse}: other settings, measuring every run", file=sys.stderr)
-    results = {r.name: previous[r.name] if r.name in previous else
-               measure_run(r, data, args.splits, args.sizes, args.threshold, args.seed)
-               for r in runs}
+            print(f"--reuse {args.reuse}: no family {family!r} with these settings, measuring "
+                  "every run", file=sys.stderr)
+    results: dict[str, Any] = {}
+    reused = []
+    for r in runs:
+        if r.name in previous and (not args.tta or any("TTA" in c for c in previous[r.name])):
+            results[r.name] = previous[r.name]
+            reused.append(r.name)
+            continue
+        results[r.name] = previous.get(r.name) or measure_run(
+            r, data, args.splits, args.sizes, args.threshold, args.seed)
+        if args.tta and not any("TTA" in c for c in results[r.name]):
+            results[r.name] = results[r.name] | measure_tta(r, data, args.splits, args.threshold,
+                                                            args.seed)
     conditions = list(next(iter(results.values())))
     table: dict[str, dict[str, Any]] = {}
     for cond in conditions:
@@ -167,18 +243,28 @@ def command(args: argparse.Namespace) -> int:
             table[cond][m] = {"adapted": summarise(adapted), "base": summarise(base),
                               "difference": summarise([a - b for a, b in
                                                        zip(adapted, base, strict=True)])}
-    doc = {"runs": [str(r) for r in runs], **settings,
-           "reused": sorted(set(previous) & set(results)),
+    doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(args.tta),
+           "reused": sorted(reused),
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
            "conditions": table, "per_run": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    existing = out.with_suffix(".json")
+    every = families(json.loads(existing.read_text(encoding="utf-8"))) \
+        if existing.is_file() else {}
+    every[family] = doc
+    existing.write_text(json.dumps({"families": every}, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(every), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {family})")
     return 0
+
+
+def families(doc: dict[str, Any]) -> dict[str, Any]:
+    """{family: study} of an output file (one written before families existed: its runs were
+    the cnn-ema seeds)."""
+    return doc.get("families", {"cnn-ema": doc})
 
 
 def _cell(s: dict[str, Any], signed: bool = False) -> str:
@@ -186,30 +272,39 @@ def _cell(s: dict[str, Any], signed: bool = False) -> str:
     return (f"{f.format(s['mean'])} [{f.format(s['low'])}, {f.format(s['high'])}]")
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    lines = ["# AdaBN at a new site: measured", "",
-             (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data {doc['data']} "
-             f"--splits {doc['splits']}` ({doc['measured']} UTC, {doc['machine']}, "
-             f"{doc['seconds']:.0f} s). Runs: {len(doc['runs'])} trained models; data: the "
-             "64-px development copy they were trained on (5840 of its 5856 images are 224-px "
-             "re-encodings, not the public download). Each split: a random patient-grouped "
-             "half of the site's images adapts the BatchNorm statistics (unlabelled), the "
-             f"other half is scored at threshold {doc['threshold']:g}, adapted and not. Cells: "
-             "mean over seeds x splits [95 % t-interval over seeds; one seed: the 2.5-97.5 % "
-             "range over splits].")
-             + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
-                "with the same settings (`--reuse`); the time above is the others'."
-                if doc.get("reused") else ""), ""]
-    for cond, metrics in doc["conditions"].items():
-        lines += [f"## {cond}", ""]
-        shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
-                  if "adapted" in row]
-        if shares:
-            lines += [(f"`site check` found a shift (and AdaBN was applied) in "
-                      f"{sum(shares):.0f} of {len(shares)} splits."), ""]
-        lines += ["| metric | unadapted | AdaBN | difference |", "|---|---|---|---|"]
-        for m, s in metrics.items():
-            lines.append(f"| {m} | {_cell(s['base'])} | {_cell(s['adapted'])} | "
-                         f"{_cell(s['difference'], True)} |")
-        lines.append("")
+def markdown(every: dict[str, Any]) -> str:
+    lines = ["# AdaBN and test-time augmentation at a new site: measured", "",
+             ("Each split: a random patient-grouped half of the site's images adapts the "
+              "BatchNorm statistics (unlabelled), the other half is scored at the runs' threshold, "
+              "with the lever and without it (paired). Data: the 64-px development copy the runs "
+              "were trained on (5840 of its 5856 images are 224-px re-encodings, not the public "
+              "download). Cells: mean over seeds x splits [95 % t-interval over seeds; one "
+              "seed: the 2.5-97.5 % range over splits, a spread of halves, not an interval "
+              "over seeds]. The validation rows are the control: an unshifted site (held-out "
+              "validation originals the model was calibrated on), where a lever should change "
+              "nothing. TTA: the mean output over 9 fixed views (the image, rotations of "
+              "+-5 degrees, zooms 0.95 / 1.05, shifts of +-5 % in x and in y; never a flip; "
+              "pneumonia.inference.tta)."), ""]
+    for family, doc in every.items():
+        lines += [f"# {family}", "",
+                  (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data "
+                   f"{doc['data']} --splits {doc['splits']} --family {family}` "
+                   f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). "
+                   f"{len(doc['runs'])} trained model(s); threshold {doc['threshold']:g}.")
+                  + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
+                     "with the same settings (`--reuse`); the time above is the others'."
+                     if doc.get("reused") else ""), ""]
+        for cond, metrics in doc["conditions"].items():
+            lines += [f"## {family}: {cond}", ""]
+            shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
+                      if "adapted" in row]
+            if shares:
+                lines += [(f"`site check` found a shift (and AdaBN was applied) in "
+                          f"{sum(shares):.0f} of {len(shares)} splits."), ""]
+            without, with_ = columns(cond)
+            lines += [f"| metric | {without} | {with_} | difference |", "|---|---|---|---|"]
+            for m, s in metrics.items():
+                lines.append(f"| {m} | {_cell(s['base'])} | {_cell(s['adapted'])} | "
+                             f"{_cell(s['difference'], True)} |")
+            lines.append("")
     return "\n".join(lines) + "\n"
