@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default="runs", metavar="NAME",
                         help="the runs' recipe (e.g. cnn-ema, dn121-ema): one section of --out; "
                         "the other families already there are kept")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also measure the runs' probabilities averaged (one model), "
+                        "unadapted and with every run adapted on the same half")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure test-time augmentation (pneumonia.inference.tta), "
                         "alone and on top of AdaBN")
@@ -177,8 +180,55 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float,
     return out
 
 
+def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float,
+                     seed: int) -> dict[str, list[dict[str, float]]]:
+    """The runs' probabilities averaged (a seed ensemble, one model): {condition: [per split]}.
+
+    On random patient-grouped halves (the same draws as `measure_tta`): every run adapted on the
+    same half, their scores on the other half averaged, against the ensemble unadapted; and the
+    ensemble unadapted against the runs' mean unadapted accuracy (what averaging itself buys)."""
+    import keras
+
+    from pneumonia.site import draws
+    from pneumonia.site.adapt import adapt_batchnorm
+
+    models = [keras.saving.load_model(r / "models" / "model.keras", compile=False) for r in runs]
+    size = int(models[0].input_shape[1])
+    split = pd.read_csv(data / "split.csv", dtype=str)
+    sites = {"test": split[split["subset"] == "test"],
+             "validation (control)": split[(split["subset"] == "val")
+                                           & split["source_image_id"].isna()]}
+    out: dict[str, list[dict[str, float]]] = {}
+    for site, frame in sites.items():
+        frame = frame.reset_index(drop=True)
+        x = _images(data, frame, size)
+        y = (frame["label"] == "PNEUMONIA").to_numpy()
+        base = [_scores(m, x) for m in models]
+        rng = np.random.default_rng([seed, len(frame), 7])
+        for _ in range(splits):
+            half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
+            adapted = []
+            for m in models:
+                weights = m.get_weights()
+                adapt_batchnorm(m, x[half])
+                adapted.append(_scores(m, x[~half]))
+                m.set_weights(weights)
+            plain = np.mean([b[~half] for b in base], axis=0)
+            row = _metrics(y[~half], np.mean(adapted, axis=0), threshold)
+            row |= {f"base_{k}": v for k, v in _metrics(y[~half], plain, threshold).items()}
+            out.setdefault(f"{site}, {len(runs)} seeds averaged, AdaBN on the whole half",
+                           []).append(row)
+            row = _metrics(y[~half], plain, threshold)
+            singles = [_metrics(y[~half], b[~half], threshold) for b in base]
+            row |= {f"base_{k}": float(np.mean([s[k] for s in singles])) for k in METRICS}
+            out.setdefault(f"{site}, {len(runs)} seeds averaged vs one seed (mean of the seeds)",
+                           []).append(row)
+    return out
+
+
 # The two columns each condition compares (default: the model as trained, and AdaBN).
-COLUMNS = {"TTA (": ("plain", "TTA"), "+ TTA": ("unadapted", "AdaBN + TTA"),
+COLUMNS = {"seeds averaged, AdaBN": ("averaged, unadapted", "averaged, AdaBN"),
+           "seeds averaged vs": ("one seed", "seeds averaged"), "TTA (": ("plain", "TTA"), "+ TTA": ("unadapted", "AdaBN + TTA"),
            "TTA added": ("AdaBN", "AdaBN + TTA")}
 
 
@@ -214,10 +264,11 @@ def command(args: argparse.Namespace) -> int:
                 "seed": args.seed, "data": str(data)}
     family = args.family
     previous: dict[str, Any] = {}
+    previous_doc: dict[str, Any] = {}
     if args.reuse and Path(args.reuse).is_file():
         old = families(json.loads(Path(args.reuse).read_text(encoding="utf-8"))).get(family, {})
         if {k: old.get(k) for k in settings} == settings:
-            previous = old.get("per_run", {})
+            previous, previous_doc = old.get("per_run", {}), old
         else:
             print(f"--reuse {args.reuse}: no family {family!r} with these settings, measuring "
                   "every run", file=sys.stderr)
@@ -235,6 +286,18 @@ def command(args: argparse.Namespace) -> int:
                                                             args.seed)
     conditions = list(next(iter(results.values())))
     table: dict[str, dict[str, Any]] = {}
+    ensemble: dict[str, Any] = {}
+    if previous_doc.get("ensemble_runs") == [r.name for r in runs]:
+        ensemble = previous_doc.get("ensemble") or {}
+    if args.ensemble and not ensemble and len(runs) > 1:
+        ensemble = measure_ensemble(runs, data, args.splits, args.threshold, args.seed)
+    for cond, rows in ensemble.items():
+        table[cond] = {m: {key: summarise([np.array([row[f"{pre}{m}"] for row in rows])])
+                           for key, pre in (("adapted", ""), ("base", "base_"))}
+                       for m in METRICS}
+        for m in METRICS:
+            table[cond][m]["difference"] = summarise([np.array(
+                [row[m] - row[f"base_{m}"] for row in rows])])
     for cond in conditions:
         table[cond] = {}
         for m in METRICS:
@@ -248,7 +311,8 @@ def command(args: argparse.Namespace) -> int:
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
-           "conditions": table, "per_run": results}
+           "conditions": table, "per_run": results, "ensemble": ensemble,
+           "ensemble_runs": [r.name for r in runs] if ensemble else []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.with_suffix(".json")
@@ -296,8 +360,11 @@ def markdown(every: dict[str, Any]) -> str:
                      if doc.get("reused") else ""), ""]
         for cond, metrics in doc["conditions"].items():
             lines += [f"## {family}: {cond}", ""]
-            shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
-                      if "adapted" in row]
+            shares = [row["adapted"] for rows in doc["per_run"].values()
+                      for row in rows.get(cond, []) if "adapted" in row]
+            if cond in doc.get("ensemble", {}):
+                lines += [("One model (the seeds' probabilities averaged): the interval is the "
+                           "2.5-97.5 % range over splits."), ""]
             if shares:
                 lines += [(f"`site check` found a shift (and AdaBN was applied) in "
                           f"{sum(shares):.0f} of {len(shares)} splits."), ""]

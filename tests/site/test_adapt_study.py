@@ -4,6 +4,7 @@ paired columns that agree with each other, one section per family, reuse of meas
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,13 @@ def test_adapt_study_writes_paired_levers_per_family_and_reuses_runs(tmp_path) -
     assert sorted(every) == ["other", "tiny"] and every["other"]["reused"] == []
     assert every["tiny"]["reused"] == ["run-s1"] and every["tiny"]["per_run"] == doc["per_run"]
     assert "# tiny" in out.with_suffix(".md").read_text()
+    # two copies of one model averaged are that model: averaging buys exactly nothing
+    twin = tmp_path / "run-s2"
+    shutil.copytree(run, twin)
+    with pytest.raises(SystemExit):
+        main(["site", "adapt-study", str(run), str(twin), "--data", str(data), "--splits", "2",
+              "--sizes", "4", "--out", str(out), "--family", "pair", "--ensemble", "--no-tta"])
+    pair = json.loads(out.with_suffix(".json").read_text())["families"]["pair"]
+    gain = pair["conditions"]["test, 2 seeds averaged vs one seed (mean of the seeds)"]
+    assert gain["accuracy"]["difference"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert len(pair["ensemble"]["test, 2 seeds averaged, AdaBN on the whole half"]) == 2
