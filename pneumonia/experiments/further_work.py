@@ -43,7 +43,8 @@ RUN_NAME = re.compile(r"^(?P<prefix>abl|rcp)-(?P<arm>.+)-s(?P<seed>\d+)\.csv$")
 IMPORTED = {"metrics/details/evaluate.json": "evaluate.json",
             "metrics/predictions.csv": "predictions.csv",
             "metrics/predictions_val.csv": "predictions_val.csv",
-            "metrics/table3.md": "table3.md"}
+            "metrics/table3.md": "table3.md",
+            "metrics/details/train.json": "train.json"}
 MEASURES = ("bacteria", "virus", "normal", "bacteria_minus_virus")
 
 
@@ -149,6 +150,13 @@ def import_runs(run_outs: list[Path], root: Path = Path(".")) -> list[str]:
     return names
 
 
+def _train_seed(name: str) -> int | None:
+    """The training seed in a run's name (`...-s<N>`; evaluate.json's `seed` is the
+    bootstrap's)."""
+    m = re.search(r"-s(\d+)$", name)
+    return int(m.group(1)) if m else None
+
+
 def three_class(runs: list[Path]) -> dict[str, Any]:
     """Per run and over seeds: bacterial-vs-viral accuracy and the three-class accuracy."""
     per_run: dict[str, Any] = {}
@@ -166,7 +174,7 @@ def three_class(runs: list[Path]) -> dict[str, Any]:
                              for m in ("bacteria_vs_virus_accuracy", "accuracy",
                                        "macro_f1", "bacteria_recall", "virus_recall",
                                        "normal_recall")} | {
-            "binary_accuracy": ev.get("accuracy"), "seed": ev.get("seed")}
+            "binary_accuracy": ev.get("accuracy"), "seed": _train_seed(run.name)}
     over = {m: _summary([r[m]["value"] for r in per_run.values()])
             for m in ("bacteria_vs_virus_accuracy", "accuracy", "virus_recall")}
     return {"runs": per_run, "over_seeds": over, "kermany": KERMANY_BACTERIA_VS_VIRUS}

@@ -62,7 +62,7 @@ def test_write_all_rewrites_the_quoted_blocks_and_keeps_the_rest(tmp_path) -> No
     ev = {f"cause_{m}{e}": v for m in ("bacteria_vs_virus_accuracy", "accuracy", "macro_f1",
                                        "bacteria_recall", "virus_recall", "normal_recall")
           for e, v in (("", 0.8), ("_ci_low", 0.7), ("_ci_high", 0.9))}
-    (run / "evaluate.json").write_text(json.dumps(ev | {"accuracy": 0.85, "seed": 1}))
+    (run / "evaluate.json").write_text(json.dumps(ev | {"accuracy": 0.85, "seed": 42}))
     further_work.write_all("cmd", [run], root)
     text = (root / "docs/further-work.md").read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
