@@ -252,52 +252,57 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
 
 
 def command(args: argparse.Namespace) -> int:
-    data = Path(args.data)
+    out = run([Path(r) for r in args.runs], Path(args.data), splits=args.splits,
+              sizes=args.sizes, threshold=args.threshold, seed=args.seed, out=Path(args.out),
+              reuse=Path(args.reuse) if args.reuse else None, family=args.family,
+              tta=args.tta, ensemble=args.ensemble)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {args.family})")
+    return 0
+
+
+def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshold: float,
+        seed: int, out: Path, reuse: Path | None, family: str, tta: bool,
+        ensemble: bool) -> Path:
+    """Measure (or reuse) the runs, write `out`.json/.md with this family's section replaced;
+    returns `out`."""
     if not (data / "split.csv").is_file():
         raise PipelineError(f"--data {data}: no split.csv there")
-    runs = [Path(r) for r in args.runs]
     for r in runs:
         if not (r / "models" / "model.keras").is_file():
             raise PipelineError(f"{r}: no models/model.keras")
     t0 = time.perf_counter()
-    settings = {"splits": args.splits, "sizes": args.sizes, "threshold": args.threshold,
-                "seed": args.seed, "data": str(data)}
-    family = args.family
+    settings = {"splits": splits, "sizes": sizes, "threshold": threshold,
+                "seed": seed, "data": str(data)}
     previous: dict[str, Any] = {}
     previous_doc: dict[str, Any] = {}
-    if args.reuse and Path(args.reuse).is_file():
-        old = families(json.loads(Path(args.reuse).read_text(encoding="utf-8"))).get(family, {})
+    if reuse and reuse.is_file():
+        old = families(json.loads(reuse.read_text(encoding="utf-8"))).get(family, {})
         if {k: old.get(k) for k in settings} == settings:
             previous, previous_doc = old.get("per_run", {}), old
         else:
-            print(f"--reuse {args.reuse}: no family {family!r} with these settings, measuring "
+            print(f"--reuse {reuse}: no family {family!r} with these settings, measuring "
                   "every run", file=sys.stderr)
     results: dict[str, Any] = {}
     reused = []
     for r in runs:
-        if r.name in previous and (not args.tta or any("TTA" in c for c in previous[r.name])):
+        if r.name in previous and (not tta or any("TTA" in c for c in previous[r.name])):
             results[r.name] = previous[r.name]
             reused.append(r.name)
             continue
         results[r.name] = previous.get(r.name) or measure_run(
-            r, data, args.splits, args.sizes, args.threshold, args.seed)
-        if args.tta and not any("TTA" in c for c in results[r.name]):
-            results[r.name] = results[r.name] | measure_tta(r, data, args.splits, args.threshold,
-                                                            args.seed)
+            r, data, splits, sizes, threshold, seed)
+        if tta and not any("TTA" in c for c in results[r.name]):
+            results[r.name] = results[r.name] | measure_tta(r, data, splits, threshold,
+                                                            seed)
     conditions = list(next(iter(results.values())))
     table: dict[str, dict[str, Any]] = {}
-    ensemble: dict[str, Any] = {}
+    averaged: dict[str, Any] = {}
     if previous_doc.get("ensemble_runs") == [r.name for r in runs]:
-        ensemble = previous_doc.get("ensemble") or {}
-    if args.ensemble and not ensemble and len(runs) > 1:
-        ensemble = measure_ensemble(runs, data, args.splits, args.threshold, args.seed)
-    for cond, rows in ensemble.items():
-        table[cond] = {m: {key: summarise([np.array([row[f"{pre}{m}"] for row in rows])])
-                           for key, pre in (("adapted", ""), ("base", "base_"))}
-                       for m in METRICS}
-        for m in METRICS:
-            table[cond][m]["difference"] = summarise([np.array(
-                [row[m] - row[f"base_{m}"] for row in rows])])
+        averaged = previous_doc.get("ensemble") or {}
+    measured_now = len(reused) < len(runs)
+    if ensemble and not averaged and len(runs) > 1:
+        averaged = measure_ensemble(runs, data, splits, threshold, seed)
+        measured_now = True
     for cond in conditions:
         table[cond] = {}
         for m in METRICS:
@@ -306,14 +311,23 @@ def command(args: argparse.Namespace) -> int:
             table[cond][m] = {"adapted": summarise(adapted), "base": summarise(base),
                               "difference": summarise([a - b for a, b in
                                                        zip(adapted, base, strict=True)])}
-    doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(args.tta),
+    for cond, rows in averaged.items():
+        table[cond] = {m: {key: summarise([np.array([row[f"{pre}{m}"] for row in rows])])
+                           for key, pre in (("adapted", ""), ("base", "base_"))}
+                       for m in METRICS}
+        for m in METRICS:
+            table[cond][m]["difference"] = summarise([np.array(
+                [row[m] - row[f"base_{m}"] for row in rows])])
+    doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(tta),
            "reused": sorted(reused),
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
-           "conditions": table, "per_run": results, "ensemble": ensemble,
-           "ensemble_runs": [r.name for r in runs] if ensemble else []}
-    out = Path(args.out)
+           "conditions": table, "per_run": results, "ensemble": averaged,
+           "ensemble_runs": [r.name for r in runs] if averaged else []}
+    if not measured_now:  # nothing measured now: the file keeps when and how it was measured
+        doc |= {k: previous_doc[k] for k in ("measured", "machine", "seconds", "reused")
+                if k in previous_doc}
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.with_suffix(".json")
     every = families(json.loads(existing.read_text(encoding="utf-8"))) \
@@ -321,8 +335,7 @@ def command(args: argparse.Namespace) -> int:
     every[family] = doc
     existing.write_text(json.dumps({"families": every}, indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(every), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {family})")
-    return 0
+    return out
 
 
 def families(doc: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +365,9 @@ def markdown(every: dict[str, Any]) -> str:
     for family, doc in every.items():
         lines += [f"# {family}", "",
                   (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data "
-                   f"{doc['data']} --splits {doc['splits']} --family {family}` "
+                   f"{doc['data']} --splits {doc['splits']} --family {family}"
+                   f"{' --ensemble' if doc.get('ensemble') else ''}"
+                   f"{'' if doc.get('tta') else ' --no-tta'}` "
                    f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). "
                    f"{len(doc['runs'])} trained model(s); threshold {doc['threshold']:g}.")
                   + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "

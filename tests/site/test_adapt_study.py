@@ -71,7 +71,8 @@ def test_adapt_study_writes_paired_levers_per_family_and_reuses_runs(tmp_path) -
         main([*argv, "--family", "tiny", "--reuse", str(out.with_suffix(".json"))])
     every = json.loads(out.with_suffix(".json").read_text())["families"]
     assert sorted(every) == ["other", "tiny"] and every["other"]["reused"] == []
-    assert every["tiny"]["reused"] == ["run-s1"] and every["tiny"]["per_run"] == doc["per_run"]
+    # nothing measured again: the section keeps its measurement's time and results
+    assert every["tiny"]["seconds"] == doc["seconds"] and every["tiny"]["per_run"] == doc["per_run"]
     assert "# tiny" in out.with_suffix(".md").read_text()
     # two copies of one model averaged are that model: averaging buys exactly nothing
     twin = tmp_path / "run-s2"
