@@ -101,7 +101,7 @@ clean-venv:
 # URLs in .team/servers.json, exports in .team/env.sh.
 S3_PORT ?= 9000
 mlflow-server: install
-	$(PY) -m pneumonia.team.servers up --dir .team --mlflow-port $(MLFLOW_PORT) --s3-port $(S3_PORT)
+	$(PY) -m pneumonia team up --dir .team --mlflow-port $(MLFLOW_PORT) --s3-port $(S3_PORT)
 
 push: install
 	$(PY) -m pneumonia.team.remote push

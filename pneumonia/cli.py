@@ -22,55 +22,58 @@ STAGES = ("ingest", "validate", "balance", "split", "train", "evaluate")
 log = logging.getLogger(__name__)
 
 
-# `pneumonia <command>`: the six stages (run by hand as DVC runs them), the demo and helpers. A
-# command module provides `command(args) -> int` (the exit code) and optionally
-# `add_arguments(parser)`. Command modules are imported to build --help, so they import heavy
-# libraries (TensorFlow, MLflow: seconds each) inside functions, never at module level.
+# `pneumonia <command>`: the six stages (run by hand as DVC runs them), the demo and helpers.
+# command -> (module in pneumonia/commands/, one-line description). For `model-card` the module
+# provides `model_card_command(args) -> int` (the exit code) and optionally
+# `add_model_card_arguments(parser)`. Command modules are imported to build --help, so they
+# import heavy libraries (TensorFlow, MLflow: seconds each) inside functions, never at module
+# level.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pneumonia.demo", "all six stages on the bundled sample, as a DVC experiment"),
-    "params": ("pneumonia.params", "print params.yaml as validated (every key, with defaults)"),
-    "ablation": ("pneumonia.experiments.ablation",
+    "demo": ("pneumonia.commands.pipeline", "all six stages on the bundled sample, as a DVC experiment"),
+    "params": ("pneumonia.commands.pipeline", "print params.yaml as validated (every key, with defaults)"),
+    "ablation": ("pneumonia.commands.experiments",
                  "queue and run the ablation grid (params.yaml `ablation:`), then report"),
-    "recipe": ("pneumonia.experiments.recipe",
+    "recipe": ("pneumonia.commands.experiments",
                "the CPU recipe search: candidates x seeds as DVC experiments, metrics/recipe.md"),
-    "preset": ("pneumonia.experiments.presets",
+    "preset": ("pneumonia.commands.experiments",
                "a preset's params overrides as -S flags: dvc exp run $(pneumonia preset cpu)"),
-    "further-work": ("pneumonia.experiments.further_work_command",
+    "further-work": ("pneumonia.commands.experiments",
                      ("the paper's further work over seeds: PNEUMONIA recall by cause "
                      "(metrics/causes.md), three-class runs (metrics/three-class.md)")),
-    "report": ("pneumonia.experiments.report",
+    "report": ("pneumonia.commands.experiments",
                "aggregate the finished ablation experiments into metrics/ablation.md"),
-    "compare": ("pneumonia.experiments.compare",
+    "compare": ("pneumonia.commands.experiments",
                 ("paired comparison of two revisions' test predictions: deltas with intervals, "
                 "McNemar, DeLong, better / worse / within noise")),
-    "predict": ("pneumonia.inference.predict",
+    "predict": ("pneumonia.commands.inference",
                 "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
-    "explain": ("pneumonia.inference.explain",
+    "explain": ("pneumonia.commands.inference",
                 "Grad-CAM heatmap overlays: where in the image the model looked"),
-    "model-card": ("pneumonia.evaluation.card",
+    "model-card": ("pneumonia.commands.evaluation",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),
-    "promote": ("pneumonia.promote",
+    "promote": ("pneumonia.commands.promote",
                 ("move the registry's `champion` to a version by hand (shows what the gate "
                 "would say; records who, why, when)")),
-    "site": ("pneumonia.site.cli",
+    "site": ("pneumonia.commands.site",
              ("a new hospital: calibrate on its labelled images (site calibrate), measure it "
              "(site study); docs/new-site.md")),
-    "robustness": ("pneumonia.evaluation.robustness",
+    "robustness": ("pneumonia.commands.evaluation",
                    ("the model on shifted test images (resolution, gamma, noise, JPEG, rotation, "
                    "inversion): paired differences from the clean test set, with intervals")),
 }
 
 # Tools with their own command line, reachable as `pneumonia [team] <verb> ARGS...`: ARGS go to
 # the tool unchanged (its --help included), so `python -m <module>` and `pneumonia <verb>` are the
-# same program. verb -> (module whose main(argv) runs it, argv prefix, one-line description).
+# same program. verb -> (`module` whose main(argv) runs it, or `module:function`, argv prefix,
+# one-line description).
 TOOLS: dict[str, tuple[str, list[str], str]] = {
     "bench": ("benchmarks.run", [],
               ("performance benchmarks, one process per case; writes benchmarks/results.json "
               "(= make bench; needs a checkout of the repository)")),
 }
 TEAM_TOOLS: dict[str, tuple[str, list[str], str]] = {
-    "up": ("pneumonia.team.servers", ["up"],
+    "up": ("pneumonia.commands.team:up", ["up"],
            ("start a local S3 API, PostgreSQL and an MLflow tracking server on 127.0.0.1 until "
            "Ctrl-C (= make mlflow-server)")),
     "push": ("pneumonia.team.remote", ["push"],
@@ -79,10 +82,15 @@ TEAM_TOOLS: dict[str, tuple[str, list[str], str]] = {
     "pull": ("pneumonia.team.remote", ["pull"],
              ("dvc pull; on failure one line naming the remote, the problem and the fix "
              "(= make pull)")),
-    "multiworker": ("pneumonia.team.multiworker", [],
+    "multiworker": ("pneumonia.commands.team:multiworker", [],
                     ("check a MultiWorkerMirroredStrategy cluster (TF_CONFIG): a few synchronised "
                     "SGD steps")),
 }
+
+
+def py_name(command: str) -> str:
+    """`model-card` -> `model_card`: the prefix of the command's functions in its module."""
+    return command.replace("-", "_")
 
 
 def stage_summary(stage: str) -> str:
@@ -94,8 +102,9 @@ def stage_summary(stage: str) -> str:
     return first.split(": ", 1)[1] if first.startswith("DVC stage") else first
 
 
-def run_tool(module: str, argv: list[str], prog: str) -> None:
-    """Run a tool's `main(argv)` and exit with its status."""
+def run_tool(target: str, argv: list[str], prog: str) -> None:
+    """Run a tool's `main(argv)` (or `module:function`'s function) and exit with its status."""
+    module, _, function = target.partition(":")
     if module.startswith("benchmarks.") and importlib.util.find_spec("benchmarks") is None:
         # benchmarks/ is not an installed package: it runs from a checkout (editable install).
         root = Path(__file__).resolve().parents[1]
@@ -108,7 +117,7 @@ def run_tool(module: str, argv: list[str], prog: str) -> None:
     # The tools start `dvc` / `mlflow`: this interpreter's (the venv's) first, as the Makefile does.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
                                           os.environ.get("PATH", "")])
-    code = importlib.import_module(module).main(argv)
+    code = getattr(importlib.import_module(module), function or "main")(argv)
     sys.exit(code or 0)
 
 
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                        "run by hand in the current directory (without DVC's caching).")
     for name, (module, text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)
-        add = getattr(importlib.import_module(module), "add_arguments", None)
+        add = getattr(importlib.import_module(module), f"add_{py_name(name)}_arguments", None)
         if add:
             add(cmd)
     for name, (_, _, text) in TOOLS.items():  # dispatched above; listed here for --help
@@ -147,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in STAGES:
         importlib.import_module(f"stages.{args.command}").main()
         return
-    module = importlib.import_module(COMMANDS[args.command][0])
+    command = getattr(importlib.import_module(COMMANDS[args.command][0]),
+                      f"{py_name(args.command)}_command")
     code: list[int] = []
-    run_stage(lambda: code.append(module.command(args) or 0), args.command)
+    run_stage(lambda: code.append(command(args) or 0), args.command)
     sys.exit(code[0] if code else 0)
 
 

@@ -113,7 +113,3 @@ def run() -> None:
     )
 
 
-def command(args: object) -> int:
-    """`pneumonia demo` (what `make demo` runs)."""
-    run()
-    return 0

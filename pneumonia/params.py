@@ -408,7 +408,3 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 
-def command(args: object) -> int:
-    """`pneumonia params`: print params.yaml as validated, defaults filled in."""
-    print(json.dumps(dataclasses.asdict(load_params()), indent=2))
-    return 0

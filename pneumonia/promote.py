@@ -17,7 +17,6 @@ replace the champion again (correctly). Then a person decides. This command
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import os
 from datetime import UTC, datetime
@@ -29,8 +28,6 @@ from pneumonia.inference.loading import (
     TAG_GATE_SAID,
     champion_version,
     promotion_note,
-    registry_name,
-    store_uri,
 )
 from pneumonia.inference.loading import TAG_PROMOTE_REASON as TAG_REASON
 from pneumonia.inference.loading import TAG_PROMOTED_AT as TAG_AT
@@ -134,31 +131,3 @@ def promote(client: Any, name: str, version: str, reason: str, by: str | None = 
             "gate_reason": decision.reason, "by": who, "at": when, "reason": reason}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("version", help="the registered model version to make champion")
-    parser.add_argument("--reason", required=True,
-                        help="why (recorded in the registry, shown by `pneumonia predict`)")
-    parser.add_argument("--by", default=None,
-                        help="who decides (default: $PNEUMONIA_USER or the login name)")
-    parser.add_argument("--name", default=None,
-                        help="registered model (default: params.yaml evaluate.registry_name)")
-
-
-def command(args: argparse.Namespace) -> int:
-    import mlflow
-
-    from pneumonia.tracking import tracking_uri
-
-    uri = store_uri()
-    if uri is None:
-        raise PipelineError(f"the MLflow store {tracking_uri()} does not exist: nothing was "
-                            "registered here (set MLFLOW_TRACKING_URI to the team's store).")
-    mlflow.set_tracking_uri(uri)
-    name = args.name or registry_name()
-    done = promote(mlflow.MlflowClient(), name, args.version, args.reason, args.by)
-    print(f"the gate would say about version {done['version']}: {done['gate']} - "
-          f"{done['gate_reason']}")
-    print(f"champion of {name!r}: version {done['previous_champion'] or 'none'} -> "
-          f"{done['version']}, promoted by hand by {done['by']} at {done['at']}: "
-          f"{done['reason']}")
-    return 0

@@ -10,9 +10,7 @@ model-card` rewrites that block; `--check` only compares and exits 1 when the ca
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +181,3 @@ def update(card: Path, block: str) -> str:
     return text[:start] + block + text[end + len(END):]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true",
-                        help="only compare; exit 1 when MODEL_CARD.md is stale")
-
-
-def command(args: argparse.Namespace) -> int:
-    """`pneumonia model-card [--check]` in the repository root."""
-    new = update(CARD, render())
-    if new == CARD.read_text(encoding="utf-8"):
-        print(f"{CARD} is up to date with metrics/ and dvc.lock")
-        return 0
-    if args.check:
-        print(f"{CARD} is stale: its numbers differ from metrics/ and dvc.lock. Run "
-              "`pneumonia model-card` and commit the result.", file=sys.stderr)
-        return 1
-    CARD.write_text(new, encoding="utf-8")
-    print(f"updated the numbers in {CARD} from metrics/ and dvc.lock")
-    return 0

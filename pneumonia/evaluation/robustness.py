@@ -22,13 +22,11 @@ A three-class model is scored in its binary view, P(PNEUMONIA) = P(bacteria) + P
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,14 +37,10 @@ from typing import Any
 import numpy as np
 
 from pneumonia.dataset.images import encode_png, open_image, to_gray8
-from pneumonia.errors import PipelineError
-from pneumonia.files import workers as resolve_workers
 from pneumonia.files import write_json
-from pneumonia.inference.loading import load
 from pneumonia.inference.sources import to_input
-from pneumonia.model.inputs import read_split, subset_rows
 from pneumonia.model.tasks import pneumonia_probability
-from pneumonia.paths import LABELS, METRICS, SPLIT_CSV
+from pneumonia.paths import METRICS
 from pneumonia.stats.bootstrap import metric_intervals, paired_deltas
 
 log = logging.getLogger(__name__)
@@ -307,75 +301,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# Command
+# The machine a measurement belongs to
 # --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Shifts: " + ", ".join(s.name for s in SHIFTS)
-                     + ". Exit status: 0 = report written; 2 = usage error.")
-    parser.add_argument("--model", metavar="M", default=None,
-                        help="as for `pneumonia predict` (default: the champion, else "
-                        "models/model.keras)")
-    parser.add_argument("--threshold", metavar="T", type=float, default=None,
-                        help="decision threshold (default: the one evaluate chose for the model)")
-    parser.add_argument("--shifts", metavar="A,B", default=None,
-                        help="only these shifts (comma-separated names; default: all)")
-    parser.add_argument("--out", metavar="DIR", type=Path, default=OUT_DIR,
-                        help=f"folder for the report (default {OUT_DIR})")
-    parser.add_argument("--resamples", type=int, default=N_RESAMPLES,
-                        help=f"bootstrap resamples (default {N_RESAMPLES}, at least 200)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap and noise seed")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="threads that shift and decode images (0 = one per CPU core)")
-
-
-def select_shifts(spec: str | None) -> tuple[Shift, ...]:
-    """The shifts named in --shifts (all when None); PipelineError for an unknown name."""
-    if spec is None:
-        return SHIFTS
-    by_name = {s.name: s for s in SHIFTS}
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in by_name]
-    if unknown or not names:
-        raise PipelineError(f"--shifts {spec!r}: unknown shift(s) {', '.join(unknown) or '-'}. "
-                            f"Known: {', '.join(by_name)}.")
-    return tuple(by_name[n] for n in names)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Score the model on the test subset of data/split.csv, clean and shifted."""
-    shifts = select_shifts(args.shifts)
-    if args.resamples < 200:
-        raise PipelineError("--resamples must be at least 200 (2000 recommended).")
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise PipelineError(f"--threshold {args.threshold}: must be strictly between 0 and 1")
-    if args.batch_size < 1:
-        raise PipelineError("--batch-size must be at least 1")
-    rows = subset_rows(read_split(), "test")
-    missing = [p for p in rows["path"] if not Path(p).is_file()]
-    if missing:
-        raise PipelineError(f"{len(missing)} test image(s) listed in {SPLIT_CSV} are missing "
-                            f"(e.g. {missing[0]}): run `dvc repro` (or `dvc pull`).")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    loaded = load(args.model, args.threshold)
-    files = [Path(p).read_bytes() for p in rows["path"]]
-    y = np.array([LABELS.index(lbl) for lbl in rows["label"]])
-    groups = rows["patient_id"].astype(str).to_numpy()
-    print(f"model {loaded.source}, threshold {loaded.threshold:g} ({loaded.threshold_from}); "
-          f"{len(files)} test images x {len(shifts) + 1} conditions", file=sys.stderr)
-    report = score_shifts(
-        loaded.model, files, rows["image_id"].astype(str).tolist(), y, groups,
-        loaded.threshold, shifts, args.resamples, args.seed, args.batch_size,
-        resolve_workers(args.workers), lambda name: print(f"  {name} done", file=sys.stderr))
-    report["model"] = loaded.source
-    report["threshold_from"] = loaded.threshold_from
-    report["cpu"] = cpu_description()
-    paths = write_report(report, args.out)
-    print(markdown(report))
-    print("written: " + ", ".join(map(str, paths)), file=sys.stderr)
-    return 0
-
-
 def cpu_name() -> str:
     """The CPU's model name: /proc/cpuinfo on Linux, else platform.processor() (often empty on
     Linux, hence /proc first; psutil has no API for it)."""

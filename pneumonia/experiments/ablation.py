@@ -10,14 +10,11 @@ keeps params.yaml as it is (`paper`). Each run is `dvc exp run --queue -n abl-<a
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from dataclasses import dataclass
 
-from pneumonia.experiments import report
-from pneumonia.experiments.grid import add_queue_arguments, run_grid
-from pneumonia.experiments.presets import PRESETS, preset
-from pneumonia.params import AblationParams, load_params
+from pneumonia.experiments.presets import preset
+from pneumonia.params import AblationParams
 
 PREFIX = "abl"
 
@@ -62,19 +59,3 @@ def grid(p: AblationParams) -> list[Run]:
     ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="overrides on top of params.yaml (default: ablation.preset)")
-    add_queue_arguments(parser)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Queue the grid, run it, wait, and write the report."""
-    p = load_params().ablation
-    preset_name = args.preset or p.preset
-    runs = [(run.name, run.overrides(preset_name)) for run in grid(p)]
-    counts = run_grid(runs, args, "ablation", "pneumonia report")
-    if counts is None:
-        return 0
-    report.write_report(prefix=PREFIX)
-    return 1 if counts.get("Failed") else 0

@@ -24,7 +24,6 @@ The output is markdown (stdout, and `--out FILE`), e.g. for a pull-request comme
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -37,7 +36,6 @@ from pneumonia.evaluation.paper import METRIC_NAMES
 from pneumonia.experiments import revisions
 from pneumonia.experiments.predictions import parse_predictions
 from pneumonia.formatting import number, p_value
-from pneumonia.params import EvaluateParams
 from pneumonia.paths import EVALUATE_JSON, LABELS, PREDICTIONS_CSV, UNSPECIFIED
 from pneumonia.stats.bootstrap import paired_deltas
 from pneumonia.stats.multiclass import paired_cause_recalls
@@ -52,19 +50,6 @@ NAMES = {k: METRIC_NAMES[k] for k in (
     "accuracy", "NORMAL_precision", "NORMAL_recall", "NORMAL_f1", "PNEUMONIA_precision",
     "PNEUMONIA_recall", "PNEUMONIA_f1", "roc_auc", "pr_auc")}
 NAMES |= {f"PNEUMONIA_recall_{c}": f"PNEUMONIA recall, {c} images" for c in ("bacteria", "virus")}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", nargs="?", default="main",
-                        help="git revision or DVC experiment to compare against (default: main)")
-    parser.add_argument("head", nargs="?", default=revisions.WORKSPACE,
-                        help="git revision, DVC experiment or `workspace` (the default)")
-    parser.add_argument("--out", type=Path, help="also write the markdown to this file")
-    parser.add_argument("--resamples", type=int, default=N_RESAMPLES,
-                        help=f"bootstrap resamples (default {N_RESAMPLES}, at least 200)")
-    seed = EvaluateParams().seed  # the evaluate stage's bootstrap seed: the same intervals
-    parser.add_argument("--seed", type=int, default=seed,
-                        help=f"bootstrap seed (default {seed}, as evaluate.seed)")
 
 
 def check_same_images(base: pd.DataFrame, head: pd.DataFrame, labels: tuple[str, str]) -> None:
@@ -267,11 +252,3 @@ def compare_revisions(base: str, head: str, n_resamples: int = N_RESAMPLES, seed
     return compare_predictions(preds_a, preds_b, ta, tb, n_resamples, seed, (label_a, label_b))
 
 
-def command(args: argparse.Namespace) -> int:
-    """`pneumonia compare`: print (and with --out write) the paired comparison."""
-    text = markdown(compare_revisions(args.base, args.head, args.resamples, args.seed))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-    print(text)
-    return 0

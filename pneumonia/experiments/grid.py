@@ -8,7 +8,6 @@ finished experiments from their git commits (pneumonia.experiments.revisions).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -255,29 +254,19 @@ def first_failure() -> str:
     return ""
 
 
-def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
-    """--jobs, --dry-run, --no-wait, --timeout-min: the options every grid command takes."""
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="queue workers (default 1: DVC's queue has open races with several)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the experiments and their overrides, queue nothing")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="queue and start the runs, return at once (report later)")
-    parser.add_argument("--timeout-min", type=float, default=1200.0,
-                        help="give up waiting after this many minutes (default 1200)")
-
-
-def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, what: str,
-             report_cmd: str) -> dict[str, int] | None:
-    """Queue `runs` ((name, overrides) pairs) and run them; None for --dry-run / --no-wait, else
-    the queue's final counts. PipelineError when every run failed (with the first one's log)."""
+def run_grid(runs: list[tuple[str, dict[str, str]]], what: str, report_cmd: str, *,
+             jobs: int = 1, dry_run: bool = False, no_wait: bool = False,
+             timeout_min: float = 1200.0) -> dict[str, int] | None:
+    """Queue `runs` ((name, overrides) pairs) and run them with `jobs` queue workers; None for
+    `dry_run` / `no_wait`, else the queue's final counts after at most `timeout_min` minutes of
+    waiting. PipelineError when every run failed (with the first one's log)."""
     data = dataset_override(load_params().data.raw)
-    if args.jobs < 1:
+    if jobs < 1:
         raise PipelineError("--jobs must be at least 1.")
     for name, overrides in runs:
         flags = " ".join(f"-S {k}={v}" for k, v in (overrides | data).items())
         print(f"{name}: dvc exp run --queue -n {name} {flags}")
-    if args.dry_run:
+    if dry_run:
         return None
     if not Path("dvc.yaml").is_file():
         raise PipelineError(f"run `pneumonia {what}` from the repository root (where dvc.yaml is).")
@@ -291,16 +280,16 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         print(line)
     for name, overrides in todo:
         _queue(name, overrides | data)
-    start_queue(args.jobs)
-    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {args.jobs} "
+    start_queue(jobs)
+    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {jobs} "
           "worker(s): `dvc queue status` to follow", flush=True)
-    if args.no_wait:
+    if no_wait:
         return None
-    deadline = time.monotonic() + args.timeout_min * 60
+    deadline = time.monotonic() + timeout_min * 60
     for attempt in (1, 2):
         try:
             counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
-                                    jobs=args.jobs)
+                                    jobs=jobs)
         except KeyboardInterrupt:
             print(interrupted_message(), file=sys.stderr, flush=True)
             raise
@@ -316,7 +305,7 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], args: argparse.Namespace, w
         for name, overrides in runs:
             if name in lost:
                 _queue(name, overrides | data)
-        start_queue(args.jobs)
+        start_queue(jobs)
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
             f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"

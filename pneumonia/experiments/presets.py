@@ -11,8 +11,6 @@ trains with it; `pneumonia ablation` and `pneumonia recipe` put them under each 
 
 from __future__ import annotations
 
-import argparse
-
 from pneumonia.errors import PipelineError
 
 # From random weights (no ImageNet download), every layer trained, BatchNorm statistics that
@@ -81,12 +79,3 @@ def preset(name: str) -> dict[str, str]:
     return dict(known[name])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", default="cpu",
-                        help="preset (paper, cpu) or recipe candidate (default cpu)")
-
-
-def command(args: argparse.Namespace) -> int:
-    """`pneumonia preset NAME`: the preset's overrides as `-S key=value` flags, one line."""
-    print(" ".join(f"-S {k}={v}" for k, v in preset(args.name).items()))
-    return 0

@@ -25,7 +25,6 @@ choice made on the same numbers.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -38,18 +37,15 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.grid import add_queue_arguments, run_grid
 from pneumonia.experiments.predictions import read_results
 from pneumonia.experiments.presets import CANDIDATES
 from pneumonia.experiments.report import (
     ALPHA,
     POWER,
     POWER_DIFFERENCE,
-    add_report_arguments,
-    committed_header,
 )
 from pneumonia.files import write_json
-from pneumonia.params import RecipeParams, load_params
+from pneumonia.params import RecipeParams
 from pneumonia.paths import METRICS, TRAIN_JSON
 from pneumonia.stats.bootstrap import point_metrics
 from pneumonia.stats.seeds import seeds_needed, t_interval
@@ -406,25 +402,3 @@ def load_committed() -> list[RecipeRun]:
     return runs
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_queue_arguments(parser)
-    parser.add_argument("--report-only", action="store_true",
-                        help="queue nothing: (re)write the report from the finished rcp-* runs")
-    add_report_arguments(parser, RECIPE_DIR)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Queue candidates x seeds, run them, wait, and write metrics/recipe.md."""
-    if args.from_committed:
-        header = committed_header(RECIPE_JSON) if args.header is None else args.header
-        write_report(header, load_committed())
-        return 0
-    if not args.report_only:
-        counts = run_grid(grid(load_params().recipe), args, "recipe",
-                          "pneumonia recipe --report-only")
-        if counts is None:
-            return 0
-        if counts.get("Failed"):
-            print("some runs failed: `dvc queue status`; the report covers the finished ones")
-    write_report(args.header or "")
-    return 0

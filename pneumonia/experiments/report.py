@@ -22,7 +22,6 @@ metrics/predictions.csv (one probability per test image). It writes
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -654,29 +653,3 @@ def rewrite_committed(header: str | None = None) -> dict:
     return summary
 
 
-def add_report_arguments(parser: argparse.ArgumentParser, predictions: Path) -> None:
-    """--header and --from-committed, shared by `pneumonia report` and `pneumonia recipe`."""
-    parser.add_argument("--header", default=None,
-                        help="a line near the top: command, machine, date of the runs")
-    parser.add_argument("--from-committed", action="store_true",
-                        help=f"recompute the report from {predictions}/*.csv (no experiments "
-                             "needed), keeping the committed header unless --header is given")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prefix", default="abl", help="experiment name prefix (default abl)")
-    add_report_arguments(parser, ABLATION_DIR)
-    parser.add_argument("--extend", action="store_true",
-                        help=f"add the finished experiments to the runs already in {ABLATION_DIR}/ "
-                             "(more seeds for a committed grid) instead of replacing them")
-
-
-def command(args: argparse.Namespace) -> int:
-    if args.from_committed and args.extend:
-        raise PipelineError("--from-committed and --extend exclude each other: --extend reads "
-                            "the finished experiments too.")
-    if args.from_committed:
-        rewrite_committed(args.header)
-    else:
-        write_report(args.prefix, args.header or "", extend=args.extend)
-    return 0

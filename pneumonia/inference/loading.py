@@ -215,7 +215,7 @@ def _keras_file_in(folder: Path, uri: str) -> Path:
     return found[0]
 
 
-def _mlflow_threshold(uri: str) -> tuple[float, str] | None:
+def mlflow_threshold(uri: str) -> tuple[float, str] | None:
     """The threshold recorded with a registered version (tag) or the model's config."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -419,7 +419,7 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
     site = None
     if not is_file_spec:
         model, source, local = _load_mlflow(spec)
-        recorded = _mlflow_threshold(spec)
+        recorded = mlflow_threshold(spec)
         qhat = _logged_qhat(local, spec)
         site = _logged_site(local)
     else:

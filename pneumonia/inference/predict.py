@@ -17,12 +17,10 @@ unknown model or alias, a bad option).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import logging
-import os
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -33,58 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia.errors import PipelineError
 from pneumonia.files import spreadsheet_safe
 from pneumonia.files import workers as resolve_workers
-from pneumonia.inference.loading import load
-from pneumonia.inference.sources import Item, expand, params_max_megapixels, to_input
+from pneumonia.inference.sources import Item, to_input
 from pneumonia.model.tasks import pneumonia_probability
 from pneumonia.paths import CLASSES, LABELS
 from pneumonia.stats.conformal import binary_probs, prediction_sets, set_names
 
 log = logging.getLogger(__name__)
 
-EPILOG = (
-    "Exit status: 0 = every image predicted; 1 = some files could not be read or decoded (each "
-    "is listed on stderr with its reason, and in the output with an `error`; the others are "
-    "still predicted); 2 = usage error (no such path, empty folder, unknown model or alias).")
 FIELDS = ("path", "probability", "label", "threshold", "error")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image files (PNG, JPEG, DICOM .dcm), folders (searched "
-                        "recursively) or .zip archives")
-    parser.add_argument("--model", metavar="M", default=None,
-                        help="a .keras file, runs:/<run_id>/model or models:/NAME@ALIAS "
-                        "(default: the registry's `champion` if the MLflow store has one, "
-                        "else models/model.keras)")
-    parser.add_argument("--site", metavar="NAME", default=None,
-                        help="use the site's calibrated version (models:/<registry name>@site-"
-                        "NAME, made by `pneumonia site calibrate`): its threshold and "
-                        "prediction sets; every row names the calibration in `calibration`")
-    parser.add_argument("--out", metavar="FILE", default=None,
-                        help="write FILE.csv or FILE.json (default: CSV on stdout)")
-    parser.add_argument("--threshold", metavar="T", type=threshold_arg, default=None,
-                        help="P(PNEUMONIA) >= T is PNEUMONIA; `chosen`: the threshold evaluate "
-                        "chose on the validation images (threshold_rule youden) for this model "
-                        "(default: the threshold evaluate applied to this model, "
-                        "evaluate.threshold)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="decoding threads (0 = one per CPU core)")
-
-
-def threshold_arg(text: str) -> float | str:
-    """--threshold: a number, or `chosen` (the validation-chosen threshold)."""
-    if text == "chosen":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor `chosen`") from None
 
 
 @dataclass
@@ -156,7 +112,7 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
             yield from flush()
 
 
-def _rows(results: list[Result], threshold: float, three_class: bool = False,
+def result_rows(results: list[Result], threshold: float, three_class: bool = False,
           qhat: float | tuple[float, float] | None = None,
           site: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Output rows; the columns of a three-class model and of a conformal set when given."""
@@ -209,56 +165,3 @@ def write_output(rows: list[dict[str, Any]], out: str | None, meta: dict[str, An
         Path(out).write_text(buf.getvalue(), encoding="utf-8")
 
 
-def command(args: argparse.Namespace) -> int:
-    if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
-        raise PipelineError(f"--out {args.out}: give a .csv or .json file name")
-    if isinstance(args.threshold, float) and not 0 < args.threshold < 1:
-        raise PipelineError(f"--threshold {args.threshold}: must be strictly between 0 and 1")
-    if args.batch_size < 1:
-        raise PipelineError("--batch-size must be at least 1")
-    if getattr(args, "site", None) is not None:
-        from pneumonia.inference.loading import site_uri
-
-        if args.model is not None:
-            raise PipelineError("give --site or --model, not both (--site NAME is "
-                                "models:/<registry name>@site-NAME)")
-        args.model = site_uri(args.site)
-    items = expand(args.paths)  # usage errors before TensorFlow is even imported
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-
-    from tqdm import tqdm
-
-    loaded = load(args.model, args.threshold)
-    cap, cap_from = params_max_megapixels()
-    print(f"model {loaded.source} ({loaded.size} px), threshold {loaded.threshold:g} "
-          f"({loaded.threshold_from}); {len(items)} image(s), at most {cap:g} megapixels each "
-          f"({cap_from})", file=sys.stderr)
-    if loaded.warning:
-        print(f"WARNING: {loaded.warning}", file=sys.stderr)
-    if loaded.promotion:
-        print(f"NOTE: this champion was {loaded.promotion}", file=sys.stderr)
-    with tqdm(total=len(items), unit="img", file=sys.stderr,
-              disable=True if len(items) <= args.batch_size else None) as bar:
-        results = list(predict_items(loaded.model, items, loaded.size, args.batch_size,
-                                     args.workers, bar, cap))
-    three_class = int(loaded.model.output_shape[-1]) > 1
-    rows = _rows(results, loaded.threshold, three_class, loaded.qhat, loaded.site)
-    meta = {"model": loaded.source, "threshold": loaded.threshold,
-            "threshold_from": loaded.threshold_from, "provenance": loaded.provenance,
-            "warning": loaded.warning, "promoted_by_hand": loaded.promotion}
-    if loaded.qhat is not None:
-        meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
-    if loaded.site:
-        meta["site_calibration"] = loaded.site
-    write_output(rows, args.out, meta)
-    failed = [r for r in results if r.error]
-    counts = {label: sum(1 for r in rows if r["label"] == label) for label in LABELS}
-    print(f"{len(results) - len(failed)} predicted ("
-          + ", ".join(f"{n} {label}" for label, n in counts.items()) + ")"
-          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} file(s) skipped:", file=sys.stderr)
-        for r in failed:
-            print(f"  {r.path}: {r.error}", file=sys.stderr)
-        return 1
-    return 0

@@ -12,9 +12,9 @@ predict and serve with that calibration, and measure what it buys (docs/new-site
 - ``labelled``: a labelled site set read in any layout ingest reads; bad input refused.
 - ``registry``: a site version of the same weights, alias ``site-NAME``; ``champion`` untouched.
 - ``check``: ``pneumonia site check`` (no labels: MMD shift test on embeddings, Saerens EM
-  prevalence) and ``check_study`` (its false alarms and power, measured).
+  prevalence) and what ``site check-study`` needs (its false alarms and power, measured).
 - ``adapt``: ``pneumonia site adapt`` (AdaBN) and ``adapt_study`` (what it does, measured).
 - ``rundata``: a trained run's data folder (split.csv and images) as the measurements read it.
-- ``calibrate``: ``pneumonia site calibrate``; ``study``: ``pneumonia site study``;
-  ``cli``: the ``pneumonia site`` command.
+- ``calibrate``: ``pneumonia site calibrate``; ``study``: ``pneumonia site study``.
+The options of every ``pneumonia site`` command: pneumonia/commands/site.py.
 """

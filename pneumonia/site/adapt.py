@@ -19,18 +19,11 @@ class mix (the pneumonia prevalence enters the re-estimated statistics).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import math
-import sys
-import tempfile
 import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pneumonia.errors import PipelineError
 
 BATCH = 512
 MIN_IMAGES = 32  # fewer: batch statistics of a handful of images are noise (docs/new-site.md)
@@ -105,73 +98,3 @@ def adapt_batchnorm(model: Any, x: np.ndarray, batch: int = BATCH) -> int:
         for layer, (momentum, trainable) in zip(bns, saved, strict=True):
             layer.momentum, layer.trainable = momentum, trainable
     return len(bns)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="IMAGES",
-                        help="the site's unlabelled images: files, folders, .zip (as predict)")
-    parser.add_argument("--site", required=True, metavar="NAME")
-    parser.add_argument("--model", metavar="M", default=None,
-                        help="the base model (default: the champion, else models/model.keras)")
-    parser.add_argument("--replace", action="store_true",
-                        help="re-adapt an existing site (its alias moves)")
-    parser.add_argument("--dry-run", action="store_true", help="adapt, register nothing")
-    parser.add_argument("--save", metavar="FILE.keras", default=None,
-                        help="also save the adapted model to FILE.keras")
-
-
-def command(args: argparse.Namespace) -> int:
-    from pneumonia.inference.loading import _mlflow_threshold, workspace_threshold
-    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
-    from pneumonia.site import names, registry
-
-    site = names.check(args.site)
-    items = expand(args.paths)
-    if len(items) < MIN_IMAGES:
-        raise PipelineError(f"{len(items)} image(s): AdaBN needs at least {MIN_IMAGES} unlabelled "
-                            "site images (batch statistics of fewer are noise). Nothing was "
-                            "registered.")
-    name, replaced, base, model = registry.open_base(args.model, site, args.replace,
-                                                     args.dry_run)
-    size = int(model.input_shape[1])
-    cap = params_max_megapixels()[0]
-    arrays, bad, digests = [], [], []
-    for item in items:
-        try:
-            data = item.read()
-            arrays.append(to_input(data, size, cap))
-            digests.append(hashlib.sha256(data).hexdigest())
-        except (OSError, ValueError) as exc:
-            bad.append(f"  {item.name}: {exc}")
-    if bad:
-        raise PipelineError(f"{len(bad)} file(s) cannot be used (nothing was adapted or "
-                            "registered):\n" + "\n".join(bad[:30]))
-    n_layers = adapt_batchnorm(model, np.stack(arrays))
-    if n_layers == 0:
-        raise PipelineError(f"{base.spec}: the model has no BatchNormalization layer; AdaBN "
-                            "has nothing to adapt. Nothing was registered.")
-    digest = hashlib.sha256("".join(sorted(d + "\n" for d in digests)).encode()).hexdigest()
-    recorded = (_mlflow_threshold(base.spec) if base.spec.startswith(("runs:/", "models:/"))
-                else workspace_threshold())
-    threshold = recorded[0] if recorded else 0.5
-    record = {"site": site, "calibration": (f"site-{site}: AdaBN on {len(arrays)} unlabelled "
-                                            f"images (sha256 {digest[:12]}), threshold "
-                                            f"{threshold:g} of the base model"),
-              "adabn": {"images": len(arrays), "layers": n_layers, "images_sha256": digest},
-              "threshold": threshold, "temperature": None, "base_model": base.spec,
-              "base_version": base.version}
-    print(record["calibration"] + f"; {n_layers} BatchNorm layers re-estimated", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.save) if args.save else Path(tmp) / "model.keras"
-        model.save(out)
-        if args.dry_run:
-            print("dry run: nothing registered", file=sys.stderr)
-            return 0
-        adapted = registry.Base(base.spec, out, base.version, base.provenance)
-        tags = {"site.name": site, "site.adabn_images": str(len(arrays)),
-                "site.images_sha256": digest, "site.base_version": base.version or "",
-                "site.base_model": base.spec[:500]}
-        version, _ = registry.register(name, site, adapted, threshold, {}, record, tags)
-    print(f"registered {name!r} version {version} as {names.alias(site)}"
-          + (f" (was version {replaced})" if replaced else ""), file=sys.stderr)
-    return 0

@@ -1,5 +1,5 @@
-"""`pneumonia site adapt-study RUN_DIR... --data DIR --family NAME`: what AdaBN and test-time
-augmentation do, measured.
+"""What AdaBN and test-time augmentation do, measured (`pneumonia site adapt-study RUN_DIR...
+--data DIR --family NAME`; its options: pneumonia/commands/site.py).
 
 For each trained run (RUN_DIR/models/model.keras) and each of ``--splits`` random patient-grouped
 halves of the official test set: the BatchNorm statistics are re-estimated (pneumonia.site.adapt)
@@ -22,7 +22,6 @@ the file is kept, the one measured replaces its own. DIR: the data the runs were
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -39,31 +38,6 @@ from pneumonia.evaluation.robustness import cpu_name as _cpu
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="trained runs: each holds models/model.keras")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="the runs' data: DIR/split.csv (subset train/val/test) and images")
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 100],
-                        help="unlabelled images to adapt on, besides the whole half")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="metrics/site-adapt")
-    parser.add_argument("--reuse", metavar="FILE.json", default=None,
-                        help="a previous output with the same settings: its runs are not "
-                        "measured again (add seeds as they finish)")
-    parser.add_argument("--family", default="runs", metavar="NAME",
-                        help="the runs' recipe (e.g. cnn-ema, dn121-ema): one section of --out; "
-                        "the other families already there are kept")
-    parser.add_argument("--ensemble", action="store_true",
-                        help="also measure the runs' probabilities averaged (one model), "
-                        "unadapted and with every run adapted on the same half")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure test-time augmentation (pneumonia.inference.tta), "
-                        "alone and on top of AdaBN")
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -249,15 +223,6 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
         lo, hi = np.percentile(allv, [2.5, 97.5])
         over = "splits"
     return {"mean": float(allv.mean()), "low": float(lo), "high": float(hi), "over": over}
-
-
-def command(args: argparse.Namespace) -> int:
-    out = run([Path(r) for r in args.runs], Path(args.data), splits=args.splits,
-              sizes=args.sizes, threshold=args.threshold, seed=args.seed, out=Path(args.out),
-              reuse=Path(args.reuse) if args.reuse else None, family=args.family,
-              tta=args.tta, ensemble=args.ensemble)
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {args.family})")
-    return 0
 
 
 def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshold: float,

@@ -21,7 +21,6 @@ arm is one model: its interval is the 2.5-97.5 % range over splits. Writes ``--o
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import re
@@ -42,36 +41,15 @@ GOALS = {"accuracy": 0.93, "coverage": 0.95, "coverage_NORMAL": 0.93,
          "coverage_PNEUMONIA": 0.93, "referral_rate": 0.20}  # issue 31, at k <= 100
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arm", action="append", default=None, metavar="NAME=GLOB",
-                        help="test predictions (image_id, patient_id, actual, probability), "
-                        "one CSV per seed (default: the recipe's committed cnn-ema and "
-                        "dn121-ema runs)")
-    parser.add_argument("--validation", action="append", default=[], metavar="NAME=GLOB",
-                        help="the same runs' validation calibration, matched to the arm's CSVs "
-                        "by the -sN in the path: their evaluate.json (`conformal_qhat`, "
-                        "evaluate's quantile on the validation originals) or their validation "
-                        "predictions as CSV")
-    parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_K),
-                        help="labelled site images (default 25 50 100 200)")
-    parser.add_argument("--splits", type=int, default=50, help="splits per k and seed")
-    parser.add_argument("--rule", default="accuracy",
-                        help="threshold rule fitted on the k images (default accuracy)")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--validation-threshold", type=float, default=0.5,
-                        help="the threshold the runs applied (evaluate.threshold; default 0.5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="metrics/site", help="writes OUT.md and OUT.json")
-
-
-def _seed(path: str) -> str:
+def seed_of(path: str) -> str:
     """The training seed a file belongs to: the last `-sN` in its path (rcp-cnn-ema-s3.csv,
     cnn-ema-s3/metrics/predictions.csv)."""
     found = re.findall(r"-s(\d+)(?=[-_./]|$)", str(path))
     return found[-1] if found else Path(path).stem
 
 
-def _pairs(specs: list[str], what: str) -> dict[str, list[str]]:
+def named_globs(specs: list[str], what: str) -> dict[str, list[str]]:
+    """`NAME=GLOB` options -> {NAME: the files GLOB matches}; PipelineError when none match."""
     out = {}
     for spec in specs:
         name, sep, pattern = spec.partition("=")
@@ -164,54 +142,7 @@ def summarise(values: np.ndarray, one_model: bool) -> dict[str, Any]:
             "split_sd": split_sd, "seeds": int(v.shape[0]), "splits": int(v.shape[1])}
 
 
-def command(args: argparse.Namespace) -> int:
-    from pneumonia.site import thresholds
-
-    rule = thresholds.parse_rule(args.rule)
-    arms = _pairs(args.arm or list(DEFAULT_ARMS), "--arm")
-    vals = _pairs(args.validation, "--validation")
-    if any(k < 4 for k in args.k) or args.splits < 2:
-        raise PipelineError("--k values must be >= 4 and --splits >= 2")
-    result: dict[str, Any] = {"protocol": {
-        "k": args.k, "splits": args.splits, "rule": str(rule), "alpha": args.alpha,
-        "validation_threshold": args.validation_threshold, "seed": args.seed,
-        "arms": arms, "validation": vals}, "arms": {}}
-    for name, files in arms.items():
-        frames = {_seed(f): read_predictions(f) for f in files}
-        val_qhat = _validation_qhats(vals.get(name, []), args.alpha)
-        missing = [s for s in frames if s not in val_qhat]
-        if val_qhat and missing:
-            raise PipelineError(f"--validation {name}: no validation quantile for seed(s) "
-                                f"{', '.join(missing)} of the arm")
-        entries = [(name, frames, val_qhat, False)]
-        if len(frames) > 1:
-            first = next(iter(frames.values()))
-            avg = first.copy()
-            avg["probability"] = np.mean([f["probability"].to_numpy() for f in frames.values()],
-                                         axis=0)
-            ens_q = _validation_qhats(vals.get(name, []), args.alpha, average=True) \
-                if len(val_qhat) == len(frames) else {}
-            entries.append((f"{name}, {len(frames)} seeds averaged", {"avg": avg}, ens_q, True))
-        for arm, fr, vq, one in entries:
-            res = run_arm(fr, vq, args.k, args.splits, rule, args.alpha,
-                          args.validation_threshold, args.seed)
-            result["arms"][arm] = {
-                "seeds": list(fr), "validation_quantile": bool(vq),
-                "awaits": [] if vq else [f"{name}: the validation predictions of seed(s) "
-                                         + ", ".join(frames)
-                                         + (" (the averaged model's validation quantile needs "
-                                            "all of them)" if one else "")],
-                "k": {str(k): {key: summarise(v, one) for key, v in d.items()}
-                      for k, d in res.items()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    return 0
-
-
-def _validation_qhats(files: list[str], alpha: float, average: bool = False
+def validation_qhats(files: list[str], alpha: float, average: bool = False
                       ) -> dict[str, float]:
     """Each seed's LAC quantile on its validation predictions (evaluate's rule); `average`:
     the quantile of the seeds' averaged validation probabilities, keyed "avg"."""
@@ -226,9 +157,9 @@ def _validation_qhats(files: list[str], alpha: float, average: bool = False
         for f in files:
             q = json.loads(Path(f).read_text(encoding="utf-8")).get("conformal_qhat")
             if isinstance(q, (int, float)):
-                out[_seed(f)] = float(q)
+                out[seed_of(f)] = float(q)
         return out
-    frames = {_seed(f): read_predictions(f) for f in files}
+    frames = {seed_of(f): read_predictions(f) for f in files}
     if average:
         first = next(iter(frames.values()))
         p = np.mean([f["probability"].to_numpy() for f in frames.values()], axis=0)

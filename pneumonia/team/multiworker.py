@@ -1,7 +1,7 @@
 """A multi-worker cluster check: MultiWorkerMirroredStrategy across processes or machines.
 
     TF_CONFIG='{"cluster": {"worker": ["hostA:12345", "hostB:12345"]},
-                "task": {"type": "worker", "index": 0}}' python -m pneumonia.team.multiworker out.json
+                "task": {"type": "worker", "index": 0}}' pneumonia team multiworker out.json
 
 Run one process per machine (index 0, 1, ...), each with the same cluster list. Every worker
 takes a few synchronised SGD steps on a tiny linear model, all-reducing the gradients over the
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -73,27 +71,3 @@ def run_check(steps: int = 3, batch_per_replica: int = 8) -> dict[str, Any]:
         "losses": losses,
         "weights": w.numpy().ravel().tolist(),
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the check with TF_CONFIG from the environment; print (and write OUT) the result."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Check a MultiWorkerMirroredStrategy cluster: run this on every worker with "
-        "the same TF_CONFIG cluster list and its own task index.")
-    parser.add_argument("out", nargs="?", type=Path, help="also write the result JSON here")
-    args = parser.parse_args(argv)
-    try:
-        result = run_check()
-    except ClusterError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        sys.exit(2)
-    text = json.dumps(result)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

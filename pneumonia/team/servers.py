@@ -1,6 +1,6 @@
 """Local team services: an S3 API (moto), PostgreSQL (pgserver) and an MLflow tracking server.
 
-    python -m pneumonia.team.servers up [--dir .team] [--mlflow-port 5000] [--s3-port 9000]
+    pneumonia team up [--dir .team] [--mlflow-port 5000] [--s3-port 9000]
 
 starts all three on 127.0.0.1 (PostgreSQL on a unix socket only), writes their URLs to
 `<dir>/servers.json` and shell exports to `<dir>/env.sh`, and stops them on Ctrl-C, SIGTERM or
@@ -17,13 +17,11 @@ MinIO here; on a team machine point DVC and `mlflow server` at the real service 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,55 +318,3 @@ class TeamServers:
         lines = [f"export {k}={v}" for k, v in env.items()]
         (self.root / "env.sh").write_text("\n".join(lines) + "\n")
         return self.root / "servers.json"
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pneumonia.team.servers",
-        description="Start a local S3 API (moto), PostgreSQL (pgserver) and an MLflow tracking "
-        "server on 127.0.0.1 until Ctrl-C.",
-    )
-    parser.add_argument("command", choices=["up"])
-    parser.add_argument("--dir", type=Path, default=Path(".team"), help="state and logs")
-    parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--s3-port", type=int, default=9000)
-    args = parser.parse_args(argv)
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Once: a second signal must not cut short the stopping it started.
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    # Ctrl-C, `kill`, and a closed terminal (SIGHUP): stop every server, also during start-up.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_signal)
-    servers = TeamServers(args.dir.resolve(), args.s3_port, args.mlflow_port)
-    try:
-        servers.start()
-    except ServerError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted during start-up: stopped what had started", file=sys.stderr)
-        sys.exit(130)
-    try:
-        path = servers.write()
-        info = servers.describe()
-        print(f"S3 API      {info['s3_endpoint']}  (bucket {info['bucket']}, moto: in memory)")
-        print(f"PostgreSQL  {info['postgres']}")
-        print(f"MLflow      {info['mlflow_tracking_uri']}  (artifacts {info['mlflow_artifacts']})")
-        print(f"URLs in {path}; `source {args.dir / 'env.sh'}` in another shell, then")
-        print(f"  dvc remote add -d storage {info['dvc_remote']}")
-        print(f"  dvc remote modify storage endpointurl {info['s3_endpoint']}")
-        print("Ctrl-C stops all three.", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        servers.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pneumonia.commands.experiments import report_command
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import ablation, report
 from pneumonia.experiments.grid import dataset_override
@@ -230,7 +231,7 @@ def test_extend_adds_new_seeds_to_the_committed_runs_and_refuses_to_overwrite_on
         report.extended(committed, [committed[1]])
     both = argparse.Namespace(prefix="abl", header=None, from_committed=True, extend=True)
     with pytest.raises(PipelineError, match="--from-committed and --extend exclude each other"):
-        report.command(both)
+        report_command(both)
 
 
 def test_committed_ablation_report_recomputes_from_its_predictions(

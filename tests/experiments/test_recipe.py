@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pneumonia.commands.experiments import recipe_command
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import presets, recipe
 from pneumonia.params import parse_params
@@ -124,7 +125,7 @@ def test_committed_recipe_report_recomputes_from_its_predictions(
     for path in (recipe.RECIPE_JSON, recipe.RECIPE_MD):
         shutil.copy(REPO / path, tmp_path / path)
     monkeypatch.chdir(tmp_path)
-    assert recipe.command(argparse.Namespace(from_committed=True, header=None,
+    assert recipe_command(argparse.Namespace(from_committed=True, header=None,
                                              report_only=False)) == 0
     assert recipe.RECIPE_MD.read_text() == (REPO / recipe.RECIPE_MD).read_text()
     again = json.loads(recipe.RECIPE_JSON.read_text())

@@ -7,6 +7,7 @@ built by the old code. An extra dep re-runs the stage for nothing.
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -67,8 +68,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("pneumonia.evaluation", "pneumonia.gate", "pneumonia.registry")),
     ("site", ("pneumonia.site",)),  # a new hospital: uses inference and the registry
     ("experiments", ("pneumonia.experiments",)),
-    ("commands", ("pneumonia.demo", "pneumonia.cli", "pneumonia.__main__", "pneumonia.team",
-                  "pneumonia.promote")),
+    ("tools", ("pneumonia.demo", "pneumonia.team", "pneumonia.promote")),
+    ("commands", ("pneumonia.commands",)),  # argparse: each command's options, on the library
+    ("cli", ("pneumonia.cli", "pneumonia.__main__")),
 )
 
 
@@ -102,6 +104,36 @@ def test_imports_run_down_the_floors_only() -> None:
               for a, deps in import_graph().items() for b in sorted(deps)
               if layer_of(b) > layer_of(a)]
     assert not upward, "imports that run upward:\n" + "\n".join(upward)
+
+
+def test_only_the_cli_imports_the_commands() -> None:
+    """pneumonia/commands/ holds the command line's options: no library module (and no stage
+    entry point) reaches up into it; pneumonia/cli.py dispatches to it."""
+    from pneumonia import cli
+
+    graph = import_graph()
+    # cli imports its commands by name (importlib: --help needs them, a stage does not)
+    targets = [m for m, _ in cli.COMMANDS.values()] + [
+        t.partition(":")[0] for t, _, _ in (cli.TEAM_TOOLS | cli.TOOLS).values()]
+    assert {t for t in targets if t.startswith("pneumonia.")} <= {
+        m for m in package_modules() if m.startswith("pneumonia.commands") or
+        m == "pneumonia.team.remote"}  # `pneumonia team push` parses its own arguments
+    callers = sorted(a for a, deps in graph.items() for b in deps
+                     if b.startswith("pneumonia.commands") and a != "pneumonia.cli"
+                     and not a.startswith("pneumonia.commands"))
+    assert not callers, f"modules that import pneumonia.commands: {callers}"
+
+
+def test_the_library_is_free_of_argparse() -> None:
+    """argparse lives in pneumonia/commands/ (and cli.py) only."""
+    def imports_argparse(path: Path) -> bool:
+        return any(isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names)
+                   or isinstance(n, ast.ImportFrom) and n.module == "argparse"
+                   for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+    users = sorted(name for name, path in package_modules().items() if imports_argparse(path)
+                   and not (name.startswith("pneumonia.commands") or name == "pneumonia.cli"))
+    assert not users, f"library modules that use argparse: {users}"
 
 
 def test_the_package_has_no_import_cycle() -> None:

@@ -63,7 +63,7 @@ def test_train_stage_mirrored_over_two_cpu_devices(tmp_path: Path) -> None:
 def test_multi_worker_check_without_tf_config_is_a_clear_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {"PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pneumonia.team.multiworker"], cwd=tmp_path, env=env,
+        [sys.executable, "-m", "pneumonia", "team", "multiworker"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 2 and "TF_CONFIG" in proc.stderr
@@ -91,7 +91,8 @@ def test_multi_worker_mirrored_two_local_workers(tmp_path: Path) -> None:
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pneumonia.team.multiworker", str(tmp_path / f"w{index}.json")],
+            [sys.executable, "-m", "pneumonia", "team", "multiworker",
+             str(tmp_path / f"w{index}.json")],
             cwd=tmp_path,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,

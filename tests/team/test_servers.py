@@ -99,7 +99,7 @@ def test_missing_moto_server_is_a_clear_error(tmp_path: Path) -> None:
                                         check=False).returncode == 0:
         pytest.skip("needs a system python3 without moto")
     proc = subprocess.run(
-        [python, "-m", "pneumonia.team.servers", "up", "--dir", str(tmp_path / "team"),
+        [python, "-m", "pneumonia", "team", "up", "--dir", str(tmp_path / "team"),
          "--mlflow-port", "0", "--s3-port", "0"],
         cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=60, check=False,
@@ -117,7 +117,7 @@ def _descendants(proc: subprocess.Popen[str]) -> set[psutil.Process]:
 
 
 def _up(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "pneumonia.team.servers", "up", "--dir", str(folder),
+    return [sys.executable, "-m", "pneumonia", "team", "up", "--dir", str(folder),
             "--mlflow-port", "0", "--s3-port", "0"]
 
 

@@ -1,0 +1,504 @@
+"""`pneumonia site ...`: the site commands (docs/new-site.md): their options, and each
+subcommand's run on the library in pneumonia/site/."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumonia.errors import PipelineError
+from pneumonia.evaluation.robustness import cpu_name
+from pneumonia.site import adapt, adapt_study, calibrate, check, study
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="IMAGES",
+                        help="the site's unlabelled images: files, folders, .zip (as predict)")
+    parser.add_argument("--site", required=True, metavar="NAME")
+    parser.add_argument("--model", metavar="M", default=None,
+                        help="the base model (default: the champion, else models/model.keras)")
+    parser.add_argument("--replace", action="store_true",
+                        help="re-adapt an existing site (its alias moves)")
+    parser.add_argument("--dry-run", action="store_true", help="adapt, register nothing")
+    parser.add_argument("--save", metavar="FILE.keras", default=None,
+                        help="also save the adapted model to FILE.keras")
+
+
+def adapt_command(args: argparse.Namespace) -> int:
+    from pneumonia.inference.loading import mlflow_threshold, workspace_threshold
+    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
+    from pneumonia.site import names, registry
+
+    site = names.check(args.site)
+    items = expand(args.paths)
+    if len(items) < adapt.MIN_IMAGES:
+        raise PipelineError(f"{len(items)} image(s): AdaBN needs at least {adapt.MIN_IMAGES} unlabelled "
+                            "site images (batch statistics of fewer are noise). Nothing was "
+                            "registered.")
+    name, replaced, base, model = registry.open_base(args.model, site, args.replace,
+                                                     args.dry_run)
+    size = int(model.input_shape[1])
+    cap = params_max_megapixels()[0]
+    arrays, bad, digests = [], [], []
+    for item in items:
+        try:
+            data = item.read()
+            arrays.append(to_input(data, size, cap))
+            digests.append(hashlib.sha256(data).hexdigest())
+        except (OSError, ValueError) as exc:
+            bad.append(f"  {item.name}: {exc}")
+    if bad:
+        raise PipelineError(f"{len(bad)} file(s) cannot be used (nothing was adapted or "
+                            "registered):\n" + "\n".join(bad[:30]))
+    n_layers = adapt.adapt_batchnorm(model, np.stack(arrays))
+    if n_layers == 0:
+        raise PipelineError(f"{base.spec}: the model has no BatchNormalization layer; AdaBN "
+                            "has nothing to adapt. Nothing was registered.")
+    digest = hashlib.sha256("".join(sorted(d + "\n" for d in digests)).encode()).hexdigest()
+    recorded = (mlflow_threshold(base.spec) if base.spec.startswith(("runs:/", "models:/"))
+                else workspace_threshold())
+    threshold = recorded[0] if recorded else 0.5
+    record = {"site": site, "calibration": (f"site-{site}: AdaBN on {len(arrays)} unlabelled "
+                                            f"images (sha256 {digest[:12]}), threshold "
+                                            f"{threshold:g} of the base model"),
+              "adabn": {"images": len(arrays), "layers": n_layers, "images_sha256": digest},
+              "threshold": threshold, "temperature": None, "base_model": base.spec,
+              "base_version": base.version}
+    print(record["calibration"] + f"; {n_layers} BatchNorm layers re-estimated", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.save) if args.save else Path(tmp) / "model.keras"
+        model.save(out)
+        if args.dry_run:
+            print("dry run: nothing registered", file=sys.stderr)
+            return 0
+        adapted = registry.Base(base.spec, out, base.version, base.provenance)
+        tags = {"site.name": site, "site.adabn_images": str(len(arrays)),
+                "site.images_sha256": digest, "site.base_version": base.version or "",
+                "site.base_model": base.spec[:500]}
+        version, _ = registry.register(name, site, adapted, threshold, {}, record, tags)
+    print(f"registered {name!r} version {version} as {names.alias(site)}"
+          + (f" (was version {replaced})" if replaced else ""), file=sys.stderr)
+    return 0
+
+
+def add_adapt_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="trained runs: each holds models/model.keras")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="the runs' data: DIR/split.csv (subset train/val/test) and images")
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 100],
+                        help="unlabelled images to adapt on, besides the whole half")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="metrics/site-adapt")
+    parser.add_argument("--reuse", metavar="FILE.json", default=None,
+                        help="a previous output with the same settings: its runs are not "
+                        "measured again (add seeds as they finish)")
+    parser.add_argument("--family", default="runs", metavar="NAME",
+                        help="the runs' recipe (e.g. cnn-ema, dn121-ema): one section of --out; "
+                        "the other families already there are kept")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also measure the runs' probabilities averaged (one model), "
+                        "unadapted and with every run adapted on the same half")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure test-time augmentation (pneumonia.inference.tta), "
+                        "alone and on top of AdaBN")
+
+
+def adapt_study_command(args: argparse.Namespace) -> int:
+    out = adapt_study.run([Path(r) for r in args.runs], Path(args.data), splits=args.splits,
+                          sizes=args.sizes, threshold=args.threshold, seed=args.seed,
+                          out=Path(args.out), reuse=Path(args.reuse) if args.reuse else None,
+                          family=args.family, tta=args.tta, ensemble=args.ensemble)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {args.family})")
+    return 0
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("labelled", metavar="LABELLED",
+                        help="the site's labelled images: a folder or .zip with NORMAL/ and "
+                        "PNEUMONIA/ class folders at any depth, or the Kermany layout")
+    parser.add_argument("--site", required=True, metavar="NAME",
+                        help="the site's name (lower-case letters, digits, '-'): alias site-NAME")
+    parser.add_argument("--model", metavar="M", default=None,
+                        help="the base model (default: the registry's champion, else "
+                        "models/model.keras)")
+    parser.add_argument("--layout", default="auto", choices=("auto", "kermany", "folders"),
+                        help="how LABELLED is laid out (default auto)")
+    parser.add_argument("--metadata", default="", metavar="CSV",
+                        help="folders layout: a CSV inside LABELLED with columns path, "
+                        "patient_id (keeps each patient's images together)")
+    parser.add_argument("--threshold-rule", default="youden", metavar="RULE",
+                        help="accuracy, youden (default) or sensitivity:S (e.g. 0.95)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="conformal miscoverage (default params.yaml "
+                        "evaluate.conformal_alpha, else 0.05)")
+    parser.add_argument("--conformal", default="lac", choices=("lac", "mondrian"),
+                        help="lac: one quantile (coverage on average over images); mondrian: "
+                        "one per class (coverage for each class)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="training-conditional: coverage >= 1 - alpha with probability "
+                        ">= 1 - delta over calibration draws (needs more images)")
+    parser.add_argument("--temperature", action="store_true",
+                        help="also fit temperature scaling (reported probability only)")
+    parser.add_argument("--training-manifest", default="data/manifest.csv", metavar="CSV",
+                        help="the base model's training manifest, to refuse training images "
+                        "(default data/manifest.csv; skipped with a warning when missing)")
+    parser.add_argument("--replace", action="store_true",
+                        help="recalibrate an existing site (its alias moves)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="fit and report, register nothing")
+    parser.add_argument("--out", metavar="FILE.json", default=None,
+                        help="also write the report as JSON")
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from pneumonia.site import names, thresholds
+
+    t0 = time.perf_counter()
+    site = names.check(args.site)
+    rule = thresholds.parse_rule(args.threshold_rule)
+    alpha = calibrate.default_alpha() if args.alpha is None else args.alpha
+    if not 0 < alpha < 1:
+        raise PipelineError(f"--alpha {alpha}: must be strictly between 0 and 1")
+    if args.delta is not None and not 0 < args.delta < 1:
+        raise PipelineError(f"--delta {args.delta}: must be strictly between 0 and 1")
+    if args.out is not None and Path(args.out).suffix.lower() != ".json":
+        raise PipelineError(f"--out {args.out}: give a .json file name")
+    from pneumonia.site import registry
+
+    name, replaced, base, model = registry.open_base(args.model, site, args.replace,
+                                                     args.dry_run)
+    size = int(model.input_shape[1])
+
+    from pneumonia.inference.sources import params_max_megapixels
+    from pneumonia.site import labelled as labelled_mod
+
+    data = labelled_mod.read(args.labelled, size, args.layout, args.metadata,
+                             params_max_megapixels()[0])
+    counts = data.counts()
+    calibrate.check_size(counts, alpha, args.conformal, args.delta)
+    manifest = Path(args.training_manifest)
+    overlap_checked = manifest.is_file()
+    if overlap_checked:
+        overlap = labelled_mod.training_overlap(data, manifest)
+        if overlap:
+            listed = "\n".join(f"  {f}" for f in overlap[:labelled_mod.MAX_LISTED])
+            raise PipelineError(
+                f"{len(overlap)} labelled image(s) are in the model's training data ({manifest}, "
+                f"same bytes):\n{listed}\nThe model has seen them: they would calibrate it too "
+                "optimistically. Remove them and run again. Nothing was registered.")
+    else:
+        print(f"WARNING: {manifest} not found: the labelled images were not checked against "
+              "the training data (--training-manifest)", file=sys.stderr)
+
+    from pneumonia.inference.pyfunc import predict_outputs
+    from pneumonia.model.tasks import pneumonia_probability
+    from pneumonia.site import fit
+
+    prob = pneumonia_probability(predict_outputs(model, list(data.arrays)))
+    settings = fit.Settings(rule, alpha, args.conformal, args.delta, args.temperature)
+    cal = fit.fit(data.y, prob, data.groups, settings)
+    digest = data.digest()
+    record: dict[str, Any] = {
+        "site": site,
+        "calibration": (f"site-{site}: {rule} threshold, {args.conformal} alpha={alpha:g}"
+                        + (f" delta={args.delta:g}" if args.delta is not None else "")
+                        + (", temperature" if args.temperature else "")
+                        + f", {counts['NORMAL']}+{counts['PNEUMONIA']} labelled images "
+                        f"(sha256 {digest[:12]})"),
+        **cal.as_dict(),
+        "labelled_sha256": digest, "labelled_source": str(args.labelled),
+        "layout": data.layout, "patients_from": data.patients_from,
+        "patients": len(set(data.groups)),
+        "training_overlap_checked": overlap_checked,
+        "base_model": base.spec, "base_version": base.version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    conformal = {"alpha": alpha, "qhat": max(cal.qhat), "qhat_per_class": list(cal.qhat),
+                 "n_calibration": int(sum(cal.n)), "method": args.conformal,
+                 "delta": args.delta}
+    tags = {"site.name": site, "site.rule": str(rule), "site.alpha": f"{alpha:g}",
+            "site.delta": "" if args.delta is None else f"{args.delta:g}",
+            "site.conformal": args.conformal,
+            "site.temperature": "" if cal.temperature is None else f"{cal.temperature:.6g}",
+            "site.n_normal": str(counts["NORMAL"]), "site.n_pneumonia": str(counts["PNEUMONIA"]),
+            "site.labelled_sha256": digest, "site.base_version": base.version or "",
+            "site.base_model": base.spec[:500]}
+    report: dict[str, Any] = {"registered_model": name, "alias": names.alias(site),
+                              "version": None, "replaced_version": replaced, **record}
+    if not args.dry_run:
+        version, run_id = registry.register(name, site, base, cal.threshold, conformal, record,
+                                            tags)
+        report |= {"version": int(version), "run_id": run_id}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    print(calibrate.summary(report), file=sys.stderr)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="IMAGES",
+                        help="the site's images: files, folders, .zip (as predict)")
+    parser.add_argument("--model", metavar="M", default=None,
+                        help="default: the champion, else models/model.keras")
+    parser.add_argument("--reference", default="data", metavar="DIR",
+                        help="the model's training data: DIR/split.csv and its images "
+                        "(default data/, the workspace's)")
+    parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument("--max-images", type=int, default=500,
+                        help="at most this many images per sample (a random subset)")
+    parser.add_argument("--train-prevalence", type=float, default=0.5,
+                        help="pneumonia share the model was trained at (default 0.5: balanced)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", metavar="FILE.json", default=None)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
+    from pneumonia.site import registry
+
+    items = expand(args.paths)
+    if len(items) < 20:
+        raise PipelineError(f"{len(items)} image(s): the shift test needs at least 20")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    base = registry.resolve_base(args.model)
+    import keras
+
+    from pneumonia.model.tasks import pneumonia_probability
+
+    model = keras.saving.load_model(base.keras_file, compile=False)
+    size = int(model.input_shape[1])
+    cap = params_max_megapixels()[0]
+    arrays, bad = [], []
+    for item in items:
+        try:
+            arrays.append(to_input(item.read(), size, cap))
+        except (OSError, ValueError) as exc:
+            bad.append(f"  {item.name}: {exc}")
+    if bad:
+        print(f"{len(bad)} file(s) skipped:\n" + "\n".join(bad[:30]), file=sys.stderr)
+    rng = np.random.default_rng(args.seed)
+    x = np.stack(arrays)
+    ref = check.reference_images(Path(args.reference), size)
+    xs = x[rng.permutation(len(x))[:args.max_images]]
+    rs = ref[rng.permutation(len(ref))[:args.max_images]]
+    stat, p = check.mmd_test(check.embed(model, xs), check.embed(model, rs), args.permutations, args.seed)
+    prob = pneumonia_probability(np.asarray(model.predict(x, verbose=0)))
+    prev, lo, hi = check.prevalence_interval(prob, args.train_prevalence, seed=args.seed)
+    shifted = p < 0.01
+    verdict = (f"differs from the model's validation images (MMD p = {p:.3g}): recalibrate "
+               "before use (pneumonia site calibrate)" if shifted else
+               f"no evidence that these images differ from the model's validation images "
+               f"(MMD p = {p:.3g}; with {len(xs)} images; absence of evidence only)")
+    doc: dict[str, Any] = {"images": len(x), "skipped": len(bad), "reference_images": len(ref),
+                           "mmd2": stat, "p_value": p, "shifted": shifted, "verdict": verdict,
+                           "prevalence": prev, "prevalence_ci": [lo, hi],
+                           "train_prevalence": args.train_prevalence, "model": base.spec}
+    print(verdict + f"\nestimated pneumonia prevalence {prev:.3f} [{lo:.3f}, {hi:.3f}] "
+          "(Saerens EM, label shift assumed)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return 1 if bad else 0
+
+
+def add_check_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_DIR", help="a trained run: RUN_DIR/models/model.keras")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="its training data: DIR/split.csv (train/val/test) and images")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200])
+    parser.add_argument("--permutations", type=int, default=200)
+    parser.add_argument("--train-prevalence", type=float, default=0.5)
+    parser.add_argument("--out", default="metrics/site-check")
+
+
+def check_study_command(args: argparse.Namespace) -> int:
+    import keras
+    import pandas as pd
+
+    from pneumonia.model.tasks import pneumonia_probability
+    from pneumonia.site.rundata import images as _images
+
+    t0 = time.perf_counter()
+    data, run = Path(args.data), Path(args.run)
+    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
+    size = int(model.input_shape[1])
+    frame = pd.read_csv(data / "split.csv", dtype=str)
+    val = frame[(frame["subset"] == "val") & frame["source_image_id"].isna()]
+    test = frame[frame["subset"] == "test"]
+    xv, xt = _images(data, val.reset_index(drop=True), size), \
+        _images(data, test.reset_index(drop=True), size)
+    ev, et = check.embed(model, xv), check.embed(model, xt)
+    pt = pneumonia_probability(np.asarray(model.predict(xt, verbose=0)))
+    pv = pneumonia_probability(np.asarray(model.predict(xv, verbose=0)))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in [*args.sizes, None]:
+        for site in ("validation (held out)", "test"):
+            rejected, pvals = 0, []
+            for _ in range(args.repeats):
+                perm = rng.permutation(len(ev))
+                half = len(ev) // 2
+                ref = ev[perm[:half]]
+                pool = ev[perm[half:]] if site.startswith("validation") else et
+                take = pool[rng.permutation(len(pool))[:n]] if n else pool
+                _, p = check.mmd_test(take, ref, args.permutations, int(rng.integers(1 << 30)))
+                pvals.append(p)
+                rejected += p < 0.01
+            rows.append({"site": site, "images": n or "all", "repeats": args.repeats,
+                         "rejection_rate_p<0.01": rejected / args.repeats,
+                         "rejection_rate_p<0.05": float(np.mean(np.array(pvals) < 0.05)),
+                         "median_p": float(np.median(pvals))})
+    prev_t = check.prevalence_interval(pt, args.train_prevalence)
+    prev_v = check.prevalence_interval(pv, args.train_prevalence)
+    truth_t = float((test["label"] == "PNEUMONIA").mean())
+    truth_v = float((val["label"] == "PNEUMONIA").mean())
+    doc = {"run": str(run), "data": str(data), "permutations": args.permutations,
+           "measured": datetime.now(UTC).isoformat(timespec="minutes"),
+           "machine": f"{platform.machine()}, {cpu_name()}",
+           "seconds": round(time.perf_counter() - t0, 1), "tests": rows,
+           "prevalence": {"test": {"estimate": prev_t, "true": truth_t},
+                          "validation": {"estimate": prev_v, "true": truth_v}}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    lines = ["# `site check`: false alarms and power, measured", "",
+             (f"Command: `pneumonia site check-study {run} --data {data}` ({doc['measured']} UTC, "
+             f"{doc['machine']}, {doc['seconds']:.0f} s). One trained model; the 64-px "
+             "development copy of the dataset it was trained on (5840 of its 5856 images are "
+             "224-px re-encodings, not the public download). Each repeat: a random half of the "
+             "validation originals is the reference; the site is n images of the other half "
+             "(an unshifted site: its rejections are false alarms) or of the official test set. "
+             f"MMD on penultimate embeddings, {args.permutations} permutations."), "",
+             "| site | images | rejected at p < 0.01 | rejected at p < 0.05 | median p |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['site']} | {r['images']} | {r['rejection_rate_p<0.01']:.2f} | "
+              f"{r['rejection_rate_p<0.05']:.2f} | {r['median_p']:.3g} |" for r in rows]
+    lines += ["", ("Pneumonia prevalence without labels (Saerens EM, training prior "
+              f"{args.train_prevalence:g}; 95 % bootstrap interval) against the true share:"), "",
+              "| images | estimate | true |", "|---|---|---|"]
+    for name, d in doc["prevalence"].items():
+        e = d["estimate"]
+        lines.append(f"| {name} | {e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}] | {d['true']:.3f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arm", action="append", default=None, metavar="NAME=GLOB",
+                        help="test predictions (image_id, patient_id, actual, probability), "
+                        "one CSV per seed (default: the recipe's committed cnn-ema and "
+                        "dn121-ema runs)")
+    parser.add_argument("--validation", action="append", default=[], metavar="NAME=GLOB",
+                        help="the same runs' validation calibration, matched to the arm's CSVs "
+                        "by the -sN in the path: their evaluate.json (`conformal_qhat`, "
+                        "evaluate's quantile on the validation originals) or their validation "
+                        "predictions as CSV")
+    parser.add_argument("--k", type=int, nargs="+", default=list(study.DEFAULT_K),
+                        help="labelled site images (default 25 50 100 200)")
+    parser.add_argument("--splits", type=int, default=50, help="splits per k and seed")
+    parser.add_argument("--rule", default="accuracy",
+                        help="threshold rule fitted on the k images (default accuracy)")
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--validation-threshold", type=float, default=0.5,
+                        help="the threshold the runs applied (evaluate.threshold; default 0.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="metrics/site", help="writes OUT.md and OUT.json")
+
+
+def study_command(args: argparse.Namespace) -> int:
+    from pneumonia.site import thresholds
+
+    rule = thresholds.parse_rule(args.rule)
+    arms = study.named_globs(args.arm or list(study.DEFAULT_ARMS), "--arm")
+    vals = study.named_globs(args.validation, "--validation")
+    if any(k < 4 for k in args.k) or args.splits < 2:
+        raise PipelineError("--k values must be >= 4 and --splits >= 2")
+    result: dict[str, Any] = {"protocol": {
+        "k": args.k, "splits": args.splits, "rule": str(rule), "alpha": args.alpha,
+        "validation_threshold": args.validation_threshold, "seed": args.seed,
+        "arms": arms, "validation": vals}, "arms": {}}
+    for name, files in arms.items():
+        frames = {study.seed_of(f): study.read_predictions(f) for f in files}
+        val_qhat = study.validation_qhats(vals.get(name, []), args.alpha)
+        missing = [s for s in frames if s not in val_qhat]
+        if val_qhat and missing:
+            raise PipelineError(f"--validation {name}: no validation quantile for seed(s) "
+                                f"{', '.join(missing)} of the arm")
+        entries = [(name, frames, val_qhat, False)]
+        if len(frames) > 1:
+            first = next(iter(frames.values()))
+            avg = first.copy()
+            avg["probability"] = np.mean([f["probability"].to_numpy() for f in frames.values()],
+                                         axis=0)
+            ens_q = study.validation_qhats(vals.get(name, []), args.alpha, average=True) \
+                if len(val_qhat) == len(frames) else {}
+            entries.append((f"{name}, {len(frames)} seeds averaged", {"avg": avg}, ens_q, True))
+        for arm, fr, vq, one in entries:
+            res = study.run_arm(fr, vq, args.k, args.splits, rule, args.alpha,
+                          args.validation_threshold, args.seed)
+            result["arms"][arm] = {
+                "seeds": list(fr), "validation_quantile": bool(vq),
+                "awaits": [] if vq else [f"{name}: the validation predictions of seed(s) "
+                                         + ", ".join(frames)
+                                         + (" (the averaged model's validation quantile needs "
+                                            "all of them)" if one else "")],
+                "k": {str(k): {key: study.summarise(v, one) for key, v in d.items()}
+                      for k, d in res.items()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(study.markdown(result), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                               Callable[[argparse.Namespace], int], str]] = {
+    "check": (add_check_arguments, check_command,
+              ("no labels: do these images differ from the model's validation images (MMD on "
+              "embeddings, permutation p), and their pneumonia prevalence (Saerens EM)")),
+    "check-study": (add_check_study_arguments, check_study_command,
+                    ("measure site check: false alarms on held-out validation images, power on "
+                    "the test set (metrics/site-check.md)")),
+    "calibrate": (add_calibrate_arguments, calibrate_command,
+                  ("fit the threshold and conformal sets on a site's labelled images; register "
+                  "the same weights as alias site-NAME")),
+    "study": (add_study_arguments, study_command,
+              ("the official test set as a new site: k labelled images calibrate, the rest are "
+              "scored, repeated patient-grouped splits (metrics/site.md)")),
+    "adapt": (add_adapt_arguments, adapt_command,
+              ("AdaBN: re-estimate BatchNorm statistics on a site's unlabelled images; register "
+              "the adapted weights as alias site-NAME")),
+    "adapt-study": (add_adapt_study_arguments, adapt_study_command,
+                    ("measure AdaBN and test-time augmentation on trained runs: adapt on half of "
+                    "the test set, score the rest; control on validation images "
+                    "(metrics/site-adapt.md)")),
+}
+
+
+def add_site_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="site_command", required=True, metavar="COMMAND")
+    for name, (add, _, text) in SUBCOMMANDS.items():
+        add(sub.add_parser(name, help=text, description=text))
+
+
+def site_command(args: argparse.Namespace) -> int:
+    return SUBCOMMANDS[args.site_command][1](args)
