@@ -188,9 +188,16 @@ def three_class_sentence(doc: dict[str, Any]) -> str:
     bv = doc["over_seeds"]["bacteria_vs_virus_accuracy"]
     runs = ", ".join(f"{name} {_run_cell(r['bacteria_vs_virus_accuracy'])}"
                      for name, r in doc["runs"].items())
+    k = doc["kermany"]
+    if bv["ci_low"] is None:
+        verdict = "one seed: no interval over seeds yet"
+    elif bv["ci_low"] <= k <= bv["ci_high"]:
+        verdict = "inside the interval over seeds: not distinguishable from it"
+    else:
+        verdict = ("above" if bv["ci_low"] > k else "below") + " the interval over seeds"
     return (f"Bacterial-vs-viral accuracy over {bv['n_seeds']} seed(s): {_ci(bv)} "
             f"(per run, patient-bootstrap interval: {runs}); three-class accuracy "
-            f"{_ci(doc['over_seeds']['accuracy'])}; Kermany et al.: {doc['kermany']}")
+            f"{_ci(doc['over_seeds']['accuracy'])}; Kermany et al.: {k} ({verdict})")
 
 
 def three_class_markdown(doc: dict[str, Any]) -> str:

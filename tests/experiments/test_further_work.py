@@ -68,7 +68,8 @@ def test_write_all_rewrites_the_quoted_blocks_and_keeps_the_rest(tmp_path) -> No
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
     assert "densenet121-a (3 seeds): bacterial 1.000 [1.000, 1.000], viral 0.700 [" in text
     assert "over 1 seed(s): 0.800 (one seed: no interval) (per run, patient-bootstrap " \
-        "interval: tc-cpu-s1 0.800 [0.700, 0.900])" in text
+        "interval: tc-cpu-s1 0.800 [0.700, 0.900]); three-class accuracy 0.800 (one seed: no " \
+        "interval); Kermany et al.: 0.907 (one seed: no interval over seeds yet)" in text
     assert json.loads((root / "metrics/causes.json").read_text())["command"] == "cmd"
     assert "| tc-cpu-s1 | 1 | 0.800 [0.700, 0.900]" in (root / "metrics/three-class.md").read_text()
 
