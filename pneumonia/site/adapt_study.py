@@ -38,6 +38,7 @@ from pneumonia.evaluation.robustness import cpu_name as _cpu
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
+SITES = ("test", "validation")  # the shifted site and the unshifted control
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -111,11 +112,20 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     return out
 
 
-def measure_tta(run: Path, data: Path, splits: int, threshold: float,
-                seed: int) -> dict[str, list[dict[str, float]]]:
+def _sites(split: pd.DataFrame, only: tuple[str, ...] = SITES) -> dict[str, pd.DataFrame]:
+    frames = {"test": split[split["subset"] == "test"],
+              "validation (control)": split[(split["subset"] == "val")
+                                            & split["source_image_id"].isna()]}
+    return {name: frame for name, frame in frames.items() if name.split()[0] in only}
+
+
+def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
+                sites: tuple[str, ...] = SITES, with_adabn: bool = True
+                ) -> dict[str, list[dict[str, float]]]:
     """Test-time augmentation on one trained run: {condition: [per split rows]}, on the same kind
     of random patient-grouped halves as `measure_run` (its own draws): TTA alone against the
-    plain model; AdaBN on the whole half + TTA against the plain model and against AdaBN alone."""
+    plain model; with `with_adabn`, AdaBN on the whole half + TTA against the plain model and
+    against AdaBN alone. `sites`: "test", "validation" (the control) or both."""
     import keras
 
     from pneumonia.inference import tta
@@ -126,11 +136,8 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float,
     weights = model.get_weights()
     size = int(model.input_shape[1])
     split = pd.read_csv(data / "split.csv", dtype=str)
-    sites = {"test": split[split["subset"] == "test"],
-             "validation (control)": split[(split["subset"] == "val")
-                                           & split["source_image_id"].isna()]}
     out: dict[str, list[dict[str, float]]] = {}
-    for site, frame in sites.items():
+    for site, frame in _sites(split, sites).items():
         frame = frame.reset_index(drop=True)
         x = _images(data, frame, size)
         y = (frame["label"] == "PNEUMONIA").to_numpy()
@@ -139,15 +146,16 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float,
         rng = np.random.default_rng([seed, len(frame), 7])
         for _ in range(splits):
             half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
-            adapt_batchnorm(model, x[half])
-            adapted = _scores(model, x[~half])
-            adapted_tta = tta.outputs(model, x[~half]).reshape(-1)
-            model.set_weights(weights)
-            for cond, lever, ref in (
-                    (f"{site}, TTA ({len(tta.VIEWS)} views), no adaptation", base_tta[~half],
-                     base[~half]),
-                    (f"{site}, AdaBN on the whole half + TTA", adapted_tta, base[~half]),
-                    (f"{site}, TTA added to AdaBN (whole half)", adapted_tta, adapted)):
+            compared = [(f"{site}, TTA ({len(tta.VIEWS)} views), no adaptation",
+                         base_tta[~half], base[~half])]
+            if with_adabn:
+                adapt_batchnorm(model, x[half])
+                adapted = _scores(model, x[~half])
+                adapted_tta = tta.outputs(model, x[~half]).reshape(-1)
+                model.set_weights(weights)
+                compared += [(f"{site}, AdaBN on the whole half + TTA", adapted_tta, base[~half]),
+                             (f"{site}, TTA added to AdaBN (whole half)", adapted_tta, adapted)]
+            for cond, lever, ref in compared:
                 row = _metrics(y[~half], lever, threshold)
                 row |= {f"base_{k}": v for k, v in _metrics(y[~half], ref, threshold).items()}
                 out.setdefault(cond, []).append(row)
@@ -155,7 +163,8 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float,
 
 
 def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float,
-                     seed: int) -> dict[str, list[dict[str, float]]]:
+                     seed: int, sites: tuple[str, ...] = SITES
+                     ) -> dict[str, list[dict[str, float]]]:
     """The runs' probabilities averaged (a seed ensemble, one model): {condition: [per split]}.
 
     On random patient-grouped halves (the same draws as `measure_tta`): every run adapted on the
@@ -169,11 +178,8 @@ def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float
     models = [keras.saving.load_model(r / "models" / "model.keras", compile=False) for r in runs]
     size = int(models[0].input_shape[1])
     split = pd.read_csv(data / "split.csv", dtype=str)
-    sites = {"test": split[split["subset"] == "test"],
-             "validation (control)": split[(split["subset"] == "val")
-                                           & split["source_image_id"].isna()]}
     out: dict[str, list[dict[str, float]]] = {}
-    for site, frame in sites.items():
+    for site, frame in _sites(split, sites).items():
         frame = frame.reset_index(drop=True)
         x = _images(data, frame, size)
         y = (frame["label"] == "PNEUMONIA").to_numpy()
@@ -227,7 +233,7 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
 
 def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshold: float,
         seed: int, out: Path, reuse: Path | None, family: str, tta: bool,
-        ensemble: bool) -> Path:
+        ensemble: bool, lever_sites: tuple[str, ...] = SITES, tta_adabn: bool = True) -> Path:
     """Measure (or reuse) the runs, write `out`.json/.md with this family's section replaced;
     returns `out`."""
     if not (data / "split.csv").is_file():
@@ -257,8 +263,8 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
         results[r.name] = previous.get(r.name) or measure_run(
             r, data, splits, sizes, threshold, seed)
         if tta and not any("TTA" in c for c in results[r.name]):
-            results[r.name] = results[r.name] | measure_tta(r, data, splits, threshold,
-                                                            seed)
+            results[r.name] = results[r.name] | measure_tta(r, data, splits, threshold, seed,
+                                                            lever_sites, tta_adabn)
     conditions = list(next(iter(results.values())))
     table: dict[str, dict[str, Any]] = {}
     averaged: dict[str, Any] = {}
@@ -266,7 +272,7 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
         averaged = previous_doc.get("ensemble") or {}
     measured_now = len(reused) < len(runs)
     if ensemble and not averaged and len(runs) > 1:
-        averaged = measure_ensemble(runs, data, splits, threshold, seed)
+        averaged = measure_ensemble(runs, data, splits, threshold, seed, lever_sites)
         measured_now = True
     for cond in conditions:
         table[cond] = {}
