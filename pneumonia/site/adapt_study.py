@@ -290,12 +290,15 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
             table[cond][m]["difference"] = summarise([np.array(
                 [row[m] - row[f"base_{m}"] for row in rows])])
     doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(tta),
+           "lever_sites": list(lever_sites), "tta_adabn": bool(tta_adabn),
            "reused": sorted(reused),
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
                                                                           - t0, 1),
            "conditions": table, "per_run": results, "ensemble": averaged,
-           "ensemble_runs": [r.name for r in runs] if averaged else []}
+           "ensemble_runs": [r.name for r in runs] if averaged else [],
+           # how earlier invocations measured what this one reuses (one line each)
+           "history": previous_doc.get("history", [])}
     if not measured_now:  # nothing measured now: the file keeps when and how it was measured
         doc |= {k: previous_doc[k] for k in ("measured", "machine", "seconds", "reused")
                 if k in previous_doc}
@@ -320,6 +323,12 @@ def _cell(s: dict[str, Any], signed: bool = False) -> str:
     return (f"{f.format(s['mean'])} [{f.format(s['low'])}, {f.format(s['high'])}]")
 
 
+def _sites_option(doc: dict[str, Any]) -> str:
+    sites = doc.get("lever_sites", list(SITES))
+    return "" if list(sites) == list(SITES) or not (doc.get("tta") or doc.get("ensemble")) \
+        else " --lever-sites " + " ".join(sites)
+
+
 def markdown(every: dict[str, Any]) -> str:
     lines = ["# AdaBN and test-time augmentation at a new site: measured", "",
              ("Each split: a random patient-grouped half of the site's images adapts the "
@@ -338,12 +347,16 @@ def markdown(every: dict[str, Any]) -> str:
                   (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data "
                    f"{doc['data']} --splits {doc['splits']} --family {family}"
                    f"{' --ensemble' if doc.get('ensemble') else ''}"
-                   f"{'' if doc.get('tta') else ' --no-tta'}` "
+                   f"{'' if doc.get('tta') else ' --no-tta'}"
+                   f"{'' if doc.get('tta_adabn', True) or not doc.get('tta') else ' --no-tta-adabn'}"
+                   f"{_sites_option(doc)}` "
                    f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). "
                    f"{len(doc['runs'])} trained model(s); threshold {doc['threshold']:g}.")
                   + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
                      "with the same settings (`--reuse`); the time above is the others'."
                      if doc.get("reused") else ""), ""]
+        lines += [f"- {h}" for h in doc.get("history", [])] + ([""] if doc.get("history")
+                                                                else [])
         for cond, metrics in doc["conditions"].items():
             lines += [f"## {family}: {cond}", ""]
             shares = [row["adapted"] for rows in doc["per_run"].values()
