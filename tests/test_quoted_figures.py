@@ -217,3 +217,164 @@ def test_three_class_summary_is_the_committed_runs() -> None:
     assert doc["runs"] == json.loads(json.dumps(further_work.three_class(runs)["runs"]))
     assert _quoted("docs/further-work.md", "three-class") == \
         further_work.three_class_sentence(doc)
+
+
+def test_site_check_figures_are_the_committed_study() -> None:
+    """docs/new-site.md quotes metrics/site-check.json: false alarms and the test set with all
+    images, and the images each robustness shift needs."""
+    doc = json.loads((METRICS / "site-check.json").read_text())
+    cell = {(s["site"], str(s["images"])): s for s in doc["summary"]}
+    text = " ".join(_text("docs/new-site.md").split())
+
+    def rate(s: dict) -> str:
+        return f"{s['rate']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+
+    assert f"{rate(cell[('validation (held out)', 'all')])} of " \
+           f"{cell[('validation (held out)', 'all')]['draws']}" in text
+    assert rate(cell[("validation (held out), patient ids ignored", "all")]) in text
+    assert f"**{rate(cell[('test', 'all')])}**" in text
+    need = doc["smallest_n"]
+    assert need["inverted"] == 25 and "25 images for inverted grey levels" in text
+    assert need["resolution_0.25x"] == need["noise_20"] == 100
+    assert need["rotate_10"] == 200 and "200 for a 10° rotation" in text
+    for shift in ("resolution_0.5x", "resolution_2x", "gamma_0.67", "gamma_1.5", "contrast_0.6",
+                  "contrast_1.4", "noise_8", "jpeg_30", "jpeg_10", "rotate_5"):
+        assert need[shift] is None, shift  # "more than 200" in the docs
+    prevalence = doc["prevalence"]
+    test = [prevalence[r]["test"]["estimate"] for r in doc["runs"]]
+    val = [prevalence[r]["validation"]["estimate"] for r in doc["runs"]]
+    assert f"{min(e[0] for e in test):.3f}–{max(e[0] for e in test):.3f} across the five" in text
+    assert f"{min(e[0] for e in val):.3f}–{max(e[0] for e in val):.3f} against" in text
+    assert all(e[1] > prevalence[r]["test"]["true"] for r, e in zip(doc["runs"], test, strict=True))
+    s1 = prevalence[doc["runs"][0]]["test"]["estimate"]
+    assert f"seed 1: {s1[0]:.3f} [{s1[1]:.3f}, {s1[2]:.3f}]" in text
+
+
+def test_site_calibrate_timing_in_new_site_md_is_the_committed_benchmark() -> None:
+    """docs/new-site.md quotes benchmarks/site_calibrate.json: the CPU seconds of both runs and
+    the total of the per-step breakdown."""
+    doc = json.loads((Path(__file__).resolve().parent.parent / "benchmarks/site_calibrate.json")
+                     .read_text())
+    text = " ".join(_text("docs/new-site.md").split())
+    cpu = [f"{r['cpu_s']:.1f}" for r in doc["runs"]]
+    assert f"**{cpu[0]} and {cpu[1]} CPU-seconds**" in text
+    walls = [f"{r['wall_s']:.0f} s" for r in doc["runs"]]
+    assert f"{walls[0]} and {walls[1]} wall" in text
+    assert f"{doc['phases']['cpu_s_total']} CPU-seconds in all" in text
+    assert doc["best_wall_s"] > doc["goal_s"]  # the docs say the goal is not shown met
+
+
+def test_served_memory_figures_in_reliability_are_the_committed_benchmark() -> None:
+    """docs/reliability.md quotes benchmarks/serve_memory.json: idle, peak and growth per
+    `serve.max_concurrent_decodes`, and the RSS 3 s after the last answer."""
+    bench = json.loads((ROOT / "benchmarks/serve_memory.json").read_text())
+    runs = {r["max_concurrent_decodes"]: r for r in bench["runs"]}
+    text = " ".join(_text("docs/reliability.md").split())
+    assert bench["machine"]["cpu"] in text and bench["machine"]["date"][:10] in text
+    idle = {f"{r['idle_gb']:.2f}" for r in runs.values()}
+    assert len(idle) == 1 and f"idle {idle.pop()} GB" in text
+    import yaml
+
+    assert yaml.safe_load(_text("params.yaml"))["serve"]["max_concurrent_decodes"] == 2
+    assert (f"peak **{runs[2]['peak_gb']:.2f} GB (+{runs[2]['growth_gb']:.2f} GB)** with the "
+            "default limit of 2") in text
+    for limit in (1, 8):
+        r = runs[limit]
+        assert f"{r['peak_gb']:.2f} GB (+{r['growth_gb']:.2f}) with {limit}" in text, limit
+    after = {f"{r['after_3s_gb']:.2f}" for r in runs.values()}
+    assert len(after) == 1 and f"3 s after the last answer {after.pop()} GB in every case" in text
+
+
+def _acc_auc(frame: pd.DataFrame) -> tuple[float, float]:
+    from sklearn.metrics import roc_auc_score
+
+    positive = (frame["actual"] == "PNEUMONIA").to_numpy()
+    called = (frame["probability"] >= 0.5).to_numpy()
+    return float((called == positive).mean()), float(roc_auc_score(positive,
+                                                                    frame["probability"]))
+
+
+def same_seed_other_cpu_sentence() -> str:
+    """The same configuration and seed on two CPU types, both committed: the recipe search's
+    runs (Intel Xeon, metrics/recipe/rcp-<candidate>-s<seed>.csv) and their re-runs on the AMD
+    EPYC (metrics/runs/<name>/predictions.csv). Test accuracy / ROC AUC at threshold 0.5, and the
+    share of test images both runs call alike."""
+    pairs = [(f"cnn-ema seed {s}", f"recipe/rcp-cnn-ema-s{s}.csv", f"runs/cnn-ema-s{s}")
+             for s in range(1, 6)]
+    pairs.append(("cpu preset (dn121-ema) seed 1", "recipe/rcp-dn121-ema-s1.csv", "runs/cpu-s1"))
+    parts, agree, d_acc, d_auc = [], [], [], []
+    for label, intel_csv, amd_dir in pairs:
+        intel = pd.read_csv(METRICS / intel_csv)
+        amd = pd.read_csv(METRICS / amd_dir / "predictions.csv")
+        assert list(intel["image_id"]) == list(amd["image_id"]), label
+        (a1, r1), (a2, r2) = _acc_auc(intel), _acc_auc(amd)
+        parts.append(f"{label}: {a1:.3f} / {r1:.3f} → {a2:.3f} / {r2:.3f}")
+        d_acc.append(abs(round(a2, 3) - round(a1, 3)))
+        d_auc.append(abs(round(r2, 3) - round(r1, 3)))
+        agree.append(float(((intel["probability"] >= 0.5) == (amd["probability"] >= 0.5)).mean()))
+    return (f"{'; '.join(parts)}. Largest change: accuracy {max(d_acc):.3f}, ROC AUC "
+            f"{max(d_auc):.3f}; the two runs of a pair call {min(agree):.1%}–{max(agree):.1%} of "
+            "the 624 test images alike.")
+
+
+def test_same_seed_on_another_cpu_in_reliability() -> None:
+    text = _text("docs/reliability.md")
+    block = re.search(r"<!-- quoted:same-seed-other-cpu -->\n(.*?)\n<!-- /quoted -->", text,
+                      re.DOTALL)
+    assert block, "docs/reliability.md: the quoted:same-seed-other-cpu block is missing"
+    assert " ".join(block.group(1).split()) == same_seed_other_cpu_sentence()
+    flat = " ".join(text.split())
+    assert f"own seed SD ({_recipe()['cnn-ema']['accuracy']['sd']:.3f}," in flat
+    intel = _acc_auc(pd.read_csv(METRICS / "recipe/rcp-dn121-ema-s1.csv"))[0]
+    amd = _acc_auc(pd.read_csv(METRICS / "runs/cpu-s1/predictions.csv"))[0]
+    assert f"its one pair moved {abs(round(amd, 3) - round(intel, 3)):.3f}" in flat
+
+
+DEMO_RUNS = {"demo-s42": 42, "demo-s1": 1, "demo-s2": 2}  # metrics/runs/<name>/: the seed
+
+
+def _demo(name: str) -> dict:
+    return json.loads((METRICS / "runs" / name / "evaluate.json").read_text())
+
+
+def demo_table() -> str:
+    """docs/experiments.md's table of the committed demo runs (metrics/runs/demo-s*/)."""
+    def cell(e: dict, key: str) -> str:
+        return f"{e[key]:.3f} [{e[key + '_ci_low']:.3f}, {e[key + '_ci_high']:.3f}]"
+
+    rows = ["| seed | accuracy [95 % CI] | ROC AUC [95 % CI] | NORMAL recall | PNEUMONIA recall |",
+            "|---|---|---|---|---|"]
+    for name, seed in DEMO_RUNS.items():
+        e = _demo(name)
+        rows.append(f"| {seed} | {cell(e, 'accuracy')} | {cell(e, 'roc_auc')} | "
+                    f"{e['NORMAL_recall']:.2f} | {e['PNEUMONIA_recall']:.2f} |")
+    return "\n".join(rows)
+
+
+def test_demo_runs_in_experiments_and_readme() -> None:
+    """The demo's figures: docs/experiments.md's table is the committed runs', and the README's
+    status row quotes their range; each run had the demo's 100 test images."""
+    runs = [_demo(name) for name in DEMO_RUNS]
+    assert all(e["n_test"] == 100 for e in runs)
+    text = _text("docs/experiments.md")
+    block = re.search(r"<!-- quoted:demo-runs -->\n(.*?)\n<!-- /quoted -->", text, re.DOTALL)
+    assert block, "docs/experiments.md: the quoted:demo-runs block is missing"
+    assert block.group(1) == demo_table()
+    acc = [e["accuracy"] for e in runs]
+    auc = [e["roc_auc"] for e in runs]
+    readme = " ".join(_text("README.md").split())
+    assert (f"accuracy {min(acc):.2f}–{max(acc):.2f}, ROC AUC {min(auc):.3f}–{max(auc):.3f} over "
+            f"seeds {', '.join(map(str, DEMO_RUNS.values()))}") in readme
+
+
+def test_the_demo_repeats_byte_for_byte_on_one_machine() -> None:
+    """docs/reliability.md says the demo run twice on one machine gave byte-identical
+    predictions: the two committed runs' predictions.csv are the same bytes."""
+    first = (METRICS / "runs/demo-s42/predictions.csv").read_bytes()
+    again = (METRICS / "runs/demo-s42-rerun/predictions.csv").read_bytes()
+    assert first == again
+    assert ((METRICS / "runs/demo-s42/evaluate.json").read_bytes()
+            == (METRICS / "runs/demo-s42-rerun/evaluate.json").read_bytes())
+    text = " ".join(_text("docs/reliability.md").split())
+    assert "`metrics/runs/demo-s42/` and `metrics/runs/demo-s42-rerun/`" in text
+    assert "byte-identical `predictions.csv` and `evaluate.json`" in text

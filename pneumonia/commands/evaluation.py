@@ -58,22 +58,9 @@ def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads that shift and decode images (0 = one per CPU core)")
 
 
-def select_shifts(spec: str | None) -> tuple[robustness.Shift, ...]:
-    """The shifts named in --shifts (all when None); PipelineError for an unknown name."""
-    if spec is None:
-        return robustness.SHIFTS
-    by_name = {s.name: s for s in robustness.SHIFTS}
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in by_name]
-    if unknown or not names:
-        raise PipelineError(f"--shifts {spec!r}: unknown shift(s) {', '.join(unknown) or '-'}. "
-                            f"Known: {', '.join(by_name)}.")
-    return tuple(by_name[n] for n in names)
-
-
 def robustness_command(args: argparse.Namespace) -> int:
     """Score the model on the test subset of data/split.csv, clean and shifted."""
-    shifts = select_shifts(args.shifts)
+    shifts = robustness.select_shifts(args.shifts)
     if args.resamples < 200:
         raise PipelineError("--resamples must be at least 200 (2000 recommended).")
     if args.threshold is not None and not 0 < args.threshold < 1:

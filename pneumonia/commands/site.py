@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import cpu_name
-from pneumonia.site import adapt, adapt_study, calibrate, check, study
+from pneumonia.site import adapt, adapt_study, calibrate, check, check_study, study
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,138 +272,63 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most this many images per sample (a random subset)")
     parser.add_argument("--train-prevalence", type=float, default=0.5,
                         help="pneumonia share the model was trained at (default 0.5: balanced)")
+    parser.add_argument("--patients", metavar="FILE.csv", default=None,
+                        help="columns file, patient_id: keeps a patient's images together in "
+                        "the test (default: Kermany-style file names, else one patient each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", metavar="FILE.json", default=None)
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from pneumonia.inference.sources import expand, params_max_megapixels, to_input
-    from pneumonia.site import registry
-
-    items = expand(args.paths)
-    if len(items) < 20:
-        raise PipelineError(f"{len(items)} image(s): the shift test needs at least 20")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    base = registry.resolve_base(args.model)
-    import keras
-
-    from pneumonia.model.tasks import pneumonia_probability
-
-    model = keras.saving.load_model(base.keras_file, compile=False)
-    size = int(model.input_shape[1])
-    cap = params_max_megapixels()[0]
-    arrays, bad = [], []
-    for item in items:
-        try:
-            arrays.append(to_input(item.read(), size, cap))
-        except (OSError, ValueError) as exc:
-            bad.append(f"  {item.name}: {exc}")
-    if bad:
-        print(f"{len(bad)} file(s) skipped:\n" + "\n".join(bad[:30]), file=sys.stderr)
-    rng = np.random.default_rng(args.seed)
-    x = np.stack(arrays)
-    ref = check.reference_images(Path(args.reference), size)
-    xs = x[rng.permutation(len(x))[:args.max_images]]
-    rs = ref[rng.permutation(len(ref))[:args.max_images]]
-    stat, p = check.mmd_test(check.embed(model, xs), check.embed(model, rs), args.permutations, args.seed)
-    prob = pneumonia_probability(np.asarray(model.predict(x, verbose=0)))
-    prev, lo, hi = check.prevalence_interval(prob, args.train_prevalence, seed=args.seed)
-    shifted = p < 0.01
-    verdict = (f"differs from the model's validation images (MMD p = {p:.3g}): recalibrate "
-               "before use (pneumonia site calibrate)" if shifted else
-               f"no evidence that these images differ from the model's validation images "
-               f"(MMD p = {p:.3g}; with {len(xs)} images; absence of evidence only)")
-    doc: dict[str, Any] = {"images": len(x), "skipped": len(bad), "reference_images": len(ref),
-                           "mmd2": stat, "p_value": p, "shifted": shifted, "verdict": verdict,
-                           "prevalence": prev, "prevalence_ci": [lo, hi],
-                           "train_prevalence": args.train_prevalence, "model": base.spec}
-    print(verdict + f"\nestimated pneumonia prevalence {prev:.3f} [{lo:.3f}, {hi:.3f}] "
-          "(Saerens EM, label shift assumed)")
+    doc = check.run(args.paths, args.model, args.reference, args.permutations, args.max_images,
+                    args.train_prevalence, args.patients, args.seed)
+    if doc["unreadable"]:
+        print(f"{doc['skipped']} file(s) could not be read and were left out of the test:\n"
+              + "\n".join(f"  {b}" for b in doc["unreadable"]), file=sys.stderr)
+    lo, hi = doc["prevalence_ci"]
+    print(doc["verdict"] + f"\nestimated pneumonia prevalence {doc['prevalence']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}] (Saerens EM, label shift assumed)")
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return 1 if bad else 0
+    return 1 if doc["unreadable"] else 0
 
 
 def add_check_study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN_DIR", help="a trained run: RUN_DIR/models/model.keras")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="trained runs: RUN_DIR/models/model.keras (results pooled)")
     parser.add_argument("--data", required=True, metavar="DIR",
-                        help="its training data: DIR/split.csv (train/val/test) and images")
-    parser.add_argument("--repeats", type=int, default=20)
+                        help="their training data: DIR/split.csv (train/val/test) and images")
+    parser.add_argument("--repeats", type=int, default=20, help="per run")
+    parser.add_argument("--shift-repeats", type=int, default=None,
+                        help="test the shifts in this many of the repeats (default all)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200])
-    parser.add_argument("--permutations", type=int, default=200)
-    parser.add_argument("--train-prevalence", type=float, default=0.5)
+    parser.add_argument("--permutations", type=int, default=200,
+                        help="per test at the sizes (p-values resolve to 1/(P+1))")
+    parser.add_argument("--permutations-all", type=int, default=1000,
+                        help="per test with every image (site check's default)")
+    parser.add_argument("--max-images", type=int, default=500,
+                        help="cap per sample, as site check's --max-images")
+    parser.add_argument("--shifts", default=None, metavar="A,B",
+                        help="robustness shifts to measure (default all; none: '-')")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-prevalence", type=float, default=0.5,
+                        help="for the Saerens EM prevalence estimate (as site check)")
     parser.add_argument("--out", default="metrics/site-check")
+    parser.add_argument("--reuse", metavar="FILE.json", default=None,
+                        help="a previous output with the same settings: its draws are kept, "
+                        "the prevalence estimates measured again")
 
 
 def check_study_command(args: argparse.Namespace) -> int:
-    import keras
-    import pandas as pd
-
-    from pneumonia.model.tasks import pneumonia_probability
-    from pneumonia.site.rundata import images as _images
-
-    t0 = time.perf_counter()
-    data, run = Path(args.data), Path(args.run)
-    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
-    size = int(model.input_shape[1])
-    frame = pd.read_csv(data / "split.csv", dtype=str)
-    val = frame[(frame["subset"] == "val") & frame["source_image_id"].isna()]
-    test = frame[frame["subset"] == "test"]
-    xv, xt = _images(data, val.reset_index(drop=True), size), \
-        _images(data, test.reset_index(drop=True), size)
-    ev, et = check.embed(model, xv), check.embed(model, xt)
-    pt = pneumonia_probability(np.asarray(model.predict(xt, verbose=0)))
-    pv = pneumonia_probability(np.asarray(model.predict(xv, verbose=0)))
-    rng = np.random.default_rng(0)
-    rows = []
-    for n in [*args.sizes, None]:
-        for site in ("validation (held out)", "test"):
-            rejected, pvals = 0, []
-            for _ in range(args.repeats):
-                perm = rng.permutation(len(ev))
-                half = len(ev) // 2
-                ref = ev[perm[:half]]
-                pool = ev[perm[half:]] if site.startswith("validation") else et
-                take = pool[rng.permutation(len(pool))[:n]] if n else pool
-                _, p = check.mmd_test(take, ref, args.permutations, int(rng.integers(1 << 30)))
-                pvals.append(p)
-                rejected += p < 0.01
-            rows.append({"site": site, "images": n or "all", "repeats": args.repeats,
-                         "rejection_rate_p<0.01": rejected / args.repeats,
-                         "rejection_rate_p<0.05": float(np.mean(np.array(pvals) < 0.05)),
-                         "median_p": float(np.median(pvals))})
-    prev_t = check.prevalence_interval(pt, args.train_prevalence)
-    prev_v = check.prevalence_interval(pv, args.train_prevalence)
-    truth_t = float((test["label"] == "PNEUMONIA").mean())
-    truth_v = float((val["label"] == "PNEUMONIA").mean())
-    doc = {"run": str(run), "data": str(data), "permutations": args.permutations,
-           "measured": datetime.now(UTC).isoformat(timespec="minutes"),
-           "machine": f"{platform.machine()}, {cpu_name()}",
-           "seconds": round(time.perf_counter() - t0, 1), "tests": rows,
-           "prevalence": {"test": {"estimate": prev_t, "true": truth_t},
-                          "validation": {"estimate": prev_v, "true": truth_v}}}
+    settings = check_study.Settings(
+        runs=list(args.runs), data=args.data, repeats=args.repeats,
+        shift_repeats=args.shift_repeats, sizes=list(args.sizes),
+        permutations=args.permutations, permutations_all=args.permutations_all,
+        max_images=args.max_images, shifts=args.shifts, seed=args.seed, out=args.out,
+        train_prevalence=args.train_prevalence)
+    check_study.measure(settings, lambda line: print(line, file=sys.stderr, flush=True),
+                        Path(args.reuse) if args.reuse else None)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    lines = ["# `site check`: false alarms and power, measured", "",
-             (f"Command: `pneumonia site check-study {run} --data {data}` ({doc['measured']} UTC, "
-             f"{doc['machine']}, {doc['seconds']:.0f} s). One trained model; the 64-px "
-             "development copy of the dataset it was trained on (5840 of its 5856 images are "
-             "224-px re-encodings, not the public download). Each repeat: a random half of the "
-             "validation originals is the reference; the site is n images of the other half "
-             "(an unshifted site: its rejections are false alarms) or of the official test set. "
-             f"MMD on penultimate embeddings, {args.permutations} permutations."), "",
-             "| site | images | rejected at p < 0.01 | rejected at p < 0.05 | median p |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['site']} | {r['images']} | {r['rejection_rate_p<0.01']:.2f} | "
-              f"{r['rejection_rate_p<0.05']:.2f} | {r['median_p']:.3g} |" for r in rows]
-    lines += ["", ("Pneumonia prevalence without labels (Saerens EM, training prior "
-              f"{args.train_prevalence:g}; 95 % bootstrap interval) against the true share:"), "",
-              "| images | estimate | true |", "|---|---|---|"]
-    for name, d in doc["prevalence"].items():
-        e = d["estimate"]
-        lines.append(f"| {name} | {e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}] | {d['true']:.3f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.dataset.images import encode_png, open_image, to_gray8
+from pneumonia.errors import PipelineError
 from pneumonia.files import write_json
 from pneumonia.inference.sources import to_input
 from pneumonia.model.tasks import pneumonia_probability
@@ -137,6 +138,20 @@ SHIFTS: tuple[Shift, ...] = (
     Shift("rotate_10", "rotated 10 degrees (random direction), black corners", _rotated(10.0)),
     Shift("inverted", "grey levels inverted (MONOCHROME1 read as MONOCHROME2)", _inverted),
 )
+
+
+def select_shifts(spec: str | None) -> tuple[Shift, ...]:
+    """The shifts named in `spec` (comma-separated; all when None); PipelineError for an unknown
+    name (`pneumonia robustness --shifts`, `pneumonia site check-study --shifts`)."""
+    if spec is None:
+        return SHIFTS
+    by_name = {s.name: s for s in SHIFTS}
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        raise PipelineError(f"--shifts {spec!r}: unknown shift(s) {', '.join(unknown) or '-'}. "
+                            f"Known: {', '.join(by_name)}.")
+    return tuple(by_name[n] for n in names)
 
 
 def image_rng(seed: int, shift: str, image_id: str) -> np.random.Generator:

@@ -2,16 +2,19 @@
 
 A grid is a list of (experiment name, `-S` overrides). `run_grid` queues each as
 `dvc exp run --queue -n NAME -S ...`, starts the queue (one worker by default: DVC's queue has
-open races with several), waits for it and says why when every run failed. The reports read the
+open races with several), waits for it and says why when every run failed. Ctrl-C stops the
+grid's own queued and running runs (stop_runs) and says what it stopped. The reports read the
 finished experiments from their git commits (pneumonia.experiments.revisions).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from pneumonia.errors import PipelineError
@@ -138,7 +141,6 @@ def clean_dead_runs() -> list[str]:
     is what `dvc queue remove` does for a finished task (forget the celery result, purge its
     message: dvc/repo/experiments/queue/remove.py, DVC 3.67), done for an orphaned one, whose
     name `dvc queue remove` does not resolve; the copy's path is in the run's info file."""
-    import json
     import shutil
 
     if workers_alive():
@@ -254,6 +256,46 @@ def first_failure() -> str:
     return ""
 
 
+def _queue_and_wait(runs: list[tuple[str, dict[str, str]]], data: dict[str, str],
+                    report_cmd: str, jobs: int, no_wait: bool, timeout_min: float
+                    ) -> tuple[dict[str, int] | None, list[str], set[str]]:
+    """Queue what is not finished nor pending, start the queue, wait (re-queueing once the runs
+    a dead worker lost): (the queue's counts or None for `no_wait`, missing runs, failed runs)."""
+    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
+    if dead:
+        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
+    queued = queue_rows()
+    todo, skipped = to_queue(runs, finished_experiments(),
+                             {n for _, n, s in queued if s in ("Queued", "Running")})
+    for line in skipped:
+        print(line)
+    for name, overrides in todo:
+        _queue(name, overrides | data)
+    start_queue(jobs)
+    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {jobs} "
+          "worker(s): `dvc queue status` to follow; Ctrl-C stops them", flush=True)
+    if no_wait:
+        return None, [], set()
+    deadline = time.monotonic() + timeout_min * 60
+    for attempt in (1, 2):
+        counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
+                                jobs=jobs)
+        print(f"queue finished: {counts}")
+        missing = sorted({name for name, _ in runs} - finished_experiments())
+        failed = {n for _, n, s in queue_rows() if s == "Failed"}
+        lost = [n for n in missing if n not in failed]
+        if not lost or attempt == 2:
+            break
+        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
+        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
+              f"{', '.join(lost)}", flush=True)
+        for name, overrides in runs:
+            if name in lost:
+                _queue(name, overrides | data)
+        start_queue(jobs)
+    return counts, missing, failed
+
+
 def run_grid(runs: list[tuple[str, dict[str, str]]], what: str, report_cmd: str, *,
              jobs: int = 1, dry_run: bool = False, no_wait: bool = False,
              timeout_min: float = 1200.0) -> dict[str, int] | None:
@@ -270,42 +312,15 @@ def run_grid(runs: list[tuple[str, dict[str, str]]], what: str, report_cmd: str,
         return None
     if not Path("dvc.yaml").is_file():
         raise PipelineError(f"run `pneumonia {what}` from the repository root (where dvc.yaml is).")
-    dead = clean_dead_runs()  # rows a dead worker left "Running" would look pending forever
-    if dead:
-        print(f"removed the \"Running\" entries a dead queue worker left: {', '.join(dead)}")
-    queued = queue_rows()
-    todo, skipped = to_queue(runs, finished_experiments(),
-                             {n for _, n, s in queued if s in ("Queued", "Running")})
-    for line in skipped:
-        print(line)
-    for name, overrides in todo:
-        _queue(name, overrides | data)
-    start_queue(jobs)
-    print(f"queued {len(todo)} experiments ({len(runs) - len(todo)} skipped), {jobs} "
-          "worker(s): `dvc queue status` to follow", flush=True)
-    if no_wait:
+    names = [name for name, _ in runs]
+    try:
+        counts, missing, failed = _queue_and_wait(runs, data, report_cmd, jobs,
+                                                  no_wait, timeout_min)
+    except KeyboardInterrupt:
+        _stop_on_interrupt(names)
+        raise
+    if counts is None:
         return None
-    deadline = time.monotonic() + timeout_min * 60
-    for attempt in (1, 2):
-        try:
-            counts = wait_for_queue(max(1.0, deadline - time.monotonic()), report_cmd,
-                                    jobs=jobs)
-        except KeyboardInterrupt:
-            print(interrupted_message(), file=sys.stderr, flush=True)
-            raise
-        print(f"queue finished: {counts}")
-        missing = sorted({name for name, _ in runs} - finished_experiments())
-        failed = {n for _, n, s in queue_rows() if s == "Failed"}
-        lost = [n for n in missing if n not in failed]
-        if not lost or attempt == 2:
-            break
-        # Neither an experiment nor failed: its worker died mid-run. Once more, those only.
-        print(f"re-queueing {len(lost)} run(s) that left no experiment (their worker died): "
-              f"{', '.join(lost)}", flush=True)
-        for name, overrides in runs:
-            if name in lost:
-                _queue(name, overrides | data)
-        start_queue(jobs)
     if counts.get("Failed") and not counts.get("Success"):
         raise PipelineError(
             f"all {counts['Failed']} queued experiments failed; the first one's log ends:\n"
@@ -332,14 +347,158 @@ def _queue(name: str, overrides: dict[str, str]) -> None:
     _dvc(*cmd)
 
 
-def interrupted_message() -> str:
-    """What Ctrl-C leaves behind: the queue runs on in the background, and how to stop it."""
-    rows = queue_rows()
-    queued = [n for _, n, s in rows if s == "Queued"]
-    running = [n for _, n, s in rows if s == "Running"]
+def pending_runs(names: Collection[str]) -> tuple[list[str], dict[str, dict]]:
+    """(queued names, {running name: its run}) for those of `names` that DVC's queue still
+    holds. A run is {"process": True / False / None (its `dvc exp exec-run` process alive /
+    exited / not started yet), "copy": its temporary copy of the repository or None}. Read from
+    the queue's broker, result and process files (DVC's API), not `dvc queue status`, which also
+    broadcasts to the workers (see wait_for_queue): this is read every second while a worker
+    runs."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        queue = repo.experiments.celery_queue
+        queued = sorted({e.name for e in queue.iter_queued() if e.name in names})
+        running: dict[str, dict] = {}
+        for entry in queue.iter_active():
+            if entry.name not in names:
+                continue
+            info = queue.proc.get(entry.stash_rev)
+            alive = None if info is None else info.returncode is None and _alive(info.pid)
+            running[entry.name] = {"process": alive,
+                                   "copy": _copy_of(queue.get_infofile_path(entry.stash_rev))}
+    return queued, running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or ") Z " not in stat.read_text(errors="replace")
+
+
+def _copy_of(infofile: str) -> str | None:
+    """The temporary copy a queued run works in (its info file's root_dir), or None."""
+    try:
+        return str(json.loads(Path(infofile).read_text())["root_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0,
+              limit_s: float = 180.0) -> dict[str, list[str]]:
+    """Stop the runs of `names` that DVC's queue holds: the queued ones removed (`dvc queue
+    remove`), the running ones interrupted (`dvc queue kill`: SIGINT to the run's process group,
+    as Ctrl-C would; `-f`, SIGKILL, once `grace_s` has passed), then waited for until their
+    worker has finished them and deleted their temporary copies; their "Failed" rows removed.
+
+    Returns {"removed": queued runs removed, "killed": running runs stopped, "finished": runs
+    that finished before they could be stopped (kept: experiments), "left": runs still queued
+    or running, or whose copy is still there, after `limit_s`}. Other experiments in the queue
+    are not touched. Two races of DVC 3.67 are avoided: a run can move from queued to running
+    between a listing and a `dvc queue remove` (which then refuses the whole list: every step
+    re-reads the queue and retries); and `dvc queue kill` of a run whose process has not started
+    yet, or has already exited, marks it failed in the result store while its worker goes on
+    (setting up, or collecting and deleting its copy) — so a run is asked to stop only while
+    its process is alive, and it counts as stopped only once it has left the queue's active
+    runs and its copy is gone."""
+    import shutil
+
+    names = set(names)
+    removed: set[str] = set()
+    asked: dict[str, float] = {}  # name: when first asked to stop
+    forced: set[str] = set()
+    copies: dict[str, str] = {}
+    start = time.monotonic()
+    while True:
+        queued, running = pending_runs(names)
+        for name, run in running.items():
+            if run["copy"]:
+                copies[name] = run["copy"]
+        left_copies = [n for n, c in copies.items() if n not in running and Path(c).exists()]
+        if not queued and not running and not left_copies:
+            break
+        if time.monotonic() - start > limit_s:
+            if not workers_alive():  # nothing will delete them: as clean_dead_runs does
+                exps = Path(".dvc/tmp/exps").resolve()
+                for name in left_copies:
+                    copy = Path(copies[name]).resolve()
+                    if exps in copy.parents:
+                        shutil.rmtree(copy, ignore_errors=True)
+                left_copies = [n for n in left_copies if Path(copies[n]).exists()]
+            return {"removed": sorted(removed), "killed": sorted(set(asked) - set(running)),
+                    "finished": [], "left": sorted(set(queued) | set(running) | set(left_copies))}
+        if queued and _dvc("queue", "remove", *queued, check=False).returncode == 0:
+            removed.update(queued)
+        now = time.monotonic()
+        for name, run in running.items():
+            if run["process"] is not True:
+                continue  # not started yet, or exited: its worker finishes it, then we look again
+            if name not in asked:
+                _dvc("queue", "kill", name, check=False)
+                asked[name] = now
+            elif now - asked[name] > grace_s and name not in forced:
+                _dvc("queue", "kill", "-f", name, check=False)
+                forced.add(name)
+        time.sleep(poll_s)
+        if not workers_alive():  # a killed worker leaves its run "Running" forever
+            clean_dead_runs()
+    finished = sorted(set(asked) & finished_experiments())
+    stopped = sorted(set(asked) - set(finished))
+    if stopped:  # their rows say "Failed": not failures of the grid, an interruption
+        _dvc("queue", "remove", *stopped, check=False)
+    return {"removed": sorted(removed - set(asked)), "killed": stopped, "finished": finished,
+            "left": []}
+
+
+def _stop_on_interrupt(names: list[str]) -> None:
+    """Ctrl-C during a grid: stop its own runs in DVC's queue and say what was stopped and what
+    was not. A second Ctrl-C leaves the rest as it is, and says what that is."""
+    print("\ninterrupted: stopping this grid's runs in DVC's queue (Ctrl-C again to leave them "
+          "running)...", file=sys.stderr, flush=True)
+    try:
+        result = stop_runs(names)
+    except KeyboardInterrupt:
+        print(left_running_message(names), file=sys.stderr, flush=True)
+        return
+    except (PipelineError, OSError) as exc:  # DVC's repository unreadable, a dvc call failed
+        print(f"could not stop the grid's runs: {exc}\n{left_running_message(names)}",
+              file=sys.stderr, flush=True)
+        return
+    lines = []
+    if result["killed"]:
+        lines.append(f"stopped (were running, their temporary copies removed): "
+                     f"{', '.join(result['killed'])}")
+    if result["removed"]:
+        lines.append(f"removed from the queue (not started): {', '.join(result['removed'])}")
+    if result["finished"]:
+        lines.append(f"finished before they could be stopped (kept as experiments): "
+                     f"{', '.join(result['finished'])}")
+    if result["left"]:
+        lines.append(f"COULD NOT STOP {', '.join(result['left'])}: still in DVC's queue. "
+                     "`dvc queue status`; `dvc queue kill -f NAME`, `dvc queue remove NAME`, or "
+                     "`dvc queue stop --kill` (every worker and run)")
+    if not lines:
+        lines.append("nothing of this grid was queued or running")
+    finished = sorted(finished_experiments() & set(names))
+    lines.append(f"{len(finished)} of the grid's {len(names)} runs are finished experiments "
+                 "(kept); running the same command again queues only the others.")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def left_running_message(names: Collection[str]) -> str:
+    """What is left in DVC's queue of `names` when stopping was not possible, and how to stop it."""
+    try:
+        queued, active = pending_runs(set(names))
+        running = sorted(active)
+    except Exception:  # noqa: BLE001 - a best-effort message on the way out
+        queued, running = [], []
     return (
-        f"interrupted: DVC's queue keeps running in the background (running: "
-        f"{', '.join(running) or 'none'}; queued: {len(queued)}; workers: "
-        f"{', '.join(map(str, workers_alive())) or 'none'}). `dvc queue status` to follow; to "
-        "stop it: `dvc queue remove --queued` (the runs not started), then `dvc queue stop "
-        "--kill` (the worker and its running experiment).")
+        f"left in DVC's queue: running: {', '.join(running) or 'none'}; queued: "
+        f"{', '.join(queued) or 'none'} (workers: {', '.join(map(str, workers_alive())) or 'none'})"
+        ". To stop them: `dvc queue remove NAME` (queued), `dvc queue kill NAME` (running); "
+        "`dvc queue status` to follow.")

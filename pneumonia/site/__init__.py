@@ -12,7 +12,8 @@ predict and serve with that calibration, and measure what it buys (docs/new-site
 - ``labelled``: a labelled site set read in any layout ingest reads; bad input refused.
 - ``registry``: a site version of the same weights, alias ``site-NAME``; ``champion`` untouched.
 - ``check``: ``pneumonia site check`` (no labels: MMD shift test on embeddings, Saerens EM
-  prevalence) and what ``site check-study`` needs (its false alarms and power, measured).
+  prevalence); ``check_study``: ``site check-study``'s patient-grouped draws, its false alarms
+  and its power against each robustness shift (metrics/site-check.md).
 - ``adapt``: ``pneumonia site adapt`` (AdaBN) and ``adapt_study`` (what it does, measured).
 - ``rundata``: a trained run's data folder (split.csv and images) as the measurements read it.
 - ``calibrate``: ``pneumonia site calibrate``; ``study``: ``pneumonia site study``.

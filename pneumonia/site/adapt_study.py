@@ -35,6 +35,9 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import cpu_name as _cpu
+from pneumonia.site import draws
+from pneumonia.site.adapt import adapt_batchnorm
+from pneumonia.site.check import embed, mmd_test
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
@@ -60,9 +63,6 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     """{condition: [per split {metric, base_metric}]} for one trained run."""
     import keras
 
-    from pneumonia.site import draws
-    from pneumonia.site.adapt import adapt_batchnorm
-
     model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
     weights = model.get_weights()
     size = int(model.input_shape[1])
@@ -70,7 +70,6 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     sites = {"test": split[split["subset"] == "test"],
              "validation (control)": split[(split["subset"] == "val")
                                            & split["source_image_id"].isna()]}
-    from pneumonia.site.check import embed, mmd_test
 
     out: dict[str, list[dict[str, float]]] = {}
     xs = {site: _images(data, frame.reset_index(drop=True), size)
@@ -129,9 +128,6 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
     import keras
 
     from pneumonia.inference import tta
-    from pneumonia.site import draws
-    from pneumonia.site.adapt import adapt_batchnorm
-
     model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
     weights = model.get_weights()
     size = int(model.input_shape[1])
@@ -171,9 +167,6 @@ def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float
     same half, their scores on the other half averaged, against the ensemble unadapted; and the
     ensemble unadapted against the runs' mean unadapted accuracy (what averaging itself buys)."""
     import keras
-
-    from pneumonia.site import draws
-    from pneumonia.site.adapt import adapt_batchnorm
 
     models = [keras.saving.load_model(r / "models" / "model.keras", compile=False) for r in runs]
     size = int(models[0].input_shape[1])

@@ -22,6 +22,8 @@ import logging
 from typing import Any
 
 from pneumonia.errors import PipelineError
+from pneumonia.params import load_params
+from pneumonia.site.quantiles import min_images
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +32,12 @@ DEFAULT_ALPHA = 0.05
 
 def default_alpha() -> float:
     try:
-        from pneumonia.params import load_params
-
         return float(load_params().evaluate.conformal_alpha)
     except (PipelineError, OSError, AttributeError):
         return DEFAULT_ALPHA
 
 
 def check_size(counts: dict[str, int], alpha: float, method: str, delta: float | None) -> None:
-    from pneumonia.site.quantiles import min_images
-
     need = min_images(alpha, delta)
     what = f"alpha {alpha:g}" + (f", delta {delta:g}" if delta is not None else "")
     total = sum(counts.values())

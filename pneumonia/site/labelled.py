@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia.dataset import folders, kermany
 from pneumonia.errors import PipelineError
+from pneumonia.inference.sources import to_input
+from pneumonia.params import DataParams
 from pneumonia.paths import LABELS
 
 LAYOUTS = ("auto", "kermany", "folders")
@@ -72,9 +75,6 @@ def _listed(pairs: list[tuple[str, str]]) -> str:
 
 
 def _inventory(raw: Path, layout: str, metadata: str):  # -> (Inventory, layout used)
-    from pneumonia.dataset import folders, kermany
-    from pneumonia.params import DataParams
-
     if layout in ("auto", "kermany"):
         try:
             return kermany.scan(raw), "kermany"
@@ -101,11 +101,9 @@ def _patient(image_id: str, label: str, given: str, from_metadata: bool) -> tupl
     """(patient id, whether it identifies a patient): the metadata's, else a Kermany name's."""
     if from_metadata:
         return given, True
-    from pneumonia.dataset.kermany import parse_name
-
     stem = image_id.rsplit("__", 1)[-1]  # folders' ids are path__segments
     try:
-        return parse_name(stem, label)[1], True
+        return kermany.parse_name(stem, label)[1], True
     except ValueError:
         return given, False
 
@@ -113,9 +111,6 @@ def _patient(image_id: str, label: str, given: str, from_metadata: bool) -> tupl
 def read(raw: Path | str, size: int, layout: str = "auto", metadata: str = "",
          max_megapixels: float | None = None) -> LabelledSet:
     """Scan, read, hash and decode every image of a labelled set (PipelineError on bad input)."""
-    from pneumonia.dataset.kermany import opener
-    from pneumonia.inference.sources import to_input
-
     raw = Path(raw)
     if layout not in LAYOUTS:
         raise PipelineError(f"--layout {layout!r}: use one of {', '.join(LAYOUTS)}")
@@ -127,7 +122,7 @@ def read(raw: Path | str, size: int, layout: str = "auto", metadata: str = "",
     images: list[LabelledImage] = []
     arrays: list[np.ndarray] = []
     named = 0
-    with opener(raw, inv.kind) as read_member:
+    with kermany.opener(raw, inv.kind) as read_member:
         for img in inv.images:
             try:
                 data = read_member(img.member)

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from pneumonia.errors import PipelineError
+from pneumonia.site import draws, quantiles, thresholds
+from pneumonia.stats.conformal import binary_probs, calibrate
 
 DEFAULT_ARMS = ("cnn-ema=metrics/recipe/rcp-cnn-ema-s*.csv",
                 "dn121-ema (cpu preset)=metrics/recipe/rcp-dn121-ema-s*.csv")
@@ -70,8 +72,6 @@ def read_predictions(path: str) -> pd.DataFrame:
 
 def _one_split(y: np.ndarray, p: np.ndarray, lab: np.ndarray, rule: Any, alpha: float,
                val_threshold: float, val_qhat: float | None) -> dict[str, float]:
-    from pneumonia.site import quantiles, thresholds
-    from pneumonia.stats.conformal import binary_probs
 
     rest = ~lab
     yl, pl, yr, pr = y[lab], p[lab], y[rest], p[rest]
@@ -98,7 +98,6 @@ def run_arm(frames: dict[str, pd.DataFrame], val_qhat: dict[str, float], ks: lis
             splits: int, rule: Any, alpha: float, val_threshold: float, seed: int
             ) -> dict[int, dict[str, np.ndarray]]:
     """{k: {key: (seeds, splits) array}}; the same splits for every seed of an arm."""
-    from pneumonia.site import draws
 
     first = next(iter(frames.values()))
     y = (first["actual"] == "PNEUMONIA").to_numpy(dtype=np.int64)
@@ -146,7 +145,6 @@ def validation_qhats(files: list[str], alpha: float, average: bool = False
                       ) -> dict[str, float]:
     """Each seed's LAC quantile on its validation predictions (evaluate's rule); `average`:
     the quantile of the seeds' averaged validation probabilities, keyed "avg"."""
-    from pneumonia.stats.conformal import binary_probs, calibrate
 
     if not files:
         return {}

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.commands.evaluation import select_shifts
 from pneumonia.dataset.images import encode_png
-from pneumonia.evaluation.robustness import SHIFTS, Shift, _png, score_shifts
+from pneumonia.evaluation.robustness import SHIFTS, Shift, _png, score_shifts, select_shifts
 from tests.synthkit import synthetic_image, write_project
 
 SIZE = 64

@@ -165,3 +165,104 @@ def test_a_killed_worker_leaves_no_running_row_nor_copy(tmp_path: Path,
             except ProcessLookupError:
                 pass
         grid._dvc("queue", "stop", "--kill", check=False)
+
+
+# ---- issue 35 item 3: Ctrl-C stops the grid's own runs ------------------------------------
+@pytest.mark.slow  # 1.5-4 min on 2 shared cores: two grid commands through DVC's real queue
+def test_ctrl_c_stops_the_grids_runs_and_a_rerun_queues_no_duplicates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumonia ablation --no-wait` queues a 4-run grid and starts DVC's worker; the same
+    command again queues nothing (every run already queued or running); SIGINT to it while a run
+    trains stops the grid: exit 130, no run of it left queued or running, no temporary copy, no
+    process left in the repository, and the message names what was stopped."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from pneumonia.experiments import grid
+    from tests.pipeline.test_dvc import TINY, git, make_project
+
+    # Runs that cannot finish before the SIGINT: 500 epochs, no early stop.
+    repo = make_project(tmp_path, {**TINY, "train.epochs": 500,
+                                   "train.early_stopping_patience": 1000,
+                                   "train.reduce_lr_patience": 1000})
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["ablation"] = {"preset": "paper", "backbones": ["small_cnn"],
+                       "balance_methods": ["augmentor", "none"], "freeze_batchnorm": [True],
+                       "seeds": [1, 2]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git(repo, "commit", "-qam", "tiny grid")
+    env = {"PYTHONPATH": str(repo), "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "pneumonia", "ablation", "--timeout-min", "20"]
+    monkeypatch.chdir(repo)
+    second = None
+    try:
+        first = subprocess.run([*cmd, "--no-wait"], cwd=repo, env=env, capture_output=True,
+                               text=True, check=False, timeout=300)
+        assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+        assert "queued 4 experiments (0 skipped)" in first.stdout
+        names = {line.split(":")[0] for line in first.stdout.splitlines()
+                 if ": dvc exp run --queue -n " in line}
+        assert len(names) == 4
+        log = tmp_path / "second.log"
+        with open(log, "w") as out:
+            second = subprocess.Popen(cmd, cwd=repo, env=env, stdout=out, stderr=out, text=True)
+        deadline = time.monotonic() + 300
+        while "queued 0 experiments (4 skipped)" not in log.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        assert log.read_text().count("already queued or running, not queued again") == 4
+        queued, running = grid.pending_runs(names)
+        assert sorted(queued + list(running)) == sorted(names)  # each once: no duplicate queued
+        # SIGINT once a run's process works in its temporary copy.
+        while not any(run["process"] for run in running.values()):
+            assert time.monotonic() < deadline, grid.queue_rows()
+            time.sleep(2)
+            _, running = grid.pending_runs(names)
+        copies = [p for p in (repo / ".dvc/tmp/exps").glob("tmp*") if p.is_dir()]
+        assert copies
+        time.sleep(5)
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=300) == 130, log.read_text()
+        text = log.read_text()
+        assert (f"stopped (were running, their temporary copies removed): {min(running)}"
+                in text), text
+        assert "removed from the queue (not started): " in text, text
+        assert "COULD NOT STOP" not in text and "Traceback" not in text, text
+        assert grid.pending_runs(names) == ([], {})
+        assert [r for r in grid.queue_rows() if r[2] in ("Queued", "Running")] == []
+        assert not any(p.exists() for p in copies)
+        assert grid.finished_experiments() == set()
+        # The idle worker exits by itself (DVC: 10 s idle); nothing runs in the repository after.
+        deadline = time.monotonic() + 120
+        while grid.workers_alive() or _processes_in(repo):
+            assert time.monotonic() < deadline, (grid.workers_alive(), _processes_in(repo))
+            time.sleep(2)
+    finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.wait(timeout=30)
+        grid._dvc("queue", "stop", "--kill", check=False)
+        for proc in _processes_in(repo):
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _processes_in(repo: Path) -> list:
+    """Processes (not this one) whose working directory is `repo` or inside it."""
+    import os
+
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        cwd = proc.info.get("cwd")
+        if proc.info["pid"] != os.getpid() and cwd and (
+                cwd == str(repo) or cwd.startswith(f"{repo}/")):
+            found.append(proc)
+    return found

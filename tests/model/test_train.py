@@ -573,3 +573,41 @@ def test_mlflow_failure_after_training_keeps_the_model_and_a_rerun_only_logs(
     assert summary["epochs_run"] == 1 and summary["saved_weights"] == "best"
     assert json.loads((tmp_path / "models/mlflow_run.json").read_text())["run_id"]
     assert not list((tmp_path / "models/.train-backup").glob("*"))
+
+
+@pytest.mark.slow  # ~1 min: a real train stage and two evaluate stages, each a fresh Python
+def test_params_changed_while_training_registers_nothing(tmp_path: Path) -> None:
+    """Issue 35 item 5: a second `dvc exp run -S train.seed=32` in the same workspace rewrites
+    params.yaml while the first command's train stage runs. That train stage trains with what it
+    read (seed 31); evaluate must stop before registering, naming the cause and the fix
+    (`--queue` / `--temp`), and register nothing. The params restored, the same model registers."""
+    import mlflow
+
+    make_split(tmp_path)
+    write_params(tmp_path, **PIPELINE, train__seed=31)
+    env = stage_env(tmp_path, MLFLOW_EXPERIMENT_NAME="race")
+    train = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_epoch(tmp_path, train)
+        write_params(tmp_path, **PIPELINE, train__seed=32)  # the other command's -S
+        out, _ = train.communicate(timeout=300)
+    finally:
+        if train.poll() is None:
+            train.kill()
+            train.wait(timeout=60)
+    assert train.returncode == 0, out[-3000:]
+
+    refused = run_stage(tmp_path, "evaluate", MLFLOW_EXPERIMENT_NAME="race")
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "params.yaml changed after the train stage read it" in refused.stderr
+    assert "dvc exp run --queue" in refused.stderr and "--temp" in refused.stderr
+    assert "Nothing is registered" in refused.stderr and "Traceback" not in refused.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    assert not (tmp_path / "metrics/registry.json").exists()
+
+    write_params(tmp_path, **PIPELINE, train__seed=31)  # what the train stage read
+    evaluated = run_stage(tmp_path, "evaluate", MLFLOW_EXPERIMENT_NAME="race")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert [m.name for m in client.search_registered_models()] == ["pneumonia-densenet201"]

@@ -52,9 +52,10 @@ def test_demo_twice(tmp_path: Path) -> None:
     # are PNEUMONIA: a constant model scores 0.60 / AUC 0.5): both classes predicted, and
     # accuracy and ROC AUC above bars that hold on every CPU it was measured on. TensorFlow's
     # float results differ across CPUs (oneDNN's code paths), and this tiny from-scratch run
-    # amplifies them. Today's demo (small_cnn with the CPU recipe's levers, 2026-12-01): seeds
-    # 42 / 1 / 2 gave accuracy 0.87 / 0.86 / 0.88 on an Intel Xeon (AMX), 0.87 / 0.86 / 0.86
-    # there with TF_ENABLE_ONEDNN_OPTS=0, ROC AUC 0.917 at worst; not measured on AMD. DenseNet121
+    # amplifies them. Today's demo (small_cnn with the CPU recipe's levers): on an AMD EPYC
+    # (2026-12-07) metrics/runs/demo-s42, -s1, -s2 (committed; docs/experiments.md); on an Intel
+    # Xeon (AMX), 2026-12-01, not committed: seeds 42 / 1 / 2 gave accuracy 0.87 / 0.86 / 0.88,
+    # 0.87 / 0.86 / 0.86 there with TF_ENABLE_ONEDNN_OPTS=0, ROC AUC 0.917 at worst. DenseNet121
     # with the same levers gave 0.81-0.89 / 0.892 at worst there; the configuration before both
     # gave 0.86 / 0.83 / 0.86 on an AMD EPYC, 0.76 / 0.82 / 0.84 on the Intel, 0.84 / 0.84 / 0.85
     # with oneDNN off, ROC AUC 0.806 at worst. The bars sit below the worst of all of those, with
