@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -18,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from pneumonia.errors import PipelineError
-from pneumonia.evaluation.robustness import cpu_name
 from pneumonia.site import adapt, adapt_study, calibrate, check, check_study, study
 
 
