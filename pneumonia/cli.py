@@ -40,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "the CPU recipe search: candidates x seeds as DVC experiments, metrics/recipe.md"),
     "preset": ("pneumonia.commands.experiments",
                "a preset's params overrides as -S flags: dvc exp run $(pneumonia preset cpu)"),
+    "further-work": ("pneumonia.commands.experiments",
+                     ("the paper's further work over seeds: PNEUMONIA recall by cause "
+                     "(metrics/causes.md), three-class runs (metrics/three-class.md)")),
     "report": ("pneumonia.commands.experiments",
                "aggregate the finished ablation experiments into metrics/ablation.md"),
     "compare": ("pneumonia.commands.experiments",

@@ -147,11 +147,14 @@ def test_new_site_figures_are_the_committed_studies() -> None:
         k100 = site[arm]["k"]["100"]
         assert cell(k100["site_accuracy"]) in text, arm
         assert cell(k100["val_accuracy"]) in text, arm
-    adapt = json.loads((METRICS / "site-adapt.json").read_text())["conditions"]
-    for cond in ("test, adapted on the whole half",
-                 "validation (control), adapted on the whole half"):
-        diff = cell(adapt[cond]["accuracy"]["difference"], signed=True)
-        assert diff.replace("-", "−") in text, (cond, diff)  # the docs write a minus sign
+    every = json.loads((METRICS / "site-adapt.json").read_text())["families"]
+    for family in ("cnn-ema", "dn121-ema"):
+        adapt = every[family]["conditions"]
+        for cond in ("test, adapted on the whole half",
+                     "validation (control), adapted on the whole half"):
+            diff = cell(adapt[cond]["accuracy"]["difference"], signed=True)
+            # the docs write a minus sign
+            assert diff.replace("-", "−") in text, (family, cond, diff)
 
 
 def test_robustness_of_the_cpu_preset_in_further_work() -> None:
@@ -205,6 +208,41 @@ def test_the_default_margin_and_its_trade_off_are_the_committed_run() -> None:
     decided = float(re.search(r"\*\*The default margin: (0\.\d+), decided", text).group(1))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert decided == params["evaluate"]["champion_margin"] == EvaluateParams().champion_margin
+
+
+def _quoted(rel: str, name: str) -> str:
+    block = re.search(rf"<!-- quoted:{name} -->\n(.*?)\n<!-- /quoted -->", _text(rel), re.DOTALL)
+    assert block, f"{rel}: the quoted:{name} block is missing"
+    return block.group(1)
+
+
+def test_recall_by_cause_over_the_ablation_seeds_is_the_committed_predictions() -> None:
+    """metrics/causes.json is what the committed prediction CSVs give now (re-run `pneumonia
+    further-work` after changing them), and docs/further-work.md quotes its sentence."""
+    from pneumonia.experiments import further_work
+
+    doc = json.loads((METRICS / "causes.json").read_text())
+    assert doc["arms"] == json.loads(json.dumps(further_work.recall_by_cause(ROOT))), \
+        "metrics/causes.json is stale: run `pneumonia further-work`"
+    assert _quoted("docs/further-work.md", "recall-by-cause-ablation") == \
+        further_work.causes_sentence(doc)
+
+
+def test_three_class_summary_is_the_committed_runs() -> None:
+    """metrics/three-class.json's per-run values are metrics/runs/<run>/evaluate.json's, and
+    docs/further-work.md quotes its sentence (once a three-class run is committed)."""
+    from pneumonia.experiments import further_work
+
+    path = METRICS / "three-class.json"
+    if not path.is_file():
+        assert "not yet committed" in _quoted("docs/further-work.md", "three-class")
+        return
+    doc = json.loads(path.read_text())
+    runs = sorted(p.parent for p in (METRICS / "runs").glob("tc-*/evaluate.json"))
+    assert sorted(doc["runs"]) == [r.name for r in runs], "run `pneumonia further-work`"
+    assert doc["runs"] == json.loads(json.dumps(further_work.three_class(runs)["runs"]))
+    assert _quoted("docs/further-work.md", "three-class") == \
+        further_work.three_class_sentence(doc)
 
 
 def test_site_check_figures_are_the_committed_study() -> None:

@@ -1,14 +1,24 @@
-"""`pneumonia ablation`, `recipe`, `preset`, `report`, `compare`: their options, and each run on
-the library in pneumonia/experiments/."""
+"""`pneumonia ablation`, `recipe`, `preset`, `report`, `compare`, `further-work`: their options,
+and each run on the library in pneumonia/experiments/."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 from pneumonia.errors import PipelineError
-from pneumonia.experiments import ablation, compare, presets, recipe, report, revisions
+from pneumonia.experiments import (
+    ablation,
+    compare,
+    further_work,
+    presets,
+    recipe,
+    report,
+    revisions,
+)
 from pneumonia.experiments.grid import run_grid
 from pneumonia.experiments.presets import PRESETS
 from pneumonia.experiments.report import committed_header
@@ -154,4 +164,32 @@ def report_command(args: argparse.Namespace) -> int:
         report.rewrite_committed(args.header)
     else:
         report.write_report(args.prefix, args.header or "", extend=args.extend)
+    return 0
+
+
+# `pneumonia further-work`: the three-class runs summarised when none are named
+DEFAULT_THREE_CLASS = "metrics/runs/tc-*"
+
+
+def add_further_work_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", nargs="+", default=[], metavar="RUN_OUT",
+                        help="finished three-class runs' output folders (RUN_OUT/metrics/...): "
+                        "their evaluate record and predictions (never the model) are copied to "
+                        "metrics/runs/<basename>/ first")
+    parser.add_argument("--three-class", nargs="*", default=None, metavar="RUN",
+                        help="committed three-class runs to summarise (default: every "
+                        f"{DEFAULT_THREE_CLASS} folder)")
+
+
+def further_work_command(args: argparse.Namespace) -> int:
+    imported = further_work.import_runs([Path(p) for p in args.imports])
+    runs = ([Path(p) for p in args.three_class] if args.three_class is not None else
+            sorted(p for p in Path(".").glob(DEFAULT_THREE_CLASS) if p.is_dir()))
+    line = "pneumonia further-work" + (f" --import {shlex.join(args.imports)}"
+                                       if args.imports else "")
+    written = further_work.write_all(line, runs)
+    for name in imported:
+        print(f"imported metrics/runs/{name}/", file=sys.stderr)
+    print("wrote " + ", ".join(f"{p}.md/.json" for p in written) + f"; {further_work.DOC} "
+          "quotes rewritten", file=sys.stderr)
     return 0

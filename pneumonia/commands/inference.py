@@ -49,6 +49,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=0,
                         help="decoding threads (0 = one per CPU core)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: P(PNEUMONIA) averaged over 9 fixed small "
+                        "views (rotations, zooms, shifts; never a flip), 9x the work. Off by "
+                        "default: its accuracy gain on the shifted test set was within noise "
+                        "(metrics/site-adapt.md); the threshold and prediction sets were "
+                        "fitted without it")
 
 
 def threshold_arg(text: str) -> float | str:
@@ -84,7 +90,8 @@ def predict_command(args: argparse.Namespace) -> int:
     cap, cap_from = params_max_megapixels()
     print(f"model {loaded.source} ({loaded.size} px), threshold {loaded.threshold:g} "
           f"({loaded.threshold_from}); {len(items)} image(s), at most {cap:g} megapixels each "
-          f"({cap_from})", file=sys.stderr)
+          f"({cap_from})" + ("; test-time augmentation: 9 views" if args.tta else ""),
+          file=sys.stderr)
     if loaded.warning:
         print(f"WARNING: {loaded.warning}", file=sys.stderr)
     if loaded.promotion:
@@ -92,12 +99,13 @@ def predict_command(args: argparse.Namespace) -> int:
     with tqdm(total=len(items), unit="img", file=sys.stderr,
               disable=True if len(items) <= args.batch_size else None) as bar:
         results = list(predict.predict_items(loaded.model, items, loaded.size, args.batch_size,
-                                     args.workers, bar, cap))
+                                             args.workers, bar, cap, tta=args.tta))
     three_class = int(loaded.model.output_shape[-1]) > 1
     rows = predict.result_rows(results, loaded.threshold, three_class, loaded.qhat, loaded.site)
     meta = {"model": loaded.source, "threshold": loaded.threshold,
             "threshold_from": loaded.threshold_from, "provenance": loaded.provenance,
-            "warning": loaded.warning, "promoted_by_hand": loaded.promotion}
+            "warning": loaded.warning, "promoted_by_hand": loaded.promotion,
+            "tta": bool(args.tta)}
     if loaded.qhat is not None:
         meta["conformal"] = {"qhat": loaded.qhat, "from": loaded.qhat_from}
     if loaded.site:

@@ -276,8 +276,9 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
               ("AdaBN: re-estimate BatchNorm statistics on a site's unlabelled images; register "
               "the adapted weights as alias site-NAME")),
     "adapt-study": (add_adapt_study_arguments, adapt_study_command,
-                    ("measure AdaBN on trained runs: adapt on half of the test set, score the "
-                    "rest; control on validation images (metrics/site-adapt.md)")),
+                    ("measure AdaBN and test-time augmentation on trained runs: adapt on half of "
+                    "the test set, score the rest; control on validation images "
+                    "(metrics/site-adapt.md)")),
 }
 
 

@@ -4,18 +4,13 @@ options and runs, each writing OUT.json + OUT.md); pneumonia/commands/site.py di
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumonia.errors import PipelineError
-from pneumonia.evaluation.robustness import cpu_name
 from pneumonia.files import write_json_and_markdown
 from pneumonia.site import adapt_study, check_study, study
 
@@ -34,47 +29,31 @@ def add_adapt_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", metavar="FILE.json", default=None,
                         help="a previous output with the same settings: its runs are not "
                         "measured again (add seeds as they finish)")
+    parser.add_argument("--family", default="runs", metavar="NAME",
+                        help="the runs' recipe (e.g. cnn-ema, dn121-ema): one section of --out; "
+                        "the other families already there are kept")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also measure the runs' probabilities averaged (one model), "
+                        "unadapted and with every run adapted on the same half")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure test-time augmentation (pneumonia.inference.tta), "
+                        "alone and on top of AdaBN")
+    parser.add_argument("--tta-adabn", action=argparse.BooleanOptionalAction, default=True,
+                        help="TTA on top of AdaBN too (--no-tta-adabn: TTA alone, ~2.5x less "
+                        "work)")
+    parser.add_argument("--lever-sites", nargs="+", choices=adapt_study.SITES,
+                        default=list(adapt_study.SITES),
+                        help="where TTA and the ensemble are measured: the shifted test set, "
+                        "the unshifted validation control (default: both)")
 
 
 def adapt_study_command(args: argparse.Namespace) -> int:
-    data = Path(args.data)
-    if not (data / "split.csv").is_file():
-        raise PipelineError(f"--data {data}: no split.csv there")
-    runs = [Path(r) for r in args.runs]
-    for r in runs:
-        if not (r / "models" / "model.keras").is_file():
-            raise PipelineError(f"{r}: no models/model.keras")
-    t0 = time.perf_counter()
-    settings = {"splits": args.splits, "sizes": args.sizes, "threshold": args.threshold,
-                "seed": args.seed, "data": str(data)}
-    previous: dict[str, Any] = {}
-    if args.reuse and Path(args.reuse).is_file():
-        old = json.loads(Path(args.reuse).read_text(encoding="utf-8"))
-        if {k: old.get(k) for k in settings} == settings:
-            previous = old.get("per_run", {})
-        else:
-            print(f"--reuse {args.reuse}: other settings, measuring every run", file=sys.stderr)
-    results = {r.name: previous[r.name] if r.name in previous else
-               adapt_study.measure_run(r, data, args.splits, args.sizes, args.threshold, args.seed)
-               for r in runs}
-    conditions = list(next(iter(results.values())))
-    table: dict[str, dict[str, Any]] = {}
-    for cond in conditions:
-        table[cond] = {}
-        for m in adapt_study.METRICS:
-            adapted = [np.array([row[m] for row in results[r][cond]]) for r in results]
-            base = [np.array([row[f"base_{m}"] for row in results[r][cond]]) for r in results]
-            table[cond][m] = {"adapted": adapt_study.summarise(adapted), "base": adapt_study.summarise(base),
-                              "difference": adapt_study.summarise([a - b for a, b in
-                                                       zip(adapted, base, strict=True)])}
-    doc = {"runs": [str(r) for r in runs], **settings,
-           "reused": sorted(set(previous) & set(results)),
-           "measured": datetime.now(UTC).isoformat(timespec="minutes"),
-           "machine": f"{platform.machine()}, {cpu_name()}", "seconds": round(time.perf_counter()
-                                                                          - t0, 1),
-           "conditions": table, "per_run": results}
-    print("wrote {} and {}".format(*write_json_and_markdown(doc, adapt_study.markdown(doc),
-                                                            Path(args.out))))
+    out = adapt_study.run([Path(r) for r in args.runs], Path(args.data), splits=args.splits,
+                          sizes=args.sizes, threshold=args.threshold, seed=args.seed,
+                          out=Path(args.out), reuse=Path(args.reuse) if args.reuse else None,
+                          family=args.family, tta=args.tta, ensemble=args.ensemble,
+                          lever_sites=tuple(args.lever_sites), tta_adabn=args.tta_adabn)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {args.family})")
     return 0
 
 

@@ -57,9 +57,10 @@ def _load(item: Item, size: int, max_megapixels: float | None) -> np.ndarray:
 
 def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int = 32,
                   workers: int = 0, progress: Any = None,
-                  max_megapixels: float | None = None) -> Iterator[Result]:
+                  max_megapixels: float | None = None, tta: bool = False) -> Iterator[Result]:
     """Results in input order; decoding runs `workers` threads, up to 3 batches ahead. Images
-    over `max_megapixels` (default: the params default) are refused from their header."""
+    over `max_megapixels` (default: the params default) are refused from their header. `tta`:
+    each output is the mean over pneumonia.inference.tta's fixed views (9 model passes)."""
     ahead = 3 * batch_size
     pending: deque[tuple[Item, Future]] = deque()
     batch: list[tuple[Item, np.ndarray]] = []
@@ -69,7 +70,13 @@ def predict_items(model: Any, items: Sequence[Item], size: int, batch_size: int 
 
     def flush() -> Iterator[Result]:
         x = np.stack([a for _, a in batch])
-        out = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(len(batch), width)
+        if tta:
+            from pneumonia.inference import tta as views
+
+            out = views.outputs(model, x).reshape(len(batch), width)
+        else:
+            out = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(len(batch),
+                                                                                   width)
         for (item, _), p, row in zip(batch, pneumonia_probability(out), out, strict=True):
             yield Result(item.name, float(p), outputs=tuple(map(float, row)) if width > 1
                          else None)

@@ -20,6 +20,7 @@ class mix (the pneumonia prevalence enters the re-estimated statistics).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -45,23 +46,55 @@ def batchnorm_layers(model: Any) -> list[Any]:
     return out
 
 
+_TRACED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _forward(model: Any) -> Any:
+    """`model(x, training=True)` as one traced TensorFlow graph, cached on the model.
+
+    Why a graph: in eager mode Keras' functional call keeps every intermediate tensor of the
+    pass alive until it ends; DenseNet121 on 312 images of 64 px held 6.2 GB that way, the
+    same pass as a graph 1.25 GB (TensorFlow frees each tensor after its last use), with the
+    same statistics (measured on the cpu preset, AMD EPYC). Traced once per model (any batch
+    size): the BatchNorm layers' momentum (0) and trainable flag (True) are read when tracing
+    and are the same on every call."""
+    forward = _TRACED.get(model)
+    if forward is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        forward = tf.function(lambda x: model(x, training=True), input_signature=[spec])
+        _TRACED[model] = forward
+    return forward
+
+
 def adapt_batchnorm(model: Any, x: np.ndarray, batch: int = BATCH) -> int:
     """Re-estimate the BatchNorm statistics of `model` (in place) on inputs `x`; return how
-    many layers were adapted (0: a model without BatchNorm, left as it was)."""
+    many layers were adapted (0: a model without BatchNorm, left as it was).
+
+    Each batch of `batch` images runs through the model in training mode with momentum 0 (each
+    layer's moving statistics become that batch's); over several batches the moving mean and
+    variance end as the mean of the batches' (a running mean, as momentum i / (i + 1) would)."""
     bns = batchnorm_layers(model)
     if not bns or len(x) == 0:
         return 0
     saved = [(layer.momentum, layer.trainable) for layer in bns]
+    sums: list[list[np.ndarray]] = []
     try:
         for layer in bns:
-            layer.trainable = True
-        for i in range(math.ceil(len(x) / batch)):
-            for layer in bns:
-                layer.momentum = i / (i + 1)  # running mean over batches; the first replaces
-            model(x[i * batch:(i + 1) * batch], training=True)
+            layer.trainable, layer.momentum = True, 0.0
+        forward = _forward(model)
+        n = math.ceil(len(x) / batch)
+        for i in range(n):
+            forward(np.asarray(x[i * batch:(i + 1) * batch], dtype=np.float32))
+            stats = [[np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)]
+                     for layer in bns]
+            sums = stats if not sums else [[a + b for a, b in zip(s, t, strict=True)]
+                                           for s, t in zip(sums, stats, strict=True)]
+        for layer, (mean, var) in zip(bns, sums, strict=True):
+            layer.moving_mean.assign(mean / n)
+            layer.moving_variance.assign(var / n)
     finally:
         for layer, (momentum, trainable) in zip(bns, saved, strict=True):
             layer.momentum, layer.trainable = momentum, trainable
     return len(bns)
-
-

@@ -1,4 +1,5 @@
-"""`pneumonia site adapt-study RUN_DIR... --data DIR`: what AdaBN does, measured.
+"""What AdaBN and test-time augmentation do, measured (`pneumonia site adapt-study RUN_DIR...
+--data DIR --family NAME`; its options: pneumonia/commands/site.py).
 
 For each trained run (RUN_DIR/models/model.keras) and each of ``--splits`` random patient-grouped
 halves of the official test set: the BatchNorm statistics are re-estimated (pneumonia.site.adapt)
@@ -10,23 +11,37 @@ site: halves of the images the model was calibrated on), where AdaBN should chan
 Reported per condition: accuracy, NORMAL recall, PNEUMONIA recall and ROC AUC, adapted and
 unadapted, and their paired difference: mean over seeds x splits, with the 95 % t-interval over
 seeds (each seed's mean over its splits); one seed: the 2.5-97.5 % range over splits.
-Writes ``--out``.md/.json. DIR: the data the runs were trained on (split.csv, images/).
+Test-time augmentation (``--tta``, pneumonia.inference.tta), on halves of the same kind: alone
+against the plain model, and on top of AdaBN (whole half) against the plain model and against
+AdaBN alone.
+
+Writes ``--out``.md/.json: one section per ``--family`` (the runs' recipe); a family already in
+the file is kept, the one measured replaces its own. DIR: the data the runs were trained on
+(split.csv, images/).
 """
 
 from __future__ import annotations
 
+import json
+import platform
+import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pneumonia.errors import PipelineError
+from pneumonia.evaluation.robustness import cpu_name as _cpu
 from pneumonia.site import draws
 from pneumonia.site.adapt import adapt_batchnorm
 from pneumonia.site.check import embed, mmd_test
 from pneumonia.site.rundata import images as _images
 
 METRICS = ("accuracy", "NORMAL_recall", "PNEUMONIA_recall", "roc_auc")
+SITES = ("test", "validation")  # the shifted site and the unshifted control
 
 
 def _scores(model: Any, x: np.ndarray) -> np.ndarray:
@@ -96,6 +111,104 @@ def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold:
     return out
 
 
+def _sites(split: pd.DataFrame, only: tuple[str, ...] = SITES) -> dict[str, pd.DataFrame]:
+    frames = {"test": split[split["subset"] == "test"],
+              "validation (control)": split[(split["subset"] == "val")
+                                            & split["source_image_id"].isna()]}
+    return {name: frame for name, frame in frames.items() if name.split()[0] in only}
+
+
+def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
+                sites: tuple[str, ...] = SITES, with_adabn: bool = True
+                ) -> dict[str, list[dict[str, float]]]:
+    """Test-time augmentation on one trained run: {condition: [per split rows]}, on the same kind
+    of random patient-grouped halves as `measure_run` (its own draws): TTA alone against the
+    plain model; with `with_adabn`, AdaBN on the whole half + TTA against the plain model and
+    against AdaBN alone. `sites`: "test", "validation" (the control) or both."""
+    import keras
+
+    from pneumonia.inference import tta
+    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
+    weights = model.get_weights()
+    size = int(model.input_shape[1])
+    split = pd.read_csv(data / "split.csv", dtype=str)
+    out: dict[str, list[dict[str, float]]] = {}
+    for site, frame in _sites(split, sites).items():
+        frame = frame.reset_index(drop=True)
+        x = _images(data, frame, size)
+        y = (frame["label"] == "PNEUMONIA").to_numpy()
+        base = _scores(model, x)
+        base_tta = tta.outputs(model, x).reshape(-1)
+        rng = np.random.default_rng([seed, len(frame), 7])
+        for _ in range(splits):
+            half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
+            compared = [(f"{site}, TTA ({len(tta.VIEWS)} views), no adaptation",
+                         base_tta[~half], base[~half])]
+            if with_adabn:
+                adapt_batchnorm(model, x[half])
+                adapted = _scores(model, x[~half])
+                adapted_tta = tta.outputs(model, x[~half]).reshape(-1)
+                model.set_weights(weights)
+                compared += [(f"{site}, AdaBN on the whole half + TTA", adapted_tta, base[~half]),
+                             (f"{site}, TTA added to AdaBN (whole half)", adapted_tta, adapted)]
+            for cond, lever, ref in compared:
+                row = _metrics(y[~half], lever, threshold)
+                row |= {f"base_{k}": v for k, v in _metrics(y[~half], ref, threshold).items()}
+                out.setdefault(cond, []).append(row)
+    return out
+
+
+def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float,
+                     seed: int, sites: tuple[str, ...] = SITES
+                     ) -> dict[str, list[dict[str, float]]]:
+    """The runs' probabilities averaged (a seed ensemble, one model): {condition: [per split]}.
+
+    On random patient-grouped halves (the same draws as `measure_tta`): every run adapted on the
+    same half, their scores on the other half averaged, against the ensemble unadapted; and the
+    ensemble unadapted against the runs' mean unadapted accuracy (what averaging itself buys)."""
+    import keras
+
+    models = [keras.saving.load_model(r / "models" / "model.keras", compile=False) for r in runs]
+    size = int(models[0].input_shape[1])
+    split = pd.read_csv(data / "split.csv", dtype=str)
+    out: dict[str, list[dict[str, float]]] = {}
+    for site, frame in _sites(split, sites).items():
+        frame = frame.reset_index(drop=True)
+        x = _images(data, frame, size)
+        y = (frame["label"] == "PNEUMONIA").to_numpy()
+        base = [_scores(m, x) for m in models]
+        rng = np.random.default_rng([seed, len(frame), 7])
+        for _ in range(splits):
+            half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
+            adapted = []
+            for m in models:
+                weights = m.get_weights()
+                adapt_batchnorm(m, x[half])
+                adapted.append(_scores(m, x[~half]))
+                m.set_weights(weights)
+            plain = np.mean([b[~half] for b in base], axis=0)
+            row = _metrics(y[~half], np.mean(adapted, axis=0), threshold)
+            row |= {f"base_{k}": v for k, v in _metrics(y[~half], plain, threshold).items()}
+            out.setdefault(f"{site}, {len(runs)} seeds averaged, AdaBN on the whole half",
+                           []).append(row)
+            row = _metrics(y[~half], plain, threshold)
+            singles = [_metrics(y[~half], b[~half], threshold) for b in base]
+            row |= {f"base_{k}": float(np.mean([s[k] for s in singles])) for k in METRICS}
+            out.setdefault(f"{site}, {len(runs)} seeds averaged vs one seed (mean of the seeds)",
+                           []).append(row)
+    return out
+
+
+# The two columns each condition compares (default: the model as trained, and AdaBN).
+COLUMNS = {"seeds averaged, AdaBN": ("averaged, unadapted", "averaged, AdaBN"),
+           "seeds averaged vs": ("one seed", "seeds averaged"), "TTA (": ("plain", "TTA"), "+ TTA": ("unadapted", "AdaBN + TTA"),
+           "TTA added": ("AdaBN", "AdaBN + TTA")}
+
+
+def columns(condition: str) -> tuple[str, str]:
+    return next((v for k, v in COLUMNS.items() if k in condition), ("unadapted", "AdaBN"))
+
+
 def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
     from scipy import stats
 
@@ -111,35 +224,146 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
     return {"mean": float(allv.mean()), "low": float(lo), "high": float(hi), "over": over}
 
 
+def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshold: float,
+        seed: int, out: Path, reuse: Path | None, family: str, tta: bool,
+        ensemble: bool, lever_sites: tuple[str, ...] = SITES, tta_adabn: bool = True) -> Path:
+    """Measure (or reuse) the runs, write `out`.json/.md with this family's section replaced;
+    returns `out`."""
+    if not (data / "split.csv").is_file():
+        raise PipelineError(f"--data {data}: no split.csv there")
+    for r in runs:
+        if not (r / "models" / "model.keras").is_file():
+            raise PipelineError(f"{r}: no models/model.keras")
+    t0 = time.perf_counter()
+    settings = {"splits": splits, "sizes": sizes, "threshold": threshold,
+                "seed": seed, "data": str(data)}
+    previous: dict[str, Any] = {}
+    previous_doc: dict[str, Any] = {}
+    if reuse and reuse.is_file():
+        old = families(json.loads(reuse.read_text(encoding="utf-8"))).get(family, {})
+        if {k: old.get(k) for k in settings} == settings:
+            previous, previous_doc = old.get("per_run", {}), old
+        else:
+            print(f"--reuse {reuse}: no family {family!r} with these settings, measuring "
+                  "every run", file=sys.stderr)
+    results: dict[str, Any] = {}
+    reused = []
+    for r in runs:
+        if r.name in previous and (not tta or any("TTA" in c for c in previous[r.name])):
+            results[r.name] = previous[r.name]
+            reused.append(r.name)
+            continue
+        results[r.name] = previous.get(r.name) or measure_run(
+            r, data, splits, sizes, threshold, seed)
+        if tta and not any("TTA" in c for c in results[r.name]):
+            results[r.name] = results[r.name] | measure_tta(r, data, splits, threshold, seed,
+                                                            lever_sites, tta_adabn)
+    conditions = list(next(iter(results.values())))
+    table: dict[str, dict[str, Any]] = {}
+    averaged: dict[str, Any] = {}
+    if previous_doc.get("ensemble_runs") == [r.name for r in runs]:
+        averaged = previous_doc.get("ensemble") or {}
+    measured_now = len(reused) < len(runs)
+    if ensemble and not averaged and len(runs) > 1:
+        averaged = measure_ensemble(runs, data, splits, threshold, seed, lever_sites)
+        measured_now = True
+    for cond in conditions:
+        table[cond] = {}
+        for m in METRICS:
+            adapted = [np.array([row[m] for row in results[r][cond]]) for r in results]
+            base = [np.array([row[f"base_{m}"] for row in results[r][cond]]) for r in results]
+            table[cond][m] = {"adapted": summarise(adapted), "base": summarise(base),
+                              "difference": summarise([a - b for a, b in
+                                                       zip(adapted, base, strict=True)])}
+    for cond, rows in averaged.items():
+        table[cond] = {m: {key: summarise([np.array([row[f"{pre}{m}"] for row in rows])])
+                           for key, pre in (("adapted", ""), ("base", "base_"))}
+                       for m in METRICS}
+        for m in METRICS:
+            table[cond][m]["difference"] = summarise([np.array(
+                [row[m] - row[f"base_{m}"] for row in rows])])
+    doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(tta),
+           "lever_sites": list(lever_sites), "tta_adabn": bool(tta_adabn),
+           "reused": sorted(reused),
+           "measured": datetime.now(UTC).isoformat(timespec="minutes"),
+           "machine": f"{platform.machine()}, {_cpu()}", "seconds": round(time.perf_counter()
+                                                                          - t0, 1),
+           "conditions": table, "per_run": results, "ensemble": averaged,
+           "ensemble_runs": [r.name for r in runs] if averaged else [],
+           # how earlier invocations measured what this one reuses (one line each)
+           "history": previous_doc.get("history", [])}
+    if not measured_now:  # nothing measured now: the file keeps when and how it was measured
+        doc |= {k: previous_doc[k] for k in ("measured", "machine", "seconds", "reused")
+                if k in previous_doc}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    existing = out.with_suffix(".json")
+    every = families(json.loads(existing.read_text(encoding="utf-8"))) \
+        if existing.is_file() else {}
+    every[family] = doc
+    existing.write_text(json.dumps({"families": every}, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(every), encoding="utf-8")
+    return out
+
+
+def families(doc: dict[str, Any]) -> dict[str, Any]:
+    """{family: study} of an output file (one written before families existed: its runs were
+    the cnn-ema seeds)."""
+    return doc.get("families", {"cnn-ema": doc})
+
+
 def _cell(s: dict[str, Any], signed: bool = False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
     return (f"{f.format(s['mean'])} [{f.format(s['low'])}, {f.format(s['high'])}]")
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    lines = ["# AdaBN at a new site: measured", "",
-             (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data {doc['data']} "
-             f"--splits {doc['splits']}` ({doc['measured']} UTC, {doc['machine']}, "
-             f"{doc['seconds']:.0f} s). Runs: {len(doc['runs'])} trained models; data: the "
-             "64-px development copy they were trained on (5840 of its 5856 images are 224-px "
-             "re-encodings, not the public download). Each split: a random patient-grouped "
-             "half of the site's images adapts the BatchNorm statistics (unlabelled), the "
-             f"other half is scored at threshold {doc['threshold']:g}, adapted and not. Cells: "
-             "mean over seeds x splits [95 % t-interval over seeds; one seed: the 2.5-97.5 % "
-             "range over splits].")
-             + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
-                "with the same settings (`--reuse`); the time above is the others'."
-                if doc.get("reused") else ""), ""]
-    for cond, metrics in doc["conditions"].items():
-        lines += [f"## {cond}", ""]
-        shares = [row["adapted"] for rows in doc["per_run"].values() for row in rows[cond]
-                  if "adapted" in row]
-        if shares:
-            lines += [(f"`site check` found a shift (and AdaBN was applied) in "
-                      f"{sum(shares):.0f} of {len(shares)} splits."), ""]
-        lines += ["| metric | unadapted | AdaBN | difference |", "|---|---|---|---|"]
-        for m, s in metrics.items():
-            lines.append(f"| {m} | {_cell(s['base'])} | {_cell(s['adapted'])} | "
-                         f"{_cell(s['difference'], True)} |")
-        lines.append("")
+def _sites_option(doc: dict[str, Any]) -> str:
+    sites = doc.get("lever_sites", list(SITES))
+    return "" if list(sites) == list(SITES) or not (doc.get("tta") or doc.get("ensemble")) \
+        else " --lever-sites " + " ".join(sites)
+
+
+def markdown(every: dict[str, Any]) -> str:
+    lines = ["# AdaBN and test-time augmentation at a new site: measured", "",
+             ("Each split: a random patient-grouped half of the site's images adapts the "
+              "BatchNorm statistics (unlabelled), the other half is scored at the runs' threshold, "
+              "with the lever and without it (paired). Data: the 64-px development copy the runs "
+              "were trained on (5840 of its 5856 images are 224-px re-encodings, not the public "
+              "download). Cells: mean over seeds x splits [95 % t-interval over seeds; one "
+              "seed: the 2.5-97.5 % range over splits, a spread of halves, not an interval "
+              "over seeds]. The validation rows are the control: an unshifted site (held-out "
+              "validation originals the model was calibrated on), where a lever should change "
+              "nothing. TTA: the mean output over 9 fixed views (the image, rotations of "
+              "+-5 degrees, zooms 0.95 / 1.05, shifts of +-5 % in x and in y; never a flip; "
+              "pneumonia.inference.tta)."), ""]
+    for family, doc in every.items():
+        lines += [f"# {family}", "",
+                  (f"Command: `pneumonia site adapt-study {' '.join(doc['runs'])} --data "
+                   f"{doc['data']} --splits {doc['splits']} --family {family}"
+                   f"{' --ensemble' if doc.get('ensemble') else ''}"
+                   f"{'' if doc.get('tta') else ' --no-tta'}"
+                   f"{'' if doc.get('tta_adabn', True) or not doc.get('tta') else ' --no-tta-adabn'}"
+                   f"{_sites_option(doc)}` "
+                   f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). "
+                   f"{len(doc['runs'])} trained model(s); threshold {doc['threshold']:g}.")
+                  + (f" Runs {', '.join(doc['reused'])} were measured by an earlier invocation "
+                     "with the same settings (`--reuse`); the time above is the others'."
+                     if doc.get("reused") else ""), ""]
+        lines += [f"- {h}" for h in doc.get("history", [])] + ([""] if doc.get("history")
+                                                                else [])
+        for cond, metrics in doc["conditions"].items():
+            lines += [f"## {family}: {cond}", ""]
+            shares = [row["adapted"] for rows in doc["per_run"].values()
+                      for row in rows.get(cond, []) if "adapted" in row]
+            if cond in doc.get("ensemble", {}):
+                lines += [("One model (the seeds' probabilities averaged): the interval is the "
+                           "2.5-97.5 % range over splits."), ""]
+            if shares:
+                lines += [(f"`site check` found a shift (and AdaBN was applied) in "
+                          f"{sum(shares):.0f} of {len(shares)} splits."), ""]
+            without, with_ = columns(cond)
+            lines += [f"| metric | {without} | {with_} | difference |", "|---|---|---|---|"]
+            for m, s in metrics.items():
+                lines.append(f"| {m} | {_cell(s['base'])} | {_cell(s['adapted'])} | "
+                             f"{_cell(s['difference'], True)} |")
+            lines.append("")
     return "\n".join(lines) + "\n"

@@ -305,3 +305,24 @@ def test_a_probability_equal_to_the_threshold_is_pneumonia(
         assert float(row["probability"]) == 0.5
         labels[threshold] = row["label"]
     assert labels == {"0.5": "PNEUMONIA", "0.5000001": "NORMAL"}
+
+
+def test_tta_averages_the_models_outputs_over_the_views(tmp_path: Path, model_file: Path,
+                                                        keras_model, no_store: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict --tta`: each probability is the mean over pneumonia.inference.tta's views of
+    the decoded image (not the plain output), and the JSON says TTA was used."""
+    from pneumonia.inference import tta
+    from pneumonia.inference.sources import to_input
+
+    files = [NORMAL[0], PNEUMONIA[0], PNEUMONIA[1]]
+    out = tmp_path / "out.json"
+    code, _, err = run([*map(str, files), "--model", str(model_file), "--out", str(out),
+                        "--tta"], capsys)
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    got = np.array([float(r["probability"]) for r in doc["predictions"]])
+    x = np.stack([to_input(f.read_bytes(), int(keras_model.input_shape[1])) for f in files])
+    np.testing.assert_allclose(got, tta.outputs(keras_model, x).reshape(-1), atol=1e-6)
+    assert not np.allclose(got, reference_probs(keras_model, files), atol=1e-6)
+    assert doc["tta"] is True

@@ -50,3 +50,32 @@ def test_adapt_refuses_too_few_images_and_bad_names(tmp_path, capsys) -> None:
             main(["site", "adapt", str(folder), *argv])
         assert ex.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_adabn_over_several_batches_averages_the_batches_statistics() -> None:
+    """The traced pass (a graph, for memory) over 3 batches ends with the mean of the batches'
+    statistics: the same as eager passes with momentum i / (i + 1)."""
+    import keras
+
+    from pneumonia.model.network import build_model
+    from pneumonia.params import ModelParams
+    from pneumonia.site.adapt import adapt_batchnorm, batchnorm_layers
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelParams(backbone="small_cnn", weights="none", dense_units=8,
+                                    dropout=0.0), 32, None)
+    weights = model.get_weights()
+    x = np.random.default_rng(2).normal(150, 30, (36, 32, 32, 1)).astype("float32")
+    bns = batchnorm_layers(model)
+    for layer in bns:
+        layer.trainable = True
+    for i in range(3):  # the eager reference
+        for layer in bns:
+            layer.momentum = i / (i + 1)
+        model(x[i * 12:(i + 1) * 12], training=True)
+    expect = [(np.asarray(b.moving_mean), np.asarray(b.moving_variance)) for b in bns]
+    model.set_weights(weights)
+    assert adapt_batchnorm(model, x, batch=12) == len(bns)
+    for b, (mean, var) in zip(bns, expect, strict=True):
+        np.testing.assert_allclose(np.asarray(b.moving_mean), mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(b.moving_variance), var, rtol=1e-4, atol=1e-3)
