@@ -41,14 +41,10 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.experiments import revisions
-from pneumonia.experiments.ablation_stats import (
-    ALPHA,
-    POWER,
-    POWER_DIFFERENCE,
-    committed_header,
-)
+from pneumonia.experiments.ablation_stats import ALPHA, POWER, POWER_DIFFERENCE
 from pneumonia.experiments.predictions import COLUMNS, parse_predictions, read_results
 from pneumonia.experiments.presets import CANDIDATES
+from pneumonia.experiments.report import committed_header
 from pneumonia.files import write_json
 from pneumonia.params import RecipeParams, load_params
 from pneumonia.paths import METRICS, PREDICTIONS_VAL_CSV, TRAIN_JSON
