@@ -172,3 +172,13 @@ def wait_for_epoch(root: Path, proc: subprocess.Popen[str], timeout: float = 300
             pytest.fail(f"training ended before it could be interrupted:\n{out[-3000:]}")
         time.sleep(0.05)
     pytest.fail("no epoch finished in time")
+
+
+def commit_tiny_grid(repo: Path, git: Any) -> None:
+    """The 4-run grid the grid tests queue (small_cnn x balancing on/off x seeds 1-2), committed."""
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["ablation"] = {"preset": "paper", "backbones": ["small_cnn"],
+                       "balance_methods": ["augmentor", "none"], "freeze_batchnorm": [True],
+                       "seeds": [1, 2]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git(repo, "commit", "-qam", "tiny grid")

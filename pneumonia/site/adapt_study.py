@@ -26,6 +26,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,15 @@ def _sites(split: pd.DataFrame, only: tuple[str, ...] = SITES) -> dict[str, pd.D
     return {name: frame for name, frame in frames.items() if name.split()[0] in only}
 
 
+def _site_arrays(data: Path, sites: tuple[str, ...], size: int
+                 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Per site of split.csv: (site, its rows, its images at `size`, is-PNEUMONIA)."""
+    split = pd.read_csv(data / "split.csv", dtype=str)
+    for site, frame in _sites(split, sites).items():
+        frame = frame.reset_index(drop=True)
+        yield site, frame, _images(data, frame, size), (frame["label"] == "PNEUMONIA").to_numpy()
+
+
 def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
                 sites: tuple[str, ...] = SITES, with_adabn: bool = True
                 ) -> dict[str, list[dict[str, float]]]:
@@ -131,12 +141,8 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
     model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
     weights = model.get_weights()
     size = int(model.input_shape[1])
-    split = pd.read_csv(data / "split.csv", dtype=str)
     out: dict[str, list[dict[str, float]]] = {}
-    for site, frame in _sites(split, sites).items():
-        frame = frame.reset_index(drop=True)
-        x = _images(data, frame, size)
-        y = (frame["label"] == "PNEUMONIA").to_numpy()
+    for site, frame, x, y in _site_arrays(data, sites, size):
         base = _scores(model, x)
         base_tta = tta.outputs(model, x).reshape(-1)
         rng = np.random.default_rng([seed, len(frame), 7])
@@ -170,12 +176,8 @@ def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float
 
     models = [keras.saving.load_model(r / "models" / "model.keras", compile=False) for r in runs]
     size = int(models[0].input_shape[1])
-    split = pd.read_csv(data / "split.csv", dtype=str)
     out: dict[str, list[dict[str, float]]] = {}
-    for site, frame in _sites(split, sites).items():
-        frame = frame.reset_index(drop=True)
-        x = _images(data, frame, size)
-        y = (frame["label"] == "PNEUMONIA").to_numpy()
+    for site, frame, x, y in _site_arrays(data, sites, size):
         base = [_scores(m, x) for m in models]
         rng = np.random.default_rng([seed, len(frame), 7])
         for _ in range(splits):

@@ -19,7 +19,7 @@ from pneumonia.experiments import ablation, ablation_markdown, ablation_stats, r
 from pneumonia.experiments.grid import dataset_override
 from pneumonia.formatting import p_value_phrase
 from pneumonia.params import arm_of, load_params, parse_params
-from tests.trainkit import with_overrides
+from tests.trainkit import commit_tiny_grid, with_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -303,12 +303,7 @@ def test_ablation_command_runs_the_grid_and_reports(tmp_path: Path) -> None:
     from tests.pipeline.test_dvc import TINY, dvc, git, make_project
 
     repo = make_project(tmp_path, {**TINY, "train.epochs": 1})
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["ablation"] = {"preset": "paper", "backbones": ["small_cnn"],
-                       "balance_methods": ["augmentor", "none"], "freeze_batchnorm": [True],
-                       "seeds": [1, 2]}
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    git(repo, "commit", "-qam", "tiny grid")
+    commit_tiny_grid(repo, git)
     env_path = str(Path(sys.executable).parent)
     proc = subprocess.run(
         [sys.executable, "-m", "pneumonia", "ablation", "--timeout-min", "20"], cwd=repo,

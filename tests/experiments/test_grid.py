@@ -179,21 +179,15 @@ def test_ctrl_c_stops_the_grids_runs_and_a_rerun_queues_no_duplicates(
     import signal
     import time
 
-    import yaml
-
     from pneumonia.experiments import grid
     from tests.pipeline.test_dvc import TINY, git, make_project
+    from tests.trainkit import commit_tiny_grid
 
     # Runs that cannot finish before the SIGINT: 500 epochs, no early stop.
     repo = make_project(tmp_path, {**TINY, "train.epochs": 500,
                                    "train.early_stopping_patience": 1000,
                                    "train.reduce_lr_patience": 1000})
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["ablation"] = {"preset": "paper", "backbones": ["small_cnn"],
-                       "balance_methods": ["augmentor", "none"], "freeze_batchnorm": [True],
-                       "seeds": [1, 2]}
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    git(repo, "commit", "-qam", "tiny grid")
+    commit_tiny_grid(repo, git)
     env = {"PYTHONPATH": str(repo), "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "pneumonia", "ablation", "--timeout-min", "20"]

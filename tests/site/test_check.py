@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -38,17 +40,9 @@ def test_check_command_flags_a_shifted_site_and_not_a_like_one(tmp_path, capsys)
     import json
 
     from pneumonia.cli import main
-    from tests.inference.conftest import tiny_model
     from tests.site.conftest import write_pngs
 
-    model = tmp_path / "model.keras"
-    tiny_model(backbone="small_cnn").save(model)
-    ref = tmp_path / "ref"
-    files = write_pngs(ref / "images" / "val", 60, 100, 1)
-    (ref / "split.csv").write_text(
-        "image_id,path,label,patient_id,subset,source_image_id\n" + "".join(
-            f"v{i},data/images/val/{f.name},{'NORMAL' if i % 2 else 'PNEUMONIA'},p{i},val,\n"
-            for i, f in enumerate(files)), encoding="utf-8")
+    model, ref = _model_and_reference(tmp_path, 60, mixed=True)
     like = write_pngs(tmp_path / "like", 40, 100, 2)[0].parent
     shifted = write_pngs(tmp_path / "shifted", 40, 200, 3)[0].parent
     verdicts = {}
@@ -185,17 +179,9 @@ def test_check_lists_unreadable_files_and_stops_when_too_few_remain(tmp_path, ca
     import json
 
     from pneumonia.cli import main
-    from tests.inference.conftest import tiny_model
     from tests.site.conftest import write_pngs
 
-    model = tmp_path / "model.keras"
-    tiny_model(backbone="small_cnn").save(model)
-    ref = tmp_path / "ref"
-    files = write_pngs(ref / "images" / "val", 30, 100, 1)
-    (ref / "split.csv").write_text(
-        "image_id,path,label,patient_id,subset,source_image_id\n" + "".join(
-            f"v{i},data/images/val/{f.name},NORMAL,p{i},val,\n" for i, f in enumerate(files)),
-        encoding="utf-8")
+    model, ref = _model_and_reference(tmp_path, 30, mixed=False)
     site = write_pngs(tmp_path / "site", 22, 100, 2)[0].parent
     (site / "broken.png").write_bytes(b"not a png")
     (site / "cut.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -232,3 +218,21 @@ def test_committed_site_check_md_is_rendered_from_its_json() -> None:
     assert len(draws) == doc["repeats_per_run"] * len(doc["runs"])
     s = next(s for s in doc["summary"] if s["site"] == "test" and s["images"] == "all")
     assert s["rejected"] == sum(d["p"] < 0.01 for d in draws)
+
+
+def _model_and_reference(tmp_path: Path, n: int, mixed: bool) -> tuple[Path, Path]:
+    """A tiny saved model and a reference folder of n validation originals (split.csv + PNGs),
+    labels alternating when `mixed`, else all NORMAL."""
+    from tests.inference.conftest import tiny_model
+    from tests.site.conftest import write_pngs
+
+    model = tmp_path / "model.keras"
+    tiny_model(backbone="small_cnn").save(model)
+    ref = tmp_path / "ref"
+    files = write_pngs(ref / "images" / "val", n, 100, 1)
+    rows = "".join(f"v{i},data/images/val/{f.name},"
+                   f"{'NORMAL' if (i % 2 or not mixed) else 'PNEUMONIA'},p{i},val,\n"
+                   for i, f in enumerate(files))
+    (ref / "split.csv").write_text("image_id,path,label,patient_id,subset,source_image_id\n"
+                                   + rows, encoding="utf-8")
+    return model, ref
