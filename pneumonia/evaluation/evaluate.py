@@ -48,7 +48,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -195,6 +195,110 @@ def threshold_warning(earlier: list[float], threshold: float) -> str:
     )
 
 
+class Scored(NamedTuple):
+    """The model's answers on the test subset and the validation originals."""
+
+    outputs: np.ndarray  # the model's raw outputs on the test rows
+    prob: np.ndarray  # P(PNEUMONIA) per test row
+    y_true: np.ndarray
+    groups: np.ndarray  # patient ids of the test rows
+    y_pred: np.ndarray  # at the stage's threshold
+    val: pd.DataFrame  # the validation originals
+    val_prob: np.ndarray
+    chosen: float  # the threshold the rule chose on validation (the fixed one for "fixed")
+    n_validation: int | None  # images the threshold was chosen on (None: fixed)
+
+
+def score(params: Params, df: pd.DataFrame, rows: pd.DataFrame, model: Any) -> Scored:
+    """Predict the test rows and the validation originals; choose the threshold on validation."""
+    e = params.evaluate
+    outputs = predict_outputs(params, rows, model)
+    prob = pneumonia_probability(outputs)
+    y_true = np.asarray(labels_of(rows))
+    groups = rows["patient_id"].astype(str).to_numpy()
+    y_pred = predict_labels(prob, e.threshold)
+
+    # The validation originals: the conformal calibration set, and where a threshold is chosen.
+    val = validation_originals(df)
+    log.info("predicting %d validation images (conformal calibration, threshold rule %s)",
+             len(val), e.threshold_rule)
+    val_prob = predict(params, val, model)
+    n_validation = None
+    if e.threshold_rule == "fixed":
+        chosen = e.threshold
+    else:
+        chosen = choose_threshold(params, np.asarray(labels_of(val)), val_prob)
+        n_validation = len(val)
+        log.info("threshold chosen on validation: %.4f", chosen)
+    return Scored(outputs, prob, y_true, groups, y_pred, val, val_prob, chosen, n_validation)
+
+
+def all_metrics(params: Params, rows: pd.DataFrame, s: Scored, leaks: dict[str, Any],
+                rules: Any, warning: str) -> tuple[dict[str, Any], Any, Any]:
+    """Every test metric with its interval, the validation metrics and the further analyses:
+    (metrics, the further-work record, the leak-free subsets)."""
+    e = params.evaluate
+    t = e.threshold
+    boot = {"n_resamples": e.bootstrap_resamples, "seed": e.seed}
+    metrics: dict[str, Any] = {
+        "threshold": t,
+        "threshold_rule": e.threshold_rule,
+        "threshold_chosen": round(float(s.chosen), 6),
+        "bootstrap_resamples": e.bootstrap_resamples,
+        "seed": e.seed,
+        "ci_level": LEVEL,
+    }
+    metrics.update(compute_metrics(s.y_true, s.prob, t, s.groups, **boot))
+    metrics.update(calibration_metrics(s.y_true, s.prob, s.groups, **boot))
+    leakfree, subsets = leakage.leakfree_metrics(leaks, rules, s.y_true, s.prob, t, boot)
+    metrics.update(leakfree)
+    chosen_iv = reported_intervals(s.y_true, s.prob, threshold=s.chosen, groups=s.groups, **boot)
+    metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
+    metrics["threshold_warning"] = warning
+    extra = further.evaluate_further(
+        params.task, rows["class"].astype(str).to_numpy(), s.outputs, s.prob, s.y_true, s.y_pred,
+        s.groups,
+        (np.asarray(labels_of(s.val)), s.val_prob, s.val["patient_id"].astype(str).to_numpy()),
+        e.conformal_alpha, **boot)
+    metrics.update(extra.metrics)
+    y_val = np.asarray(labels_of(s.val))
+    metrics.update(validation_metrics(y_val, s.val_prob, t))
+    return metrics, extra, subsets
+
+
+def write_test_outputs(rows: pd.DataFrame, s: Scored, extra: Any, threshold: float
+                       ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """The per-image predictions (test and validation), ROC, reliability and PR tables, the
+    confusion plot and the further-work files: (predictions, confusion matrix, reliability, pr)."""
+    # One row per test image, kept in git (a DVC plot with cache: false): DVC's confusion plot
+    # reads actual/predicted, and any revision's predictions can be compared with another's
+    # (the same images, the patient for grouped statistics) without a DVC remote.
+    predictions = pd.DataFrame(
+        {
+            "image_id": rows["image_id"],
+            "patient_id": rows["patient_id"],
+            "class": rows["class"],
+            "actual": rows["label"],
+            "predicted": [LABELS[i] for i in s.y_pred],
+            "probability": np.round(s.prob, 6),
+            **extra.prediction_columns(s.outputs),
+        }
+    ).sort_values("image_id")
+    predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
+    # The validation originals the same way (what a recipe or threshold is chosen on).
+    validation_predictions(s.val, s.val_prob).to_csv(PREDICTIONS_VAL_CSV, index=False,
+                                                     lineterminator="\n")
+    roc_table(s.y_true, s.prob).to_csv(ROC_CSV, index=False)
+    reliability = reliability_frame(s.y_true, s.prob)
+    reliability.to_csv(RELIABILITY_CSV, index=False, lineterminator="\n")
+    pr = pr_frame(s.y_true, s.prob)
+    pr.to_csv(PR_CSV, index=False, lineterminator="\n")
+    cm = confusion(s.y_true, s.y_pred)
+    plot_confusion(cm, CONFUSION_PNG, f"Test set, threshold {threshold:g} (n = {len(rows)})")
+    further.write_outputs(extra)
+    return predictions, cm, reliability, pr
+
+
 def run(params: Params) -> dict[str, Any]:
     """Evaluate on the test subset, write the stage's outputs, log to MLflow."""
     e = params.evaluate
@@ -215,51 +319,10 @@ def run(params: Params) -> dict[str, Any]:
     if task_of(model) != params.task:
         raise PipelineError(f"{MODEL_FILE} answers the {task_of(model)} task but params.yaml "
                             f"says `task: {params.task}`: run `dvc repro` to train for it.")
-    outputs = predict_outputs(params, rows, model)
-    prob = pneumonia_probability(outputs)
-    y_true = np.asarray(labels_of(rows))
-    groups = rows["patient_id"].astype(str).to_numpy()
-    y_pred = predict_labels(prob, t)
-
-    # The validation originals: the conformal calibration set, and where a threshold is chosen.
-    val = validation_originals(df)
-    log.info("predicting %d validation images (conformal calibration, threshold rule %s)",
-             len(val), e.threshold_rule)
-    val_prob = predict(params, val, model)
-    n_validation = None
-    if e.threshold_rule == "fixed":
-        chosen = t
-    else:
-        chosen = choose_threshold(params, np.asarray(labels_of(val)), val_prob)
-        n_validation = len(val)
-        log.info("threshold chosen on validation: %.4f", chosen)
-
-    boot = {"n_resamples": e.bootstrap_resamples, "seed": e.seed}
-    metrics: dict[str, Any] = {
-        "threshold": t,
-        "threshold_rule": e.threshold_rule,
-        "threshold_chosen": round(float(chosen), 6),
-        "bootstrap_resamples": e.bootstrap_resamples,
-        "seed": e.seed,
-        "ci_level": LEVEL,
-    }
-    metrics.update(compute_metrics(y_true, prob, t, groups, **boot))
-    metrics.update(calibration_metrics(y_true, prob, groups, **boot))
-    leakfree, subsets = leakage.leakfree_metrics(leaks, rules, y_true, prob, t, boot)
-    metrics.update(leakfree)
-    chosen_iv = reported_intervals(y_true, prob, threshold=chosen, groups=groups, **boot)
-    metrics.update(flat_metrics(chosen_iv, "chosen_", THRESHOLD_METRICS))
-    metrics["threshold_warning"] = warning
-    extra = further.evaluate_further(
-        params.task, rows["class"].astype(str).to_numpy(), outputs, prob, y_true, y_pred, groups,
-        (np.asarray(labels_of(val)), val_prob, val["patient_id"].astype(str).to_numpy()),
-        e.conformal_alpha, **boot)
-    metrics.update(extra.metrics)
-    y_val = np.asarray(labels_of(val))
-    metrics.update(validation_metrics(y_val, val_prob, t))
-
-    table3 = table3_report(metrics, (y_true, prob, groups), subsets[0], params, n_validation,
-                           warning, leakfree_alt=subsets[1])
+    s = score(params, df, rows, model)
+    metrics, extra, subsets = all_metrics(params, rows, s, leaks, rules, warning)
+    table3 = table3_report(metrics, (s.y_true, s.prob, s.groups), subsets[0], params,
+                           s.n_validation, warning, leakfree_alt=subsets[1])
     write_json(table3, TABLE3_JSON)
     metrics["table3_consistent"] = table3["table3_consistent"]
     # The headline for DVC (metrics/evaluate.json) and every key (metrics/details/evaluate.json);
@@ -267,34 +330,9 @@ def run(params: Params) -> dict[str, Any]:
     write_metrics(metrics, EVALUATE_JSON)
     markdown = table3_markdown(table3) + "\n" + extra.markdown
     TABLE3_MD.write_text(markdown, encoding="utf-8")
-
-    # One row per test image, kept in git (a DVC plot with cache: false): DVC's confusion plot
-    # reads actual/predicted, and any revision's predictions can be compared with another's
-    # (the same images, the patient for grouped statistics) without a DVC remote.
-    predictions = pd.DataFrame(
-        {
-            "image_id": rows["image_id"],
-            "patient_id": rows["patient_id"],
-            "class": rows["class"],
-            "actual": rows["label"],
-            "predicted": [LABELS[i] for i in y_pred],
-            "probability": np.round(prob, 6),
-            **extra.prediction_columns(outputs),
-        }
-    ).sort_values("image_id")
-    predictions.to_csv(PREDICTIONS_CSV, index=False, lineterminator="\n")
-    # The validation originals the same way (what a recipe or threshold is chosen on).
-    validation_predictions(val, val_prob).to_csv(PREDICTIONS_VAL_CSV, index=False,
-                                                 lineterminator="\n")
-    roc_table(y_true, prob).to_csv(ROC_CSV, index=False)
-    reliability = reliability_frame(y_true, prob)
-    reliability.to_csv(RELIABILITY_CSV, index=False, lineterminator="\n")
-    pr = pr_frame(y_true, prob)
-    pr.to_csv(PR_CSV, index=False, lineterminator="\n")
-    cm = confusion(y_true, y_pred)
-    plot_confusion(cm, CONFUSION_PNG, f"Test set, threshold {t:g} (n = {len(rows)})")
-    further.write_outputs(extra)
+    predictions, cm, reliability, pr = write_test_outputs(rows, s, extra, t)
     report = report_text(metrics)
+    y_true, prob, chosen = s.y_true, s.prob, s.chosen
 
     import mlflow
 
