@@ -30,6 +30,7 @@ import numpy as np
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.causes import KERMANY_BACTERIA_VS_VIRUS
+from pneumonia.files import write_json_and_markdown
 from pneumonia.stats.seeds import t_interval
 
 CAUSES_OUT = Path("metrics/causes")
@@ -239,24 +240,18 @@ def replace_quoted(text: str, name: str, sentence: str, where: str) -> str:
     return pattern.sub(lambda m: m.group(1) + sentence + m.group(2), text, count=1)
 
 
-def _write(doc: dict[str, Any], out: Path, markdown: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
-
-
 def write_all(command: str, three_class_runs: list[Path], root: Path = Path("."),
               doc_path: Path | None = None) -> list[Path]:
     """Write metrics/causes.* and (with runs) metrics/three-class.*, rewrite the docs' quotes."""
     causes = {"command": command, "threshold": THRESHOLD, "arms": recall_by_cause(root)}
-    _write(causes, root / CAUSES_OUT, causes_markdown(causes))
+    write_json_and_markdown(causes, causes_markdown(causes), root / CAUSES_OUT)
     written = [root / CAUSES_OUT]
     doc_path = doc_path or root / DOC
     text = replace_quoted(doc_path.read_text(encoding="utf-8"), "recall-by-cause-ablation",
                           causes_sentence(causes), str(doc_path))
     if three_class_runs:
         tc = {"command": command} | three_class(three_class_runs)
-        _write(tc, root / THREE_CLASS_OUT, three_class_markdown(tc))
+        write_json_and_markdown(tc, three_class_markdown(tc), root / THREE_CLASS_OUT)
         written.append(root / THREE_CLASS_OUT)
         text = replace_quoted(text, "three-class", three_class_sentence(tc), str(doc_path))
     doc_path.write_text(text, encoding="utf-8")

@@ -36,6 +36,7 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import cpu_name as _cpu
+from pneumonia.files import write_json_and_markdown
 from pneumonia.site import draws
 from pneumonia.site.adapt import adapt_batchnorm
 from pneumonia.site.check import embed, mmd_test
@@ -297,13 +298,11 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
     if not measured_now:  # nothing measured now: the file keeps when and how it was measured
         doc |= {k: previous_doc[k] for k in ("measured", "machine", "seconds", "reused")
                 if k in previous_doc}
-    out.parent.mkdir(parents=True, exist_ok=True)
     existing = out.with_suffix(".json")
     every = families(json.loads(existing.read_text(encoding="utf-8"))) \
         if existing.is_file() else {}
     every[family] = doc
-    existing.write_text(json.dumps({"families": every}, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(every), encoding="utf-8")
+    write_json_and_markdown({"families": every}, markdown(every), out)
     return out
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import Shift, cpu_name, select_shifts, shifted_inputs
+from pneumonia.files import write_json_and_markdown
 from pneumonia.model.tasks import pneumonia_probability
 from pneumonia.site.check import embed, mmd_test, prevalence_interval
 from pneumonia.site.draws import draw
@@ -339,6 +340,4 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def write(doc: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
+    write_json_and_markdown(doc, markdown(doc), out)
