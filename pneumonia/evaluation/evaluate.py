@@ -332,7 +332,6 @@ def run(params: Params) -> dict[str, Any]:
     TABLE3_MD.write_text(markdown, encoding="utf-8")
     predictions, cm, reliability, pr = write_test_outputs(rows, s, extra, t)
     report = report_text(metrics)
-    y_true, prob, chosen = s.y_true, s.prob, s.chosen
 
     import mlflow
 
@@ -368,19 +367,18 @@ def run(params: Params) -> dict[str, Any]:
                 mlflow.log_artifact(str(path), artifact_path="validate")
                 break
         mlflow.set_tag("evaluate.threshold", f"{t:g}")
-        mlflow.set_tag("evaluate.threshold_chosen", f"{chosen:.4g} ({e.threshold_rule})")
+        mlflow.set_tag("evaluate.threshold_chosen", f"{s.chosen:.4g} ({e.threshold_rule})")
         if warning:
             mlflow.set_tag("evaluate.threshold_tuned_on_test", "true")
             mlflow.set_tag("evaluate.warning", warning)
         log.info("logged test metrics to MLflow run %s", mlrun.info.run_id)
         # Registry: this model becomes a version; alias champion or challenger (pneumonia.registry).
-        e = params.evaluate
         decision, _ = registry.register_and_gate(params, run_info, metrics, predictions,
                                                  mlrun.info.run_id)
         metrics["gate_decision"] = decision.alias  # champion | challenger (metrics/registry.json)
         write_metrics(metrics, EVALUATE_JSON)
         mlflow.log_artifact(str(EVALUATE_DETAILS), artifact_path="evaluate")
-        explain_test_cases(MODEL_FILE, rows, prob, y_true, t, e.explain_max_errors,
+        explain_test_cases(MODEL_FILE, rows, s.prob, s.y_true, t, e.explain_max_errors,
                            e.explain_correct_per_class, GRADCAM_DIR)
         mlflow.log_artifacts(str(GRADCAM_DIR), artifact_path="evaluate/gradcam")
     reference_runs.ensure_reference_runs(experiment_id)
