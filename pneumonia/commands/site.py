@@ -233,7 +233,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model's training data: DIR/split.csv and its images "
                         "(default data/, the workspace's)")
     parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--max-images", type=int, default=500,
+    parser.add_argument("--max-images", type=int, default=1000,
                         help="at most this many images per sample (a random subset)")
     parser.add_argument("--train-prevalence", type=float, default=0.5,
                         help="pneumonia share the model was trained at (default 0.5: balanced)")

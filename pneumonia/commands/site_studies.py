@@ -70,7 +70,7 @@ def add_check_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per test at the sizes (p-values resolve to 1/(P+1))")
     parser.add_argument("--permutations-all", type=int, default=1000,
                         help="per test with every image (site check's default)")
-    parser.add_argument("--max-images", type=int, default=500,
+    parser.add_argument("--max-images", type=int, default=1000,
                         help="cap per sample, as site check's --max-images")
     parser.add_argument("--shifts", default=None, metavar="A,B",
                         help="robustness shifts to measure (default all; none: '-')")

@@ -37,12 +37,14 @@ from pneumonia.errors import PipelineError
 from pneumonia.evaluation.robustness import Shift, cpu_name, select_shifts, shifted_inputs
 from pneumonia.files import write_json_and_markdown
 from pneumonia.model.tasks import pneumonia_probability
-from pneumonia.site.check import embed, mmd_test, prevalence_interval
+from pneumonia.site.check import SCALES, embed, mmd_pvalues, mmd_test, prevalence_interval
 from pneumonia.site.draws import draw
 from pneumonia.site.rundata import file_bytes, images, originals
 from pneumonia.stats.bootstrap import wilson_interval
 
 ALPHA = 0.01  # `site check` says "differs" at p < 0.01
+# single bandwidths measured beside `site check`'s aggregate (SCALES), on the same permutations
+STUDIED_SCALES = (*SCALES, 2.0, 4.0)
 POWER_GOAL = 0.8
 VALIDATION, TEST = "validation (held out)", "test"
 IGNORED = "validation (held out), patient ids ignored"
@@ -104,8 +106,10 @@ def run_repeats(sample: Sample, sizes: list[int | None], repeats: int, permutati
                        max_images, rng)
             sites[TEST] = (sample.test[test], sample.test_groups[test])
             for name, (emb, groups) in sites.items():
-                _, p = mmd_test(emb, ref_e, perms, int(rng.integers(1 << 30)), groups, ref_g)
+                _, p, each = mmd_pvalues(emb, ref_e, perms, int(rng.integers(1 << 30)), groups,
+                                         ref_g, STUDIED_SCALES, SCALES)
                 rows.append({"site": name, "images": size, "repeat": r, "p": p,
+                             "p_scale": {f"{s:g}": v for s, v in each.items()},
                              "n_site": len(emb), "n_reference": len(ref_e)})
             # the same unshifted draw, tested as if every image were its own patient
             _, p = mmd_test(sample.val[site], ref_e, perms, int(rng.integers(1 << 30)))
@@ -130,6 +134,21 @@ def summarize(rows: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str
                     "rate": k / total, "ci": [lo, hi],
                     "rate_p<0.05": float((g["p"] < 0.05).mean()),
                     "median_p": float(g["p"].median())})
+    return out
+
+
+def scale_rates(rows: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Per (site, size): the share of draws each single bandwidth (and the aggregate) rejects at
+    p < alpha: which kernels find which shift."""
+    frame = pd.DataFrame([r for r in rows if "p_scale" in r])
+    out = []
+    if frame.empty:
+        return out
+    for (site, size), g in frame.groupby(["site", "images"], sort=False):
+        each = pd.DataFrame(list(g["p_scale"]))
+        out.append({"site": site, "images": size, "draws": len(g),
+                    "aggregate": float((g["p"] < alpha).mean()),
+                    "scales": {s: float((each[s] < alpha).mean()) for s in each.columns}})
     return out
 
 
@@ -176,7 +195,7 @@ class Settings:
     sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200])
     permutations: int = 200
     permutations_all: int = 1000
-    max_images: int = 500
+    max_images: int = 1000
     shifts: str | None = None  # robustness shift names, comma-separated; None all; "-" none
     seed: int = 0
     out: str = "metrics/site-check"
@@ -238,6 +257,10 @@ def reusable(path: Path, settings: Settings) -> dict[str, Any]:
     if old.get("command") != same:
         raise PipelineError(f"--reuse {path}: measured with other settings ({old.get('command')!r}"
                             f"), not {same!r}; run without --reuse.")
+    if old.get("scales", [1.0]) != [float(s) for s in SCALES]:  # files before 2026-12-07: [1]
+        raise PipelineError(f"--reuse {path}: its test used bandwidth scales "
+                            f"{old.get('scales', [1.0])}, today's uses {list(SCALES)}; run "
+                            "without --reuse.")
     return old
 
 
@@ -254,6 +277,7 @@ def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, 
         "sizes": settings.sizes, "permutations": settings.permutations,
         "permutations_all": settings.permutations_all, "max_images": settings.max_images,
         "alpha": ALPHA, "power_goal": POWER_GOAL, "seed": settings.seed,
+        "scales": [float(s) for s in SCALES],
         "shifts": {s.name: s.description for s in shifts},
         "measured": datetime.now(UTC).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores",
@@ -261,7 +285,7 @@ def report(settings: Settings, rows: list[dict[str, Any]], shifts: tuple[Shift, 
         "smallest_n": {site: smallest_n(summary, site)
                        for site in [TEST, *(s.name for s in shifts)]},
         "train_prevalence": settings.train_prevalence, "prevalence": prevalence or {},
-        "per_run": per_run, "draws": rows,
+        "per_run": per_run, "scale_rates": scale_rates(rows), "draws": rows,
     }
 
 
@@ -287,9 +311,11 @@ def markdown(doc: dict[str, Any]) -> str:
          "validation originals BY PATIENT into a reference half and a held-out half; the site "
          "is n images of whole patients from the held-out half (unshifted: every rejection is a "
          "false alarm), from the same patients with a robustness shift applied, or from the "
-         f"official test set. MMD on penultimate embeddings, {doc['permutations']} permutations "
-         f"({doc['permutations_all']} for \"all\"), each sample capped at {doc['max_images']} "
-         "images, as `site check` runs it. Rate = share of draws with p < 0.01 (the verdict "
+         "official test set. MMD on penultimate embeddings, aggregated over squared bandwidths "
+         + ", ".join(f"{s:g}" for s in doc.get("scales", [1.0]))
+         + f" x the median squared distance, {doc['permutations']} permutations of whole "
+         f"patients ({doc['permutations_all']} for \"all\"), each sample capped at "
+         f"{doc['max_images']} images, as `site check` runs it. Rate = share of draws with p < 0.01 (the verdict "
          "\"differs\"), with its 95 % Wilson interval over the draws (the draws reuse the same "
          "images: the interval is a floor on the uncertainty)."), "",
         "## False alarms and the official test set", "",
@@ -324,6 +350,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 + f" | {need if need is not None else '> ' + sizes[-2]} |")
         lines += ["", "Shifts: " + "; ".join(f"`{k}` {v}" for k, v in doc["shifts"].items())
                   + "."]
+    lines += _scale_lines(doc)
     if doc.get("prevalence"):
         lines += ["", "## Pneumonia prevalence without labels", "",
                   ("Saerens et al.'s EM from each model's P(PNEUMONIA), training prior "
@@ -337,6 +364,31 @@ def markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"| `{Path(run).name}` | {name} | {e[0]:.3f} [{e[1]:.3f}, "
                              f"{e[2]:.3f}] | {d['true']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _scale_lines(doc: dict[str, Any]) -> list[str]:
+    """The table behind `SCALES`: each single bandwidth's rejection rate beside the aggregate's,
+    at the largest size measured for the shifts and at "all" for the unshifted and test sites."""
+    rates = doc.get("scale_rates") or []
+    if not rates:
+        return []
+    largest = str(max(doc["sizes"]))
+    picked = [r for r in rates if (r["site"] in (VALIDATION, TEST) and str(r["images"]) == "all")
+              or (r["site"] not in (VALIDATION, TEST, IGNORED) and str(r["images"]) == largest)]
+    scales = list(picked[0]["scales"]) if picked else []
+    return ["", "## Which bandwidths", "",
+            ("Rejected at p < 0.01, per single Gaussian bandwidth (squared bandwidth in units of "
+             "the median squared distance, each with its own p-value on the same permutations) "
+             "and for `site check`'s aggregate over " + ", ".join(
+                 f"{s:g}" for s in doc.get("scales", [])) + "; the shifts at n = " + largest
+             + ", the held-out validation images (false alarms) and the test set at \"all\". "
+             "The aggregate's scales were chosen on the shifted validation images, not on the "
+             "test set."), "",
+            "| site | images | draws | " + " | ".join(f"scale {s}" for s in scales)
+            + " | aggregate |", "|---|---|---|" + "---|" * (len(scales) + 1)] + [
+        f"| {r['site']} | {r['images']} | {r['draws']} | "
+        + " | ".join(f"{r['scales'][s]:.2f}" for s in scales) + f" | {r['aggregate']:.2f} |"
+        for r in picked]
 
 
 def write(doc: dict[str, Any], out: Path) -> None:

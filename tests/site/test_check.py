@@ -122,8 +122,10 @@ def test_check_study_counts_false_alarms_and_power_per_size() -> None:
         summarize,
     )
 
+    # 300 permutations: the aggregate over 5 bandwidths pays for its multiplicity in
+    # resolution; with 100, p stays at 2-3 times the 1/101 floor and never reaches 0.01
     rows = run_repeats(_sample(np.random.default_rng(3)), [6, 30, None], repeats=6,
-                       permutations=100, permutations_all=100, max_images=500, seed=0)
+                       permutations=300, permutations_all=300, max_images=500, seed=0)
     summary = {(s["site"], s["images"]): s for s in summarize(rows)}
     assert summary[(VALIDATION, "all")]["draws"] == 6
     assert summary[("moved", 30)]["rate"] == 1.0  # a 3-sd move is found in 30 images
@@ -236,3 +238,44 @@ def _model_and_reference(tmp_path: Path, n: int, mixed: bool) -> tuple[Path, Pat
     (ref / "split.csv").write_text("image_id,path,label,patient_id,subset,source_image_id\n"
                                    + rows, encoding="utf-8")
     return model, ref
+
+
+def _packed(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """b: a quarter of its points packed near the centre of a's distribution (a local change
+    that a wide kernel averages away)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(120, 8)), rng.normal(size=(120, 8))
+    b[:30] = 0.3 * rng.normal(size=(30, 8))
+    return a, b
+
+
+def test_aggregating_bandwidths_finds_a_local_change_the_median_bandwidth_misses() -> None:
+    from pneumonia.site.check import SCALES
+
+    agg, median = [], []
+    for seed in range(12):
+        a, b = _packed(seed)
+        agg.append(mmd_test(a, b, 500, seed)[1])
+        median.append(mmd_test(a, b, 500, seed, scales=(1.0,))[1])
+    assert 1.0 in SCALES and min(SCALES) < 1.0
+    assert np.mean(np.array(agg) < 0.01) >= 0.9
+    assert np.mean(np.array(median) < 0.01) <= 0.8
+
+
+def test_the_aggregate_p_lies_between_the_best_scale_and_its_bonferroni_bound() -> None:
+    from pneumonia.site.check import mmd_pvalues
+
+    scales = (0.25, 0.5, 1.0, 2.0)
+    rng = np.random.default_rng(5)
+    for seed in range(8):
+        a = rng.normal(size=(50, 4))
+        b = rng.normal(size=(40, 4)) + np.r_[0.3 * (seed % 3), 0, 0, 0]
+        _, p, each = mmd_pvalues(a, b, 400, seed, None, None, scales)
+        best = min(each.values())
+        assert best - 1e-12 <= p <= min(1.0, len(scales) * best) + 1e-12, (p, each)
+        # each scale's own p is that of the single-scale test on the same permutations
+        for s in scales:
+            assert mmd_pvalues(a, b, 400, seed, None, None, (s,))[1] == pytest.approx(each[s])
+        # an aggregate restricted to one scale is that scale's test
+        assert mmd_pvalues(a, b, 400, seed, None, None, scales, (0.5,))[1] == \
+            pytest.approx(each[0.5])
