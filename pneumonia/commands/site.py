@@ -40,6 +40,14 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="adapt, register nothing")
     parser.add_argument("--save", metavar="FILE.keras", default=None,
                         help="also save the adapted model to FILE.keras")
+    parser.add_argument("--class-mix", choices=("training", "site"), default="training",
+                        help="training (default): resample the images to the training prior's "
+                        "class mix, as the unadapted model predicts it, before re-estimating "
+                        "(class-balanced AdaBN); site: the images as they come (plain AdaBN, "
+                        "which moves the operating point with the site's pneumonia share)")
+    parser.add_argument("--train-prevalence", type=float, default=0.5,
+                        help="pneumonia share the model was trained at (default 0.5: balanced)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the class-balanced resample")
 
 
 def adapt_command(args: argparse.Namespace) -> int:
@@ -68,18 +76,35 @@ def adapt_command(args: argparse.Namespace) -> int:
     if bad:
         raise PipelineError(f"{len(bad)} file(s) cannot be used (nothing was adapted or "
                             "registered):\n" + "\n".join(bad[:30]))
-    n_layers = adapt.adapt_batchnorm(model, np.stack(arrays))
+    if not 0 < args.train_prevalence < 1:
+        raise PipelineError(f"--train-prevalence {args.train_prevalence:g}: give a share "
+                            "strictly between 0 and 1 (0.5 for a model trained on balanced "
+                            "classes). Nothing was registered.")
+    recorded = (mlflow_threshold(base.spec) if base.spec.startswith(("runs:/", "models:/"))
+                else workspace_threshold())
+    threshold = recorded[0] if recorded else 0.5
+    x = np.stack(arrays)
+    mix = {"class_mix": args.class_mix}
+    if args.class_mix == "training":
+        from pneumonia.model.tasks import pneumonia_probability
+
+        prob = pneumonia_probability(np.asarray(model.predict(x, verbose=0)))
+        pick = adapt.balanced_draw(prob, threshold, args.train_prevalence,
+                                   np.random.default_rng(args.seed))
+        mix |= {"predicted_pneumonia_share": float(np.mean(prob >= threshold)),
+                "train_prevalence": args.train_prevalence, "seed": args.seed}
+        x = x[pick]
+    n_layers = adapt.adapt_batchnorm(model, x)
     if n_layers == 0:
         raise PipelineError(f"{base.spec}: the model has no BatchNormalization layer; AdaBN "
                             "has nothing to adapt. Nothing was registered.")
     digest = hashlib.sha256("".join(sorted(d + "\n" for d in digests)).encode()).hexdigest()
-    recorded = (mlflow_threshold(base.spec) if base.spec.startswith(("runs:/", "models:/"))
-                else workspace_threshold())
-    threshold = recorded[0] if recorded else 0.5
-    record = {"site": site, "calibration": (f"site-{site}: AdaBN on {len(arrays)} unlabelled "
+    how = ("class-balanced AdaBN" if args.class_mix == "training" else "AdaBN")
+    record = {"site": site, "calibration": (f"site-{site}: {how} on {len(arrays)} unlabelled "
                                             f"images (sha256 {digest[:12]}), threshold "
                                             f"{threshold:g} of the base model"),
-              "adabn": {"images": len(arrays), "layers": n_layers, "images_sha256": digest},
+              "adabn": {"images": len(arrays), "layers": n_layers, "images_sha256": digest,
+                        **mix},
               "threshold": threshold, "temperature": None, "base_model": base.spec,
               "base_version": base.version}
     print(record["calibration"] + f"; {n_layers} BatchNorm layers re-estimated", file=sys.stderr)
@@ -91,6 +116,7 @@ def adapt_command(args: argparse.Namespace) -> int:
             return 0
         adapted = registry.Base(base.spec, out, base.version, base.provenance)
         tags = {"site.name": site, "site.adabn_images": str(len(arrays)),
+                "site.adabn_class_mix": args.class_mix,
                 "site.images_sha256": digest, "site.base_version": base.version or "",
                 "site.base_model": base.spec[:500]}
         version, _ = registry.register(name, site, adapted, threshold, {}, record, tags)

@@ -38,6 +38,9 @@ def add_adapt_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure test-time augmentation (pneumonia.inference.tta), "
                         "alone and on top of AdaBN")
+    parser.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure class-balanced AdaBN (site adapt's default; "
+                        "pneumonia.site.adapt.balanced_draw) against plain AdaBN")
     parser.add_argument("--tta-adabn", action=argparse.BooleanOptionalAction, default=True,
                         help="TTA on top of AdaBN too (--no-tta-adabn: TTA alone, ~2.5x less "
                         "work)")
@@ -52,7 +55,8 @@ def adapt_study_command(args: argparse.Namespace) -> int:
                           sizes=args.sizes, threshold=args.threshold, seed=args.seed,
                           out=Path(args.out), reuse=Path(args.reuse) if args.reuse else None,
                           family=args.family, tta=args.tta, ensemble=args.ensemble,
-                          lever_sites=tuple(args.lever_sites), tta_adabn=args.tta_adabn)
+                          lever_sites=tuple(args.lever_sites), tta_adabn=args.tta_adabn,
+                          balanced=args.class_balanced)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')} (family {args.family})")
     return 0
 

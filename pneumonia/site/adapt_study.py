@@ -168,6 +168,44 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
     return out
 
 
+def measure_balanced(run: Path, data: Path, splits: int, threshold: float, seed: int,
+                     sites: tuple[str, ...] = SITES, train_prevalence: float = 0.5
+                     ) -> dict[str, list[dict[str, float]]]:
+    """Class-balanced AdaBN (pneumonia.site.adapt.balanced_draw, `site adapt`'s default) on one
+    trained run: {condition: [per split rows]}, on random patient-grouped halves (its own
+    draws): the whole half resampled to the training prior's class mix as the unadapted model
+    predicts it, then adapted; scored on the other half against the plain model and against
+    plain AdaBN on the same half."""
+    import keras
+
+    from pneumonia.site.adapt import balanced_draw
+    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
+    weights = model.get_weights()
+    size = int(model.input_shape[1])
+    out: dict[str, list[dict[str, float]]] = {}
+    for site, frame, x, y in _site_arrays(data, sites, size):
+        base = _scores(model, x)
+        rng = np.random.default_rng([seed, len(frame), 13])
+        for _ in range(splits):
+            half = draws.draw(frame["patient_id"].to_numpy(), len(frame), len(frame) // 2, rng)
+            pool = np.flatnonzero(half)
+            adapt_batchnorm(model, x[pool])
+            plain = _scores(model, x[~half])
+            model.set_weights(weights)
+            pick = pool[balanced_draw(base[pool], threshold, train_prevalence, rng)]
+            adapt_batchnorm(model, x[pick])
+            balanced = _scores(model, x[~half])
+            model.set_weights(weights)
+            for cond, lever, ref in (
+                    (f"{site}, class-balanced AdaBN on the whole half", balanced, base[~half]),
+                    (f"{site}, class-balanced AdaBN against plain AdaBN (whole half)", balanced,
+                     plain)):
+                row = _metrics(y[~half], lever, threshold)
+                row |= {f"base_{k}": v for k, v in _metrics(y[~half], ref, threshold).items()}
+                out.setdefault(cond, []).append(row)
+    return out
+
+
 def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float,
                      seed: int, sites: tuple[str, ...] = SITES
                      ) -> dict[str, list[dict[str, float]]]:
@@ -206,7 +244,9 @@ def measure_ensemble(runs: list[Path], data: Path, splits: int, threshold: float
 
 
 # The two columns each condition compares (default: the model as trained, and AdaBN).
-COLUMNS = {"seeds averaged, AdaBN": ("averaged, unadapted", "averaged, AdaBN"),
+COLUMNS = {"class-balanced AdaBN against": ("AdaBN", "class-balanced AdaBN"),
+           "class-balanced AdaBN on": ("unadapted", "class-balanced AdaBN"),
+           "seeds averaged, AdaBN": ("averaged, unadapted", "averaged, AdaBN"),
            "seeds averaged vs": ("one seed", "seeds averaged"), "TTA (": ("plain", "TTA"), "+ TTA": ("unadapted", "AdaBN + TTA"),
            "TTA added": ("AdaBN", "AdaBN + TTA")}
 
@@ -232,7 +272,8 @@ def summarise(per_seed: list[np.ndarray]) -> dict[str, Any]:
 
 def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshold: float,
         seed: int, out: Path, reuse: Path | None, family: str, tta: bool,
-        ensemble: bool, lever_sites: tuple[str, ...] = SITES, tta_adabn: bool = True) -> Path:
+        ensemble: bool, lever_sites: tuple[str, ...] = SITES, tta_adabn: bool = True,
+        balanced: bool = True) -> Path:
     """Measure (or reuse) the runs, write `out`.json/.md with this family's section replaced;
     returns `out`."""
     if not (data / "split.csv").is_file():
@@ -254,17 +295,25 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
                   "every run", file=sys.stderr)
     results: dict[str, Any] = {}
     reused = []
+    def has(conds: dict[str, Any], mark: str) -> bool:
+        return any(mark in c for c in conds)
+
     for r in runs:
-        if r.name in previous and (not tta or any("TTA" in c for c in previous[r.name])):
-            results[r.name] = previous[r.name]
+        old_rows = previous.get(r.name)
+        if old_rows and (not tta or has(old_rows, "TTA")) and \
+                (not balanced or has(old_rows, "class-balanced")):
+            results[r.name] = old_rows
             reused.append(r.name)
             continue
-        results[r.name] = previous.get(r.name) or measure_run(
-            r, data, splits, sizes, threshold, seed)
-        if tta and not any("TTA" in c for c in results[r.name]):
+        results[r.name] = old_rows or measure_run(r, data, splits, sizes, threshold, seed)
+        if tta and not has(results[r.name], "TTA"):
             results[r.name] = results[r.name] | measure_tta(r, data, splits, threshold, seed,
                                                             lever_sites, tta_adabn)
-    conditions = list(next(iter(results.values())))
+        if balanced and not has(results[r.name], "class-balanced"):
+            results[r.name] = results[r.name] | measure_balanced(r, data, splits, threshold,
+                                                                 seed)
+    conditions = list(dict.fromkeys(c for rows in results.values() for c in rows
+                                    if all(c in other for other in results.values())))
     table: dict[str, dict[str, Any]] = {}
     averaged: dict[str, Any] = {}
     if previous_doc.get("ensemble_runs") == [r.name for r in runs]:
@@ -289,6 +338,7 @@ def run(runs: list[Path], data: Path, *, splits: int, sizes: list[int], threshol
             table[cond][m]["difference"] = summarise([np.array(
                 [row[m] - row[f"base_{m}"] for row in rows])])
     doc = {"runs": [str(r) for r in runs], **settings, "tta": bool(tta),
+           "class_balanced": bool(balanced),
            "lever_sites": list(lever_sites), "tta_adabn": bool(tta_adabn),
            "reused": sorted(reused),
            "measured": datetime.now(UTC).isoformat(timespec="minutes"),
@@ -327,7 +377,8 @@ def _sites_option(doc: dict[str, Any]) -> str:
 
 
 def markdown(every: dict[str, Any]) -> str:
-    lines = ["# AdaBN and test-time augmentation at a new site: measured", "",
+    lines = [("# AdaBN, class-balanced AdaBN and test-time augmentation at a new site: "
+              "measured"), "",
              ("Each split: a random patient-grouped half of the site's images adapts the "
               "BatchNorm statistics (unlabelled), the other half is scored at the runs' threshold, "
               "with the lever and without it (paired). Data: the 64-px development copy the runs "
@@ -336,7 +387,10 @@ def markdown(every: dict[str, Any]) -> str:
               "seed: the 2.5-97.5 % range over splits, a spread of halves, not an interval "
               "over seeds]. The validation rows are the control: an unshifted site (held-out "
               "validation originals the model was calibrated on), where a lever should change "
-              "nothing. TTA: the mean output over 9 fixed views (the image, rotations of "
+              "nothing. Class-balanced AdaBN: the adapting half first resampled to the "
+              "training prior's class mix as the unadapted model predicts it "
+              "(pneumonia.site.adapt.balanced_draw; no labels). "
+              "TTA: the mean output over 9 fixed views (the image, rotations of "
               "+-5 degrees, zooms 0.95 / 1.05, shifts of +-5 % in x and in y; never a flip; "
               "pneumonia.inference.tta)."), ""]
     for family, doc in every.items():
@@ -345,6 +399,7 @@ def markdown(every: dict[str, Any]) -> str:
                    f"{doc['data']} --splits {doc['splits']} --family {family}"
                    f"{' --ensemble' if doc.get('ensemble') else ''}"
                    f"{'' if doc.get('tta') else ' --no-tta'}"
+                   f"{'' if doc.get('class_balanced') else ' --no-class-balanced'}"
                    f"{'' if doc.get('tta_adabn', True) or not doc.get('tta') else ' --no-tta-adabn'}"
                    f"{_sites_option(doc)}` "
                    f"({doc['measured']} UTC, {doc['machine']}, {doc['seconds']:.0f} s). "
