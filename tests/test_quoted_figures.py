@@ -151,7 +151,10 @@ def test_new_site_figures_are_the_committed_studies() -> None:
     for family in ("cnn-ema", "dn121-ema"):
         adapt = every[family]["conditions"]
         for cond in ("test, adapted on the whole half",
-                     "validation (control), adapted on the whole half"):
+                     "validation (control), adapted on the whole half",
+                     "test, adapted on 32", "validation (control), adapted on 32",
+                     "test, class-balanced AdaBN on the whole half",
+                     "validation (control), class-balanced AdaBN on the whole half"):
             diff = cell(adapt[cond]["accuracy"]["difference"], signed=True)
             # the docs write a minus sign
             assert diff.replace("-", "−") in text, (family, cond, diff)
@@ -261,7 +264,8 @@ def test_site_check_figures_are_the_committed_study() -> None:
     assert f"**{rate(cell[('test', 'all')])}**" in text
     need = doc["smallest_n"]
     assert need["inverted"] == 25 and "25 images for inverted grey levels" in text
-    assert need["resolution_0.25x"] == need["noise_20"] == 100
+    assert need["resolution_0.25x"] == need["noise_20"] == 50
+    assert "50 for a quarter of the resolution or noise of σ 20" in text
     assert need["rotate_10"] == 200 and "200 for a 10° rotation" in text
     for shift in ("resolution_0.5x", "resolution_2x", "gamma_0.67", "gamma_1.5", "contrast_0.6",
                   "contrast_1.4", "noise_8", "jpeg_30", "jpeg_10", "rotate_5"):
@@ -274,6 +278,23 @@ def test_site_check_figures_are_the_committed_study() -> None:
     assert all(e[1] > prevalence[r]["test"]["true"] for r, e in zip(doc["runs"], test, strict=True))
     s1 = prevalence[doc["runs"][0]]["test"]["estimate"]
     assert f"seed 1: {s1[0]:.3f} [{s1[1]:.3f}, {s1[2]:.3f}]" in text
+    # the "Which bandwidths" figures, and that the aggregate is today's SCALES
+    from pneumonia.site.check import SCALES
+
+    assert doc["scales"] == [float(s) for s in SCALES]
+    rates = {(r["site"], str(r["images"])): r for r in doc["scale_rates"]}
+    c6 = rates[("contrast_0.6", "200")]["scales"]
+    assert f"0.68 of draws at 1/16 against {c6['1']:.2f} at 1" in text and \
+        f"{c6['0.0625']:.2f}" == "0.68"
+    n8 = rates[("noise_8", "200")]["scales"]
+    assert f"noise {n8['0.0625']:.2f} against {n8['1']:.2f}" in text
+    median_alone = rates[("test", "all")]["scales"]["1"]
+    assert f"{median_alone:.2f} on these draws" in text
+    # the whole test set against the whole reference, one file per model
+    runs = sorted((METRICS / "site-check-test").glob("*.json"))
+    ps = [json.loads(f.read_text())["p_value"] for f in runs]
+    assert len(runs) == 9 and "every one of the 9 models" in text
+    assert max(ps) < 0.01 and f"p = {min(ps):.3f}–{max(ps):.3f}" in text
 
 
 def test_site_calibrate_timing_in_new_site_md_is_the_committed_benchmark() -> None:
