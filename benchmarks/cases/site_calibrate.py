@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts['PNEUMONIA']} PNEUMONIA), {Path(args.model).parent.parent.name}: best "
           f"{best:.1f} s wall; goal < {GOAL_S:.0f} s: ratio {best / GOAL_S:.2f} "
           f"({'met' if best < GOAL_S else 'MISSED'})")
-    if args.out:
+    if args.out:  # keeps an earlier --phases record in the same file
+        old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        doc |= {"phases": old["phases"]} if "phases" in old else {}
         args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return 0
 
