@@ -60,14 +60,18 @@ def _metrics(y: np.ndarray, p: np.ndarray, t: float) -> dict[str, float]:
             "roc_auc": float(roc_auc_score(y, p))}
 
 
-def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold: float,
-                seed: int) -> dict[str, list[dict[str, float]]]:
-    """{condition: [per split {metric, base_metric}]} for one trained run."""
+def _load(run: Path) -> tuple[Any, list[np.ndarray], int]:
+    """(the run's Keras model, its weights to restore after each adaptation, its input size)."""
     import keras
 
     model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
-    weights = model.get_weights()
-    size = int(model.input_shape[1])
+    return model, model.get_weights(), int(model.input_shape[1])
+
+
+def measure_run(run: Path, data: Path, splits: int, sizes: list[int], threshold: float,
+                seed: int) -> dict[str, list[dict[str, float]]]:
+    """{condition: [per split {metric, base_metric}]} for one trained run."""
+    model, weights, size = _load(run)
     split = pd.read_csv(data / "split.csv", dtype=str)
     sites = {"test": split[split["subset"] == "test"],
              "validation (control)": split[(split["subset"] == "val")
@@ -139,12 +143,9 @@ def measure_tta(run: Path, data: Path, splits: int, threshold: float, seed: int,
     of random patient-grouped halves as `measure_run` (its own draws): TTA alone against the
     plain model; with `with_adabn`, AdaBN on the whole half + TTA against the plain model and
     against AdaBN alone. `sites`: "test", "validation" (the control) or both."""
-    import keras
-
     from pneumonia.inference import tta
-    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
-    weights = model.get_weights()
-    size = int(model.input_shape[1])
+
+    model, weights, size = _load(run)
     out: dict[str, list[dict[str, float]]] = {}
     for site, frame, x, y in _site_arrays(data, sites, size):
         base = _scores(model, x)
@@ -176,12 +177,9 @@ def measure_balanced(run: Path, data: Path, splits: int, threshold: float, seed:
     draws): the whole half resampled to the training prior's class mix as the unadapted model
     predicts it, then adapted; scored on the other half against the plain model and against
     plain AdaBN on the same half."""
-    import keras
-
     from pneumonia.site.adapt import balanced_draw
-    model = keras.saving.load_model(run / "models" / "model.keras", compile=False)
-    weights = model.get_weights()
-    size = int(model.input_shape[1])
+
+    model, weights, size = _load(run)
     out: dict[str, list[dict[str, float]]] = {}
     for site, frame, x, y in _site_arrays(data, sites, size):
         base = _scores(model, x)

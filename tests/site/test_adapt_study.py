@@ -57,6 +57,14 @@ def test_adapt_study_writes_paired_levers_per_family_and_reuses_runs(tmp_path) -
     for a, b in zip(rows["test, AdaBN on the whole half + TTA"],
                     rows["test, TTA added to AdaBN (whole half)"], strict=True):
         assert a["accuracy"] == b["accuracy"] and a["roc_auc"] == b["roc_auc"]
+    # class-balanced AdaBN: one lever against the unadapted model and against plain AdaBN on
+    # the same halves, on both sites (the control included)
+    for site in ("test", "validation (control)"):
+        for a, b in zip(rows[f"{site}, class-balanced AdaBN on the whole half"],
+                        rows[f"{site}, class-balanced AdaBN against plain AdaBN (whole half)"],
+                        strict=True):
+            assert a["accuracy"] == b["accuracy"] and a["roc_auc"] == b["roc_auc"]
+    assert doc["class_balanced"] is True
     cond = doc["conditions"]["validation (control), adapted on the whole half"]["accuracy"]
     per = [r["accuracy"] - r["base_accuracy"]
            for r in rows["validation (control), adapted on the whole half"]]
@@ -64,6 +72,7 @@ def test_adapt_study_writes_paired_levers_per_family_and_reuses_runs(tmp_path) -
     assert cond["difference"]["over"] == "splits"  # one seed: the range over splits
     md = out.with_suffix(".md").read_text()
     assert "## tiny: test, TTA (9 views), no adaptation" in md and "| metric | plain | TTA |" in md
+    assert "| metric | AdaBN | class-balanced AdaBN |" in md
     # a second family is added beside the first; reusing the file measures nothing again
     with pytest.raises(SystemExit):
         main([*argv, "--family", "other", "--reuse", str(out.with_suffix(".json"))])
