@@ -258,7 +258,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", default="data", metavar="DIR",
                         help="the model's training data: DIR/split.csv and its images "
                         "(default data/, the workspace's)")
-    parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument("--permutations", type=int, default=1000,
+                        help="permutations of whole patients (default 1000; the test aggregates "
+                        "5 bandwidths and needs a few hundred to resolve p < 0.01)")
     parser.add_argument("--max-images", type=int, default=1000,
                         help="at most this many images per sample (a random subset)")
     parser.add_argument("--train-prevalence", type=float, default=0.5,

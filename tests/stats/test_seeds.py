@@ -193,8 +193,14 @@ def test_report_interval_covers_no_difference_in_at_least_93_percent_of_grids(
         assert welch_covered / n_grids < 0.9
 
 
-def test_vectorised_holm_is_statsmodels_holm() -> None:
+def test_vectorised_holm_is_statsmodels_holm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
     from statsmodels.stats.multitest import multipletests
+
+    # statsmodels' Holm calls gc.collect() on every call: ~1 s each inside a full session with
+    # TensorFlow loaded (64 s for this test). Collection changes no result; skip it here.
+    monkeypatch.setattr(gc, "collect", lambda *args, **kwargs: 0)
 
     from pneumonia.stats.seeds import holm_reject
 
