@@ -147,6 +147,14 @@ def test_new_site_figures_are_the_committed_studies() -> None:
         k100 = site[arm]["k"]["100"]
         assert cell(k100["site_accuracy"]) in text, arm
         assert cell(k100["val_accuracy"]) in text, arm
+    logistic = json.loads((METRICS / "site-logistic.json").read_text())
+    assert logistic["protocol"]["rule"] == "logistic"
+    assert {k: v for k, v in logistic["protocol"].items() if k != "rule"} == \
+        {k: v for k, v in json.loads((METRICS / "site.json").read_text())["protocol"].items()
+         if k != "rule"}  # the same study, another rule
+    for arm in ("cnn-ema", "dn121-ema (cpu preset)", "cnn-ema re-run here",
+                "cnn-ema re-run here, 5 seeds averaged"):
+        assert cell(logistic["arms"][arm]["k"]["100"]["site_accuracy"]) in text, arm
     every = json.loads((METRICS / "site-adapt.json").read_text())["families"]
     for family in ("cnn-ema", "dn121-ema"):
         adapt = every[family]["conditions"]

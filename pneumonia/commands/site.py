@@ -140,7 +140,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folders layout: a CSV inside LABELLED with columns path, "
                         "patient_id (keeps each patient's images together)")
     parser.add_argument("--threshold-rule", default="youden", metavar="RULE",
-                        help="accuracy, youden (default) or sensitivity:S (e.g. 0.95)")
+                        help="accuracy, youden (default), logistic (Platt) or sensitivity:S "
+                        "(e.g. 0.95)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="conformal miscoverage (default params.yaml "
                         "evaluate.conformal_alpha, else 0.05)")

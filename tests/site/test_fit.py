@@ -49,9 +49,36 @@ def test_target_sensitivity_is_the_highest_threshold_that_keeps_it() -> None:
         assert (p[y == 1] >= above[0] + 1e-9).mean() < target
 
 
+def _platt_population(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A model whose reported p = sigmoid(s) is miscalibrated for the site: there the true
+    P(PNEUMONIA | s) is sigmoid(2 s - 1), so the accuracy-optimal cut is s = 0.5, p = 0.622."""
+    s = rng.normal(0.5, 1.5, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(2 * s - 1)))).astype(int)
+    return y, 1 / (1 + np.exp(-s))
+
+
+def test_logistic_threshold_finds_where_the_site_posterior_is_one_half() -> None:
+    y, p = _platt_population(20000, np.random.default_rng(0))
+    assert thresholds.fit_threshold(y, p, "logistic") == pytest.approx(0.622, abs=0.01)
+    # on small labelled sets it moves less than the accuracy rule (compared as logits)
+    rng = np.random.default_rng(1)
+    logit = {"logistic": [], "accuracy": []}
+    for _ in range(150):
+        ys, ps = _platt_population(60, rng)
+        for rule, out in logit.items():
+            t = thresholds.fit_threshold(ys, ps, rule)
+            out.append(math.log(t / (1 - t)))
+    assert np.std(logit["logistic"]) < 0.8 * np.std(logit["accuracy"])
+    assert abs(np.median(logit["logistic"]) - 0.5) < 0.15
+    # scores that fall with pneumonia: no threshold, a clear refusal
+    with pytest.raises(PipelineError, match="does not rise with pneumonia"):
+        thresholds.fit_threshold(y, 1 - p, "logistic")
+
+
 def test_rule_parsing() -> None:
     assert str(thresholds.parse_rule("sensitivity:0.9")) == "sensitivity:0.9"
-    for bad in ("sensitivity", "sensitivity:1.5", "f1", "youden:3"):
+    assert str(thresholds.parse_rule("logistic")) == "logistic"
+    for bad in ("sensitivity", "sensitivity:1.5", "f1", "youden:3", "logistic:2"):
         with pytest.raises(PipelineError, match="threshold rule"):
             thresholds.parse_rule(bad)
 
