@@ -28,9 +28,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=_env(), capture_output=True,
-                          text=True, check=False)
+def _dvc(*args: str, check: bool = True,
+         timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`dvc ARGS` in this interpreter's environment; PipelineError when it fails (`check`) or has
+    not answered after `timeout` seconds (then it is killed: the stop of a grid must not wait on
+    one hung `dvc` call past its own limit)."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=_env(),
+                              capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"`dvc {' '.join(args)}` did not answer in {timeout:.0f} s (killed); "
+                            "`dvc queue status` shows the queue as it is.") from None
     if check and proc.returncode != 0:
         raise PipelineError(
             f"`dvc {' '.join(args)}` failed (exit {proc.returncode}):\n"
@@ -389,6 +397,11 @@ def _copy_of(infofile: str) -> str | None:
         return None
 
 
+# The longest one `dvc queue remove / kill` may take while a grid is being stopped (seconds:
+# 3-10 s each on 2 cores under load; a call that hangs ends the stop with what is left).
+DVC_CALL_S = 120.0
+
+
 def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0,
               limit_s: float = 180.0) -> dict[str, list[str]]:
     """Stop the runs of `names` that DVC's queue holds: the queued ones removed (`dvc queue
@@ -432,17 +445,18 @@ def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0
                 left_copies = [n for n in left_copies if Path(copies[n]).exists()]
             return {"removed": sorted(removed), "killed": sorted(set(asked) - set(running)),
                     "finished": [], "left": sorted(set(queued) | set(running) | set(left_copies))}
-        if queued and _dvc("queue", "remove", *queued, check=False).returncode == 0:
+        if queued and _dvc("queue", "remove", *queued, check=False,
+                           timeout=DVC_CALL_S).returncode == 0:
             removed.update(queued)
         now = time.monotonic()
         for name, run in running.items():
             if run["process"] is not True:
                 continue  # not started yet, or exited: its worker finishes it, then we look again
             if name not in asked:
-                _dvc("queue", "kill", name, check=False)
+                _dvc("queue", "kill", name, check=False, timeout=DVC_CALL_S)
                 asked[name] = now
             elif now - asked[name] > grace_s and name not in forced:
-                _dvc("queue", "kill", "-f", name, check=False)
+                _dvc("queue", "kill", "-f", name, check=False, timeout=DVC_CALL_S)
                 forced.add(name)
         time.sleep(poll_s)
         if not workers_alive():  # a killed worker leaves its run "Running" forever
@@ -450,7 +464,7 @@ def stop_runs(names: Collection[str], grace_s: float = 60.0, poll_s: float = 1.0
     finished = sorted(set(asked) & finished_experiments())
     stopped = sorted(set(asked) - set(finished))
     if stopped:  # their rows say "Failed": not failures of the grid, an interruption
-        _dvc("queue", "remove", *stopped, check=False)
+        _dvc("queue", "remove", *stopped, check=False, timeout=DVC_CALL_S)
     return {"removed": sorted(removed - set(asked)), "killed": stopped, "finished": finished,
             "left": []}
 

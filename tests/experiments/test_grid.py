@@ -226,7 +226,13 @@ def test_ctrl_c_stops_the_grids_runs_and_a_rerun_queues_no_duplicates(
         second.send_signal(signal.SIGINT)
         # The stop asks DVC to remove and kill, then waits for the copies to go (up to 60 s +
         # 3 min by design, each dvc call seconds more under load): 10 min before calling it hung.
-        assert second.wait(timeout=600) == 130, log.read_text()
+        try:
+            code = second.wait(timeout=600)
+        except subprocess.TimeoutExpired:  # say where it stood (one such failure had no log)
+            pytest.fail("the stop did not end within 10 min. Its output so far:\n"
+                        f"{log.read_text()}\nprocesses in the repository: "
+                        f"{[(p.pid, p.cmdline()) for p in _processes_in(repo)]}")
+        assert code == 130, log.read_text()
         text = log.read_text()
         assert (f"stopped (were running, their temporary copies removed): {min(running)}"
                 in text), text
@@ -266,3 +272,13 @@ def _processes_in(repo: Path) -> list:
                 cwd == str(repo) or cwd.startswith(f"{repo}/")):
             found.append(proc)
     return found
+
+
+def test_a_dvc_call_that_does_not_answer_is_killed_and_named() -> None:
+    """The stop of a grid calls `dvc queue kill / remove` with a time limit: a call past it is
+    killed and reported by name (not waited on for ever)."""
+    from pneumonia.errors import PipelineError
+    from pneumonia.experiments import grid
+
+    with pytest.raises(PipelineError, match=r"`dvc version` did not answer in 0 s"):
+        grid._dvc("version", timeout=0.01)
