@@ -52,6 +52,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "P(PNEUMONIA) for image files, folders, .zip archives (PNG, JPEG, DICOM)"),
     "explain": ("pneumonia.commands.inference",
                 "Grad-CAM heatmap overlays: where in the image the model looked"),
+    "ensemble": ("pneumonia.commands.inference",
+                 ("average several models (e.g. one recipe's seeds) into one .keras model that "
+                 "predict, explain, site calibrate / adapt / check take as any model")),
     "model-card": ("pneumonia.commands.evaluation",
                    ("regenerate MODEL_CARD.md's numbers from metrics/ and dvc.lock (--check: "
                    "only compare)")),

@@ -168,6 +168,44 @@ def test_new_site_figures_are_the_committed_studies() -> None:
             assert diff.replace("-", "−") in text, (family, cond, diff)
 
 
+def test_the_ensemble_paragraph_is_the_committed_studies() -> None:
+    """docs/new-site.md's seed-ensemble paragraph: the three ensembles' and their single seeds'
+    k = 100 accuracy (logistic rule), the referral ranges (class-conditional), and the served
+    ensemble's check and timing (metrics/site-ensemble.json)."""
+    text = " ".join(_text("docs/new-site.md").split())
+    start = text.index("**A seed ensemble, served as one model**")
+    para = text[start:text.index("## No labels", start)]
+    arms = json.loads((METRICS / "site-logistic.json").read_text())["arms"]
+    pairs = [("cnn-ema re-run here", "cnn-ema re-run here, 5 seeds averaged"),
+             ("cnn-ema", "cnn-ema, 5 seeds averaged"),
+             ("dn121-ema (cpu preset)", "dn121-ema (cpu preset), 5 seeds averaged")]
+    k100 = {arm: arms[arm]["k"]["100"] for pair in pairs for arm in pair}
+
+    def acc(arm: str) -> str:
+        return f"{k100[arm]['site_accuracy']['mean']:.3f}"
+
+    assert (f"reach {acc(pairs[0][1])} (`cnn-ema` re-run here), {acc(pairs[1][1])} (`cnn-ema`, "
+            f"committed recipe runs) and {acc(pairs[2][1])} (`cpu` preset), against "
+            f"{acc(pairs[0][0])}, {acc(pairs[1][0])} and {acc(pairs[2][0])}") in para
+    gains = [k100[e]["site_accuracy"]["mean"] - k100[s]["site_accuracy"]["mean"]
+             for s, e in pairs]
+    assert f"+{100 * min(gains):.1f} to +{100 * max(gains):.1f} points" in para
+    singles = sorted(k100[s]["mondrian_referral_rate"]["mean"] for s, _ in pairs)
+    ensembles = sorted(k100[e]["mondrian_referral_rate"]["mean"] for _, e in pairs)
+    assert (f"from {singles[0]:.3f}–{singles[-1]:.3f} to {ensembles[0]:.3f}–"
+            f"{ensembles[-1]:.3f}") in para
+    assert sum(k100[e]["site_accuracy"]["mean"] >= 0.93 for _, e in pairs) == 1
+    assert "met by one ensemble of three" in para
+    low = k100[pairs[0][1]]["site_accuracy"]["low"]
+    assert low < 0.93 and f"its lower end, {low:.3f}" in para
+    served = json.loads((METRICS / "site-ensemble.json").read_text())
+    assert served["images"] == 624 and served["max_abs_difference"] < 1e-6
+    digits = f"{served['max_abs_difference']:.0e}"  # e.g. 8e-07
+    power = str(int(digits.split("e-")[1])).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    assert f"within {digits[0]} × 10⁻{power}" in para
+    assert f"took {served['site_calibrate_100_images']['best_wall_s']} s wall" in para
+
+
 def test_robustness_of_the_cpu_preset_in_further_work() -> None:
     """docs/further-work.md quotes the committed robustness run of the cpu preset (seed 1):
     metrics/runs/cpu-s1/robustness/robustness.json's clean accuracy, two paired differences and

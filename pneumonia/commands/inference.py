@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.errors import PipelineError
-from pneumonia.inference import predict
-from pneumonia.inference.gradcam import CamModel, safe_name, write_overlay
+from pneumonia.inference import ensemble, predict
+from pneumonia.inference.gradcam import safe_name, write_overlay
 from pneumonia.inference.loading import load
 from pneumonia.inference.sources import expand, params_max_megapixels, to_input
 from pneumonia.paths import CLASSES, LABELS
@@ -142,7 +142,7 @@ def explain_command(args: argparse.Namespace) -> int:
     cap, _ = params_max_megapixels()
     if loaded.warning:
         print(f"WARNING: {loaded.warning}", file=sys.stderr)
-    cam_model = CamModel(loaded.model)
+    cam_model = ensemble.cam_model(loaded.model)
     out = Path(args.out)
     failed = 0
     used: set[str] = set()
@@ -176,4 +176,24 @@ def explain_command(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} file(s) skipped", file=sys.stderr)
         return 1
+    return 0
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="the members: .keras files (each seed's models/model.keras), "
+                        "runs:/<run_id>/model or models:/NAME@ALIAS")
+    parser.add_argument("--out", metavar="FILE.keras", required=True,
+                        help="where to write the ensemble (one Keras model)")
+    parser.add_argument("--replace", action="store_true", help="overwrite --out if it exists")
+
+
+def ensemble_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    record = ensemble.save(list(args.models), Path(args.out), replace=args.replace)
+    print(f"{args.out}: the mean of {len(record['members'])} models (sha256 "
+          f"{record['sha256'][:12]}; members and their sha256 in {record['record']}). Use it as "
+          f"any model: pneumonia predict --model {args.out} ...; pneumonia site calibrate "
+          f"LABELLED --site NAME --model {args.out} registers it with the site's calibration "
+          "(docs/new-site.md).")
     return 0

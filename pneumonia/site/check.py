@@ -32,6 +32,7 @@ import numpy as np
 from pneumonia.dataset.kermany import parse_name
 from pneumonia.errors import PipelineError
 from pneumonia.files import read_csv_checked
+from pneumonia.inference import ensemble
 from pneumonia.inference.sources import expand, params_max_megapixels, to_input
 from pneumonia.model.tasks import pneumonia_probability
 from pneumonia.site import registry, rundata
@@ -41,9 +42,12 @@ MIN_IMAGES = 20  # the least `site check` tests (its permutation p-value needs a
 
 
 def embedding_model(model: Any) -> Any:
-    """The model up to its penultimate layer: the input of the `pneumonia` head."""
+    """The model up to its penultimate layer: the input of the `pneumonia` head (for an
+    ensemble, its members' side by side: pneumonia.inference.ensemble.embedding)."""
     import keras
 
+    if ensemble.is_ensemble(model):
+        return ensemble.embedding(model)
     return keras.Model(model.inputs, model.get_layer("pneumonia").input)
 
 
