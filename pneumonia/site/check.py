@@ -24,6 +24,7 @@ prior adjustment; both are a few lines of numpy here.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,16 @@ def embedding_model(model: Any) -> Any:
     return keras.Model(model.inputs, model.get_layer("pneumonia").input)
 
 
+# One embedding model per model, kept while the model lives: a new one per call retraced
+# Keras' predict function each time (TensorFlow's "triggered tf.function retracing" warning on
+# every `site check`). It shares the model's layers, so AdaBN's updates reach it.
+_EMBEDDERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def embed(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    sub = embedding_model(model)
+    sub = _EMBEDDERS.get(model)
+    if sub is None:
+        sub = _EMBEDDERS[model] = embedding_model(model)
     return np.concatenate([np.asarray(sub.predict_on_batch(x[i:i + batch]), dtype=np.float64)
                            for i in range(0, len(x), batch)])
 
