@@ -27,6 +27,7 @@ from typing import Any
 
 from pneumonia.errors import PipelineError
 from pneumonia.files import sha256_file
+from pneumonia.inference import loading
 
 PREFIX = "member_"  # members' layer names in the ensemble: member_1, member_2, ...
 OUTPUT = "ensemble_mean"  # the ensemble's output layer
@@ -55,12 +56,14 @@ def members_of(model: Any) -> list[Any]:
             and la.name.startswith(PREFIX)]
 
 
-def build(members: list[Any]) -> Any:
-    """The members averaged, as one functional model. Members are renamed ``member_<i>`` (layer
-    names must be unique in a model); their weights are shared, not copied."""
+def build(members: list[Any], names: list[str] | None = None) -> Any:
+    """The members averaged, as one functional model (PipelineError for members that do not
+    fit together, named by `names`, default their model names). Members are renamed
+    ``member_<i>`` (layer names must be unique in a model); their weights are shared, not
+    copied."""
     import keras
 
-    check_compatible([(m.name, m) for m in members])
+    check_compatible(list(zip(names or [m.name for m in members], members, strict=True)))
     for i, member in enumerate(members, 1):
         member.name = f"{PREFIX}{i}"
     xray = keras.Input(tuple(members[0].input_shape[1:]), dtype="float32", name="xray")
@@ -88,18 +91,9 @@ def check_compatible(named: list[tuple[str, Any]]) -> None:
 def resolve(specs: list[str]) -> list[Member]:
     """Each member's Keras file (downloaded for runs:/ and models:/ URIs); the same bytes twice
     are refused (an ensemble of one model twice is that model)."""
-    from pneumonia.inference import loading
-
     members, seen = [], {}
     for spec in specs:
-        if spec.startswith(("runs:/", "models:/")):
-            _, _, local = loading._load_mlflow(spec)  # clear errors for unknown aliases, stores
-            keras_file = loading._keras_file_in(local, spec)
-        else:
-            keras_file = Path(spec)
-            if not keras_file.is_file():
-                raise PipelineError(f"{spec}: no such file. Give .keras files, runs:/<run_id>/"
-                                    "model or models:/NAME@ALIAS.")
+        keras_file = loading.keras_file_of(spec, prefix="")
         digest = sha256_file(keras_file)
         if digest in seen:
             raise PipelineError(f"{spec} and {seen[digest]} are the same model (sha256 "
@@ -113,8 +107,6 @@ def save(specs: list[str], out: Path, replace: bool = False) -> dict[str, Any]:
     """Build the ensemble of `specs` and save it to `out` (a .keras file), its record beside it
     (`out` with .json: the members as given with their sha256, the file's sha256); existing
     files are overwritten only with `replace`. Returns the record."""
-    import keras
-
     if out.suffix != ".keras":
         raise PipelineError(f"--out {out}: give a file name ending in .keras.")
     record_file = out.with_suffix(".json")
@@ -127,15 +119,10 @@ def save(specs: list[str], out: Path, replace: bool = False) -> dict[str, Any]:
         raise PipelineError(f"--out {out} is one of the members: give another file name.")
     models = []
     for member in members:
-        try:
-            models.append(keras.saving.load_model(member.keras_file, compile=False))
-        except (ValueError, OSError) as exc:
-            raise PipelineError(f"{member.spec}: not a Keras model file Keras can load "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0]}).") from None
+        models.append(loading._load_keras_file(member.keras_file))
         if is_ensemble(models[-1]):
             raise PipelineError(f"{member.spec} is already an ensemble: give its members.")
-    check_compatible([(m.spec, model) for m, model in zip(members, models, strict=True)])
-    ensemble = build(models)
+    ensemble = build(models, [m.spec for m in members])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.keras")
     ensemble.save(tmp)

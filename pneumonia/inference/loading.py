@@ -371,7 +371,9 @@ def _logged_site(local: Path) -> dict[str, Any] | None:
     return site if isinstance(site, dict) else None
 
 
-def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
+def _download(uri: str) -> Path:
+    """The files logged under a runs:/ or models:/ URI, downloaded: a clear error for a missing
+    store, an unknown alias or model, unreadable files."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -395,7 +397,25 @@ def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
         raise PipelineError(f"{uri}: no such model in the store {store} ({exc.message})") from None
     except OSError as exc:
         raise PipelineError(f"{uri}: cannot read the model's files ({exc})") from None
+    return local
+
+
+def _load_mlflow(uri: str) -> tuple[keras.Model, str, Path]:
+    local = _download(uri)
     return _load_keras_file(_keras_file_in(local, uri)), uri, local
+
+
+def keras_file_of(spec: str, prefix: str = "--model ") -> Path:
+    """The Keras file behind a model spec: the path itself, or the one file logged under a
+    runs:/ or models:/ URI (downloaded); the model is not loaded. `prefix` starts the message
+    for a missing file (the option that named it)."""
+    if spec.startswith(("runs:/", "models:/")):
+        return _keras_file_in(_download(spec), spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise PipelineError(f"{prefix}{spec}: no such file. Give a .keras file, "
+                            "runs:/<run_id>/model or models:/NAME@ALIAS.")
+    return path
 
 
 def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
@@ -412,10 +432,8 @@ def load(spec: str | None, threshold: float | str | None = None) -> Loaded:
                     "runs:/<run_id>/model or models:/NAME@ALIAS).")
             spec = str(MODEL_FILE)
     is_file_spec = not spec.startswith(("runs:/", "models:/"))
-    if is_file_spec and not Path(spec).is_file():
-        raise PipelineError(
-            f"--model {spec}: no such file. Give a .keras file, runs:/<run_id>/model or "
-            "models:/NAME@ALIAS.")
+    if is_file_spec:
+        keras_file_of(spec)  # a clear error for a missing file, before anything else
     chosen_first = chosen_threshold(spec) if threshold == CHOSEN else None
     qhat: tuple[Any, str] | None = None
     site = None

@@ -33,7 +33,7 @@ import numpy as np
 from pneumonia.dataset.kermany import parse_name
 from pneumonia.errors import PipelineError
 from pneumonia.files import read_csv_checked
-from pneumonia.inference import ensemble
+from pneumonia.inference import ensemble, loading
 from pneumonia.inference.sources import expand, params_max_megapixels, to_input
 from pneumonia.model.tasks import pneumonia_probability
 from pneumonia.site import registry, rundata
@@ -241,9 +241,7 @@ def run(paths: list[str], model_spec: str | None = None, reference: str = "data"
         raise PipelineError(too_few(paths, len(items), []))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     base = registry.resolve_base(model_spec)
-    import keras
-
-    model = keras.saving.load_model(base.keras_file, compile=False)
+    model = loading._load_keras_file(base.keras_file)
     size = int(model.input_shape[1])
     x, names, bad = read_site(items, size, params_max_megapixels()[0])
     if len(x) < MIN_IMAGES:

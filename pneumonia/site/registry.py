@@ -71,17 +71,8 @@ def resolve_base(spec: str | None) -> Base:
                     f"no model to calibrate: the MLflow store has no `champion` for "
                     f"{loading.registry_name()!r} and {MODEL_FILE} does not exist; pass --model.")
             spec = str(MODEL_FILE)
-    version = None
-    if spec.startswith(("runs:/", "models:/")):
-        _, _, local = loading._load_mlflow(spec)  # clear errors for unknown aliases, stores
-        keras_file = loading._keras_file_in(local, spec)
-        if spec.startswith("models:/"):
-            version = _version_of(spec)
-    else:
-        keras_file = Path(spec)
-        if not keras_file.is_file():
-            raise PipelineError(f"--model {spec}: no such file. Give a .keras file, "
-                                "runs:/<run_id>/model or models:/NAME@ALIAS.")
+    keras_file = loading.keras_file_of(spec)  # clear errors for unknown aliases, stores, files
+    version = _version_of(spec) if spec.startswith("models:/") else None
     return Base(spec, keras_file, version, loading.provenance_of(spec))
 
 
@@ -143,6 +134,4 @@ def open_base(spec: str | None, site: str, replace: bool, dry_run: bool,
     name = loading.registry_name()
     replaced = None if dry_run else check_free(name, site, replace)
     base = resolve_base(spec)
-    import keras
-
-    return name, replaced, base, keras.saving.load_model(base.keras_file, compile=False)
+    return name, replaced, base, loading._load_keras_file(base.keras_file)
