@@ -119,7 +119,8 @@ def test_adabn_grad_cam_and_site_check_see_every_member(
     member_cams = [CamModel(m)(x[:4]) for m in members]
     mean = np.mean([c for c, _ in member_cams], axis=0)
     peaks = mean.reshape(4, -1).max(axis=1)
-    assert (peaks > 0).all() and len({float(c.max()) for c, _ in member_cams}) > 1
+    assert (peaks > 0).all()  # the members' heatmaps differ: the mean is not any one of them
+    assert not any(np.allclose(c, member_cams[0][0]) for c, _ in member_cams[1:])
     mean /= peaks.reshape(-1, 1, 1)
     np.testing.assert_allclose(cams, mean, atol=1e-5)
     np.testing.assert_allclose(probs, np.asarray(ens.predict_on_batch(x[:4])).reshape(-1),
